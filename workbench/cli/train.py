@@ -1,0 +1,78 @@
+"""`workbench train lm|digits --config FILE`: one MLflow-tracked training run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from workbench.cli.output import err_console, print_json
+from workbench.errors import BadInputError, WorkbenchError
+
+train_app = typer.Typer(help="Run MLflow-tracked training (with optional fault injection).")
+
+ConfigOpt = Annotated[
+    Path, typer.Option("--config", "-c", help="Training config (YAML).", show_default=False)
+]
+TrackingOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--tracking-uri",
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db).",
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the run's id and status as JSON.")]
+NoSysOpt = Annotated[
+    bool, typer.Option("--no-system-metrics", help="Do not log MLflow system metrics.")
+]
+
+
+def _run(program: str, config: Path, tracking_uri: str | None, as_json: bool, sysm: bool) -> None:
+    from trainer.config import ConfigError
+    from trainer.tracking import TrackingError
+
+    try:
+        if program == "lm":
+            from trainer.lm import main as run_main
+        else:
+            from trainer.digits import main as run_main
+        result = run_main(config, tracking_uri=tracking_uri, system_metrics=sysm)
+    except ConfigError as exc:
+        raise BadInputError(str(exc)) from None
+    except TrackingError as exc:
+        raise WorkbenchError(str(exc)) from None
+    if as_json:
+        print_json({"run_id": result.run_id, "status": result.status, "error": result.error})
+    else:
+        err_console.print(f"run {result.run_id}: {result.status}")
+    if result.status == "KILLED":
+        raise WorkbenchError(f"run {result.run_id} KILLED", exit_code=130)
+    if result.status != "FINISHED":
+        raise WorkbenchError(f"run {result.run_id} {result.status}: {result.error}")
+
+
+@train_app.command("lm")
+def train_lm(
+    config: ConfigOpt,
+    tracking_uri: TrackingOpt = None,
+    as_json: JsonOpt = False,
+    no_system_metrics: NoSysOpt = False,
+) -> None:
+    """Train the MoE language model on the shipped corpus."""
+    _run("lm", config, tracking_uri, as_json, not no_system_metrics)
+
+
+@train_app.command("digits")
+def train_digits(
+    config: ConfigOpt,
+    tracking_uri: TrackingOpt = None,
+    as_json: JsonOpt = False,
+    no_system_metrics: NoSysOpt = False,
+) -> None:
+    """Train a small MLP/CNN on scikit-learn's digits (HF-Trainer-style metric names)."""
+    _run("digits", config, tracking_uri, as_json, not no_system_metrics)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(train_app, name="train")
