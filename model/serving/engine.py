@@ -1,0 +1,330 @@
+"""Continuous-batching generation engine over one in-process checkpoint.
+
+One background thread owns the model. Each iteration it (1) admits waiting requests: their
+prompts are left-padded and prefilled together, and their KV caches are merged into the running
+batch's (left-padding the shorter side), then (2) runs one decode step for every running
+sequence at once, and (3) retires the sequences that finished. So requests that arrive while
+others are generating join the batch at the next step instead of waiting for it to drain.
+
+Invariant of the running batch: the KV cache holds every token of every row except the last
+sampled one ("pending"), which is the next step's input. Rows carry their own positions, so a
+padded row computes exactly what it would alone.
+
+Reload: `reload(path)` loads the new weights off the loop thread, then the loop stops admitting,
+lets the running sequences finish on the weights they started with (so every token of a
+completion comes from one policy), swaps, and resumes. Nothing in flight is dropped.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from model.generation import sample_next
+
+Emit = Callable[[tuple], None]  # ("token", id, logprob) | ("done", reason) | ("error", message)
+
+
+@dataclass
+class SamplingParams:
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+
+
+@dataclass
+class Sequence:
+    prompt_ids: list[int]
+    params: SamplingParams
+    emit: Emit
+    id: int = 0
+    out_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    finish_reason: str | None = None
+    weights_version: int = 0
+    cancelled: bool = False
+    generator: torch.Generator | None = None
+
+    @property
+    def position(self) -> int:  # position of the pending token
+        return len(self.prompt_ids) + len(self.out_ids) - 1
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+def load_model(path: str | Path, device: str | torch.device, dtype: torch.dtype):
+    from model import MiniMaxM2ForCausalLM
+
+    model = MiniMaxM2ForCausalLM.from_pretrained(str(path), dtype=dtype)
+    return model.to(device).eval()
+
+
+def _pad_left(t: torch.Tensor, length: int, dim: int) -> torch.Tensor:
+    """Zero-pad `t` on the left of `dim` up to `length`."""
+    missing = length - t.shape[dim]
+    if missing <= 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = missing
+    return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+
+class Engine:
+    def __init__(
+        self,
+        model,
+        *,
+        max_batch: int = 32,
+        model_path: str | Path | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        self.model = model.eval()
+        self.device = next(model.parameters()).device
+        self.dtype = dtype or next(model.parameters()).dtype
+        self.max_batch = max_batch
+        self.model_path = str(model_path) if model_path else None
+        self.version = 0
+        self.max_positions = int(model.config.max_position_embeddings)
+        self.vocab_size = int(model.config.vocab_size)
+        self._ids = itertools.count(1)
+        self._waiting: list[Sequence] = []
+        self._running: list[Sequence] = []
+        self._cache = None  # KVCache of the running batch
+        self._mask: torch.Tensor | None = None  # (B, S) 1 where the cache holds a real token
+        self._cond = threading.Condition()
+        self._pending_swap: tuple[Any, str, threading.Event] | None = None
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        self.stats = {"steps": 0, "tokens": 0, "max_batch_seen": 0}
+
+    # ------------------------------------------------------------ public API (any thread)
+    def start(self) -> Engine:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="m2-engine", daemon=True)
+            self._thread.start()
+        return self
+
+    def shutdown(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def submit(self, prompt_ids: list[int], params: SamplingParams, emit: Emit) -> Sequence:
+        if not prompt_ids:
+            raise ValueError("the prompt is empty")
+        if any(not 0 <= t < self.vocab_size for t in prompt_ids):
+            raise ValueError(f"prompt token ids must be in [0, {self.vocab_size})")
+        room = self.max_positions - len(prompt_ids)
+        if room <= 0:
+            raise ValueError(
+                f"the prompt has {len(prompt_ids)} tokens; the model's context is {self.max_positions}"
+            )
+        params.max_new_tokens = max(0, min(params.max_new_tokens, room))
+        seq = Sequence(list(prompt_ids), params, emit, id=next(self._ids))
+        if params.seed is not None:
+            seq.generator = torch.Generator(device=self.device).manual_seed(int(params.seed))
+        with self._cond:
+            self._waiting.append(seq)
+            self._cond.notify_all()
+        return seq
+
+    def reload(self, path: str | Path, timeout: float | None = None) -> int:
+        """Load weights from `path` and swap them in once in-flight sequences finish."""
+        model = load_model(path, self.device, self.dtype)
+        if int(model.config.vocab_size) != self.vocab_size:
+            raise ValueError(
+                f"{path} has vocab {model.config.vocab_size}; the served tokenizer has {self.vocab_size}"
+            )
+        done = threading.Event()
+        with self._cond:
+            self._pending_swap = (model, str(path), done)
+            self._cond.notify_all()
+        if not done.wait(timeout):
+            raise TimeoutError("weights were loaded but in-flight requests did not finish in time")
+        return self.version
+
+    # ------------------------------------------------------------ the loop (engine thread)
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not (self._stop or self._waiting or self._running or self._pending_swap):
+                    self._cond.wait()
+                if self._stop:
+                    return
+                if self._pending_swap and not self._running:
+                    self._swap()
+                    continue
+                admit: list[Sequence] = []
+                if not self._pending_swap:
+                    room = self.max_batch - len(self._running)
+                    admit, self._waiting = self._waiting[:room], self._waiting[room:]
+            try:
+                self._drop_cancelled()
+                if admit:
+                    self._admit(admit)
+                if self._running:
+                    self._step()
+            except Exception as exc:  # fail what is in flight, keep serving
+                for seq in self._running + admit:
+                    if seq.finish_reason is None:
+                        seq.finish_reason = "error"
+                        seq.emit(("error", f"{type(exc).__name__}: {exc}"))
+                self._running, self._cache, self._mask = [], None, None
+
+    def _swap(self) -> None:
+        model, path, done = self._pending_swap
+        self.model, self.model_path = model, path
+        self.max_positions = int(model.config.max_position_embeddings)
+        self.version += 1
+        self._pending_swap = None
+        done.set()
+
+    @torch.inference_mode()
+    def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> tuple[list[int], list[float]]:
+        """One token per row with each request's own settings; logprobs are of the raw model
+        distribution (temperature 1), the quantity RL needs for importance ratios."""
+        logits = logits.float()
+        logp = torch.log_softmax(logits, dim=-1)
+        if all(s.params.temperature <= 0 for s in seqs):
+            ids = logits.argmax(-1)
+        else:
+            ids = torch.stack(
+                [
+                    sample_next(
+                        logits[i : i + 1], s.params.temperature, s.params.top_p, s.generator
+                    )[0]
+                    for i, s in enumerate(seqs)
+                ]
+            )
+        lps = logp.gather(-1, ids[:, None])[:, 0]
+        return ids.tolist(), lps.tolist()
+
+    def _record(self, seq: Sequence, tok: int, lp: float) -> bool:
+        """Append a sampled token; returns True when the sequence is finished."""
+        seq.out_ids.append(tok)
+        seq.logprobs.append(lp)
+        seq.emit(("token", tok, lp))
+        self.stats["tokens"] += 1
+        if not seq.params.ignore_eos and tok in seq.params.stop_token_ids:
+            seq.finish_reason = "stop"
+        elif len(seq.out_ids) >= seq.params.max_new_tokens:
+            seq.finish_reason = "length"
+        elif seq.cancelled:
+            seq.finish_reason = "cancelled"
+        if seq.finish_reason:
+            seq.emit(("done", seq.finish_reason))
+            return True
+        return False
+
+    @torch.inference_mode()
+    def _admit(self, seqs: list[Sequence]) -> None:
+        for s in seqs:
+            s.weights_version = self.version
+        zero = [s for s in seqs if s.params.max_new_tokens == 0]
+        for s in zero:
+            s.finish_reason = "length"
+            s.emit(("done", "length"))
+        seqs = [s for s in seqs if s.params.max_new_tokens > 0]
+        if not seqs:
+            return
+        P = max(len(s.prompt_ids) for s in seqs)
+        ids = torch.zeros(len(seqs), P, dtype=torch.long)
+        mask = torch.zeros(len(seqs), P, dtype=torch.long)
+        for i, s in enumerate(seqs):
+            n = len(s.prompt_ids)
+            ids[i, P - n :] = torch.tensor(s.prompt_ids)
+            mask[i, P - n :] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        pos = (mask.cumsum(-1) - 1).clamp_min(0)
+        out = self.model(ids, attention_mask=mask, position_ids=pos, use_cache=True)
+        toks, lps = self._sample(out.logits[:, -1], seqs)
+        keep = [i for i, s in enumerate(seqs) if not self._record(s, toks[i], lps[i])]
+        if not keep:
+            return
+        cache = out.past_key_values
+        index = torch.tensor(keep, device=self.device)
+        if len(keep) < len(seqs):
+            cache.reorder(index)
+        self._merge([seqs[i] for i in keep], cache, mask[index])
+
+    def _merge(self, seqs: list[Sequence], cache, mask: torch.Tensor) -> None:
+        """Append new rows (with their cache and mask) to the running batch."""
+        if not self._running:
+            self._running, self._cache, self._mask = seqs, cache, mask
+            return
+        S = max(self._mask.shape[1], mask.shape[1])
+        for layer in range(len(cache.keys)):
+            for name in ("keys", "values"):
+                old, new = getattr(self._cache, name)[layer], getattr(cache, name)[layer]
+                getattr(self._cache, name)[layer] = torch.cat(
+                    [_pad_left(old, S, 2), _pad_left(new, S, 2)], dim=0
+                )
+        self._mask = torch.cat([_pad_left(self._mask, S, 1), _pad_left(mask, S, 1)], dim=0)
+        self._running = self._running + seqs
+
+    @torch.inference_mode()
+    def _step(self) -> None:
+        seqs = self._running
+        self.stats["max_batch_seen"] = max(self.stats["max_batch_seen"], len(seqs))
+        B = len(seqs)
+        tokens = torch.tensor([[s.out_ids[-1]] for s in seqs], device=self.device)
+        pos = torch.tensor([[s.position] for s in seqs], device=self.device)
+        self._mask = torch.cat([self._mask, self._mask.new_ones(B, 1)], dim=1)
+        out = self.model(
+            tokens,
+            attention_mask=self._mask,
+            position_ids=pos,
+            past_key_values=self._cache,
+            use_cache=True,
+        )
+        self._cache = out.past_key_values
+        self.stats["steps"] += 1
+        toks, lps = self._sample(out.logits[:, -1], seqs)
+        keep = [i for i, s in enumerate(seqs) if not self._record(s, toks[i], lps[i])]
+        self._retain(keep)
+
+    def _retain(self, keep: list[int]) -> None:
+        """Keep only rows `keep`, then cut the left columns that are padding in every row."""
+        seqs = self._running
+        if len(keep) < len(seqs):
+            if not keep:
+                self._running, self._cache, self._mask = [], None, None
+                return
+            index = torch.tensor(keep, device=self.device)
+            self._cache.reorder(index)
+            self._mask = self._mask[index]
+            self._running = [seqs[i] for i in keep]
+        lead = int(self._mask.argmax(dim=1).min())  # first real column of the least-padded row
+        if lead > 0:
+            self._mask = self._mask[:, lead:]
+            self._cache.keys = [k[:, :, lead:] for k in self._cache.keys]
+            self._cache.values = [v[:, :, lead:] for v in self._cache.values]
+
+    def _drop_cancelled(self) -> None:
+        keep = [i for i, s in enumerate(self._running) if not s.cancelled]
+        for s in self._running:
+            if s.cancelled and s.finish_reason is None:
+                s.finish_reason = "cancelled"
+                s.emit(("done", "cancelled"))
+        if len(keep) < len(self._running):
+            self._retain(keep)
+
+
+def wait_idle(engine: Engine, timeout: float = 10.0) -> None:
+    """Block until the engine has nothing in flight (for tests and benchmarks)."""
+    end = time.monotonic() + timeout
+    while (engine._running or engine._waiting) and time.monotonic() < end:
+        time.sleep(0.01)
