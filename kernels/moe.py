@@ -1,9 +1,73 @@
-"""Fused MoE expert computation: SwiGLU experts weighted by the router, summed over top-k."""
+"""Fused MoE expert computation: SwiGLU experts weighted by the router, summed over top-k.
+
+Layouts follow transformers' fused MiniMax-M2 experts:
+    x          [T, H]        tokens
+    w_gate_up  [E, 2I, H]    gate rows first, then up rows
+    w_down     [E, H, I]
+    topk_weights [T, k] float, topk_ids [T, k] int
+    out[t] = sum_k  w[t,k] * W_down[e] @ (silu(W_gate[e] @ x[t]) * (W_up[e] @ x[t])),  e = ids[t,k]
+
+Optional FP8 weights: ``w_*`` as float8_e4m3fn with fp32 block scales ``w_*_scale`` of shape
+[E, ceil(rows/128), ceil(cols/128)], dequantised as ``w * scale`` (MiniMax-M2's
+``weight_scale_inv`` convention: multiplied, not divided).
+
+Backends: ``reference`` (loop over experts), ``torch`` (tokens sorted by expert, two grouped
+matmuls, hand-written grouped backward), ``triton`` (see kernels/triton_moe.py).
+"""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from kernels.dispatch import resolve_backend
+
+FP8_BLOCK = 128
+
+
+# ---------------------------------------------------------------------------------------------
+# FP8 block scales
+
+
+def dequant_block_fp8(
+    w: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.float32, block: int = FP8_BLOCK
+) -> torch.Tensor:
+    """w [..., R, C] (fp8) * scale [..., ceil(R/block), ceil(C/block)] -> [..., R, C] in dtype."""
+    rows, cols = w.shape[-2:]
+    s = scale.float().repeat_interleave(block, dim=-2)[..., :rows, :]
+    s = s.repeat_interleave(block, dim=-1)[..., :cols]
+    return (w.float() * s).to(dtype)
+
+
+def quant_block_fp8(w: torch.Tensor, block: int = FP8_BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inverse of dequant_block_fp8 (for tests and benchmarks): per-block absmax scaling."""
+    rows, cols = w.shape[-2:]
+    nr, nc = -(-rows // block), -(-cols // block)
+    pad = F.pad(w.float(), (0, nc * block - cols, 0, nr * block - rows))
+    blocks = pad.unflatten(-1, (nc, block)).unflatten(-3, (nr, block))  # [..., nr, b, nc, b]
+    amax = blocks.abs().amax(dim=(-3, -1)).clamp_min(1e-12)  # [..., nr, nc]
+    scale = amax / torch.finfo(torch.float8_e4m3fn).max
+    s = scale.repeat_interleave(block, -2)[..., :rows, :].repeat_interleave(block, -1)[..., :cols]
+    return (w.float() / s).to(torch.float8_e4m3fn), scale
+
+
+def _weights(
+    x: torch.Tensor,
+    w_gate_up: torch.Tensor,
+    w_down: torch.Tensor,
+    w_gate_up_scale: torch.Tensor | None,
+    w_down_scale: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dequantise FP8 weights to the activation dtype (PyTorch paths)."""
+    if w_gate_up_scale is not None:
+        w_gate_up = dequant_block_fp8(w_gate_up, w_gate_up_scale, x.dtype)
+    if w_down_scale is not None:
+        w_down = dequant_block_fp8(w_down, w_down_scale, x.dtype)
+    return w_gate_up, w_down
+
+
+# ---------------------------------------------------------------------------------------------
+# reference: loop over experts
 
 
 def fused_moe_reference(
@@ -12,8 +76,11 @@ def fused_moe_reference(
     w_down: torch.Tensor,
     topk_weights: torch.Tensor,
     topk_ids: torch.Tensor,
+    w_gate_up_scale: torch.Tensor | None = None,
+    w_down_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Loop over experts. x [T, H], w_gate_up [E, 2I, H] (gate rows first), w_down [E, H, I]."""
+    w_gate_up, w_down = _weights(x, w_gate_up, w_down, w_gate_up_scale, w_down_scale)
     num_experts = w_gate_up.shape[0]
     inter = w_down.shape[-1]
     out = torch.zeros_like(x)
@@ -29,6 +96,145 @@ def fused_moe_reference(
     return out
 
 
+# ---------------------------------------------------------------------------------------------
+# torch: tokens sorted by expert, grouped matmuls forward and backward
+
+
+def _grouped_ok(*tensors: torch.Tensor) -> bool:
+    """torch's grouped_mm wants 16-byte aligned strides; on CUDA it only takes bf16."""
+    if not hasattr(F, "grouped_mm"):
+        return False
+    for t in tensors:
+        if t.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            return False
+        if t.device.type == "cuda" and t.dtype != torch.bfloat16:
+            return False
+        if t.data_ptr() % 16:
+            return False
+        if any(s != 1 and (s * t.element_size()) % 16 for s in t.stride()):
+            return False
+    return True
+
+
+def _gmm(a: torch.Tensor, b: torch.Tensor, offs: torch.Tensor, counts: list[int]) -> torch.Tensor:
+    """Rows of a [M, K] grouped by offs, times b[g] [K, N] -> [M, N]."""
+    if _grouped_ok(a, b):
+        return F.grouped_mm(a, b, offs=offs)
+    out = a.new_empty(a.shape[0], b.shape[-1])
+    start = 0
+    for g, n in enumerate(counts):
+        if n:
+            torch.mm(a[start : start + n], b[g], out=out[start : start + n])
+        start += n
+    return out
+
+
+def _gmm_wgrad(
+    a: torch.Tensor, b: torch.Tensor, offs: torch.Tensor, counts: list[int]
+) -> torch.Tensor:
+    """Per group a_g^T b_g for a [M, P], b [M, Q] -> [G, P, Q] (zeros for empty groups)."""
+    at = a.t()
+    if _grouped_ok(at, b):
+        return F.grouped_mm(at, b, offs=offs)
+    out = a.new_zeros(len(counts), a.shape[1], b.shape[1])
+    start = 0
+    for g, n in enumerate(counts):
+        if n:
+            torch.mm(at[:, start : start + n], b[start : start + n], out=out[g])
+        start += n
+    return out
+
+
+def sort_by_expert(topk_ids: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flattened (token, slot) pairs sorted by expert -> (order [T*k], counts [E])."""
+    flat = topk_ids.reshape(-1)
+    order = torch.argsort(flat, stable=True)
+    counts = torch.bincount(flat, minlength=num_experts)
+    return order, counts
+
+
+class GroupedMoE(torch.autograd.Function):
+    """The whole expert computation as one autograd node over tokens sorted by expert.
+
+    Forward: gather rows by expert, grouped GEMM gate/up, SiLU(gate)*up scaled by the routing
+    weight, grouped GEMM down, then un-permute and sum the k copies of each token (a gather +
+    sum, cheaper on the CPU than a scatter-add). Backward is grouped matmuls too
+    (dX_g = dY_g @ W_g, dW_g = dY_g^T X_g) because torch's own grouped_mm backward is missing on
+    the CPU, and it skips the per-expert autograd bookkeeping of the reference loop.
+    """
+
+    @staticmethod
+    def forward(ctx, x, topk_weights, w_gate_up, w_down, topk_ids):
+        num_tokens, top_k = topk_ids.shape
+        inter = w_down.shape[-1]
+        order, counts = sort_by_expert(topk_ids, w_gate_up.shape[0])
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(order.numel(), device=order.device)
+        offs = torch.cumsum(counts, 0).to(torch.int32)
+        counts = counts.tolist()
+        token = order // top_k
+        ws = topk_weights.reshape(-1)[order].to(x.dtype).unsqueeze(-1)  # [M, 1]
+
+        xs = x.index_select(0, token)  # [M, H], rows grouped by expert
+        gu = _gmm(xs, w_gate_up.transpose(1, 2), offs, counts)  # [M, 2I]
+        act = F.silu(gu[:, :inter]) * gu[:, inter:]
+        y = _gmm(act * ws, w_down.transpose(1, 2), offs, counts)  # [M, H]
+        out = y.index_select(0, inverse).view(num_tokens, top_k, -1).sum(1)
+
+        ctx.save_for_backward(x, gu, ws, w_gate_up, w_down, order, inverse, offs)
+        ctx.counts = counts
+        ctx.weights_dtype = topk_weights.dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, d_out):
+        x, gu, ws, w_gate_up, w_down, order, inverse, offs = ctx.saved_tensors
+        counts = ctx.counts
+        top_k = order.numel() // x.shape[0]
+        inter = w_down.shape[-1]
+        token = order // top_k
+
+        dy = d_out.contiguous().index_select(0, token)  # [M, H]
+        gate, up = gu[:, :inter], gu[:, inter:]
+        sig = torch.sigmoid(gate)
+        silu = gate * sig
+        act = silu * up
+        d_actw = _gmm(dy, w_down, offs, counts)  # [M, I]
+        d_w_gate_up = d_w_down = d_weights = d_x = None
+        if ctx.needs_input_grad[3]:
+            d_w_down = _gmm_wgrad(dy, act * ws, offs, counts)  # [E, H, I]
+        if ctx.needs_input_grad[1]:
+            d_ws = (d_actw * act).sum(-1, dtype=torch.float32)
+            d_weights = d_ws.index_select(0, inverse).view(-1, top_k).to(ctx.weights_dtype)
+        d_act = d_actw * ws
+        d_gate = d_act * up * (sig * (1 + gate * (1 - sig)))
+        d_gu = torch.cat([d_gate, d_act * silu], dim=-1)  # [M, 2I]
+        if ctx.needs_input_grad[0]:
+            d_xs = _gmm(d_gu, w_gate_up, offs, counts)  # [M, H]
+            d_x = d_xs.index_select(0, inverse).view(x.shape[0], top_k, -1).sum(1)
+        if ctx.needs_input_grad[2]:
+            xs = x.index_select(0, token)
+            d_w_gate_up = _gmm_wgrad(d_gu, xs, offs, counts)  # [E, 2I, H]
+        return d_x, d_weights, d_w_gate_up, d_w_down, None
+
+
+def fused_moe_torch(
+    x: torch.Tensor,
+    w_gate_up: torch.Tensor,
+    w_down: torch.Tensor,
+    topk_weights: torch.Tensor,
+    topk_ids: torch.Tensor,
+    w_gate_up_scale: torch.Tensor | None = None,
+    w_down_scale: torch.Tensor | None = None,
+) -> torch.Tensor:
+    w_gate_up, w_down = _weights(x, w_gate_up, w_down, w_gate_up_scale, w_down_scale)
+    return GroupedMoE.apply(x.contiguous(), topk_weights, w_gate_up, w_down, topk_ids)
+
+
+# ---------------------------------------------------------------------------------------------
+# dispatch
+
+
 def fused_moe(
     x: torch.Tensor,
     w_gate_up: torch.Tensor,
@@ -36,7 +242,16 @@ def fused_moe(
     topk_weights: torch.Tensor,
     topk_ids: torch.Tensor,
     backend: str = "auto",
+    w_gate_up_scale: torch.Tensor | None = None,
+    w_down_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    if backend not in ("auto", "reference", "torch", "triton"):
-        raise ValueError(f"unknown MoE backend {backend!r}")
-    return fused_moe_reference(x, w_gate_up, w_down, topk_weights, topk_ids)
+    """SwiGLU MoE experts; see the module docstring for shapes. Differentiable on every backend."""
+    backend = resolve_backend(backend, x.device, "MoE")
+    args = (x, w_gate_up, w_down, topk_weights, topk_ids, w_gate_up_scale, w_down_scale)
+    if backend == "reference":
+        return fused_moe_reference(*args)
+    if backend == "torch":
+        return fused_moe_torch(*args)
+    from kernels.triton_moe import fused_moe_triton
+
+    return fused_moe_triton(*args)
