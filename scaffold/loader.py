@@ -1,0 +1,227 @@
+"""Load and validate the scaffold's data files (metric aliases, detector thresholds, playbook).
+
+The scaffold is plain data the agent (and a person) may edit; this loader is the only code
+here.  ``load_scaffold(None)`` reads the packaged ``scaffold/``; ``load_scaffold(PATH)`` reads a
+copy (the CLI's ``--scaffold PATH``).  Every error names the file and the bad entry.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+PACKAGED = Path(__file__).resolve().parent
+
+FINDING_KINDS = (  # mirrors workbench.doctor.types (scaffold imports nothing of ours)
+    "nan_inf",
+    "divergence",
+    "loss_spike",
+    "plateau",
+    "exploding_gradients",
+    "vanishing_gradients",
+    "overfitting",
+    "expert_collapse",
+    "throughput_drop",
+    "crash",
+    "stalled",
+)
+
+
+class ScaffoldError(ValueError):
+    """A scaffold file is missing or invalid (the message names file and entry)."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# ---------------------------------------------------------------- metrics.yaml
+class MetricAliases(_Strict):
+    roles: dict[str, tuple[str, ...]]
+    params: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+
+    @field_validator("roles")
+    @classmethod
+    def _patterns_compile(cls, v: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+        for role, pats in v.items():
+            for p in pats:
+                if p.startswith("re:"):
+                    try:
+                        re.compile(p[3:])
+                    except re.error as exc:
+                        raise ValueError(f"role {role}: bad regex {p!r}: {exc}") from exc
+        return v
+
+    def matches(self, role: str, name: str) -> int | None:
+        """Index of the first pattern of ``role`` matching ``name`` (None if none)."""
+        low = name.lower()
+        for i, p in enumerate(self.roles.get(role, ())):
+            if p.startswith("re:"):
+                if re.fullmatch(p[3:], name, flags=re.IGNORECASE):
+                    return i
+            elif fnmatch.fnmatchcase(low, p.lower()):
+                return i
+        return None
+
+
+# ---------------------------------------------------------------- playbook.yaml
+class PatchSpec(_Strict):
+    key: str
+    op: Literal["set", "mul", "add", "delete"]
+    value: float | int | str | bool | None = None
+
+
+class RemedySpec(_Strict):
+    id: str
+    description: str
+    patch: tuple[PatchSpec, ...] = ()
+    when: dict[str, Any] = Field(default_factory=dict)  # optional param condition (see Signal)
+
+
+class Signal(_Strict):
+    """One piece of evidence for a cause; its ``weight`` is added when it holds.
+
+    Exactly one of: ``finding`` (a finding kind is present; ``first: true`` — it is the
+    earliest finding; ``metric_role`` — on a metric of that role), ``log`` (a regex found in the
+    log), ``param`` (a run parameter role compared with ``op``/``value``), ``absent`` (a
+    finding kind is *not* present), ``status`` (the run's status is one of the list).
+    """
+
+    weight: float
+    finding: str | None = None
+    first: bool = False
+    metric_role: str | None = None
+    absent: str | None = None
+    log: str | None = None
+    param: str | None = None
+    op: (
+        Literal["gt", "ge", "lt", "le", "eq", "ne", "missing", "present", "falsy", "truthy", "in"]
+        | None
+    ) = None
+    value: Any = None
+    status: tuple[str, ...] | None = None
+
+    @field_validator("log")
+    @classmethod
+    def _regex(cls, v: str | None) -> str | None:
+        if v is not None:
+            re.compile(v)
+        return v
+
+    def model_post_init(self, __context: Any) -> None:
+        chosen = [k for k in ("finding", "absent", "log", "param", "status") if getattr(self, k)]
+        if len(chosen) != 1:
+            raise ValueError(
+                f"a signal needs exactly one of finding/absent/log/param/status, got {chosen}"
+            )
+        for k in ("finding", "absent"):
+            kind = getattr(self, k)
+            if kind and kind not in FINDING_KINDS:
+                raise ValueError(f"unknown finding kind {kind!r}")
+        if self.param and self.op is None:
+            raise ValueError(f"param signal {self.param!r} needs an op")
+
+
+class CauseSpec(_Strict):
+    summary: str
+    explanation: str
+    requires: tuple[str, ...] = ()  # finding kinds of which at least one must be present
+    signals: tuple[Signal, ...]
+    remedies: tuple[RemedySpec, ...] = ()
+
+
+class Playbook(_Strict):
+    min_score: float = 1.0  # a cause must score at least this to be named (else "unknown")
+    causes: dict[str, CauseSpec]
+    unknown: CauseSpec | None = None
+
+
+# ---------------------------------------------------------------- the scaffold
+class Scaffold(_Strict):
+    root: Path
+    metrics: MetricAliases
+    detectors: dict[str, dict[str, Any]]
+    playbook: Playbook
+
+    def prompt(self, name: str) -> str:
+        """The text of ``prompts/<name>`` (prompts are plain files the supervisor renders)."""
+        path = self.root / "prompts" / name
+        if not path.is_file():
+            raise ScaffoldError(f"{path}: prompt not found")
+        return path.read_text()
+
+
+def _read_yaml(path: Path) -> Any:
+    if not path.is_file():
+        raise ScaffoldError(f"{path}: file not found")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ScaffoldError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+
+
+def _validate(model: type[BaseModel], data: Any, path: Path) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise ScaffoldError(f"{path}: {where}: {err['msg']}") from exc
+
+
+def _detectors(data: Any, path: Path) -> dict[str, dict[str, Any]]:
+    if not isinstance(data, dict):
+        raise ScaffoldError(f"{path}: expected a mapping of detector → thresholds")
+    for kind, section in data.items():
+        if kind not in FINDING_KINDS:
+            raise ScaffoldError(f"{path}: {kind}: not a finding kind")
+        if not isinstance(section, dict):
+            raise ScaffoldError(f"{path}: {kind}: expected a mapping of thresholds")
+        for key, value in section.items():
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+            ok = ok or (isinstance(value, list) and all(isinstance(v, str) for v in value))
+            if not ok:
+                raise ScaffoldError(f"{path}: {kind}.{key}: expected a number or a list of names")
+    return data
+
+
+def load_scaffold(path: str | Path | None = None) -> Scaffold:
+    """Load (and cache) the scaffold at ``path`` — the packaged one when None."""
+    root = Path(path).expanduser().resolve() if path else PACKAGED
+    if not root.is_dir():
+        raise ScaffoldError(f"{root}: scaffold folder not found")
+    stamp = tuple(
+        (root / f).stat().st_mtime_ns if (root / f).exists() else 0
+        for f in ("metrics.yaml", "detectors.yaml", "playbook.yaml")
+    )
+    return _load(root, stamp)
+
+
+@lru_cache(maxsize=8)
+def _load(root: Path, _stamp: tuple[int, ...]) -> Scaffold:
+    metrics = _validate(MetricAliases, _read_yaml(root / "metrics.yaml"), root / "metrics.yaml")
+    detectors = _detectors(_read_yaml(root / "detectors.yaml"), root / "detectors.yaml")
+    playbook = _validate(Playbook, _read_yaml(root / "playbook.yaml"), root / "playbook.yaml")
+    return Scaffold(root=root, metrics=metrics, detectors=detectors, playbook=playbook)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m scaffold.loader [PATH]``: validate a scaffold folder."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    s = load_scaffold(args[0] if args else None)
+    print(
+        f"{s.root}: {len(s.metrics.roles)} metric roles, {len(s.detectors)} detectors, "
+        f"{len(s.playbook.causes)} causes — ok"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,271 @@
+"""The doctor's entry points: ``detect`` (arrays → findings), ``diagnose`` (findings → cause),
+``diagnose_run`` (a run in MLflow → ``RunVerdict``)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from scaffold.loader import MetricAliases, Playbook, Scaffold, load_scaffold
+from workbench.doctor import detectors as D
+from workbench.doctor import rules
+from workbench.doctor.series import Series, normalize, resolve_roles
+from workbench.doctor.types import Diagnosis, Finding, Remedy, RunVerdict
+
+_STEP_TIME_ROLE = "step_time"
+
+
+def _get(run_info: Any, key: str, default: Any = None) -> Any:
+    if run_info is None:
+        return default
+    if isinstance(run_info, Mapping):
+        return run_info.get(key, default)
+    return getattr(run_info, key, default)
+
+
+def _scaffold(scaffold: Scaffold | str | None) -> Scaffold:
+    return scaffold if isinstance(scaffold, Scaffold) else load_scaffold(scaffold)
+
+
+def series_of(histories: Mapping[str, Any]) -> dict[str, Series]:
+    """Normalise every history (empty ones are dropped)."""
+    out = {}
+    for name, h in histories.items():
+        s = normalize(name, h)
+        if len(s):
+            out[name] = s
+    return out
+
+
+def detect_metrics(
+    series: Mapping[str, Series],
+    thresholds: Mapping[str, Mapping[str, Any]],
+    aliases: MetricAliases,
+    *,
+    since: Mapping[str, int] | None = None,
+    roles: Mapping[str, str] | None = None,
+) -> list[Finding]:
+    """Findings from metric histories only (no status, no log)."""
+    roles = (
+        dict(roles)
+        if roles is not None
+        else resolve_roles({k: len(v) for k, v in series.items()}, aliases)
+    )
+    since = since or {}
+    th = thresholds
+    out: list[Finding] = []
+
+    def s_of(role: str) -> Series | None:
+        name = roles.get(role)
+        return series.get(name) if name else None
+
+    def at(s: Series) -> int:
+        return min(since.get(s.name, 0), len(s))
+
+    seen: set[str] = set()
+    for role in th.get("nan_inf", {}).get("roles", ["train_loss", "eval_loss", "grad_norm"]):
+        s = s_of(role)
+        if s is not None and s.name not in seen:
+            seen.add(s.name)
+            f = D.nan_inf(s, th.get("nan_inf", {}), at(s))
+            if f:
+                out.append(f)
+    loss = s_of("train_loss")
+    if loss is not None:
+        for fn, kind in ((D.divergence, "divergence"), (D.loss_spike, "loss_spike")):
+            f = fn(loss, th.get(kind, {}), at(loss))
+            if f:
+                out.append(f)
+        f = D.plateau(loss, th.get("plateau", {}))
+        if f:
+            out.append(f)
+    gn = s_of("grad_norm")
+    if gn is not None:
+        for fn, kind in (
+            (D.exploding_gradients, "exploding_gradients"),
+            (D.vanishing_gradients, "vanishing_gradients"),
+        ):
+            f = fn(gn, th.get(kind, {}), at(gn))
+            if f:
+                out.append(f)
+    ev = s_of("eval_loss")
+    if ev is not None:
+        f = D.overfitting(ev, loss, th.get("overfitting", {}))
+        if f:
+            out.append(f)
+    load, dead, ent = s_of("moe_load"), s_of("moe_dead"), s_of("moe_entropy")
+    if load is not None or dead is not None or ent is not None:
+        first = min((at(s) for s in (load, dead, ent) if s is not None), default=0)
+        f = D.expert_collapse(load, dead, ent, th.get("expert_collapse", {}), first)
+        if f:
+            out.append(f)
+    drops = []
+    tp = s_of("throughput")
+    if tp is not None:
+        drops.append(D.throughput_drop(tp, th.get("throughput_drop", {}), at(tp)))
+    st = s_of(_STEP_TIME_ROLE)
+    if st is not None:
+        drops.append(
+            D.throughput_drop(st, th.get("throughput_drop", {}), at(st), higher_is_worse=True)
+        )
+    drops = [d for d in drops if d is not None]
+    if drops:
+        out.append(min(drops, key=lambda f: f.step or 0))
+    return out
+
+
+def _last_point(series: Mapping[str, Series]) -> tuple[int | None, int | None, float | None]:
+    """(last step, last timestamp, median logging interval in ms) over all metrics."""
+    if not series:
+        return None, None, None
+    last_step = max(int(s.steps[-1]) for s in series.values())
+    last_ts = max(int(s.timestamps.max()) for s in series.values())
+    densest = max(series.values(), key=len)
+    ts = np.sort(densest.timestamps)
+    cadence = float(np.median(np.diff(ts))) if len(ts) > 2 else None
+    return last_step, (last_ts or None), cadence
+
+
+def detect_status(
+    series: Mapping[str, Series],
+    run_info: Any,
+    log_text: str | None,
+    thresholds: Mapping[str, Mapping[str, Any]],
+    now_ms: int | None = None,
+) -> list[Finding]:
+    """``crash`` (status + log) and ``stalled`` (silence longer than the run's cadence)."""
+    status = _get(run_info, "status", "FINISHED") or "FINISHED"
+    last_step, last_ts, cadence = _last_point(series)
+    out = []
+    f = D.crash(status, log_text or "", last_step, thresholds.get("crash", {}))
+    if f:
+        out.append(f)
+    if status in ("RUNNING", "KILLED"):
+        end = _get(run_info, "end_time")
+        ref = (
+            int(end)
+            if status != "RUNNING" and end
+            else int(now_ms if now_ms is not None else time.time() * 1000)
+        )
+        f = D.stalled(status, last_ts, cadence, last_step, ref, thresholds.get("stalled", {}))
+        if f:
+            out.append(f)
+    return out
+
+
+def _order(findings: list[Finding]) -> list[Finding]:
+    return sorted(findings, key=lambda f: (f.step is None, f.step or 0, f.kind))
+
+
+def detect(
+    histories: Mapping[str, Any],
+    run_info: Any = None,
+    log_text: str | None = "",
+    thresholds: Mapping[str, Mapping[str, Any]] | None = None,
+    *,
+    aliases: MetricAliases | None = None,
+    now_ms: int | None = None,
+) -> list[Finding]:
+    """All findings of one run, earliest first.
+
+    ``histories``: metric name → tracking ``History`` or ``(steps, values[, timestamps])``;
+    ``run_info``: anything with ``status``/``end_time`` (a ``RunInfo`` or a dict);
+    ``thresholds``: the scaffold's detectors section (packaged defaults when None).
+    """
+    sc = load_scaffold(None) if thresholds is None or aliases is None else None
+    thresholds = thresholds if thresholds is not None else sc.detectors  # type: ignore[union-attr]
+    aliases = aliases if aliases is not None else sc.metrics  # type: ignore[union-attr]
+    series = series_of(histories)
+    found = detect_metrics(series, thresholds, aliases)
+    found += detect_status(series, run_info, log_text, thresholds, now_ms)
+    return _order(found)
+
+
+def diagnose(
+    findings: list[Finding],
+    params: Mapping[str, str],
+    log_text: str | None,
+    playbook: Playbook | None = None,
+    *,
+    aliases: MetricAliases | None = None,
+    status: str | None = None,
+) -> tuple[Diagnosis | None, list[Remedy]]:
+    """Findings + params + log → (diagnosis or None when healthy, ranked remedies)."""
+    if playbook is None or aliases is None:
+        sc = load_scaffold(None)
+        playbook = playbook or sc.playbook
+        aliases = aliases or sc.metrics
+    return rules.diagnose(
+        findings, params, log_text or "", playbook, aliases=aliases, status=status
+    )
+
+
+def verdict(
+    run_id: str,
+    findings: list[Finding],
+    params: Mapping[str, str],
+    log_text: str | None,
+    scaffold: Scaffold,
+    status: str | None = None,
+) -> RunVerdict:
+    diag, remedies = diagnose(
+        findings, params, log_text, scaffold.playbook, aliases=scaffold.metrics, status=status
+    )
+    return RunVerdict(
+        run_id=run_id,
+        status="failing" if findings else "healthy",
+        findings=tuple(findings),
+        diagnosis=diag,
+        remedies=tuple(remedies),
+    )
+
+
+def needs_log(status: str, findings: list[Finding]) -> bool:
+    """The log is read only when it can matter (a stopped run, or something found)."""
+    return bool(findings) or status in ("FAILED", "KILLED")
+
+
+def diagnose_run(
+    client_or_uri: Any,
+    run_id: str,
+    scaffold: Scaffold | str | None = None,
+    *,
+    now_ms: int | None = None,
+) -> RunVerdict:
+    """Read one run from MLflow and judge it.  ``client_or_uri``: a ``TrackingClient`` or a URI."""
+    from workbench.tracking import TrackingClient
+
+    sc = _scaffold(scaffold)
+    client = (
+        client_or_uri
+        if isinstance(client_or_uri, TrackingClient)
+        else TrackingClient(client_or_uri)
+    )
+    info = client.run(run_id)
+    series = series_of(client.histories(run_id))
+    return judge(client, info, series, sc, now_ms=now_ms)
+
+
+def judge(
+    client: Any,
+    info: Any,
+    series: Mapping[str, Series],
+    sc: Scaffold,
+    *,
+    now_ms: int | None = None,
+    metric_findings: list[Finding] | None = None,
+) -> RunVerdict:
+    """Findings → verdict for a run whose series are already in hand (reads the log if needed)."""
+    found = (
+        metric_findings
+        if metric_findings is not None
+        else detect_metrics(series, sc.detectors, sc.metrics)
+    )
+    status = info.status
+    pre = found + detect_status(series, info, None, sc.detectors, now_ms)
+    log = client.log_text(info.run_id) if needs_log(status, pre) else ""
+    found = _order(found + detect_status(series, info, log, sc.detectors, now_ms))
+    return verdict(info.run_id, found, info.params, log, sc, status)

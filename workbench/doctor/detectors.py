@@ -1,0 +1,467 @@
+"""Detectors: pure functions from one metric series (or the run's status and log) to a finding.
+
+Every detector returns at most one ``Finding`` — the *onset* (first step) of its problem —
+with thresholds from ``scaffold/detectors.yaml``.  Robust statistics throughout: a rolling
+median and MAD over the preceding window (OLMo's z > 6 over 128 steps), Megatron's "10× the
+running max", runs of ``persist`` consecutive points so one noisy point is not a trend.
+
+``since`` (an index into the series) restricts where an onset may be found; the incremental
+watcher passes the first index it has not judged yet, so windowed detectors cost O(new points).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+
+from workbench.doctor.series import Series
+from workbench.doctor.types import Finding
+
+# ------------------------------------------------------------------------- helpers
+
+
+def _fmt(x: float) -> str:
+    if not np.isfinite(x):
+        return str(x)
+    return f"{x:.4g}"
+
+
+def _first_run(mask: np.ndarray, persist: int, since: int = 0) -> int | None:
+    """First index ≥ since starting ``persist`` consecutive True values (a shorter run that
+    reaches the end of the series counts when it has at least 2 points, or ``persist`` is 1)."""
+    n = len(mask)
+    if n == 0 or persist <= 0:
+        return None
+    m = mask.astype(np.int8)
+    if persist == 1:
+        idx = np.flatnonzero(m[since:])
+        return int(idx[0]) + since if len(idx) else None
+    if n >= persist:
+        c = np.convolve(m, np.ones(persist, np.int8), "valid")
+        idx = np.flatnonzero(c[since:] == persist) if since < len(c) else np.zeros(0, int)
+        if len(idx):
+            return int(idx[0]) + since
+    # A trailing run shorter than persist (the series just ended).
+    tail = 0
+    while tail < n and m[n - 1 - tail]:
+        tail += 1
+    start = n - tail
+    if tail >= min(2, persist) and start >= since:
+        return start
+    return None
+
+
+def _ffill_finite(x: np.ndarray) -> np.ndarray:
+    """Replace non-finite values by the last finite one (or the first finite one at the start)."""
+    ok = np.isfinite(x)
+    if ok.all():
+        return x
+    if not ok.any():
+        return np.zeros_like(x)
+    idx = np.where(ok, np.arange(len(x)), 0)
+    np.maximum.accumulate(idx, out=idx)
+    out = x[idx]
+    first = int(np.argmax(ok))
+    out[:first] = x[first]
+    return out
+
+
+def rolling_baseline(
+    x: np.ndarray, window: int, stride: int, min_history: int, since: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Median and MAD of the ``window`` points *before* each index (NaN before ``min_history``).
+
+    Recomputed every ``stride`` points (blocks share the baseline of their first index), so
+    the cost is O(n·window/stride); only indices ≥ ``since`` are filled.
+    """
+    n = len(x)
+    med = np.full(n, np.nan)
+    mad = np.full(n, np.nan)
+    # Blocks start at min_history + k·stride; skip those that end before `since`.
+    k0 = max(0, (since - min_history) // stride)
+    starts = np.arange(min_history + k0 * stride, n, stride)
+    if len(starts) == 0:
+        return med, mad
+    # Each block's window is one row of a matrix: one vectorised median for all blocks.
+    short = starts < window
+    m = np.empty(len(starts))
+    d = np.empty(len(starts))
+    if (~short).any():
+        full = np.lib.stride_tricks.sliding_window_view(x, window)[starts[~short] - window]
+        m[~short] = _row_median(full)
+        d[~short] = _row_median(np.abs(full - m[~short, None]))
+    if short.any():  # early blocks: only the `min_history` points before them
+        part = np.lib.stride_tricks.sliding_window_view(x, min_history)[starts[short] - min_history]
+        m[short] = _row_median(part)
+        d[short] = _row_median(np.abs(part - m[short, None]))
+    # Spread each block's value over its `stride` indices.
+    reps = np.minimum(stride, n - starts)
+    idx = np.repeat(starts, reps) + _ranges(reps)
+    med[idx] = np.repeat(m, reps)
+    mad[idx] = np.repeat(d, reps)
+    return med, mad
+
+
+def _row_median(a: np.ndarray) -> np.ndarray:
+    """Median of each row (a lower median for even widths: one partition, twice as fast)."""
+    k = (a.shape[1] - 1) // 2
+    return np.partition(a, k, axis=1)[:, k]
+
+
+def _ranges(reps: np.ndarray) -> np.ndarray:
+    """[0..r0-1, 0..r1-1, …] without a Python loop."""
+    total = int(reps.sum())
+    ends = np.cumsum(reps)
+    out = np.arange(total) - np.repeat(ends - reps, reps)
+    return out
+
+
+# ------------------------------------------------------------------------- metric detectors
+
+
+def nan_inf(s: Series, th: dict[str, Any], since: int = 0) -> Finding | None:
+    bad = ~np.isfinite(s.values)
+    idx = np.flatnonzero(bad[since:])
+    if not len(idx):
+        return None
+    i = int(idx[0]) + since
+    ok = np.flatnonzero(~bad[:i])
+    before = (
+        f" (last finite {_fmt(s.values[ok[-1]])} at step {s.steps[ok[-1]]})"
+        if len(ok)
+        else " (no finite value logged)"
+    )
+    return Finding(
+        kind="nan_inf",
+        metric=s.name,
+        step=int(s.steps[i]),
+        severity=1.0,
+        evidence=f"{s.name} is {s.values[i]} at step {s.steps[i]}{before}; {int(bad.sum())}/{len(s)} points non-finite",
+    )
+
+
+def divergence(s: Series, th: dict[str, Any], since: int = 0) -> Finding | None:
+    """The loss leaves its best value for good: ``persist`` points above ratio × running min
+    (and min_delta above it), or one point above ``megatron_ratio`` × the running max."""
+    x = s.values
+    fin = np.isfinite(x)
+    if fin.sum() < 3:
+        return None
+    # Only the finite prefix: what happens after a NaN is nan_inf's business.
+    end = int(np.argmin(fin)) if not fin.all() else len(x)
+    x = x[:end]
+    if len(x) < 3:
+        return None
+    run_min = np.minimum.accumulate(x)
+    prev_min = np.concatenate([[x[0]], run_min[:-1]])
+    thresh = np.maximum(prev_min * th.get("ratio", 1.5), prev_min + th.get("min_delta", 0.5))
+    above = x > thresh
+    i = _first_run(above, int(th.get("persist", 5)), since)
+    run_max = np.maximum.accumulate(np.abs(x))
+    prev_max = np.concatenate([[np.inf], run_max[:-1]])
+    mega = np.flatnonzero((np.abs(x) > th.get("megatron_ratio", 10.0) * prev_max)[max(since, 1) :])
+    j = int(mega[0]) + max(since, 1) if len(mega) else None
+    if i is None and j is None:
+        return None
+    k = min(v for v in (i, j) if v is not None)
+    best = float(prev_min[k])
+    peak = float(np.max(x[k:]))
+    return Finding(
+        kind="divergence",
+        metric=s.name,
+        step=int(s.steps[k]),
+        severity=float(min(1.0, 0.5 + 0.1 * peak / max(abs(best), 1e-12))),
+        evidence=f"{s.name} rose from its best {_fmt(best)} to {_fmt(x[k])} at step {s.steps[k]} (peak {_fmt(peak)}) and stayed up",
+    )
+
+
+def loss_spike(s: Series, th: dict[str, Any], since: int = 0) -> Finding | None:
+    """A point far above the robust baseline of the preceding window."""
+    x = _finite_prefix(s.values)
+    if len(x) <= th.get("min_history", 16):
+        return None
+    med, mad = rolling_baseline(
+        x,
+        int(th.get("window", 128)),
+        int(th.get("stride", 4)),
+        int(th.get("min_history", 16)),
+        since,
+    )
+    scale = np.maximum(1.4826 * mad, th.get("rel_floor", 0.01) * np.abs(med))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = (x - med) / scale
+        hit = (z > th.get("z", 6.0)) & (x > med * (1 + th.get("min_rel", 0.25)))
+    idx = np.flatnonzero(hit[since:])
+    if not len(idx):
+        return None
+    i = int(idx[0]) + since
+    n_spikes = int(np.count_nonzero(hit))
+    return Finding(
+        kind="loss_spike",
+        metric=s.name,
+        step=int(s.steps[i]),
+        severity=float(min(1.0, z[i] / (4 * th.get("z", 6.0)))),
+        evidence=f"{s.name} = {_fmt(x[i])} at step {s.steps[i]} vs median {_fmt(med[i])} of the previous points (robust z {z[i]:.1f}); {n_spikes} spike point(s)",
+    )
+
+
+def plateau(s: Series, th: dict[str, Any], since: int = 0) -> Finding | None:
+    """The loss did not improve over the whole run (a relative gain below min_improvement)."""
+    x = _finite_prefix(s.values)
+    n = len(x)
+    if n < th.get("min_points", 40):
+        return None
+    h = max(1, int(n * th.get("head", 0.1)))
+    t = max(1, int(n * th.get("tail", 0.2)))
+    head, tail = float(np.median(x[:h])), float(np.median(x[-t:]))
+    if not head > 0:
+        return None
+    gain = (head - tail) / abs(head)
+    if gain >= th.get("min_improvement", 0.05) or tail > head * 1.2:
+        return None  # learned, or went up (divergence's business)
+    return Finding(
+        kind="plateau",
+        metric=s.name,
+        step=int(s.steps[0]),
+        severity=float(min(1.0, 1 - max(gain, 0) / th.get("min_improvement", 0.05))),
+        evidence=f"{s.name} went from {_fmt(head)} to {_fmt(tail)} over {n} points ({100 * gain:.1f}% better, < {100 * th.get('min_improvement', 0.05):.0f}%)",
+    )
+
+
+def exploding_gradients(s: Series, th: dict[str, Any], since: int = 0) -> Finding | None:
+    x = s.values
+    inf_idx = np.flatnonzero(np.isposinf(x[since:]))
+    y = np.log10(np.maximum(_ffill_finite(x), 1e-30))
+    med, mad = rolling_baseline(
+        y,
+        int(th.get("window", 128)),
+        int(th.get("stride", 4)),
+        int(th.get("min_history", 16)),
+        since,
+    )
+    scale = np.maximum(1.4826 * mad, 0.05)
+    with np.errstate(invalid="ignore"):
+        z = (y - med) / scale
+        hit = (z > th.get("z", 8.0)) & (y > med + np.log10(th.get("ratio", 8.0)))
+    hit |= np.isfinite(x) & (x > th.get("abs_max", 1e4))
+    idx = np.flatnonzero(hit[since:])
+    cands = [int(idx[0]) + since] if len(idx) else []
+    if len(inf_idx):
+        cands.append(int(inf_idx[0]) + since)
+    if not cands:
+        return None
+    i = min(cands)
+    base = 10 ** med[i] if np.isfinite(med[i]) else float("nan")
+    return Finding(
+        kind="exploding_gradients",
+        metric=s.name,
+        step=int(s.steps[i]),
+        severity=float(min(1.0, 0.5 + 0.05 * (z[i] if np.isfinite(z[i]) else 10))),
+        evidence=f"{s.name} = {_fmt(x[i])} at step {s.steps[i]} vs median {_fmt(base)} before; {int(np.count_nonzero(hit))} point(s) over",
+    )
+
+
+def vanishing_gradients(s: Series, th: dict[str, Any], since: int = 0) -> Finding | None:
+    x = s.values
+    fin = np.isfinite(x)
+    if fin.sum() < th.get("min_points", 20):
+        return None
+    early = x[fin][: max(5, int(fin.sum() * 0.1))]
+    ref = float(np.median(early))
+    low = fin & ((x < th.get("ratio", 1e-3) * ref) | (np.abs(x) < th.get("abs_min", 1e-8)))
+    i = _first_run(low, int(th.get("persist", 5)), since)
+    if i is None:
+        return None
+    return Finding(
+        kind="vanishing_gradients",
+        metric=s.name,
+        step=int(s.steps[i]),
+        severity=0.7,
+        evidence=f"{s.name} fell to {_fmt(x[i])} at step {s.steps[i]} from an early median of {_fmt(ref)}",
+    )
+
+
+def overfitting(ev: Series, tr: Series | None, th: dict[str, Any]) -> Finding | None:
+    """Eval loss turned up from its minimum (for the last ``persist`` evals) while the train
+    loss kept at or below its value at that minimum."""
+    x = _finite_prefix(ev.values)
+    n = len(x)
+    persist = int(th.get("persist", 2))
+    if n < max(th.get("min_points", 4), persist + 2):
+        return None
+    m = int(np.argmin(x[: n - persist]))  # the best eval before the last `persist` ones
+    best = float(x[m])
+    limit = best + abs(best) * th.get("rise", 0.05)
+    if not np.all(x[n - persist :] > limit):
+        return None
+    rise_at = m + 1 + int(np.argmax(x[m + 1 :] > limit))
+    if tr is not None and len(tr):
+        t_at = _value_at(tr, int(ev.steps[m]))
+        t_end = _value_at(tr, int(ev.steps[n - 1]))
+        if (
+            t_at is not None
+            and t_end is not None
+            and t_end > t_at * (1 + th.get("train_slack", 0.02))
+        ):
+            return None  # train loss rose too: not overfitting (divergence or noise)
+        train_txt = f"; {tr.name} {_fmt(t_at or np.nan)} → {_fmt(t_end or np.nan)}"
+    else:
+        train_txt = ""
+    return Finding(
+        kind="overfitting",
+        metric=ev.name,
+        step=int(ev.steps[m]),
+        severity=float(min(1.0, (x[-1] - best) / max(abs(best), 1e-12))),
+        evidence=f"{ev.name} bottomed at {_fmt(best)} (step {ev.steps[m]}), {_fmt(x[rise_at])} by step {ev.steps[rise_at]}, now {_fmt(x[-1])}{train_txt}",
+    )
+
+
+def expert_collapse(
+    load: Series | None,
+    dead: Series | None,
+    entropy: Series | None,
+    th: dict[str, Any],
+    since: int = 0,
+) -> Finding | None:
+    persist = int(th.get("persist", 5))
+    cands: list[tuple[int, Series, str]] = []
+    for s, kind in ((load, "load"), (dead, "dead"), (entropy, "entropy")):
+        if s is None or len(s) < persist:
+            continue
+        x = s.values
+        w = int(len(x) * th.get("warmup", 0.1))
+        if kind == "load":
+            mask = x > th.get("load_ratio", 3.0)
+        elif kind == "dead":
+            mask = x >= th.get("dead", 1)
+        else:
+            ref = float(np.nanmedian(x[: max(3, w)]))
+            mask = x < th.get("entropy_frac", 0.5) * ref
+        mask = mask & np.isfinite(x)
+        mask[:w] = False
+        i = _first_run(mask, persist, since)
+        if i is not None:
+            cands.append((int(s.steps[i]), s, kind))
+    if not cands:
+        return None
+    step, s, kind = min(cands, key=lambda c: c[0])
+    i = int(np.searchsorted(s.steps, step))
+    what = {"load": "max/mean expert load", "dead": "dead experts", "entropy": "router entropy"}[
+        kind
+    ]
+    return Finding(
+        kind="expert_collapse",
+        metric=s.name,
+        step=step,
+        severity=0.8,
+        evidence=f"{what} {s.name} = {_fmt(s.values[i])} at step {step}, now {_fmt(s.values[-1])}",
+    )
+
+
+def throughput_drop(
+    s: Series, th: dict[str, Any], since: int = 0, *, higher_is_worse: bool = False
+) -> Finding | None:
+    """Throughput below ``drop`` × its rolling median (or step time above 1/drop ×), sustained."""
+    x = s.values
+    if len(x) <= th.get("min_history", 10):
+        return None
+    y = _ffill_finite(x)
+    if higher_is_worse:
+        y = 1.0 / np.maximum(y, 1e-12)
+    med, _ = rolling_baseline(
+        y,
+        int(th.get("window", 64)),
+        int(th.get("stride", 4)),
+        int(th.get("min_history", 10)),
+        since,
+    )
+    with np.errstate(invalid="ignore"):
+        low = y < th.get("drop", 0.6) * med
+    i = _first_run(low, int(th.get("persist", 5)), since)
+    if i is None:
+        return None
+    shown = (lambda v: 1.0 / v) if higher_is_worse else (lambda v: v)
+    return Finding(
+        kind="throughput_drop",
+        metric=s.name,
+        step=int(s.steps[i]),
+        severity=float(min(1.0, 1 - y[i] / med[i])) if med[i] > 0 else 0.5,
+        evidence=f"{s.name} = {_fmt(shown(y[i]))} at step {s.steps[i]} vs {_fmt(shown(med[i]))} before ({100 * (1 - y[i] / med[i]):.0f}% slower)",
+    )
+
+
+# ------------------------------------------------------------------------- status & log
+
+_TRACEBACK = re.compile(r"Traceback \(most recent call last\)")
+_ERROR_LINE = re.compile(
+    r"^(?:[\w.]+\.)?([A-Z]\w*(?:Error|Exception|Interrupt))(?::\s*(.*))?$", re.M
+)
+
+
+def last_error_line(log_text: str) -> str | None:
+    """The exception line of the last traceback in the log (``None`` if there is none)."""
+    tb = list(_TRACEBACK.finditer(log_text))
+    if not tb:
+        return None
+    tail = log_text[tb[-1].end() :]
+    m = list(_ERROR_LINE.finditer(tail))
+    return m[-1].group(0).strip()[:200] if m else "Traceback (exception line not found)"
+
+
+def crash(status: str, log_text: str, last_step: int | None, th: dict[str, Any]) -> Finding | None:
+    failed = status in th.get("statuses", ["FAILED"])
+    err = last_error_line(log_text)
+    if not failed and not (err and status != "FINISHED"):
+        return None
+    why = err or "no traceback in the log"
+    return Finding(
+        kind="crash",
+        metric=None,
+        step=last_step,
+        severity=1.0,
+        evidence=f"run status {status} after step {last_step}: {why}",
+    )
+
+
+def stalled(
+    status: str,
+    last_ts: int | None,
+    cadence_ms: float | None,
+    last_step: int | None,
+    ref_ms: int,
+    th: dict[str, Any],
+) -> Finding | None:
+    """No new point for far longer than the run's own cadence: ``ref_ms`` is now for a RUNNING
+    run, its end time for one that was stopped (a hang that was later killed)."""
+    if last_ts is None or status == "FAILED":
+        return None
+    gap_s = (ref_ms - last_ts) / 1000.0
+    allowed = max(th.get("min_seconds", 60.0), th.get("factor", 20.0) * (cadence_ms or 0) / 1000.0)
+    if gap_s <= allowed:
+        return None
+    return Finding(
+        kind="stalled",
+        metric=None,
+        step=last_step,
+        severity=float(min(1.0, gap_s / (4 * allowed))),
+        evidence=f"no metric point for {gap_s:.0f}s after step {last_step} (usual interval {(cadence_ms or 0) / 1000:.2g}s, allowed {allowed:.0f}s); status {status}",
+    )
+
+
+# ------------------------------------------------------------------------- small utils
+
+
+def _finite_prefix(x: np.ndarray) -> np.ndarray:
+    fin = np.isfinite(x)
+    return x if fin.all() else x[: int(np.argmin(fin))]
+
+
+def _value_at(s: Series, step: int) -> float | None:
+    """Median of the series' finite values within a few points of ``step``."""
+    i = int(np.searchsorted(s.steps, step))
+    lo, hi = max(0, i - 5), min(len(s), i + 6)
+    seg = s.values[lo:hi]
+    seg = seg[np.isfinite(seg)]
+    return float(np.median(seg)) if len(seg) else None

@@ -1,0 +1,166 @@
+"""The ``rules`` brain's diagnosis: findings + params + log → cause, confidence, remedies.
+
+All knowledge is in ``scaffold/playbook.yaml``: each cause lists weighted signals; the best
+scoring cause whose required findings are present wins.  No model, fully deterministic.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from scaffold.loader import CauseSpec, MetricAliases, Playbook, Signal
+from workbench.doctor.series import as_float, is_falsy, param_value
+from workbench.doctor.types import Diagnosis, Finding, PatchOp, Remedy
+
+
+def _param_holds(
+    role: str, op: str, value: Any, params: Mapping[str, str], aliases: MetricAliases | None
+) -> bool:
+    raw = param_value(params, aliases, role) if aliases is not None else params.get(role)
+    if op == "missing":
+        return raw is None
+    if op == "present":
+        return raw is not None
+    if op == "falsy":
+        return is_falsy(raw)
+    if op == "truthy":
+        return not is_falsy(raw)
+    if raw is None:
+        return False
+    if op == "in":
+        return str(raw).lower() in [str(v).lower() for v in (value or [])]
+    if op in ("eq", "ne"):
+        same = str(raw).lower() == str(value).lower() or (
+            as_float(raw) is not None and as_float(str(value)) == as_float(raw)
+        )
+        return same if op == "eq" else not same
+    x, v = as_float(raw), as_float(str(value))
+    if x is None or v is None:
+        return False
+    return {"gt": x > v, "ge": x >= v, "lt": x < v, "le": x <= v}[op]
+
+
+def _signal_holds(
+    sig: Signal,
+    findings: Sequence[Finding],
+    params: Mapping[str, str],
+    log_text: str,
+    status: str | None,
+    roles_of: Mapping[str, str],
+    aliases: MetricAliases | None,
+) -> bool:
+    if sig.finding:
+        hits = [f for f in findings if f.kind == sig.finding]
+        if sig.metric_role:
+            hits = [f for f in hits if f.metric and roles_of.get(f.metric) == sig.metric_role]
+        if not hits:
+            return False
+        if sig.first:
+            steps = [f.step for f in findings if f.step is not None]
+            first = min(steps) if steps else None
+            return any(f.step == first for f in hits)
+        return True
+    if sig.absent:
+        return not any(f.kind == sig.absent for f in findings)
+    if sig.log:
+        return bool(log_text) and re.search(sig.log, log_text) is not None
+    if sig.status:
+        return status is not None and status in sig.status
+    if sig.param:
+        return _param_holds(sig.param, sig.op or "present", sig.value, params, aliases)
+    return False
+
+
+def score_causes(
+    findings: Sequence[Finding],
+    params: Mapping[str, str],
+    log_text: str,
+    playbook: Playbook,
+    *,
+    aliases: MetricAliases | None = None,
+    status: str | None = None,
+    roles_of: Mapping[str, str] | None = None,
+) -> dict[str, float]:
+    """cause → score (only causes whose ``requires`` are met)."""
+    kinds = {f.kind for f in findings}
+    scores: dict[str, float] = {}
+    for cause, spec in playbook.causes.items():
+        if spec.requires and not kinds.intersection(spec.requires):
+            continue
+        scores[cause] = sum(
+            s.weight
+            for s in spec.signals
+            if _signal_holds(s, findings, params, log_text, status, roles_of or {}, aliases)
+        )
+    return scores
+
+
+def _remedies(
+    spec: CauseSpec, params: Mapping[str, str], aliases: MetricAliases | None
+) -> list[Remedy]:
+    out = []
+    for r in spec.remedies:
+        if r.when and not _param_holds(
+            r.when.get("param", ""),
+            r.when.get("op", "present"),
+            r.when.get("value"),
+            params,
+            aliases,
+        ):
+            continue
+        out.append(
+            Remedy(
+                id=r.id,
+                description=r.description,
+                patch=tuple(PatchOp(key=p.key, op=p.op, value=p.value) for p in r.patch),
+            )
+        )
+    return out
+
+
+def diagnose(
+    findings: Sequence[Finding],
+    params: Mapping[str, str],
+    log_text: str,
+    playbook: Playbook,
+    *,
+    aliases: MetricAliases | None = None,
+    status: str | None = None,
+    roles_of: Mapping[str, str] | None = None,
+) -> tuple[Diagnosis | None, list[Remedy]]:
+    """The most likely cause of the findings, with ranked remedies (None for a healthy run)."""
+    if not findings:
+        return None, []
+    scores = score_causes(
+        findings, params, log_text, playbook, aliases=aliases, status=status, roles_of=roles_of
+    )
+    ranked = sorted(scores.items(), key=lambda kv: -kv[1])  # stable: playbook order breaks ties
+    lead = sorted(findings, key=lambda f: (f.step is None, f.step or 0))[0]
+    if not ranked or ranked[0][1] < playbook.min_score:
+        spec = playbook.unknown
+        summary = spec.summary if spec else "unknown cause"
+        return (
+            Diagnosis(
+                cause="unknown",
+                confidence=0.2,
+                summary=f"{summary}; first finding: {lead.kind} at step {lead.step}",
+                explanation=(spec.explanation if spec else "") + " " + lead.evidence,
+            ),
+            _remedies(spec, params, aliases) if spec else [],
+        )
+    cause, best = ranked[0]
+    second = ranked[1][1] if len(ranked) > 1 else 0.0
+    spec = playbook.causes[cause]
+    confidence = round(min(0.99, best / (best + max(second, 0.0) + 0.5)), 2)
+    evidence = "; ".join(f.evidence for f in findings[:3])
+    return (
+        Diagnosis(
+            cause=cause,  # type: ignore[arg-type]
+            confidence=confidence,
+            summary=f"{spec.summary} ({lead.kind} at step {lead.step})",
+            explanation=f"{spec.explanation} Evidence: {evidence}",
+        ),
+        _remedies(spec, params, aliases),
+    )

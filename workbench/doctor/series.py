@@ -1,0 +1,126 @@
+"""Metric series as the detectors see them: one value per step, and each metric's role.
+
+``normalize`` turns a history *as logged* into sorted unique steps: when a run restarts from
+a checkpoint and logs old steps again, the last write of a step wins.  ``resolve_roles`` maps
+logged names to roles (``train_loss``, ``grad_norm``, …) through the scaffold's alias map.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from scaffold.loader import MetricAliases
+from workbench.errors import BadInputError
+
+
+@dataclass(frozen=True)
+class Series:
+    name: str
+    steps: np.ndarray  # int64, strictly increasing
+    values: np.ndarray  # float64 (NaN/inf kept)
+    timestamps: np.ndarray  # int64 ms (zeros when unknown)
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+
+def _as_arrays(name: str, h: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Accept a tracking ``History``, a (steps, values[, timestamps]) tuple, or a dict."""
+    if hasattr(h, "steps") and hasattr(h, "values"):
+        steps, values, ts = h.steps, h.values, getattr(h, "timestamps", None)
+    elif isinstance(h, Mapping):
+        steps, values, ts = h.get("steps"), h.get("values"), h.get("timestamps")
+    else:
+        steps, values, *rest = h
+        ts = rest[0] if rest else None
+    try:
+        values = np.asarray(values, dtype=np.float64)
+        raw_steps = np.asarray(steps)
+        steps_f = raw_steps.astype(np.float64)
+    except (TypeError, ValueError) as exc:
+        raise BadInputError(f"metric {name!r}: steps and values must be numbers") from exc
+    if steps_f.shape != values.shape or values.ndim != 1:
+        raise BadInputError(f"metric {name!r}: steps and values differ in length")
+    if len(steps_f) and (not np.all(np.isfinite(steps_f)) or np.any(steps_f != np.round(steps_f))):
+        raise BadInputError(f"metric {name!r}: steps must be whole numbers")
+    ts_arr = (
+        np.zeros(len(values), np.int64)
+        if ts is None
+        else np.asarray(ts, dtype=np.float64).astype(np.int64)
+    )
+    return steps_f.astype(np.int64), values, ts_arr
+
+
+def normalize(name: str, h: Any) -> Series:
+    """One value per step, sorted by step; a re-logged step keeps its last write."""
+    steps, values, ts = _as_arrays(name, h)
+    if len(steps) > 1 and np.any(np.diff(steps) <= 0):
+        # Steps went back (a resume) or repeat: keep the last write of each step.
+        rev = steps[::-1]
+        uniq, first_in_rev = np.unique(rev, return_index=True)
+        idx = len(steps) - 1 - first_in_rev
+        steps, values, ts = uniq, values[idx], ts[idx]
+    return Series(name, steps, values, ts)
+
+
+# ------------------------------------------------------------------------- roles
+_MATCH_CACHE: dict[tuple[int, str], dict[str, int]] = {}
+
+
+def _matches(aliases: MetricAliases, name: str) -> dict[str, int]:
+    key = (id(aliases), name)
+    hit = _MATCH_CACHE.get(key)
+    if hit is None:
+        hit = {}
+        for role in aliases.roles:
+            idx = aliases.matches(role, name)
+            if idx is not None:
+                hit[role] = idx
+        if len(_MATCH_CACHE) > 100_000:
+            _MATCH_CACHE.clear()
+        _MATCH_CACHE[key] = hit
+    return hit
+
+
+def resolve_roles(counts: Mapping[str, int], aliases: MetricAliases) -> dict[str, str]:
+    """role → logged name.  Among names matching a role the longest history wins, then the
+    earlier pattern (so a per-step ``loss`` beats an end-of-run ``train_loss`` summary)."""
+    best: dict[str, tuple[int, int, str]] = {}
+    for name, n in counts.items():
+        for role, idx in _matches(aliases, name).items():
+            cand = (-n, idx, name)
+            if role not in best or cand < best[role]:
+                best[role] = cand
+    return {role: c[2] for role, c in best.items()}
+
+
+def param_value(params: Mapping[str, str], aliases: MetricAliases, role: str) -> str | None:
+    """The first present parameter among the role's names (None when none is logged)."""
+    for name in aliases.params.get(role, (role,)):
+        if name in params:
+            return params[name]
+    return None
+
+
+def as_float(text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def is_falsy(text: str | None) -> bool:
+    """A logged param meaning "off": missing, None/null, false, 0, empty."""
+    if text is None:
+        return True
+    t = str(text).strip().lower()
+    if t in ("", "none", "null", "false", "off", "no"):
+        return True
+    f = as_float(t)
+    return f is not None and f == 0.0

@@ -1,0 +1,412 @@
+"""MLflow access for the doctor: runs, params, tags, logs and *incremental* metric histories.
+
+One class, ``TrackingClient``, over ``mlflow.tracking.MlflowClient`` for any store (sqlite,
+file, http).  Two things MLflow does not give us directly:
+
+* **Incremental histories.**  MLflow has no "points since step N" call on every store, so each
+  (run, metric) keeps a ``Cursor``.  On sqlite stores we read MLflow's own ``metrics`` table
+  with SQL (read-only), using its ``(run_uuid, key, step)`` index; elsewhere we fall back to
+  ``get_metric_history`` and filter client-side.
+* **Transient errors** (HTTP 429/5xx, connection resets, a locked sqlite file) are retried
+  with exponential backoff; a server that stays unreachable becomes one ``WorkbenchError``.
+
+Histories are returned *as logged* (arrays in logging order); ``normalize`` in
+``workbench.doctor.series`` turns them into one value per step (restarts: last write wins).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+from urllib.parse import unquote, urlparse
+
+import numpy as np
+
+from workbench.errors import BadInputError, WorkbenchError
+
+T = TypeVar("T")
+
+# MLflow stores +/-inf as +/-float max in sqlite; we give them back as inf.
+_FLOAT_MAX = 1.7976931348623157e308
+LOG_ARTIFACT = "logs/train.log"
+DEFAULT_LOG_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    run_id: str
+    experiment_id: str
+    name: str
+    status: str  # RUNNING | SCHEDULED | FINISHED | FAILED | KILLED
+    start_time: int | None  # ms since epoch
+    end_time: int | None
+    params: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    metric_keys: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class History:
+    """One metric as logged: parallel arrays in logging order (timestamp, then step)."""
+
+    steps: np.ndarray  # int64
+    values: np.ndarray  # float64, NaN/inf kept
+    timestamps: np.ndarray  # int64, ms
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    @staticmethod
+    def empty() -> History:
+        return History(np.zeros(0, np.int64), np.zeros(0, np.float64), np.zeros(0, np.int64))
+
+    def concat(self, other: History) -> History:
+        if len(other) == 0:
+            return self
+        if len(self) == 0:
+            return other
+        return History(
+            np.concatenate([self.steps, other.steps]),
+            np.concatenate([self.values, other.values]),
+            np.concatenate([self.timestamps, other.timestamps]),
+        )
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """The newest point seen for one (run, metric), plus how many points we hold."""
+
+    step: int
+    timestamp: int
+    count: int
+
+
+def _history(rows: list[tuple[Any, ...]]) -> History:
+    """rows of (step, timestamp, value, is_nan) → History sorted by (timestamp, step)."""
+    if not rows:
+        return History.empty()
+    arr = np.array(rows, dtype=np.float64)
+    steps = arr[:, 0].astype(np.int64)
+    ts = arr[:, 1].astype(np.int64)
+    values = arr[:, 2].copy()
+    values[arr[:, 3] != 0] = np.nan
+    values[values >= _FLOAT_MAX] = np.inf
+    values[values <= -_FLOAT_MAX] = -np.inf
+    order = np.lexsort((steps, ts))
+    return History(steps[order], values[order], ts[order])
+
+
+def _cursor_of(h: History, prev: Cursor | None = None) -> Cursor | None:
+    if len(h) == 0:
+        return prev
+    count = len(h) + (prev.count if prev else 0)
+    return Cursor(
+        int(h.steps.max()) if prev is None else max(prev.step, int(h.steps.max())),
+        int(h.timestamps.max()) if prev is None else max(prev.timestamp, int(h.timestamps.max())),
+        count,
+    )
+
+
+def _is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, sqlite3.OperationalError):
+        return "locked" in str(exc) or "busy" in str(exc)
+    if isinstance(exc, ConnectionError | TimeoutError):
+        return True
+    code = getattr(exc, "get_http_status_code", None)
+    if callable(code):
+        try:
+            status = int(code())
+        except Exception:
+            status = 0
+        if status in (429, 500, 502, 503, 504):
+            return True
+    text = str(exc).lower()
+    return any(s in text for s in ("connection", "timed out", "temporarily", "max retries"))
+
+
+def _is_unreachable(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return any(
+        s in text
+        for s in ("connection refused", "max retries", "failed to establish", "name or service")
+    )
+
+
+def sqlite_path(uri: str) -> str | None:
+    """The database file behind a ``sqlite:///`` URI (None for other stores)."""
+    if not uri.startswith("sqlite:"):
+        return None
+    path = uri[len("sqlite:") :]
+    if path.startswith("///"):
+        path = path[3:]  # sqlite:///rel/path → rel/path ; sqlite:////abs → /abs
+    elif path.startswith("//"):
+        path = path[2:]
+    path = unquote(path.split("?", 1)[0])
+    return path or None
+
+
+class TrackingClient:
+    """All the doctor needs from an MLflow tracking store.  ``uri`` as MLflow takes it."""
+
+    def __init__(
+        self,
+        uri: str | None = None,
+        *,
+        retries: int = 4,
+        backoff_s: float = 0.25,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        import mlflow
+
+        self.uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
+        scheme = urlparse(self.uri).scheme
+        if scheme in ("", "file"):
+            # The file store is in "maintenance mode" in MLflow 3; reading it is still fine.
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        if scheme in ("http", "https"):
+            # We retry ourselves; MLflow's own default (7 retries, long backoff) would make a
+            # down server look like a hang.
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self._sleep = sleep
+        self._db_path = sqlite_path(self.uri)
+        if self._db_path is not None and not os.path.exists(self._db_path):
+            raise BadInputError(f"tracking store not found: {self._db_path}")
+        from mlflow.tracking import MlflowClient
+
+        self.mlflow = MlflowClient(tracking_uri=self.uri)
+        self._db: sqlite3.Connection | None = None
+
+    # ------------------------------------------------------------------ plumbing
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        """Run ``fn`` with retries on transient errors; map the rest to one-line errors."""
+        delay = self.backoff_s
+        for attempt in range(self.retries + 1):
+            try:
+                return fn()
+            except WorkbenchError:
+                raise
+            except Exception as exc:
+                if _is_transient(exc) and attempt < self.retries:
+                    self._sleep(delay)
+                    delay *= 2
+                    continue
+                if _is_unreachable(exc):
+                    raise WorkbenchError(
+                        f"tracking server {self.uri} is unreachable ({what})"
+                    ) from exc
+                msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                if "RESOURCE_DOES_NOT_EXIST" in str(exc) or "not found" in msg.lower():
+                    raise BadInputError(f"{what}: not found") from exc
+                raise WorkbenchError(f"{what}: {msg}") from exc
+        raise AssertionError("unreachable")
+
+    def _sql(self) -> sqlite3.Connection | None:
+        if self._db_path is None:
+            return None
+        if self._db is None:
+            self._db = sqlite3.connect(
+                f"file:{os.path.abspath(self._db_path)}?mode=ro",
+                uri=True,
+                timeout=10,
+                check_same_thread=False,
+            )
+        return self._db
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    # ------------------------------------------------------------------ experiments & runs
+    def experiment_id(self, name: str) -> str:
+        exp = self._call(f"experiment {name!r}", lambda: self.mlflow.get_experiment_by_name(name))
+        if exp is None:
+            raise BadInputError(f"experiment {name!r} not found at {self.uri}")
+        return exp.experiment_id
+
+    def runs(
+        self,
+        experiment: str,
+        *,
+        filter_string: str = "",
+        statuses: tuple[str, ...] = (),
+        page_size: int = 1000,
+    ) -> list[RunInfo]:
+        """Every run of an experiment (by name), paging through ``search_runs``."""
+        exp_id = self.experiment_id(experiment)
+        out: list[RunInfo] = []
+        token: str | None = None
+        while True:
+            page = self._call(
+                f"runs of {experiment!r}",
+                lambda token=token: self.mlflow.search_runs(
+                    [exp_id], filter_string=filter_string, max_results=page_size, page_token=token
+                ),
+            )
+            out.extend(_run_info(r) for r in page)
+            token = getattr(page, "token", None)
+            if not token:
+                break
+        if statuses:
+            out = [r for r in out if r.status in statuses]
+        return out
+
+    def run(self, run_id: str) -> RunInfo:
+        if not run_id or not all(c.isalnum() or c in "-_" for c in run_id):
+            raise BadInputError(f"run {run_id!r}: not a valid run id")
+        return _run_info(self._call(f"run {run_id}", lambda: self.mlflow.get_run(run_id)))
+
+    def params(self, run_id: str) -> dict[str, str]:
+        return self.run(run_id).params
+
+    def tags(self, run_id: str) -> dict[str, str]:
+        return self.run(run_id).tags
+
+    def status(self, run_id: str) -> str:
+        return self.run(run_id).status
+
+    def set_tag(self, run_id: str, key: str, value: str) -> None:
+        self._call(f"set tag on {run_id}", lambda: self.mlflow.set_tag(run_id, key, value))
+
+    def log_artifacts(self, run_id: str, local_dir: str, artifact_path: str | None = None) -> None:
+        self._call(
+            f"log artifacts to {run_id}",
+            lambda: self.mlflow.log_artifacts(run_id, local_dir, artifact_path),
+        )
+
+    # ------------------------------------------------------------------ histories
+    def history(self, run_id: str, key: str) -> History:
+        """The full history of one metric."""
+        h, _ = self.new_points(run_id, key, None)
+        return h
+
+    def histories(self, run_id: str, keys: tuple[str, ...] | None = None) -> dict[str, History]:
+        """Full histories of several metrics (all of the run's when ``keys`` is None)."""
+        db = self._sql()
+        if db is not None:
+            rows = self._call(
+                f"metrics of {run_id}",
+                lambda: db.execute(
+                    "SELECT key, step, timestamp, value, is_nan FROM metrics WHERE run_uuid=?",
+                    (run_id,),
+                ).fetchall(),
+            )
+            grouped: dict[str, list[tuple[Any, ...]]] = {}
+            for k, *rest in rows:
+                if keys is None or k in keys:
+                    grouped.setdefault(k, []).append(rest)
+            return {k: _history(v) for k, v in grouped.items()}
+        if keys is None:
+            keys = self.run(run_id).metric_keys
+        return {k: self.history(run_id, k) for k in keys}
+
+    def new_points(
+        self, run_id: str, key: str, cursor: Cursor | None
+    ) -> tuple[History, Cursor | None]:
+        """Points of ``key`` logged after ``cursor`` (all when None), and the advanced cursor.
+
+        "After" means newer than the newest point seen: a larger step, or — for a run that
+        restarted from a checkpoint and logs old steps again — a later timestamp.
+        """
+        db = self._sql()
+        if db is not None:
+            return self._call(
+                f"metric {key!r} of {run_id}", lambda: self._new_points_sql(db, run_id, key, cursor)
+            )
+        metrics = self._call(
+            f"metric {key!r} of {run_id}", lambda: self.mlflow.get_metric_history(run_id, key)
+        )
+        rows = [(m.step, m.timestamp, m.value, 0) for m in metrics]
+        h = _history(rows)
+        if cursor is not None and len(h):
+            keep = (h.steps > cursor.step) | (h.timestamps > cursor.timestamp)
+            # A point with the cursor's own (step, timestamp) was already seen.
+            h = History(h.steps[keep], h.values[keep], h.timestamps[keep])
+        return h, _cursor_of(h, cursor)
+
+    @staticmethod
+    def _new_points_sql(
+        db: sqlite3.Connection, run_id: str, key: str, cursor: Cursor | None
+    ) -> tuple[History, Cursor | None]:
+        cols = "SELECT step, timestamp, value, is_nan FROM metrics WHERE run_uuid=? AND key=?"
+        if cursor is None:
+            rows = db.execute(cols, (run_id, key)).fetchall()
+            h = _history(rows)
+            return h, _cursor_of(h)
+        # Fast path: the (run_uuid, key, step) index answers "step > cursor" directly.
+        rows = db.execute(cols + " AND step > ?", (run_id, key, cursor.step)).fetchall()
+        (total,) = db.execute(
+            "SELECT COUNT(*) FROM metrics WHERE run_uuid=? AND key=?", (run_id, key)
+        ).fetchone()
+        if total != cursor.count + len(rows):
+            # Some new points have old steps (a resume re-logging steps): use timestamps.
+            rows = db.execute(
+                cols + " AND (step > ? OR timestamp > ?)",
+                (run_id, key, cursor.step, cursor.timestamp),
+            ).fetchall()
+        h = _history(rows)
+        new = _cursor_of(h, cursor)
+        if new is not None:
+            new = Cursor(new.step, new.timestamp, int(total))
+        return h, new
+
+    # ------------------------------------------------------------------ logs
+    def log_text(
+        self, run_id: str, path: str = LOG_ARTIFACT, max_bytes: int = DEFAULT_LOG_BYTES
+    ) -> str:
+        """The tail of a text artifact (``""`` when the run has none), at most ``max_bytes``."""
+        import tempfile
+
+        def fetch() -> str:
+            from mlflow.artifacts import download_artifacts
+
+            with tempfile.TemporaryDirectory() as tmp:
+                try:
+                    local = download_artifacts(
+                        run_id=run_id, artifact_path=path, dst_path=tmp, tracking_uri=self.uri
+                    )
+                except Exception as exc:
+                    if _is_transient(exc) and not _is_missing(exc):
+                        raise
+                    return ""
+                return _tail(local, max_bytes)
+
+        return self._call(f"log of {run_id}", fetch)
+
+
+def _is_missing(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "no such file" in text or "not found" in text or "does not exist" in text
+
+
+def _tail(path: str, max_bytes: int) -> str:
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        if size > max_bytes:
+            f.seek(size - max_bytes)
+        data = f.read()
+    text = data.decode("utf-8", errors="replace")
+    if size > max_bytes:
+        text = text.split("\n", 1)[-1]  # drop the partial first line
+    return text
+
+
+def _run_info(run: Any) -> RunInfo:
+    return RunInfo(
+        run_id=run.info.run_id,
+        experiment_id=run.info.experiment_id,
+        name=run.info.run_name or "",
+        status=run.info.status,
+        start_time=run.info.start_time,
+        end_time=run.info.end_time,
+        params=dict(run.data.params),
+        tags=dict(run.data.tags),
+        metric_keys=tuple(sorted(run.data.metrics)),
+    )
