@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from kernels.dispatch import resolve_backend
+
 
 def sigmoid_topk_reference(
     router_logits: torch.Tensor, bias: torch.Tensor | None, top_k: int
@@ -23,6 +25,10 @@ def sigmoid_topk(
     top_k: int,
     backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    if backend not in ("auto", "reference", "torch", "triton"):
-        raise ValueError(f"unknown router backend {backend!r}")
-    return sigmoid_topk_reference(router_logits, bias, top_k)
+    """router_logits [T, E] -> (weights [T, k] fp32 summing to 1, ids [T, k] int64, descending)."""
+    backend = resolve_backend(backend, router_logits.device, "router")
+    if backend != "triton":  # the reference is already the fastest PyTorch formulation
+        return sigmoid_topk_reference(router_logits, bias, top_k)
+    from kernels.triton_routing import sigmoid_topk_triton
+
+    return sigmoid_topk_triton(router_logits, bias, top_k)
