@@ -50,6 +50,16 @@ class RunInfo:
 
 
 @dataclass(frozen=True)
+class RunSnapshot:
+    """What a poll needs to know cheaply: status, end time, newest (step, timestamp) per key."""
+
+    run_id: str
+    status: str
+    end_time: int | None
+    latest: dict[str, tuple[int, int]]
+
+
+@dataclass(frozen=True)
 class History:
     """One metric as logged: parallel arrays in logging order (timestamp, then step)."""
 
@@ -172,6 +182,7 @@ class TrackingClient:
             # down server look like a hang.
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         self.retries = retries
         self.backoff_s = backoff_s
         self._sleep = sleep
@@ -257,6 +268,53 @@ class TrackingClient:
         if statuses:
             out = [r for r in out if r.status in statuses]
         return out
+
+    def snapshot(self, experiment: str) -> dict[str, RunSnapshot]:
+        """Status and newest point per metric of every active run — two SQL queries on sqlite
+        (MLflow's ``latest_metrics`` table), one ``search_runs`` sweep elsewhere."""
+        db = self._sql()
+        if db is None:
+            return {r.run_id: r for r in self._snapshot_api(experiment)}
+        exp_id = self.experiment_id(experiment)
+
+        def query() -> dict[str, RunSnapshot]:
+            runs = db.execute(
+                "SELECT run_uuid, status, end_time FROM runs "
+                "WHERE experiment_id=? AND lifecycle_stage='active'",
+                (exp_id,),
+            ).fetchall()
+            latest: dict[str, dict[str, tuple[int, int]]] = {r[0]: {} for r in runs}
+            for run_id, key, step, ts in db.execute(
+                "SELECT lm.run_uuid, lm.key, lm.step, lm.timestamp FROM latest_metrics lm "
+                "JOIN runs r ON r.run_uuid = lm.run_uuid "
+                "WHERE r.experiment_id=? AND r.lifecycle_stage='active'",
+                (exp_id,),
+            ):
+                latest[run_id][key] = (int(step), int(ts or 0))
+            return {rid: RunSnapshot(rid, status, end, latest[rid]) for rid, status, end in runs}
+
+        return self._call(f"runs of {experiment!r}", query)
+
+    def _snapshot_api(self, experiment: str) -> list[RunSnapshot]:
+        exp_id = self.experiment_id(experiment)
+        out: list[RunSnapshot] = []
+        token: str | None = None
+        while True:
+            page = self._call(
+                f"runs of {experiment!r}",
+                lambda token=token: self.mlflow.search_runs(
+                    [exp_id], max_results=1000, page_token=token
+                ),
+            )
+            for r in page:
+                latest = {
+                    m.key: (int(m.step), int(m.timestamp or 0))
+                    for m in getattr(r.data, "_metric_objs", [])
+                }
+                out.append(RunSnapshot(r.info.run_id, r.info.status, r.info.end_time, latest))
+            token = getattr(page, "token", None)
+            if not token:
+                return out
 
     def run(self, run_id: str) -> RunInfo:
         if not run_id or not all(c.isalnum() or c in "-_" for c in run_id):

@@ -47,15 +47,17 @@ def detect_metrics(
     *,
     since: Mapping[str, int] | None = None,
     roles: Mapping[str, str] | None = None,
+    final: bool = True,
 ) -> list[Finding]:
-    """Findings from metric histories only (no status, no log)."""
+    """Findings from metric histories only (no status, no log).  ``final=False`` for a live
+    run: a trend still being confirmed at the end of the series does not count yet."""
     roles = (
         dict(roles)
         if roles is not None
         else resolve_roles({k: len(v) for k, v in series.items()}, aliases)
     )
     since = since or {}
-    th = thresholds
+    th = thresholds if final else {k: {**v, "_final": False} for k, v in thresholds.items()}
     out: list[Finding] = []
 
     def s_of(role: str) -> Series | None:
@@ -119,6 +121,9 @@ def detect_metrics(
 
 def _last_point(series: Mapping[str, Series]) -> tuple[int | None, int | None, float | None]:
     """(last step, last timestamp, median logging interval in ms) over all metrics."""
+    # System metrics (MLflow's sampler thread) keep ticking while a training loop hangs.
+    own = {k: v for k, v in series.items() if not k.startswith("system/")}
+    series = own or series
     if not series:
         return None, None, None
     last_step = max(int(s.steps[-1]) for s in series.values())

@@ -28,7 +28,7 @@ def _fmt(x: float) -> str:
     return f"{x:.4g}"
 
 
-def _first_run(mask: np.ndarray, persist: int, since: int = 0) -> int | None:
+def _first_run(mask: np.ndarray, persist: int, since: int = 0, trailing: bool = True) -> int | None:
     """First index ≥ since starting ``persist`` consecutive True values (a shorter run that
     reaches the end of the series counts when it has at least 2 points, or ``persist`` is 1)."""
     n = len(mask)
@@ -43,7 +43,9 @@ def _first_run(mask: np.ndarray, persist: int, since: int = 0) -> int | None:
         idx = np.flatnonzero(c[since:] == persist) if since < len(c) else np.zeros(0, int)
         if len(idx):
             return int(idx[0]) + since
-    # A trailing run shorter than persist (the series just ended).
+    # A trailing run shorter than persist (the series ended; not while a run is live).
+    if not trailing:
+        return None
     tail = 0
     while tail < n and m[n - 1 - tail]:
         tail += 1
@@ -158,7 +160,7 @@ def divergence(s: Series, th: dict[str, Any], since: int = 0) -> Finding | None:
     prev_min = np.concatenate([[x[0]], run_min[:-1]])
     thresh = np.maximum(prev_min * th.get("ratio", 1.5), prev_min + th.get("min_delta", 0.5))
     above = x > thresh
-    i = _first_run(above, int(th.get("persist", 5)), since)
+    i = _first_run(above, int(th.get("persist", 5)), since, th.get("_final", True))
     run_max = np.maximum.accumulate(np.abs(x))
     prev_max = np.concatenate([[np.inf], run_max[:-1]])
     mega = np.flatnonzero((np.abs(x) > th.get("megatron_ratio", 10.0) * prev_max)[max(since, 1) :])
@@ -271,7 +273,7 @@ def vanishing_gradients(s: Series, th: dict[str, Any], since: int = 0) -> Findin
     early = x[fin][: max(5, int(fin.sum() * 0.1))]
     ref = float(np.median(early))
     low = fin & ((x < th.get("ratio", 1e-3) * ref) | (np.abs(x) < th.get("abs_min", 1e-8)))
-    i = _first_run(low, int(th.get("persist", 5)), since)
+    i = _first_run(low, int(th.get("persist", 5)), since, th.get("_final", True))
     if i is None:
         return None
     return Finding(
@@ -341,7 +343,7 @@ def expert_collapse(
             mask = x < th.get("entropy_frac", 0.5) * ref
         mask = mask & np.isfinite(x)
         mask[:w] = False
-        i = _first_run(mask, persist, since)
+        i = _first_run(mask, persist, since, th.get("_final", True))
         if i is not None:
             cands.append((int(s.steps[i]), s, kind))
     if not cands:
@@ -379,7 +381,7 @@ def throughput_drop(
     )
     with np.errstate(invalid="ignore"):
         low = y < th.get("drop", 0.6) * med
-    i = _first_run(low, int(th.get("persist", 5)), since)
+    i = _first_run(low, int(th.get("persist", 5)), since, th.get("_final", True))
     if i is None:
         return None
     shown = (lambda v: 1.0 / v) if higher_is_worse else (lambda v: v)

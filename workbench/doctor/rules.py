@@ -23,8 +23,8 @@ def _param_holds(
         return raw is None
     if op == "present":
         return raw is not None
-    if op == "falsy":
-        return is_falsy(raw)
+    if op == "falsy":  # logged and off (an unlogged setting proves nothing)
+        return raw is not None and is_falsy(raw)
     if op == "truthy":
         return not is_falsy(raw)
     if raw is None:

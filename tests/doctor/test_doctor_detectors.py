@@ -1,0 +1,189 @@
+"""Each detector on synthetic histories: it fires on its problem, at the right onset, and stays
+quiet on a healthy run and on the edge cases (NaN, one point, gaps, restarts)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from workbench.doctor import detect
+from workbench.doctor.series import normalize
+from workbench.errors import BadInputError
+
+RNG = np.random.default_rng(0)
+N = 400
+
+
+def healthy_loss(n: int = N, noise: float = 0.02) -> np.ndarray:
+    s = np.arange(n)
+    return 3 * np.exp(-s / (n / 5)) + 1 + noise * RNG.standard_normal(n)
+
+
+def grad(n: int = N) -> np.ndarray:
+    return np.exp(0.1 * RNG.standard_normal(n))
+
+
+def kinds(found) -> dict[str, int | None]:
+    return {f.kind: f.step for f in found}
+
+
+def run(metrics: dict, status: str = "FINISHED", log: str = "", **kw):
+    hist = {
+        k: (np.arange(len(v)), v) if not isinstance(v, tuple) else v for k, v in metrics.items()
+    }
+    return kinds(detect(hist, {"status": status, **kw}, log))
+
+
+def test_healthy_run_has_no_findings():
+    for seed in range(5):
+        global RNG
+        RNG = np.random.default_rng(seed)
+        assert (
+            run(
+                {
+                    "train/loss": healthy_loss(),
+                    "grad_norm": grad(),
+                    "eval/loss": healthy_loss()[::20],
+                }
+            )
+            == {}
+        )
+
+
+def test_nan_inf_onset_and_all_nan_metric():
+    x = healthy_loss()
+    x[250:] = np.nan
+    assert run({"train/loss": x})["nan_inf"] == 250
+    y = healthy_loss()
+    y[100] = np.inf
+    assert run({"loss": y})["nan_inf"] == 100
+    assert run({"loss": np.full(10, np.nan)}) == {"nan_inf": 0}
+
+
+def test_divergence_onset_within_a_few_steps():
+    x = healthy_loss()
+    x[200:] = np.linspace(x[199], 8, N - 200) + 0.5
+    k = run({"train/loss": x, "grad_norm": grad()})
+    assert "divergence" in k and 200 <= k["divergence"] <= 210
+    assert "loss_spike" not in k or k["loss_spike"] >= k["divergence"]
+
+
+def test_megatron_ratio_catches_a_single_huge_point_series_end():
+    x = healthy_loss(60)
+    x[-1] = 500.0
+    assert run({"loss": x})["divergence"] == 59
+
+
+def test_loss_spike_that_recovers():
+    x = healthy_loss()
+    x[300] = x[299] * 3
+    k = run({"train/loss": x, "grad_norm": grad()})
+    assert k == {"loss_spike": 300}
+
+
+def test_plateau_when_the_loss_does_not_move():
+    x = 4.0 + 0.02 * RNG.standard_normal(N)
+    assert run({"train/loss": x}) == {"plateau": 0}
+
+
+def test_exploding_and_vanishing_gradients():
+    g = grad()
+    g[220] = 5e3
+    assert run({"train/loss": healthy_loss(), "grad_norm": g})["exploding_gradients"] == 220
+    g = grad()
+    g[300:] = 1e-9
+    assert run({"train/loss": healthy_loss(), "grad_norm": g})["vanishing_gradients"] == 300
+
+
+def test_overfitting_eval_up_train_down():
+    steps = np.arange(0, N, 20)
+    ev = np.concatenate([np.linspace(3, 1.5, 10), np.linspace(1.55, 2.5, len(steps) - 10)])
+    k = run({"train/loss": healthy_loss(), "eval/loss": (steps, ev)})
+    assert k == {"overfitting": int(steps[9])}
+
+
+def test_expert_collapse_on_dead_experts_and_load():
+    load = 1.2 + 0.05 * RNG.standard_normal(N)
+    load[150:] = 6.0
+    dead = np.zeros(N)
+    k = run(
+        {"train/loss": healthy_loss(), "moe/load_max_over_mean": load, "moe/dead_experts": dead}
+    )
+    assert k == {"expert_collapse": 150}
+
+
+def test_throughput_drop_and_step_time():
+    tps = 1000 + 10 * RNG.standard_normal(N)
+    tps[250:] = 400
+    assert run({"train/loss": healthy_loss(), "tokens_per_sec": tps}) == {"throughput_drop": 250}
+    st = 0.1 + 0.001 * RNG.standard_normal(N)
+    st[180:] = 0.3
+    assert run({"train/loss": healthy_loss(), "step_time": st}) == {"throughput_drop": 180}
+
+
+def test_crash_from_status_and_traceback():
+    log = "step 10\nTraceback (most recent call last):\n  File 'x'\nValueError: bad shape\n"
+    found = detect({"loss": (np.arange(50), healthy_loss(50))}, {"status": "FAILED"}, log)
+    (crash,) = found
+    assert crash.kind == "crash" and crash.step == 49 and "ValueError: bad shape" in crash.evidence
+    # A RUNNING run whose log ends in a traceback died without telling MLflow.
+    assert "crash" in kinds(
+        detect(
+            {"loss": (np.arange(50), healthy_loss(50))}, {"status": "RUNNING"}, log, now_ms=49_000
+        )
+    )
+    assert detect({"loss": (np.arange(50), healthy_loss(50))}, {"status": "FINISHED"}, "") == []
+
+
+def test_stalled_uses_the_runs_own_cadence():
+    steps = np.arange(100)
+    ts = 1_000_000 + steps * 1000  # one point a second
+    h = {"loss": (steps, healthy_loss(100), ts)}
+    assert detect(h, {"status": "RUNNING"}, "", now_ms=int(ts[-1]) + 5_000) == []
+    (f,) = detect(h, {"status": "RUNNING"}, "", now_ms=int(ts[-1]) + 600_000)
+    assert f.kind == "stalled" and f.step == 99
+    # A hang that was later killed: judged against the end time.
+    (f,) = detect(h, {"status": "KILLED", "end_time": int(ts[-1]) + 600_000}, "")
+    assert f.kind == "stalled"
+    # System metrics keep ticking while the training loop hangs: they must not hide it.
+    sys_steps = np.arange(700)
+    h["system/cpu_utilization_percentage"] = (
+        sys_steps,
+        np.full(700, 50.0),
+        1_000_000 + sys_steps * 1000,
+    )
+    assert kinds(detect(h, {"status": "RUNNING"}, "", now_ms=int(ts[-1]) + 600_000)) == {
+        "stalled": 99
+    }
+
+
+def test_short_and_single_point_histories_are_fine():
+    assert run({"loss": np.array([2.0])}) == {}
+    assert run({"loss": np.array([2.0, 2.1, 1.9])}) == {}
+    assert run({"loss": np.array([])}) == {}
+
+
+def test_irregular_steps_and_gaps():
+    steps = np.cumsum(RNG.integers(1, 50, N))
+    x = healthy_loss()
+    x[300:] = np.nan
+    assert run({"loss": (steps, x)}) == {"nan_inf": int(steps[300])}
+
+
+def test_restart_relogs_steps_last_write_wins():
+    # Steps 0..199, then a resume from step 150 that logs 150..299 again (the new values win).
+    first = healthy_loss(200)
+    second = healthy_loss(300)[150:]
+    steps = np.concatenate([np.arange(200), np.arange(150, 300)])
+    vals = np.concatenate([first, second])
+    s = normalize("loss", (steps, vals, np.arange(len(steps))))
+    assert list(s.steps) == list(range(300))
+    assert s.values[160] == second[10]
+    assert run({"loss": (steps, vals, np.arange(len(steps)))}) == {}
+
+
+def test_non_numeric_steps_are_a_clear_error():
+    with pytest.raises(BadInputError, match="steps"):
+        detect({"loss": (["a", "b"], [1.0, 2.0])}, {"status": "FINISHED"}, "")
+    with pytest.raises(BadInputError, match="whole numbers"):
+        detect({"loss": ([0.5, 1.5], [1.0, 2.0])}, {"status": "FINISHED"}, "")

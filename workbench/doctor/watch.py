@@ -1,0 +1,263 @@
+"""Incremental judging of every run of an experiment (``diagnose --experiment`` and ``watch``).
+
+A ``Watcher`` keeps, per run, the metric histories seen so far, a ``Cursor`` per metric and
+the findings.  Each ``poll``:
+
+1. takes a cheap snapshot (status + newest point per metric of every run);
+2. fetches only the points newer than each cursor, for metrics whose newest point moved;
+3. re-runs the windowed detectors only over the new points (plus a short look-back), the
+   global ones (plateau, overfitting, NaN) over the whole — cheap — arrays;
+4. re-diagnoses a run only when its findings or status changed.
+
+The first poll is a full pass; the state can be saved to a file so ``watch --once`` runs stay
+incremental across processes.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from scaffold.loader import Scaffold
+from workbench.doctor.core import detect_metrics, detect_status, needs_log, verdict
+from workbench.doctor.series import Series, normalize, resolve_roles
+from workbench.doctor.types import Finding, RunVerdict
+from workbench.errors import BadInputError
+from workbench.tracking import Cursor, History, RunInfo, TrackingClient
+
+# Findings whose onset can only move with new points (windowed); the rest are recomputed.
+_STICKY = {
+    "divergence",
+    "loss_spike",
+    "exploding_gradients",
+    "vanishing_gradients",
+    "expert_collapse",
+    "throughput_drop",
+    "nan_inf",
+}
+_LOOKBACK = 32  # points re-judged before the new ones (runs of `persist` that straddle polls)
+_STATE_VERSION = 1
+
+
+@dataclass
+class RunState:
+    info: RunInfo
+    raw: dict[str, History] = field(default_factory=dict)
+    cursors: dict[str, Cursor] = field(default_factory=dict)
+    series: dict[str, Series] = field(default_factory=dict)
+    roles: dict[str, str] = field(default_factory=dict)
+    judged: dict[str, int] = field(default_factory=dict)  # points already judged per metric
+    metric_findings: list[Finding] = field(default_factory=list)
+    verdict: RunVerdict | None = None
+    log_text: str = ""
+
+
+def _append(s: Series | None, name: str, new: History, raw: History) -> Series:
+    """Extend a normalised series with new points (re-normalise only if steps went back)."""
+    if s is not None and len(new) and np.all(np.diff(new.steps) > 0) and new.steps[0] > s.steps[-1]:
+        return Series(
+            name,
+            np.concatenate([s.steps, new.steps]),
+            np.concatenate([s.values, new.values]),
+            np.concatenate([s.timestamps, new.timestamps]),
+        )
+    return normalize(name, raw)
+
+
+def _merge(old: list[Finding], new: list[Finding]) -> list[Finding]:
+    """Sticky kinds keep their earliest onset per metric; the others take the new result."""
+    out: dict[tuple[str, str | None], Finding] = {}
+    for f in old:
+        if f.kind in _STICKY:
+            out[(f.kind, f.metric)] = f
+    for f in new:
+        key = (f.kind, f.metric)
+        if f.kind in _STICKY and key in out:
+            continue
+        out[key] = f
+    return list(out.values())
+
+
+class Watcher:
+    def __init__(
+        self,
+        client: TrackingClient,
+        experiment: str,
+        scaffold: Scaffold,
+        *,
+        filter_string: str = "",
+    ) -> None:
+        self.client = client
+        self.experiment = experiment
+        self.scaffold = scaffold
+        self.filter_string = filter_string
+        self.runs: dict[str, RunState] = {}
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | Path) -> None:
+        """Write the state atomically (temp file + rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        blob = {
+            "version": _STATE_VERSION,
+            "uri": self.client.uri,
+            "experiment": self.experiment,
+            "runs": self.runs,
+        }
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".watch-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                pickle.dump(blob, f, protocol=pickle.HIGHEST_PROTOCOL)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    def load(self, path: str | Path) -> bool:
+        """Restore a saved state for the same store and experiment (False if none/other)."""
+        path = Path(path)
+        if not path.is_file():
+            return False
+        try:
+            with open(path, "rb") as f:
+                blob = pickle.load(f)
+        except Exception as exc:
+            raise BadInputError(f"watch state {path} is unreadable: {exc}") from exc
+        if (
+            not isinstance(blob, dict)
+            or blob.get("version") != _STATE_VERSION
+            or blob.get("uri") != self.client.uri
+            or blob.get("experiment") != self.experiment
+        ):
+            return False
+        self.runs = blob["runs"]
+        return True
+
+    # ------------------------------------------------------------------ polling
+    def poll(
+        self,
+        *,
+        now_ms: int | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> list[RunVerdict]:
+        """One pass over the experiment; returns every run's verdict (newest runs first)."""
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        snap = self.client.snapshot(self.experiment)
+        if self.filter_string:
+            keep = {
+                r.run_id
+                for r in self.client.runs(self.experiment, filter_string=self.filter_string)
+            }
+            snap = {k: v for k, v in snap.items() if k in keep}
+        new_ids = [rid for rid in snap if rid not in self.runs]
+        if new_ids:
+            infos = (
+                {r.run_id: r for r in self.client.runs(self.experiment)}
+                if len(new_ids) > 20
+                else {rid: self.client.run(rid) for rid in new_ids}
+            )
+            for rid in new_ids:
+                if rid in infos:
+                    self.runs[rid] = RunState(info=infos[rid])
+        for rid in list(self.runs):
+            if rid not in snap:
+                del self.runs[rid]  # deleted run
+        total = len(snap)
+        for i, (rid, sn) in enumerate(snap.items()):
+            st = self.runs.get(rid)
+            if st is not None:
+                self._update(st, sn, now_ms)
+            if progress:
+                progress(i + 1, total)
+        ordered = sorted(self.runs.values(), key=lambda s: -(s.info.start_time or 0))
+        return [s.verdict for s in ordered if s.verdict is not None]
+
+    def _update(self, st: RunState, sn: Any, now_ms: int) -> None:
+        status_changed = sn.status != st.info.status or sn.end_time != st.info.end_time
+        if status_changed:
+            st.info = RunInfo(**{**st.info.__dict__, "status": sn.status, "end_time": sn.end_time})
+        changed: list[str] = []
+        for key, (step, ts) in sn.latest.items():
+            cur = st.cursors.get(key)
+            if cur is not None and cur.step == step and cur.timestamp >= ts:
+                continue
+            new, cur2 = self.client.new_points(st.info.run_id, key, cur)
+            if cur2 is not None:
+                st.cursors[key] = cur2
+            if len(new) == 0:
+                continue
+            st.raw[key] = st.raw.get(key, History.empty()).concat(new)
+            st.series[key] = _append(st.series.get(key), key, new, st.raw[key])
+            changed.append(key)
+        final = st.info.status != "RUNNING"
+        if changed or st.verdict is None or status_changed:
+            if changed and set(changed) - set(st.judged):
+                st.roles = resolve_roles(
+                    {k: len(v) for k, v in st.series.items()}, self.scaffold.metrics
+                )
+            since = {k: max(0, st.judged.get(k, 0) - _LOOKBACK) for k in st.series}
+            if status_changed:
+                since = {}  # trailing runs now count: judge the whole run again
+            found = detect_metrics(
+                st.series,
+                self.scaffold.detectors,
+                self.scaffold.metrics,
+                since=since,
+                roles=st.roles,
+                final=final,
+            )
+            st.metric_findings = _merge(st.metric_findings, found) if since else found
+            st.judged = {k: len(v) for k, v in st.series.items()}
+        self._judge(st, now_ms, force=bool(changed) or status_changed or st.verdict is None)
+
+    def _judge(self, st: RunState, now_ms: int, force: bool) -> None:
+        status = st.info.status
+        pre = st.metric_findings + detect_status(
+            st.series, st.info, None, self.scaffold.detectors, now_ms
+        )
+        old_kinds = {(f.kind, f.step) for f in st.verdict.findings} if st.verdict else None
+        if not force and old_kinds == {(f.kind, f.step) for f in pre}:
+            return  # nothing new (a RUNNING run without new points and no new stall)
+        if needs_log(status, pre) and not st.log_text:
+            st.log_text = self.client.log_text(st.info.run_id)
+        found = st.metric_findings + detect_status(
+            st.series, st.info, st.log_text, self.scaffold.detectors, now_ms
+        )
+        found.sort(key=lambda f: (f.step is None, f.step or 0, f.kind))
+        st.verdict = verdict(
+            st.info.run_id, found, st.info.params, st.log_text, self.scaffold, status
+        )
+
+
+def diagnose_experiment(
+    client: TrackingClient,
+    experiment: str,
+    scaffold: Scaffold,
+    *,
+    now_ms: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[RunVerdict]:
+    """Every run of an experiment judged once (a full pass)."""
+    w = Watcher(client, experiment, scaffold)
+    out = w.poll(now_ms=now_ms, progress=progress)
+    if not out:
+        raise BadInputError(f"experiment {experiment!r} has no runs")
+    return out
+
+
+def state_path(uri: str, experiment: str) -> Path:
+    """Default place for a watcher's state: the user cache, one file per store+experiment."""
+    import hashlib
+
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "workbench" / "watch"
+    digest = hashlib.sha1(f"{uri}\n{experiment}".encode()).hexdigest()[:16]
+    return base / f"{digest}.pkl"
