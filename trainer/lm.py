@@ -1,0 +1,225 @@
+"""Language-model training of our MiniMax-M2 MoE on the corpus shipped in ``model/data/``.
+
+``workbench train lm --config FILE``. Sections: data → model → optimizer → loop. All metrics
+go through ``ctx.tracker`` (MLflow, or its no-op twin):
+
+  train/loss, eval/loss, grad_norm, lr, tokens_per_sec, step_time,
+  moe/load_max_over_mean (worst layer), moe/router_entropy (mean over layers),
+  moe/dead_experts (experts, summed over layers, that got < 5% of a fair share of tokens).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from trainer.config import LMConfig
+from trainer.data import BatchReader, is_corrupted
+from trainer.faults import BadData, FaultPlan, MemoryMeter, RouterImbalance
+from trainer.harness import RunContext, lr_at
+
+DEAD_FRACTION = 0.05  # an expert with < 5% of its fair share of routed tokens counts as dead
+
+# ---------------------------------------------------------------------------- data
+
+
+def load_tokens(corpus: str | None) -> tuple[torch.Tensor, int]:
+    """All corpus token ids (1-D) with the shipped byte-level BPE tokenizer, and its vocab."""
+    from model.tokenizer import default_tokenizer
+
+    tok = default_tokenizer()
+    if corpus is None:
+        from model.data import corpus_path
+
+        corpus = str(corpus_path())
+    text = Path(corpus).read_text(encoding="utf-8")
+    return torch.tensor(tok.encode(text).ids, dtype=torch.long), tok.get_vocab_size()
+
+
+def unigram_logprobs(ids: torch.Tensor, vocab: int) -> torch.Tensor:
+    counts = torch.bincount(ids, minlength=vocab).double() + 1.0  # add-one smoothing
+    return (counts / counts.sum()).log().float()
+
+
+def moe_health(router_stats: list[dict]) -> dict[str, float]:
+    loads = torch.stack([s["load"].float() for s in router_stats])  # (L, E)
+    fair = 1.0 / loads.shape[1]
+    return {
+        "moe/load_max_over_mean": (loads.max(dim=1).values / fair).max().item(),
+        "moe/router_entropy": torch.stack([s["entropy"] for s in router_stats]).mean().item(),
+        "moe/dead_experts": float((loads < DEAD_FRACTION * fair).sum().item()),
+    }
+
+
+def save_checkpoint(model, opt, step: int, directory: str) -> Path:
+    path = Path(directory) / f"step_{step:06d}.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".pt.tmp")
+    torch.save({"step": step, "model": model.state_dict(), "optimizer": opt.state_dict()}, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+# ---------------------------------------------------------------------------- training
+
+
+def train(ctx: RunContext) -> None:
+    from model import MiniMaxM2Config, MiniMaxM2ForCausalLM
+
+    cfg: LMConfig = ctx.cfg  # type: ignore[assignment]
+    faults: FaultPlan = ctx.faults
+    torch.manual_seed(cfg.seed)
+    torch.set_num_threads(int(os.environ.get("WORKBENCH_TRAIN_THREADS", "1")))
+
+    # --- data
+    ids, tok_vocab = load_tokens(cfg.data.corpus)
+    n_eval = int(len(ids) * cfg.data.eval_fraction)
+    train_ids, eval_ids = ids[:-n_eval], ids[-n_eval:]
+    limit = faults.train_items() or cfg.data.max_train_items
+    if limit:
+        train_ids = train_ids[: max(limit, cfg.data.seq_len + 1)]
+    T = cfg.data.seq_len
+    unigram = unigram_logprobs(train_ids, tok_vocab)
+    clean_logp = unigram[train_ids].mean().item()
+    bad = faults.first(BadData)
+
+    def read(index: int) -> torch.Tensor:
+        bs = cfg.batch_size * faults.batch_growth(index)
+        rng = np.random.default_rng((cfg.seed, index))
+        starts = torch.from_numpy(rng.integers(0, len(train_ids) - T, bs))
+        batch = torch.stack([train_ids[s : s + T] for s in starts.tolist()])  # (B, T)
+        if bad and index >= bad.start_step and is_corrupted(index, bad.fraction, cfg.seed):
+            # A corrupted shard: token ids that are noise (a broken decoder or a bad file).
+            batch = torch.from_numpy(rng.integers(0, tok_vocab, size=batch.shape))
+        return batch
+
+    def is_valid(batch: torch.Tensor) -> bool:
+        # Data validation: a batch far less likely than the corpus under unigram stats is junk.
+        return unigram[batch].mean().item() > clean_logp - 1.5
+
+    reader = BatchReader(read, cfg.data, faults, is_valid)
+    eval_rng = np.random.default_rng(10_000 + cfg.seed)
+    eval_starts = eval_rng.integers(0, len(eval_ids) - T, (cfg.eval_batches, cfg.batch_size))
+    eval_batches = [torch.stack([eval_ids[s : s + T] for s in row]) for row in eval_starts]
+
+    # --- model
+    overrides = dict(cfg.model.overrides)
+    mcfg = MiniMaxM2Config.from_preset(cfg.model.preset, **overrides)
+    if mcfg.vocab_size < tok_vocab:
+        raise ValueError(f"model vocab_size {mcfg.vocab_size} < tokenizer vocab {tok_vocab}")
+    model = MiniMaxM2ForCausalLM(mcfg)
+    skew = faults.first(RouterImbalance)
+    if skew:  # skewed router init: a few experts start with a selection head start
+        with torch.no_grad():
+            for blk in model.moe_blocks:
+                blk.e_score_correction_bias[: skew.experts] += skew.skew
+    act_scale = {"value": 1.0}
+
+    def scale_embeddings(module, args, output):  # the fp_overflow fault's activation scale
+        return output * act_scale["value"] if act_scale["value"] != 1.0 else output
+
+    model.model.embed_tokens.register_forward_hook(scale_embeddings)
+
+    # --- optimizer
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": cfg.optimizer.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=cfg.optimizer.lr,
+        betas=cfg.optimizer.betas,
+        eps=cfg.optimizer.eps,
+    )
+    n_params = sum(p.numel() for p in model.parameters())
+    meter = MemoryMeter(faults.memory_budget_bytes(), base_bytes=4 * 4 * n_params)
+    autocast = (
+        (lambda: torch.autocast("cpu", dtype=torch.bfloat16))
+        if cfg.precision == "bf16"
+        else nullcontext
+    )
+    ctx.log(
+        f"lm {cfg.model.preset}: {n_params / 1e6:.2f}M params, {len(train_ids)} train tokens, "
+        f"{len(eval_ids)} eval tokens, batch {cfg.batch_size}x{T}"
+    )
+
+    @torch.no_grad()
+    def evaluate() -> float:
+        model.eval()
+        with autocast():
+            losses = [model(b, labels=b).loss.float().item() for b in eval_batches]
+        model.train()
+        return float(np.mean(losses))
+
+    # --- loop
+    clip = cfg.optimizer.grad_clip or float("inf")
+    for step in range(cfg.steps):
+        t0 = time.perf_counter()
+        lr = lr_at(step, cfg.steps, cfg.optimizer) * faults.lr_multiplier(step)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        batch = reader.next()
+        faults.maybe_code_error(step, batch)
+        act_scale["value"] = faults.activation_scale(step)
+
+        with meter.hooks(), autocast():
+            out = model(batch, labels=batch)
+        loss = out.loss.float()
+        opt.zero_grad(set_to_none=True)
+        (loss * faults.gradient_outlier_scale(step)).backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip).item()
+        opt.step()
+        if cfg.moe.bias_update_rate > 0:
+            model.update_router_bias(cfg.moe.bias_update_rate)
+
+        dt = time.perf_counter() - t0
+        metrics = {
+            "train/loss": loss.item(),
+            "grad_norm": grad_norm,
+            "lr": lr,
+            "tokens_per_sec": batch.numel() / dt,
+            "step_time": dt,
+            **moe_health(out.router_stats),
+        }
+        if step % cfg.eval_interval == 0 or step == cfg.steps - 1:
+            metrics["eval/loss"] = evaluate()
+            ctx.log(
+                f"step {step}: train/loss {metrics['train/loss']:.4f} "
+                f"eval/loss {metrics['eval/loss']:.4f} lr {lr:.2e} "
+                f"load_max/mean {metrics['moe/load_max_over_mean']:.2f} "
+                f"tok/s {metrics['tokens_per_sec']:.0f}"
+            )
+            ctx.upload_log()
+        ctx.tracker.log_metrics(metrics, step)
+        if cfg.checkpoint_interval and (step + 1) % cfg.checkpoint_interval == 0:
+            save_checkpoint(model, opt, step + 1, cfg.checkpoint_dir)
+
+
+def main(
+    config_path,
+    *,
+    tracking_uri: str | None = None,
+    system_metrics: bool = True,
+    extra_tags: dict[str, str] | None = None,
+    track: bool = True,
+):
+    from trainer.config import load_config
+    from trainer.harness import run_program
+
+    cfg = load_config(config_path, "lm")
+    return run_program(
+        "lm",
+        cfg,
+        train,
+        config_path=Path(config_path),
+        tracking_uri=tracking_uri,
+        extra_tags=extra_tags,
+        track=track,
+        system_metrics=system_metrics,
+    )
