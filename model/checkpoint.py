@@ -74,11 +74,18 @@ def quantize_fp8_blocks(w: torch.Tensor, block: int = 128) -> tuple[torch.Tensor
     return q.contiguous(), scale.float().contiguous()
 
 
-def dequantize_fp8_blocks(q: torch.Tensor, scale_inv: torch.Tensor) -> torch.Tensor:
+def dequantize_fp8_blocks(
+    q: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int, int] = (128, 128)
+) -> torch.Tensor:
     """fp32 ``q * scale_inv`` with each scale covering a block (partial at the edges)."""
     R, C = q.shape[-2:]
-    nr, nc = scale_inv.shape[-2:]
-    br, bc = math.ceil(R / nr), math.ceil(C / nc)
+    br, bc = block
+    want = (math.ceil(R / br), math.ceil(C / bc))
+    if tuple(scale_inv.shape[-2:]) != want or scale_inv.shape[:-2] != q.shape[:-2]:
+        raise BadInputError(
+            f"FP8 scale of shape {list(scale_inv.shape)} does not fit a weight of shape "
+            f"{list(q.shape)} with {br}x{bc} blocks"
+        )
     s = scale_inv.float().repeat_interleave(br, dim=-2).repeat_interleave(bc, dim=-1)
     return q.float() * s[..., :R, :C]
 
@@ -231,7 +238,9 @@ def load_pretrained(path: str | Path, dtype: torch.dtype = torch.float32, **over
     from model.modeling import MiniMaxM2ForCausalLM, RotaryEmbedding
 
     path = Path(path)
-    config, _raw = read_config(path)
+    config, raw = read_config(path)
+    qcfg = raw.get("quantization_config") or {}
+    block = tuple(qcfg.get("weight_block_size") or (128, 128))
     if overrides:
         try:
             config = config.replace(**overrides)
@@ -294,7 +303,10 @@ def load_pretrained(path: str | Path, dtype: torch.dtype = torch.float32, **over
                 sk = scale_key(key)
                 if sk not in keys:
                     raise BadInputError(f"FP8 tensor {key} has no {sk}")
-                t = dequantize_fp8_blocks(t, get(sk))
+                try:
+                    t = dequantize_fp8_blocks(t, get(sk), block)
+                except BadInputError as exc:
+                    raise BadInputError(f"tensor {key}: {exc}") from exc
                 loaded.add(sk)
             want = expected_shape(param, target)
             if tuple(t.shape) != want:

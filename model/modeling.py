@@ -429,10 +429,31 @@ class MiniMaxM2ForCausalLM(nn.Module):
             blk.e_score_correction_bias.copy_(new)
 
     # -------------------------------------------------------------- generation / checkpoints
-    def generate(self, input_ids, **kwargs) -> torch.Tensor:
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        max_new_tokens: int = 32,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        stop_token_ids=(),
+        attention_mask: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        pad_token_id: int | None = None,
+    ) -> torch.Tensor:
+        """Greedy (temperature 0) or nucleus sampling with the KV cache; see model.generation."""
         from model.generation import generate
 
-        return generate(self, input_ids, **kwargs)
+        return generate(
+            self,
+            input_ids,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            stop_token_ids=stop_token_ids,
+            attention_mask=attention_mask,
+            generator=generator,
+            pad_token_id=pad_token_id,
+        )
 
     @classmethod
     def from_pretrained(cls, path, dtype: torch.dtype = torch.float32, **overrides):

@@ -164,14 +164,18 @@ def create_app(engine: Engine, tokenizer, model_name: str = "m2-workbench") -> F
             ignore_eos=bool(body.get("ignore_eos", False)),
         )
 
-    def _submit(prompt_ids: list[int], body: dict, params: SamplingParams) -> list[tuple[Sequence, _Stream]]:
+    def _submit(
+        prompt_ids: list[int], body: dict, params: SamplingParams
+    ) -> list[tuple[Sequence, _Stream]]:
         n = body.get("n", 1)
         if not isinstance(n, int) or not 1 <= n <= 16:
             raise APIError("'n' must be an integer in [1, 16]")
         loop = asyncio.get_running_loop()
         out = []
         for i in range(n):
-            p = SamplingParams(**{**params.__dict__, "seed": None if params.seed is None else params.seed + i})
+            p = SamplingParams(
+                **{**params.__dict__, "seed": None if params.seed is None else params.seed + i}
+            )
             stream = _Stream(loop)
             try:
                 out.append((engine.submit(prompt_ids, p, stream.emit), stream))
@@ -198,7 +202,9 @@ def create_app(engine: Engine, tokenizer, model_name: str = "m2-workbench") -> F
         content = []
         for tok, lp in zip(seq.out_ids, seq.logprobs, strict=False):
             piece = detok.piece(tok)
-            content.append({"token": piece, "logprob": lp, "bytes": list(piece.encode()), "top_logprobs": []})
+            content.append(
+                {"token": piece, "logprob": lp, "bytes": list(piece.encode()), "top_logprobs": []}
+            )
         return {"content": content}
 
     def _usage(prompt_ids: list[int], seqs: list[Sequence]) -> dict[str, int]:
@@ -214,7 +220,11 @@ def create_app(engine: Engine, tokenizer, model_name: str = "m2-workbench") -> F
     async def chat_completions(request: Request):
         body = await _json(request)
         messages = body.get("messages")
-        if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
+        if (
+            not isinstance(messages, list)
+            or not messages
+            or not all(isinstance(m, dict) for m in messages)
+        ):
             raise APIError("'messages' must be a non-empty list of message objects")
         tools = body.get("tools") or None
         if tools is not None and not isinstance(tools, list):
@@ -235,7 +245,9 @@ def create_app(engine: Engine, tokenizer, model_name: str = "m2-workbench") -> F
         want_ids, want_lp = bool(body.get("return_token_ids")), bool(body.get("logprobs"))
 
         def finish(text: str, reason: str) -> tuple[dict[str, Any], str]:
-            rest, calls, _errors = parse_tool_calls(text, use_tools) if use_tools else (text, [], [])
+            rest, calls, _errors = (
+                parse_tool_calls(text, use_tools) if use_tools else (text, [], [])
+            )
             msg: dict[str, Any] = {"role": "assistant", "content": as_content(rest, thinking)}
             if calls:
                 msg["tool_calls"] = [c.to_openai() for c in calls]
@@ -272,13 +284,28 @@ def create_app(engine: Engine, tokenizer, model_name: str = "m2-workbench") -> F
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
         def chunk(choices: list[dict], **extra) -> bytes:
-            obj = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model_name, "choices": choices, **extra}
+            obj = {
+                "id": rid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model_name,
+                "choices": choices,
+                **extra,
+            }
             return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n".encode()
 
         async def one(i: int, seq: Sequence, stream: _Stream, out: asyncio.Queue) -> None:
             """Stream choice i: content as it becomes safe, tool calls once complete."""
             sent = as_content("", thinking)
-            await out.put([{"index": i, "delta": {"role": "assistant", "content": sent}, "finish_reason": None}])
+            await out.put(
+                [
+                    {
+                        "index": i,
+                        "delta": {"role": "assistant", "content": sent},
+                        "finish_reason": None,
+                    }
+                ]
+            )
             sent_toks = 0
             reason = None
             while reason is None:
@@ -328,7 +355,9 @@ def create_app(engine: Engine, tokenizer, model_name: str = "m2-workbench") -> F
                 pending = set(tasks)
                 while pending:
                     getter = asyncio.create_task(out.get())
-                    done, _ = await asyncio.wait(pending | {getter}, return_when=asyncio.FIRST_COMPLETED)
+                    done, _ = await asyncio.wait(
+                        pending | {getter}, return_when=asyncio.FIRST_COMPLETED
+                    )
                     if getter in done:
                         yield chunk(getter.result(), **first)
                         first = {}
@@ -376,7 +405,12 @@ def create_app(engine: Engine, tokenizer, model_name: str = "m2-workbench") -> F
 
         def lp_block(seq: Sequence, start: int = 0) -> dict[str, Any]:
             pieces = [detok.piece(t) for t in seq.out_ids[start:]]
-            return {"tokens": pieces, "token_logprobs": seq.logprobs[start:], "top_logprobs": None, "text_offset": []}
+            return {
+                "tokens": pieces,
+                "token_logprobs": seq.logprobs[start:],
+                "top_logprobs": None,
+                "text_offset": [],
+            }
 
         if not body.get("stream"):
             try:
@@ -418,17 +452,31 @@ def create_app(engine: Engine, tokenizer, model_name: str = "m2-workbench") -> F
                         break
                     final = event[0] == "done"
                     text, hit = _cut_at_stop(detok.text(seq.out_ids, final=final), stops)
-                    reason = ("stop" if hit or event[1] == "cancelled" else event[1]) if final or hit else None
+                    reason = (
+                        ("stop" if hit or event[1] == "cancelled" else event[1])
+                        if final or hit
+                        else None
+                    )
                     if hit:
                         seq.cancel()
-                    c: dict[str, Any] = {"index": 0, "text": text[len(sent) :] if text.startswith(sent) else "", "finish_reason": reason}
+                    c: dict[str, Any] = {
+                        "index": 0,
+                        "text": text[len(sent) :] if text.startswith(sent) else "",
+                        "finish_reason": reason,
+                    }
                     sent = text if text.startswith(sent) else sent
                     if want_lp:
                         c["logprobs"] = lp_block(seq, sent_toks)
                     if want_ids:
                         c["token_ids"] = seq.out_ids[sent_toks:]
                     sent_toks = len(seq.out_ids)
-                    obj = {"id": rid, "object": "text_completion", "created": created, "model": model_name, "choices": [c]}
+                    obj = {
+                        "id": rid,
+                        "object": "text_completion",
+                        "created": created,
+                        "model": model_name,
+                        "choices": [c],
+                    }
                     if first and want_ids:
                         obj["prompt_token_ids"] = prompt_ids
                     first = False
