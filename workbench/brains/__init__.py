@@ -1,0 +1,36 @@
+"""Brains: chat models with ``bind_tools`` that drive the supervisor graph.
+
+``make_brain("rules")`` (default, deterministic), ``make_brain("openai", base_url=…, model=…)``,
+``make_brain("local", model=DIR)`` (our own checkpoint in-process; imported lazily).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from workbench.errors import BadInputError
+
+BRAINS = ("rules", "openai", "local")
+
+
+def make_brain(name: str = "rules", **opts: Any):
+    if name == "rules":
+        from workbench.brains.rules import RulesChatModel
+
+        return RulesChatModel()
+    if name == "openai":
+        from workbench.brains.openai import make_openai_brain
+
+        return make_openai_brain(
+            base_url=opts.get("base_url"), model=opts.get("model"), api_key=opts.get("api_key")
+        )
+    if name == "local":
+        model_dir = opts.get("model") or opts.get("model_dir")
+        if not model_dir:
+            raise BadInputError("--brain local needs --model DIR (a checkpoint folder)")
+        try:
+            from workbench.brains.local import LocalChatModel
+        except ModuleNotFoundError as exc:
+            raise BadInputError(f"the local brain is not available: {exc}") from None
+        return LocalChatModel(model_dir)
+    raise BadInputError(f"unknown brain {name!r} (known: {', '.join(BRAINS)})")

@@ -1,0 +1,207 @@
+"""Run one fix episode end to end: ``fix_run`` (used by ``workbench fix``, ``watch --fix``, demo).
+
+It builds the graph with its ``SqliteSaver`` checkpoint at ``<home>/state.db``, starts or
+resumes the thread, answers an approval interrupt when given one, and returns a summary. The
+report (markdown + PNG) of an episode is written here too.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from workbench.errors import BadInputError
+
+DEFAULT_HOME = Path(".workbench")
+
+
+def fix_run(
+    run_id: str | None,
+    *,
+    repo: str | Path = ".",
+    tracking_uri: str = "sqlite:///mlflow.db",
+    home: str | Path = DEFAULT_HOME,
+    brain: str = "rules",
+    brain_opts: dict[str, Any] | None = None,
+    approve: bool = False,
+    answer: str | None = None,
+    resume: str | None = None,
+    thread_id: str | None = None,
+    max_attempts: int = 3,
+    backend: str = "local",
+    run_timeout_s: float | None = None,
+    progress: Callable[[str], None] | None = None,
+    scaffold_dir: str | Path | None = None,
+    doctor: Callable | None = None,
+    brain_model: Any = None,
+) -> dict:
+    """Fix ``run_id`` (or resume thread ``resume``); returns the episode's summary dict."""
+    from langgraph.checkpoint.sqlite import SqliteSaver
+    from langgraph.types import Command
+
+    from workbench.brains import make_brain
+    from workbench.gitops import check_ref_part
+    from workbench.graph import Deps, build_graph
+
+    home = Path(home).resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    deps = Deps(
+        brain=brain_model if brain_model is not None else make_brain(brain, **(brain_opts or {})),
+        scaffold_dir=Path(scaffold_dir) if scaffold_dir else None,
+        backend=backend,
+        run_timeout_s=run_timeout_s,
+        progress=progress or (lambda msg: None),
+        doctor=doctor,
+    )
+    conn = sqlite3.connect(home / "state.db", check_same_thread=False)
+    try:
+        graph = build_graph(deps, SqliteSaver(conn))
+        if resume:
+            tid = check_ref_part(resume)
+            config = {"configurable": {"thread_id": tid}}
+            snap = graph.get_state(config)
+            if not snap.values:
+                raise BadInputError(f"no episode {tid} in {home / 'state.db'}")
+            payload = Command(resume=answer) if (snap.interrupts and answer is not None) else None
+            if snap.next or payload is not None:
+                graph.invoke(payload, config, durability="sync")
+        else:
+            if not run_id:
+                raise BadInputError("give a RUN_ID to fix, or --resume THREAD_ID")
+            check_ref_part(run_id)
+            tid = check_ref_part(thread_id or f"fix-{run_id[:12]}-{int(time.time())}")
+            config = {"configurable": {"thread_id": tid}}
+            if graph.get_state(config).values:
+                raise BadInputError(f"episode {tid} exists already; use --resume {tid}")
+            state = {
+                "thread_id": tid,
+                "run_id": run_id,
+                "repo": str(Path(repo).resolve()),
+                "home": str(home),
+                "tracking_uri": tracking_uri,
+                "max_attempts": int(max_attempts),
+                "approve": bool(approve),
+                "attempts": [],
+            }
+            progress and progress(f"episode {tid}: fixing run {run_id}")
+            graph.invoke(state, config, durability="sync")
+            snap = graph.get_state(config)
+            if snap.interrupts and answer is not None:
+                graph.invoke(Command(resume=answer), config, durability="sync")
+        return summarize(graph.get_state(config))
+    finally:
+        conn.close()
+
+
+def summarize(snap) -> dict:
+    s = snap.values
+    cur = s.get("current") or {}
+    out = {
+        "thread_id": s.get("thread_id"),
+        "run_id": s.get("run_id"),
+        "status": s.get("status", "running"),
+        "diagnosis": (s.get("diagnosis") or {}).get("cause"),
+        "attempts": len(s.get("attempts", []))
+        + (1 if cur and cur not in s.get("attempts", []) else 0),
+        "remedy": cur.get("remedy_id"),
+        "branch": cur.get("branch"),
+        "new_run_id": cur.get("new_run_id"),
+        "verified": bool(cur.get("passed")),
+        "reward": s.get("reward", 0.0),
+        "review_id": s.get("review_id"),
+        "before": (s.get("before") or {}).get("best_eval"),
+        "after": (cur.get("after") or {}).get("best_eval"),
+    }
+    if snap.interrupts:
+        out["status"] = "waiting_approval"
+        out["question"] = snap.interrupts[0].value
+    return out
+
+
+# ------------------------------------------------------------------------------ report
+
+
+def write_report(state: dict) -> Path:
+    """Markdown report (+ a PNG of the eval metric, before vs after) under ``<home>/reports``."""
+    reports = Path(state["home"]) / "reports"
+    reports.mkdir(parents=True, exist_ok=True)
+    tid = state["thread_id"]
+    cur = state.get("current") or {}
+    d = state.get("diagnosis") or {}
+    lines = [
+        f"# Fix episode {tid}",
+        "",
+        f"- run: `{state['run_id']}`  status: **{state.get('status', 'failed')}**",
+        f"- diagnosis: {d.get('cause', 'n/a')} ({d.get('confidence', 0):.2f}) — {d.get('summary', '')}",
+        "",
+        "## Findings",
+        *[
+            f"- `{f['kind']}` at step {f.get('step')}: {f['evidence']}"
+            for f in state.get("findings", [])
+        ],
+        "",
+        "## Attempts",
+    ]
+    for a in [*state.get("attempts", []), *([cur] if cur else [])]:
+        verdict = (
+            "verified" if a.get("passed") else (a.get("error") or "; ".join(a.get("reasons") or []))
+        )
+        lines.append(f"- #{a.get('n')} `{a.get('remedy_id')}` on `{a.get('branch')}`: {verdict}")
+    before = state.get("before") or {}
+    after = cur.get("after") or {}
+    lines += [
+        "",
+        "## Numbers",
+        f"- best {before.get('eval_metric')}: before {before.get('best_eval')} → after {after.get('best_eval')}",
+        f"- last step: before {before.get('last_step')} → after {after.get('last_step')}",
+    ]
+    png = _plot(state, reports / f"{tid}.png")
+    if png:
+        lines += ["", f"![eval metric]({png.name})"]
+    path = reports / f"{tid}.md"
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def _plot(state: dict, path: Path) -> Path | None:
+    cur = state.get("current") or {}
+    metric = (state.get("before") or {}).get("eval_metric")
+    if not metric or not cur.get("new_run_id"):
+        return None
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        from workbench.launch import absolute_tracking_uri
+        from workbench.tracking import TrackingClient
+
+        tc = TrackingClient(absolute_tracking_uri(state["tracking_uri"]))
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        for rid, label in ((state["run_id"], "original"), (cur["new_run_id"], "patched")):
+            h = tc.history(rid, metric)
+            ax.plot(h.steps, h.values, label=f"{label} {rid[:8]}")
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel(metric)
+        ax.legend()
+        fig.tight_layout()
+        tmp = path.with_name(path.stem + ".tmp.png")
+        fig.savefig(tmp, dpi=80)
+        plt.close(fig)
+        tmp.replace(path)
+        return path
+    except Exception:  # a plot is a nicety; the report stands without it
+        return None
+
+
+def load_trajectory(home: str | Path, thread_id: str) -> list[dict]:
+    path = Path(home) / "trajectories" / f"{thread_id}.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line]

@@ -1,0 +1,440 @@
+"""The supervisor: a hand-written LangGraph ``StateGraph`` that fixes one failing run.
+
+    monitor → diagnose → propose → patch → [approve] → relaunch → verify → report
+                            ↑________ next remedy (bounded) ________|
+
+The brain decides through tool calls (``workbench.brains.base.decide``); the nodes do the side
+effects, each idempotent so a resumed node (after ``kill -9``) repeats nothing: the fix branch
+is claimed by episode key before it is created, the relaunch adopts a run it already started,
+the review item is keyed by episode. State is plain JSON, checkpointed after every node.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypedDict
+
+from langgraph.graph import END, START, StateGraph
+from langgraph.types import interrupt
+
+from workbench import gitops, launch
+from workbench.brains.base import decide, load_prompts, start_messages
+from workbench.brains.rules import RulesChatModel
+from workbench.doctor.types import PatchOp
+from workbench.errors import WorkbenchError
+from workbench.patches import PatchError, apply_blocks, parse_blocks, patch_config_text
+from workbench.tools import DIAGNOSE_TOOLS, PROPOSE_TOOLS, EpisodeContext, ToolCallError
+from workbench.trajectory import Trajectory
+from workbench.verify import judge, run_summary
+
+
+class EpisodeState(TypedDict, total=False):
+    thread_id: str
+    run_id: str
+    repo: str
+    home: str
+    tracking_uri: str
+    max_attempts: int
+    approve: bool
+    # filled by monitor
+    experiment_id: str
+    experiment_name: str
+    config_rel: str
+    base_sha: str
+    params: dict
+    findings: list[dict]
+    doctor: dict
+    before: dict
+    # filled as the episode goes
+    diagnosis: dict | None
+    attempts: list[dict]  # finished attempts (failed ones; the last may be the fix)
+    current: dict | None  # the attempt in flight
+    status: str  # running | healthy | fixed | failed | declined
+    review_id: int | None
+    reward: float
+
+
+@dataclass
+class Deps:
+    """What the nodes use but the checkpoint does not hold (rebuilt on resume)."""
+
+    brain: Any
+    fallback: Any = field(default_factory=RulesChatModel)
+    scaffold_dir: Path | None = None
+    backend: str = "local"
+    run_timeout_s: float | None = None
+    monitor_timeout_s: float = 600.0
+    progress: Callable[[str], None] = lambda msg: None
+    doctor: Callable[[str, str], Any] | None = None  # (uri, run_id) -> RunVerdict
+
+
+def _tracking(uri: str):
+    from workbench.tracking import TrackingClient
+
+    return TrackingClient(launch.absolute_tracking_uri(uri))
+
+
+def _doctor(deps: Deps, uri: str, run_id: str):
+    if deps.doctor is not None:
+        return deps.doctor(uri, run_id)
+    from workbench.doctor import diagnose_run
+
+    return diagnose_run(launch.absolute_tracking_uri(uri), run_id)
+
+
+def _traj(state: EpisodeState) -> Trajectory:
+    return Trajectory(Path(state["home"]) / "trajectories" / f"{state['thread_id']}.jsonl")
+
+
+def _ctx(state: EpisodeState) -> EpisodeContext:
+    attempts = state.get("attempts", [])
+    return EpisodeContext(
+        tracking=_tracking(state["tracking_uri"]),
+        run_id=state["run_id"],
+        repo=Path(state["repo"]),
+        base_sha=state["base_sha"],
+        config_rel=state["config_rel"],
+        findings=state["findings"],
+        doctor=state["doctor"],
+        tried=[a["remedy_id"] for a in attempts],
+        attempts=[{k: a.get(k) for k in ("n", "remedy_id", "error", "reasons")} for a in attempts],
+        diagnosis=state.get("diagnosis"),
+    )
+
+
+def _ask(deps: Deps, state: EpisodeState, phase: str, tools, check=None, **values):
+    """One brain decision; falls back to the rules brain when the brain fails twice."""
+    prompts = load_prompts(deps.scaffold_dir)
+    ctx, traj = _ctx(state), _traj(state)
+    for brain in (deps.brain, deps.fallback):
+        messages = start_messages(prompts, phase, **values)
+        for m in messages:
+            traj.add("message", role=m.type, content=m.content)
+        got = decide(
+            brain, tools, messages, ctx, traj, retry_template=prompts["retry"], check=check
+        )
+        if got is not None:
+            return (*got, "rules" if isinstance(brain, RulesChatModel) else "brain")
+        if brain is not deps.fallback:
+            traj.add("fallback", to="rules")
+    raise WorkbenchError("the rules brain made no decision")  # the playbook is broken
+
+
+# ------------------------------------------------------------------------------ nodes
+
+
+def monitor(state: EpisodeState, deps: Deps) -> dict:
+    tc = _tracking(state["tracking_uri"])
+    deadline = time.monotonic() + deps.monitor_timeout_s
+    while True:  # wait for the run to end or to fail visibly
+        info = tc.run(state["run_id"])
+        verdict = _doctor(deps, state["tracking_uri"], state["run_id"])
+        if info.status != "RUNNING" or verdict.status == "failing" or time.monotonic() > deadline:
+            break
+        time.sleep(2.0)
+    tags = info.tags
+    config_rel = tags.get("workbench.config") or launch.read_repo_spec(Path(state["repo"])).config
+    base_sha = tags.get("workbench.git_commit") or gitops.head_sha(Path(state["repo"]))
+    exp = tc.mlflow.get_experiment(info.experiment_id)
+    findings = [f.model_dump() for f in verdict.findings]
+    doctor = {
+        "diagnosis": verdict.diagnosis.model_dump() if verdict.diagnosis else None,
+        "remedies": [r.model_dump(mode="json") for r in verdict.remedies],
+    }
+    traj = _traj(state)
+    traj.add(
+        "start", run_id=state["run_id"], repo=state["repo"], base_sha=base_sha, config=config_rel
+    )
+    traj.add("findings", findings=findings, doctor=doctor)
+    deps.progress(f"run {state['run_id'][:8]}: {verdict.status}, {len(findings)} finding(s)")
+    return {
+        "experiment_id": info.experiment_id,
+        "experiment_name": exp.name,
+        "config_rel": config_rel,
+        "base_sha": gitops.check_sha(base_sha),
+        "params": info.params,
+        "findings": findings,
+        "doctor": doctor,
+        "before": run_summary(tc, state["run_id"]),
+        "attempts": state.get("attempts", []),
+        "status": "healthy" if verdict.status == "healthy" else "running",
+    }
+
+
+def diagnose(state: EpisodeState, deps: Deps) -> dict:
+    name, args, who = _ask(
+        deps, state, "diagnose", DIAGNOSE_TOOLS, run_id=state["run_id"], findings=state["findings"]
+    )
+    diagnosis = {**args.model_dump(), "by": who}
+    _traj(state).add("diagnosis", **diagnosis)
+    deps.progress(f"diagnosis: {diagnosis['cause']} ({diagnosis['confidence']:.2f}) by {who}")
+    return {"diagnosis": diagnosis}
+
+
+def propose(state: EpisodeState, deps: Deps) -> dict:
+    attempts = state.get("attempts", [])
+    n = len(attempts) + 1
+    if n > state["max_attempts"]:
+        return {"current": None, "status": "failed"}
+    tried = {a["remedy_id"] for a in attempts}
+
+    def check(name: str, args) -> None:
+        if name != "give_up" and args.remedy_id in tried:
+            raise ToolCallError(f"remedy {args.remedy_id!r} was already tried; pick another")
+
+    name, args, who = _ask(
+        deps, state, "propose", PROPOSE_TOOLS, check=check, run_id=state["run_id"],
+        diagnosis=state.get("diagnosis"), config=state["config_rel"], attempts=_ctx(state).attempts,
+    )  # fmt: skip
+    if name == "give_up":
+        _traj(state).add("give_up", reason=args.reason, by=who)
+        return {"current": None, "status": "failed"}
+    cur = {"n": n, "kind": "config" if name == "propose_config_patch" else "code", "by": who}
+    cur.update(args.model_dump(mode="json"))
+    _traj(state).add("proposal", **cur)
+    deps.progress(f"attempt {n}: {cur['remedy_id']} ({cur['kind']} patch, by {who})")
+    return {"current": cur}
+
+
+def _patched_files(state: EpisodeState, cur: dict) -> dict[str, str]:
+    repo, sha = Path(state["repo"]), state["base_sha"]
+    if cur["kind"] == "config":
+        text = gitops.show_file(repo, sha, state["config_rel"])
+        ops = [PatchOp.model_validate(op) for op in cur["ops"]]
+        return {state["config_rel"]: patch_config_text(text, ops, defaults=state.get("params"))}
+    blocks = parse_blocks(cur["blocks"])
+    try:
+        files = {b.path: gitops.show_file(repo, sha, b.path) for b in blocks}
+    except gitops.GitOpsError as exc:
+        raise PatchError(str(exc)) from None
+    return apply_blocks(files, blocks)
+
+
+def claim_branch(state: EpisodeState, key: str) -> tuple[str, Path]:
+    """The fix branch of this attempt: the first free ``workbench/fix/<run>-<n>``, claimed by
+    an exclusive file *before* the branch exists, so a resumed step finds the same one."""
+    root = Path(state["home"]) / "worktrees"
+    root.mkdir(parents=True, exist_ok=True)
+    repo = Path(state["repo"])
+    for n in range(1, 1000):
+        branch = gitops.fix_branch(state["run_id"], n)
+        claim = root / f"{state['run_id']}-{n}.claim"
+        if claim.exists():
+            if claim.read_text() == key:
+                return branch, root / f"{state['run_id']}-{n}"
+            continue
+        if gitops.branch_exists(repo, branch):
+            continue
+        try:
+            fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            continue
+        with os.fdopen(fd, "w") as fh:
+            fh.write(key)
+        return branch, root / f"{state['run_id']}-{n}"
+    raise WorkbenchError(f"no free fix branch for run {state['run_id']}")
+
+
+def _commit_message(state: EpisodeState, cur: dict, key: str) -> str:
+    clean = lambda s: re.sub(r"[\x00-\x08\x0b-\x1f\x7f]", " ", str(s))[:400]  # noqa: E731
+    d = state.get("diagnosis") or {}
+    findings = "; ".join(f"{f['kind']}@{f.get('step')}: {f['evidence']}" for f in state["findings"])
+    change = (
+        ", ".join(f"{op['key']} {op['op']} {op.get('value')}" for op in cur["ops"])
+        if cur["kind"] == "config"
+        else "code patch (SEARCH/REPLACE)"
+    )
+    return (
+        f"workbench fix: {clean(cur['remedy_id'])} for run {state['run_id']}\n\n"
+        f"Run: {state['run_id']}\nFindings: {clean(findings)}\n"
+        f"Diagnosis: {clean(d.get('cause'))} ({d.get('confidence', 0):.2f}): {clean(d.get('summary'))}\n"
+        f"Remedy: {clean(cur['remedy_id'])}: {clean(cur.get('rationale', ''))}\n"
+        f"Change: {clean(change)}\n\nWorkbench-Episode: {key}\n"
+    )
+
+
+def _fail(state: EpisodeState, cur: dict, error: str, cleanup: bool = True) -> dict:
+    if cleanup and cur.get("branch"):
+        gitops.remove_fix(Path(state["repo"]), cur["branch"], Path(cur["worktree"]))
+    failed = {**cur, "error": error, "passed": False}
+    _traj(state).add("attempt_failed", n=cur["n"], remedy_id=cur["remedy_id"], error=error)
+    return {"attempts": [*state.get("attempts", []), failed], "current": None}
+
+
+def patch(state: EpisodeState, deps: Deps) -> dict:
+    cur = dict(state["current"])
+    key = f"{state['thread_id']}/{cur['n']}"
+    try:
+        files = _patched_files(state, cur)  # checked before any branch exists
+    except PatchError as exc:
+        deps.progress(f"attempt {cur['n']}: patch does not apply: {exc}")
+        return _fail(state, cur, f"patch does not apply: {exc}")
+    branch, worktree = claim_branch(state, key)
+    cur.update(branch=branch, worktree=str(worktree.resolve()))
+    try:
+        gitops.exclude_path(Path(state["repo"]), ".workbench/")
+        gitops.ensure_worktree(Path(state["repo"]), worktree, branch, state["base_sha"])
+        cur["commit"] = gitops.commit_files(worktree, files, _commit_message(state, cur, key))
+    except (gitops.GitOpsError, PatchError, OSError) as exc:
+        return _fail(state, cur, f"git: {exc}")
+    _traj(state).add("patch", branch=branch, commit=cur["commit"], files=sorted(files))
+    deps.progress(f"attempt {cur['n']}: committed {cur['commit'][:8]} on {branch}")
+    return {"current": cur}
+
+
+def approve_gate(state: EpisodeState, deps: Deps) -> dict:
+    cur = state["current"]
+    answer = interrupt(
+        {
+            "question": f"relaunch run {state['run_id']} with {cur['remedy_id']} on {cur['branch']}?",
+            "diff": gitops.diff(Path(state["repo"]), state["base_sha"], cur["branch"]),
+        }
+    )
+    ok = str(answer).strip().lower() in ("y", "yes", "true", "approve")
+    _traj(state).add("approval", answer=str(answer), approved=ok)
+    if ok:
+        return {}
+    return {**_fail(state, cur, "relaunch declined by a person"), "status": "declined"}
+
+
+def relaunch(state: EpisodeState, deps: Deps) -> dict:
+    cur = dict(state["current"])
+    key = f"{state['thread_id']}/{cur['n']}"
+    deps.progress(f"attempt {cur['n']}: relaunching on {cur['branch']}")
+    try:
+        res = launch.relaunch(
+            worktree=Path(cur["worktree"]),
+            config=state["config_rel"],
+            tracking_uri=state["tracking_uri"],
+            experiment_id=state["experiment_id"],
+            experiment_name=state["experiment_name"],
+            episode_key=key,
+            tags={"workbench.parent_run": state["run_id"], "workbench.branch": cur["branch"]},
+            home=Path(state["home"]),
+            backend=deps.backend,
+            timeout_s=deps.run_timeout_s,
+            progress=deps.progress,
+        )
+    except WorkbenchError as exc:
+        return _fail(state, cur, f"relaunch: {exc}")
+    cur.update(new_run_id=res.run_id, run_status=res.status, log=res.log_path)
+    _traj(state).add("launch", run_id=res.run_id, status=res.status, reused=res.reused)
+    return {"current": cur}
+
+
+def verify(state: EpisodeState, deps: Deps) -> dict:
+    cur = dict(state["current"])
+    verdict = _doctor(deps, state["tracking_uri"], cur["new_run_id"])
+    after = run_summary(_tracking(state["tracking_uri"]), cur["new_run_id"])
+    out = judge(
+        state["before"], after, state["findings"], [f.model_dump() for f in verdict.findings]
+    )
+    cur.update(passed=out.passed, reward=out.reward, reasons=out.reasons, after=after)
+    _traj(state).add("outcome", **out.to_json())
+    deps.progress(
+        f"attempt {cur['n']}: {'verified' if out.passed else 'not verified'}: {'; '.join(out.reasons)}"
+    )
+    if out.passed:
+        return {"current": cur, "status": "fixed", "reward": 1.0}
+    last = cur["n"] >= state["max_attempts"]
+    if last:  # keep the last branch for the reviewer, marked unverified
+        return {"current": cur, "status": "failed", "reward": 0.0}
+    return _fail(state, cur, "; ".join(out.reasons))
+
+
+def report(state: EpisodeState, deps: Deps) -> dict:
+    from workbench.episode import write_report
+    from workbench.review import ReviewItem, ReviewQueue
+
+    cur = state.get("current")
+    status = state.get("status", "failed")
+    status = "failed" if status == "running" else status
+    review_id = None
+    path = write_report(state)
+    if cur and cur.get("branch") and cur.get("new_run_id"):
+        item = ReviewItem(
+            episode=state["thread_id"],
+            run_id=state["run_id"],
+            repo=str(Path(state["repo"]).resolve()),
+            branch=cur["branch"],
+            base_sha=state["base_sha"],
+            worktree=cur["worktree"],
+            new_run_id=cur["new_run_id"],
+            verified=bool(cur.get("passed")),
+            data={
+                "findings": state["findings"],
+                "diagnosis": state.get("diagnosis"),
+                "remedy": {
+                    k: cur.get(k) for k in ("remedy_id", "kind", "ops", "blocks", "rationale")
+                },
+                "before": state["before"],
+                "after": cur.get("after"),
+                "reasons": cur.get("reasons"),
+                "report": str(path),
+                "plots": [str(p) for p in path.parent.glob(f"{state['thread_id']}*.png")],
+            },
+        )
+        review_id = ReviewQueue(Path(state["home"]) / "review.db").upsert(item)
+        tc = _tracking(state["tracking_uri"])
+        tc.set_tag(cur["new_run_id"], "workbench.verified", str(bool(cur.get("passed"))).lower())
+        tc.set_tag(cur["new_run_id"], "workbench.review_id", str(review_id))
+    reward = float(state.get("reward", 0.0))
+    _traj(state).add("end", status=status, reward=reward, review_id=review_id, report=str(path))
+    deps.progress(
+        f"episode {state['thread_id']}: {status}" + (f", review #{review_id}" if review_id else "")
+    )
+    return {"status": status, "review_id": review_id, "reward": reward}
+
+
+# ------------------------------------------------------------------------------ wiring
+
+
+def _after_monitor(s: EpisodeState) -> str:
+    return "report" if s["status"] == "healthy" else "diagnose"
+
+
+def _after_propose(s: EpisodeState) -> str:
+    return "patch" if s.get("current") else "report"
+
+
+def _after_patch(s: EpisodeState) -> str:
+    if not s.get("current"):
+        return "propose"
+    return "approve_gate" if s.get("approve") else "relaunch"
+
+
+def _after_gate(s: EpisodeState) -> str:
+    return "relaunch" if s.get("current") else "report"
+
+
+def _after_relaunch(s: EpisodeState) -> str:
+    return "verify" if s.get("current") else "propose"
+
+
+def _after_verify(s: EpisodeState) -> str:
+    return "propose" if not s.get("current") else "report"
+
+
+def build_graph(deps: Deps, checkpointer=None):
+    g = StateGraph(EpisodeState)
+    for name, fn in [
+        ("monitor", monitor), ("diagnose", diagnose), ("propose", propose), ("patch", patch),
+        ("approve_gate", approve_gate), ("relaunch", relaunch), ("verify", verify),
+        ("report", report),
+    ]:  # fmt: skip
+        g.add_node(name, lambda s, fn=fn: fn(s, deps))
+    g.add_edge(START, "monitor")
+    g.add_conditional_edges("monitor", _after_monitor, ["diagnose", "report"])
+    g.add_edge("diagnose", "propose")
+    g.add_conditional_edges("propose", _after_propose, ["patch", "report"])
+    g.add_conditional_edges("patch", _after_patch, ["propose", "approve_gate", "relaunch"])
+    g.add_conditional_edges("approve_gate", _after_gate, ["relaunch", "report"])
+    g.add_conditional_edges("relaunch", _after_relaunch, ["verify", "propose"])
+    g.add_conditional_edges("verify", _after_verify, ["propose", "report"])
+    g.add_edge("report", END)
+    return g.compile(checkpointer=checkpointer)

@@ -1,0 +1,65 @@
+"""Episode trajectories: one readable JSONL file per episode, rewritten atomically per event.
+
+Each line is one event: ``{"t": time, "type": ..., ...}``. Types: ``start``, ``message``
+(role/content/tool_calls as sent to or returned by the brain), ``tool`` (name, args, result),
+``findings``, ``diagnosis``, ``patch``, ``launch``, ``outcome``, ``end`` (reward). A killed
+episode leaves a complete file up to its last event; a resumed one appends to it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+
+class Trajectory:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.events: list[dict] = []
+        if self.path.exists():
+            self.events = [json.loads(line) for line in self.path.read_text().splitlines() if line]
+
+    def add(self, type_: str, **data: Any) -> None:
+        self.events.append({"t": round(time.time(), 3), "type": type_, **data})
+        self._write()
+
+    def _write(self) -> None:
+        tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
+        text = "".join(
+            json.dumps(e, default=str, allow_nan=False) + "\n" for e in _clean(self.events)
+        )
+        tmp.write_text(text)
+        os.replace(tmp, self.path)
+
+    def of_type(self, type_: str) -> list[dict]:
+        return [e for e in self.events if e["type"] == type_]
+
+
+def _clean(events: list[dict]) -> list[dict]:
+    # NaN/Inf are legal metric values but not JSON: write them as strings.
+    def fix(v):
+        if isinstance(v, float) and (v != v or v in (float("inf"), float("-inf"))):
+            return str(v)
+        if isinstance(v, dict):
+            return {k: fix(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [fix(x) for x in v]
+        return v
+
+    return [fix(e) for e in events]
+
+
+def message_event(msg) -> dict:
+    """A LangChain message as a plain dict (role, content, tool calls)."""
+    data: dict[str, Any] = {"role": getattr(msg, "type", "unknown"), "content": msg.content}
+    if getattr(msg, "tool_calls", None):
+        data["tool_calls"] = [
+            {"id": c.get("id"), "name": c["name"], "args": c["args"]} for c in msg.tool_calls
+        ]
+    if getattr(msg, "tool_call_id", None):
+        data["tool_call_id"] = msg.tool_call_id
+    return data
