@@ -14,12 +14,21 @@ _TEMPLATE: Path | None = None
 
 
 def _template(tmp_root: Path) -> Path:
+    """One schema-initialised store shared by all xdist workers (created under a file lock)."""
     global _TEMPLATE
     if _TEMPLATE is None or not _TEMPLATE.exists():
+        import fcntl
+
         from mlflow.tracking import MlflowClient
 
-        path = tmp_root / "template.db"
-        MlflowClient(f"sqlite:///{path}").search_experiments()  # creates the schema
+        shared = tmp_root.parent if os.environ.get("PYTEST_XDIST_WORKER") else tmp_root
+        path = shared / "doctor-template.db"
+        with open(shared / "doctor-template.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not path.exists():
+                tmp = shared / "doctor-template.tmp.db"
+                MlflowClient(f"sqlite:///{tmp}").search_experiments()  # creates the schema
+                os.replace(tmp, path)
         _TEMPLATE = path
     return _TEMPLATE
 

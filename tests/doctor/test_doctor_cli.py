@@ -1,0 +1,183 @@
+"""``workbench diagnose | watch | report`` end to end on a tmp MLflow store."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from workbench.cli.main import app
+
+RNG = np.random.default_rng(1)
+N = 200
+STEPS = np.arange(N)
+
+
+def loss(n=N):
+    return 3 * np.exp(-np.arange(n) / 40) + 1 + 0.02 * RNG.standard_normal(n)
+
+
+def cli(*args: str):
+    res = CliRunner().invoke(app, list(args), catch_exceptions=True)
+    return res
+
+
+@pytest.fixture
+def runs(store):
+    healthy = store.log_run({"train/loss": (STEPS, loss()), "grad_norm": (STEPS, np.ones(N))})
+    x = loss()
+    x[120:] = np.nan
+    nan = store.log_run(
+        {"train/loss": (STEPS, x), "grad_norm": (STEPS, np.ones(N))}, params={"precision": "bf16"}
+    )
+    oom = store.log_run(
+        {"train/loss": (STEPS[:80], loss(80))},
+        status="FAILED",
+        log='step 79\nTraceback (most recent call last):\n  File "lm.py", line 3\ntorch.OutOfMemoryError: CUDA out of memory.\n',
+    )
+    return store, {"healthy": healthy, "nan": nan, "oom": oom}
+
+
+def test_diagnose_json_schema_single_and_batch(runs):
+    store, ids = runs
+    res = cli("diagnose", ids["oom"], "--tracking-uri", store.uri, "--json")
+    assert res.exit_code == 0, res.output
+    one = json.loads(res.stdout)
+    assert set(one) == {"run_id", "status", "findings", "diagnosis", "remedies"}
+    assert one["status"] == "failing"
+    assert set(one["findings"][0]) == {"kind", "metric", "step", "severity", "evidence"}
+    assert set(one["diagnosis"]) >= {"cause", "confidence", "summary"}
+    assert one["diagnosis"]["cause"] == "oom"
+    assert set(one["remedies"][0]) == {"id", "description", "patch"}
+    assert one["remedies"][0]["patch"][0]["key"] == "batch_size"
+
+    res = cli("diagnose", ids["healthy"], ids["nan"], "--tracking-uri", store.uri, "--json")
+    many = json.loads(res.stdout)
+    assert [v["status"] for v in many] == ["healthy", "failing"]
+    assert many[0]["diagnosis"] is None and many[0]["findings"] == [] and many[0]["remedies"] == []
+    assert many[1]["findings"][0]["kind"] == "nan_inf" and many[1]["findings"][0]["step"] == 120
+
+
+def test_diagnose_experiment_and_a_missing_run_in_a_batch(runs):
+    store, ids = runs
+    res = cli("diagnose", "--experiment", "exp", "--tracking-uri", store.uri, "--json")
+    verdicts = {v["run_id"]: v for v in json.loads(res.stdout)}
+    assert set(verdicts) == set(ids.values())
+    assert verdicts[ids["oom"]]["diagnosis"]["cause"] == "oom"
+    # The other runs of the batch are still diagnosed; the missing one is one line, exit 2.
+    res = cli(
+        "diagnose",
+        ids["healthy"],
+        "ffffffffffffffffffffffffffffffff",
+        "--tracking-uri",
+        store.uri,
+        "--json",
+    )
+    assert res.exit_code == 2
+    assert [v["run_id"] for v in json.loads(res.stdout)] == [ids["healthy"]]
+
+
+def test_errors_are_one_line_without_traceback(store):
+    from workbench.errors import BadInputError
+
+    store.experiment("empty")
+    for args, needle in [
+        (["diagnose", "--experiment", "empty"], "has no runs"),
+        (["diagnose", "0123456789abcdef0123456789abcdef"], "not found"),
+        (["diagnose", "--experiment", "exp", "some-run"], "not both"),
+    ]:
+        res = cli(*args, "--tracking-uri", store.uri)
+        assert isinstance(res.exception, BadInputError) and needle in str(res.exception)
+    # Through the console script: one line on stderr, exit 2, no traceback.
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "workbench.cli.main",
+            "diagnose",
+            "--experiment",
+            "nope",
+            "--tracking-uri",
+            store.uri,
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines() == ["error: experiment 'nope' not found at " + store.uri]
+
+
+def test_watch_once_incremental_state_and_tags(runs, tmp_path):
+    from mlflow.entities import Metric
+
+    store, ids = runs
+    live = store.log_run(
+        {"train/loss": (STEPS, loss())}, status=None, t0_ms=int(time.time() * 1000) - N * 1000
+    )
+    state = tmp_path / "watch.pkl"
+    res = cli(
+        "watch",
+        "--experiment",
+        "exp",
+        "--once",
+        "--json",
+        "--tracking-uri",
+        store.uri,
+        "--state",
+        str(state),
+        "--tag-runs",
+    )
+    assert res.exit_code == 0, res.output
+    first = {v["run_id"]: v for v in json.loads(res.stdout)}
+    assert first[live]["status"] == "healthy" and state.exists()
+    assert store.client.get_run(ids["oom"]).data.tags["workbench.cause"] == "oom"
+    assert store.client.get_run(ids["healthy"]).data.tags["workbench.cause"] == "healthy"
+    # New points arrive: the live run now goes NaN; the next pass picks it up from the state.
+    now = int(time.time() * 1000)
+    store.client.log_batch(
+        live, metrics=[Metric("train/loss", float("nan"), now + i, N + i) for i in range(5)]
+    )
+    res = cli(
+        "watch",
+        "--experiment",
+        "exp",
+        "--once",
+        "--json",
+        "--tracking-uri",
+        store.uri,
+        "--state",
+        str(state),
+    )
+    second = {v["run_id"]: v for v in json.loads(res.stdout)}
+    assert (
+        second[live]["findings"][0]["kind"] == "nan_inf"
+        and second[live]["findings"][0]["step"] == N
+    )
+    # Without --tag-runs nothing is written: the tag still holds the first pass's verdict.
+    assert store.client.get_run(live).data.tags["workbench.cause"] == "healthy"
+
+
+def test_watch_table_without_json(runs):
+    store, _ = runs
+    res = cli("watch", "--experiment", "exp", "--once", "--tracking-uri", store.uri)
+    assert res.exit_code == 0 and "nan_inf" in res.stdout and "crash" in res.stdout
+
+
+def test_report_writes_markdown_and_plots(runs, tmp_path):
+    store, ids = runs
+    out = tmp_path / "rep"
+    res = cli(
+        "report", ids["nan"], "--out", str(out), "--tracking-uri", store.uri, "--log-to-mlflow"
+    )
+    assert res.exit_code == 0, res.output
+    md = (out / "report.md").read_text()
+    assert "nan_inf" in md and "train_loss.png" in md.replace("train/loss", "train_loss")
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert pngs and all((out / p).read_bytes()[:4] == b"\x89PNG" for p in pngs)
+    arts = [a.path for a in store.client.list_artifacts(ids["nan"], "doctor_report")]
+    assert "doctor_report/report.md" in arts
