@@ -1,0 +1,92 @@
+"""`workbench fix RUN_ID`: diagnose a failing run, fix it on a branch, verify, queue for review."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from workbench.cli.output import console, err_console, print_json, print_table
+
+Home = Annotated[Path, typer.Option("--home", help="Workbench state folder (checkpoints, queue).")]
+Tracking = Annotated[
+    str,
+    typer.Option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", help="MLflow tracking URI."),
+]
+
+
+def fix_cmd(
+    run_id: Annotated[str | None, typer.Argument(help="The failing run's id.")] = None,
+    repo: Annotated[Path, typer.Option("--repo", help="The training repo (git).")] = Path("."),
+    tracking_uri: Tracking = "sqlite:///mlflow.db",
+    home: Home = Path(".workbench"),
+    brain: Annotated[str, typer.Option("--brain", help="rules | openai | local")] = "rules",
+    base_url: Annotated[
+        str | None, typer.Option("--base-url", help="OpenAI-compatible URL.")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="Model name (openai) or dir (local).")
+    ] = None,
+    approve: Annotated[bool, typer.Option("--approve", help="Ask before relaunching.")] = False,
+    answer: Annotated[
+        str | None, typer.Option("--answer", help="Answer a pending approval (yes/no).")
+    ] = None,
+    resume: Annotated[
+        str | None, typer.Option("--resume", help="Resume episode THREAD_ID.")
+    ] = None,
+    thread: Annotated[str | None, typer.Option("--thread", help="Id for a new episode.")] = None,
+    max_attempts: Annotated[int, typer.Option("--max-attempts", min=1, max=10)] = 3,
+    backend: Annotated[str, typer.Option("--backend", help="local | docker")] = "local",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Fix a failing run on a workbench/fix branch, verify the fix, and queue it for review."""
+    out = fix_episode(
+        run_id, repo=repo, tracking_uri=tracking_uri, home=home, brain=brain, base_url=base_url,
+        model=model, approve=approve, answer=answer, resume=resume, thread=thread,
+        max_attempts=max_attempts, backend=backend, as_json=as_json,
+    )  # fmt: skip
+    show_summary([out], as_json)
+
+
+def fix_episode(
+    run_id, *, as_json: bool = False, base_url=None, model=None, thread=None, **kw
+) -> dict:
+    """``fix_run`` with progress on stderr and an interactive approval prompt (for watch --fix)."""
+    from workbench.episode import fix_run
+
+    def progress(msg: str) -> None:
+        err_console.print(f"[dim]·[/] {msg}", highlight=False)
+
+    opts = {"base_url": base_url, "model": model}
+    out = fix_run(run_id, brain_opts=opts, thread_id=thread, progress=progress, **kw)
+    if out["status"] == "waiting_approval" and not as_json and kw.get("answer") is None:
+        err_console.print(out["question"]["question"])
+        console.print(out["question"]["diff"], markup=False, highlight=False)
+        reply = "yes" if typer.confirm("relaunch with this change?", default=False) else "no"
+        kw = {**kw, "resume": out["thread_id"], "answer": reply}
+        out = fix_run(None, brain_opts=opts, progress=progress, **kw)
+    return out
+
+
+def show_summary(rows: list[dict], as_json: bool) -> None:
+    if as_json:
+        print_json(rows if len(rows) != 1 else rows[0])
+        return
+    print_table(
+        "fix episodes",
+        ["thread", "run", "status", "diagnosis", "remedy", "verified", "before", "after", "review"],
+        [
+            [r["thread_id"], (r["run_id"] or "")[:12], r["status"], r["diagnosis"], r["remedy"],
+             r["verified"], _fmt(r["before"]), _fmt(r["after"]), r["review_id"] or "-"]
+            for r in rows
+        ],
+    )  # fmt: skip
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.4g}"
+
+
+def register(app: typer.Typer) -> None:
+    app.command("fix")(fix_cmd)

@@ -1,0 +1,135 @@
+"""`workbench review list|show|approve|reject`: the queue of proposed fixes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.syntax import Syntax
+
+from workbench.cli.output import console, print_json, print_table
+
+review_app = typer.Typer(help="Review the fixes the supervisor proposed.", no_args_is_help=True)
+Home = Annotated[Path, typer.Option("--home", help="Workbench state folder.")]
+Json = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+def _queue(home: Path):
+    from workbench.errors import BadInputError
+    from workbench.review import ReviewQueue
+
+    if not (home / "review.db").exists():
+        raise BadInputError(f"no review queue in {home} (run `workbench fix` first)")
+    return ReviewQueue(home / "review.db")
+
+
+@review_app.command("list")
+def list_cmd(
+    home: Home = Path(".workbench"),
+    status: Annotated[
+        str | None, typer.Option("--status", help="pending|approved|rejected")
+    ] = None,
+    as_json: Json = False,
+) -> None:
+    """List review items."""
+    items = _queue(home).list(status)
+    if as_json:
+        print_json([i.to_json() for i in items])
+        return
+    rows = []
+    for i in items:
+        d = i.data
+        rows.append([
+            i.id, i.status, i.run_id[:12], (d.get("diagnosis") or {}).get("cause"),
+            (d.get("remedy") or {}).get("remedy_id"), i.branch, "yes" if i.verified else "no",
+        ])  # fmt: skip
+    print_table(
+        "review queue", ["id", "status", "run", "cause", "remedy", "branch", "verified"], rows
+    )
+
+
+@review_app.command("show")
+def show_cmd(item_id: int, home: Home = Path(".workbench"), as_json: Json = False) -> None:
+    """Show one item: diff, diagnosis, evidence, before/after numbers, report and plots."""
+    from workbench import gitops
+
+    item = _queue(home).get(item_id)
+    diff = ""
+    if item.branch and item.base_sha and item.status == "pending":
+        diff = gitops.diff(Path(item.repo), item.base_sha, item.branch)
+    if as_json:
+        print_json({**item.to_json(), "diff": diff})
+        return
+    d = item.data
+    diag = d.get("diagnosis") or {}
+    console.print(f"[bold]#{item.id}[/] {item.status} — run {item.run_id} → {item.new_run_id}")
+    console.print(f"branch {item.branch}  verified: {'yes' if item.verified else 'no'}")
+    console.print(
+        f"diagnosis: {diag.get('cause')} ({diag.get('confidence', 0):.2f}) {diag.get('summary', '')}",
+        markup=False,
+    )
+    for f in d.get("findings", []):
+        console.print(
+            f"  finding {f['kind']} @ {f.get('step')}: {f['evidence']}",
+            markup=False,
+            highlight=False,
+        )
+    b, a = d.get("before") or {}, d.get("after") or {}
+    console.print(f"best {b.get('eval_metric')}: {b.get('best_eval')} → {a.get('best_eval')}; "
+                  f"last step {b.get('last_step')} → {a.get('last_step')}")  # fmt: skip
+    console.print(f"checks: {'; '.join(d.get('reasons') or [])}", markup=False)
+    console.print(f"report: {d.get('report')}  plots: {', '.join(d.get('plots') or []) or '-'}")
+    if item.reason:
+        console.print(f"reason: {item.reason}", markup=False)
+    if diff:
+        console.print(Syntax(diff, "diff", theme="ansi_dark"))
+
+
+@review_app.command("approve")
+def approve_cmd(
+    item_id: int,
+    home: Home = Path(".workbench"),
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    as_json: Json = False,
+) -> None:
+    """Merge the item's branch into the repo's current branch (asks first unless --yes)."""
+    from workbench import gitops
+
+    queue = _queue(home)
+    item = queue.get(item_id)
+    if not yes:
+        target = gitops.current_branch(Path(item.repo))
+        if not typer.confirm(f"merge {item.branch} into {target} of {item.repo}?", default=False):
+            raise typer.Abort()
+    sha = queue.approve(item_id)
+    if as_json:
+        print_json({"id": item_id, "status": "approved", "merge_commit": sha})
+    else:
+        console.print(f"#{item_id} approved: merged {item.branch} ({sha[:10]})")
+
+
+@review_app.command("reject")
+def reject_cmd(
+    item_id: int,
+    home: Home = Path(".workbench"),
+    reason: Annotated[
+        str | None, typer.Option("--reason", help="Why (kept with the record).")
+    ] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    as_json: Json = False,
+) -> None:
+    """Delete the item's branch and worktree; the record stays with its reason."""
+    queue = _queue(home)
+    item = queue.get(item_id)
+    if not yes and not typer.confirm(f"delete branch {item.branch}?", default=False):
+        raise typer.Abort()
+    queue.reject(item_id, reason)
+    if as_json:
+        print_json({"id": item_id, "status": "rejected", "reason": reason})
+    else:
+        console.print(f"#{item_id} rejected: {item.branch} deleted")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(review_app, name="review")
