@@ -23,21 +23,45 @@ TrackingOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the run's id and status as JSON.")]
+TagOpt = Annotated[
+    list[str] | None,
+    typer.Option("--tag", help="Extra run tag KEY=VALUE (repeatable).", show_default=False),
+]
 NoSysOpt = Annotated[
     bool, typer.Option("--no-system-metrics", help="Do not log MLflow system metrics.")
 ]
 
 
-def _run(program: str, config: Path, tracking_uri: str | None, as_json: bool, sysm: bool) -> None:
+def _parse_tags(tags: list[str] | None) -> dict[str, str]:
+    out = {}
+    for item in tags or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise BadInputError(f"--tag must be KEY=VALUE, got {item!r}")
+        out[key] = value
+    return out
+
+
+def _run(
+    program: str,
+    config: Path,
+    tracking_uri: str | None,
+    as_json: bool,
+    sysm: bool,
+    tags: list[str] | None,
+) -> None:
     from trainer.config import ConfigError
     from trainer.tracking import TrackingError
 
+    extra_tags = _parse_tags(tags)
     try:
         if program == "lm":
             from trainer.lm import main as run_main
         else:
             from trainer.digits import main as run_main
-        result = run_main(config, tracking_uri=tracking_uri, system_metrics=sysm)
+        result = run_main(
+            config, tracking_uri=tracking_uri, system_metrics=sysm, extra_tags=extra_tags
+        )
     except ConfigError as exc:
         raise BadInputError(str(exc)) from None
     except TrackingError as exc:
@@ -58,9 +82,10 @@ def train_lm(
     tracking_uri: TrackingOpt = None,
     as_json: JsonOpt = False,
     no_system_metrics: NoSysOpt = False,
+    tag: TagOpt = None,
 ) -> None:
     """Train the MoE language model on the shipped corpus."""
-    _run("lm", config, tracking_uri, as_json, not no_system_metrics)
+    _run("lm", config, tracking_uri, as_json, not no_system_metrics, tag)
 
 
 @train_app.command("digits")
@@ -69,9 +94,10 @@ def train_digits(
     tracking_uri: TrackingOpt = None,
     as_json: JsonOpt = False,
     no_system_metrics: NoSysOpt = False,
+    tag: TagOpt = None,
 ) -> None:
     """Train a small MLP/CNN on scikit-learn's digits (HF-Trainer-style metric names)."""
-    _run("digits", config, tracking_uri, as_json, not no_system_metrics)
+    _run("digits", config, tracking_uri, as_json, not no_system_metrics, tag)
 
 
 def register(app: typer.Typer) -> None:

@@ -1,0 +1,1 @@
+"""The fault suite: real training runs with injected causes, for measuring the run doctor."""

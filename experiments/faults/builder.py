@@ -1,0 +1,177 @@
+"""Build the fault suite: every scenario is a real training run in its own process.
+
+Runs go into one MLflow store under ``out`` (``sqlite:///OUT/mlflow.db``, artifacts in
+``OUT/artifacts``), tagged ``workbench.scenario`` and — for evaluation only —
+``workbench.expected``. A run that prints nothing for ``stall_timeout_s`` is hung: it is
+killed with SIGKILL so that, like a real hung job, its MLflow run stays RUNNING.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import yaml
+
+from experiments.faults.suite import Scenario, Suite, scenario_config
+
+EXPERIMENT = "faults"
+
+
+@dataclass
+class BuiltRun:
+    scenario: str
+    program: str
+    run_id: str | None
+    status: str  # the MLflow status after the build (RUNNING for a killed hung run)
+    seconds: float
+    killed_as_hung: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def tracking_uri(out: Path) -> str:
+    return f"sqlite:///{out.resolve() / 'mlflow.db'}"
+
+
+def prepare_store(out: Path) -> str:
+    """Create the store and experiment once, before children race to migrate the schema."""
+    import logging
+
+    from mlflow.tracking import MlflowClient
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    out.mkdir(parents=True, exist_ok=True)
+    uri = tracking_uri(out)
+    client = MlflowClient(uri)
+    if client.get_experiment_by_name(EXPERIMENT) is None:
+        client.create_experiment(
+            EXPERIMENT, artifact_location=(out / "artifacts").resolve().as_uri()
+        )
+    return uri
+
+
+def write_config(out: Path, suite: Suite, sc: Scenario) -> Path:
+    path = out / "configs" / f"{sc.id}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".yaml.tmp")
+    tmp.write_text(yaml.safe_dump(scenario_config(suite, sc), sort_keys=False))
+    os.replace(tmp, path)
+    return path
+
+
+def _command(sc: Scenario, config: Path, uri: str) -> list[str]:
+    expected = json.dumps(sc.expected.model_dump(), sort_keys=True)
+    return [
+        sys.executable, "-m", "workbench.cli.main", "train", sc.program,
+        "--config", str(config), "--tracking-uri", uri, "--json",
+        "--tag", f"workbench.scenario={sc.id}",
+        "--tag", f"workbench.expected={expected}",
+        "--tag", f"workbench.split={sc.split}",
+    ]  # fmt: skip
+
+
+class _ProgressWatch:
+    """Progress = new log output or CPU time spent. A hung process has neither.
+
+    CPU time matters on a crowded machine: a slow run still burns CPU, a blocked one doesn't.
+    """
+
+    CPU_STEP_S = 1.0
+
+    def __init__(self, pid: int, log_path: Path) -> None:
+        import psutil
+
+        self.proc = psutil.Process(pid)
+        self.log_path = log_path
+        self.size, self.cpu = -1, 0.0
+        self.last_progress = time.monotonic()
+
+    def _cpu(self) -> float:
+        try:
+            t = self.proc.cpu_times()
+            return t.user + t.system
+        except Exception:  # exited between polls
+            return self.cpu
+
+    def idle_for(self, now: float) -> float:
+        size = self.log_path.stat().st_size
+        cpu = self._cpu()
+        if size != self.size or cpu - self.cpu >= self.CPU_STEP_S:
+            self.size, self.cpu, self.last_progress = size, cpu, now
+        return now - self.last_progress
+
+
+def run_one(sc: Scenario, suite: Suite, out: Path, uri: str) -> BuiltRun:
+    config = write_config(out, suite, sc)
+    log_path = out / "logs" / f"{sc.id}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, MLFLOW_EXPERIMENT_NAME=EXPERIMENT, WORKBENCH_TRAIN_THREADS="1")
+    env.pop("MLFLOW_TRACKING_URI", None)
+    t0 = time.monotonic()
+    hung = False
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            _command(sc, config, uri), stdout=log, stderr=subprocess.STDOUT, env=env, cwd=out
+        )
+        watch = _ProgressWatch(proc.pid, log_path)
+        while proc.poll() is None:
+            time.sleep(0.25)
+            now = time.monotonic()
+            idle = watch.idle_for(now)
+            if idle > suite.stall_timeout_s or now - t0 > suite.run_timeout_s:
+                hung = idle > suite.stall_timeout_s
+                proc.send_signal(signal.SIGKILL)  # no handler runs: the run stays RUNNING
+                proc.wait()
+    return BuiltRun(sc.id, sc.program, None, "UNKNOWN", time.monotonic() - t0, hung)
+
+
+def _resolve(uri: str, runs: list[BuiltRun]) -> None:
+    """Fill in run ids and statuses from the store (the newest run of each scenario)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    for r in runs:
+        found = client.search_runs(
+            [exp.experiment_id],
+            filter_string=f"tags.`workbench.scenario` = '{r.scenario}'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        if found:
+            r.run_id, r.status = found[0].info.run_id, found[0].info.status
+
+
+def build(
+    suite: Suite,
+    scenarios: list[Scenario],
+    out: Path,
+    jobs: int = 2,
+    on_done: Callable[[BuiltRun], None] | None = None,
+) -> list[BuiltRun]:
+    out = Path(out)
+    uri = prepare_store(out)
+    lock = threading.Lock()
+
+    def task(sc: Scenario) -> BuiltRun:
+        r = run_one(sc, suite, out, uri)
+        if on_done:
+            with lock:
+                on_done(r)
+        return r
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        runs = list(pool.map(task, scenarios))
+    _resolve(uri, runs)
+    return runs

@@ -1,0 +1,124 @@
+"""The fault suite as data: scenarios read from ``suite.yaml`` and turned into run configs."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+SUITE_FILE = Path(__file__).with_name("suite.yaml")
+
+FINDING_KINDS = {
+    "nan_inf", "divergence", "loss_spike", "plateau", "exploding_gradients",
+    "vanishing_gradients", "overfitting", "expert_collapse", "throughput_drop", "crash",
+    "stalled",
+}  # fmt: skip
+CAUSES = {
+    "lr_too_high", "lr_too_low", "missing_grad_clip", "fp_overflow", "bad_data",
+    "overfit_capacity", "router_imbalance", "oom", "code_error", "hung_process", "slow_io",
+    "healthy",
+}  # fmt: skip
+
+
+class SuiteError(ValueError):
+    pass
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PatchOp(_Strict):
+    """A dotted-key edit of the run's config (same shape as the doctor's ``PatchOp``)."""
+
+    key: str
+    op: Literal["set", "mul", "add", "delete"]
+    value: float | int | str | bool | None = None
+
+
+class Remedy(_Strict):
+    id: str
+    description: str
+    patch: list[PatchOp]
+
+
+class Expected(_Strict):
+    findings: list[str] = Field(default_factory=list)  # finding kinds; [] = healthy
+    cause: str  # a cause from the taxonomy, or "healthy"
+
+    @model_validator(mode="after")
+    def _known(self) -> Expected:
+        bad = [f for f in self.findings if f not in FINDING_KINDS]
+        if bad or self.cause not in CAUSES:
+            raise ValueError(f"unknown finding kinds {bad} or cause {self.cause!r}")
+        return self
+
+
+class Scenario(_Strict):
+    id: str
+    program: Literal["lm", "digits"]
+    config: dict[str, Any] = Field(default_factory=dict)  # deep-merged over the defaults
+    fault: dict[str, Any] | None = None  # one entry of the config's ``faults:``
+    expected: Expected
+    remedies: list[Remedy] = Field(default_factory=list)
+    split: Literal["selection", "heldout"]
+    note: str = ""
+
+
+class Suite(_Strict):
+    name: str
+    stall_timeout_s: float = 20.0  # a run silent this long is hung: killed, left RUNNING
+    run_timeout_s: float = 300.0
+    defaults: dict[Literal["lm", "digits"], dict[str, Any]]
+    scenarios: list[Scenario]
+
+    @model_validator(mode="after")
+    def _unique(self) -> Suite:
+        ids = [s.id for s in self.scenarios]
+        dup = {i for i in ids if ids.count(i) > 1}
+        if dup:
+            raise ValueError(f"duplicate scenario ids: {sorted(dup)}")
+        return self
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = (
+            deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        )
+    return out
+
+
+def load_suite(path: str | Path = SUITE_FILE) -> Suite:
+    path = Path(path)
+    try:
+        return Suite.model_validate(yaml.safe_load(path.read_text()))
+    except (OSError, yaml.YAMLError, ValidationError) as err:
+        raise SuiteError(f"invalid suite {path}: {str(err).splitlines()[0]}") from None
+
+
+def select(suite: Suite, only: list[str] | None) -> list[Scenario]:
+    if not only:
+        return list(suite.scenarios)
+    known = {s.id: s for s in suite.scenarios}
+    missing = [i for i in only if i not in known]
+    if missing:
+        raise SuiteError(f"unknown scenario ids: {', '.join(missing)}")
+    return [known[i] for i in only]
+
+
+def scenario_config(suite: Suite, sc: Scenario) -> dict[str, Any]:
+    """The full training config of a scenario (validated by the trainer's schema)."""
+    from trainer.config import ConfigError, dump_config, parse_config
+
+    data = deep_merge(suite.defaults.get(sc.program, {}), sc.config)
+    data["faults"] = [sc.fault] if sc.fault else []
+    data["run_name"] = sc.id
+    try:
+        return dump_config(parse_config(sc.program, data, source=f"scenario {sc.id}"))
+    except ConfigError as err:
+        raise SuiteError(str(err)) from None
