@@ -177,43 +177,42 @@ class GroupedMoE(torch.autograd.Function):
 
         xs = x.index_select(0, token)  # [M, H], rows grouped by expert
         gu = _gmm(xs, w_gate_up.transpose(1, 2), offs, counts)  # [M, 2I]
-        act = F.silu(gu[:, :inter]) * gu[:, inter:]
-        y = _gmm(act * ws, w_down.transpose(1, 2), offs, counts)  # [M, H]
+        act = F.silu(gu[:, :inter]).mul_(gu[:, inter:]).mul_(ws)
+        y = _gmm(act, w_down.transpose(1, 2), offs, counts)  # [M, H]
         out = y.index_select(0, inverse).view(num_tokens, top_k, -1).sum(1)
 
-        ctx.save_for_backward(x, gu, ws, w_gate_up, w_down, order, inverse, offs)
+        ctx.save_for_backward(xs, gu, ws, w_gate_up, w_down, order, inverse, offs)
         ctx.counts = counts
         ctx.weights_dtype = topk_weights.dtype
         return out
 
     @staticmethod
     def backward(ctx, d_out):
-        x, gu, ws, w_gate_up, w_down, order, inverse, offs = ctx.saved_tensors
+        xs, gu, ws, w_gate_up, w_down, order, inverse, offs = ctx.saved_tensors
         counts = ctx.counts
-        top_k = order.numel() // x.shape[0]
+        top_k = order.numel() // d_out.shape[0]
         inter = w_down.shape[-1]
-        token = order // top_k
-
-        dy = d_out.contiguous().index_select(0, token)  # [M, H]
         gate, up = gu[:, :inter], gu[:, inter:]
-        sig = torch.sigmoid(gate)
-        silu = gate * sig
+
+        dy = d_out.contiguous().index_select(0, order // top_k)  # [M, H]
+        silu = F.silu(gate)
         act = silu * up
-        d_actw = _gmm(dy, w_down, offs, counts)  # [M, I]
+        d_act = _gmm(dy, w_down, offs, counts)  # [M, I], still scaled by the routing weight
         d_w_gate_up = d_w_down = d_weights = d_x = None
         if ctx.needs_input_grad[3]:
             d_w_down = _gmm_wgrad(dy, act * ws, offs, counts)  # [E, H, I]
         if ctx.needs_input_grad[1]:
-            d_ws = (d_actw * act).sum(-1, dtype=torch.float32)
+            d_ws = (d_act * act).sum(-1, dtype=torch.float32)
             d_weights = d_ws.index_select(0, inverse).view(-1, top_k).to(ctx.weights_dtype)
-        d_act = d_actw * ws
-        d_gate = d_act * up * (sig * (1 + gate * (1 - sig)))
-        d_gu = torch.cat([d_gate, d_act * silu], dim=-1)  # [M, 2I]
+        d_act.mul_(ws)
+        # fill d(gate|up) in place: fewer temporaries than the textbook formula
+        d_gu = torch.empty_like(gu)
+        torch.mul(d_act, silu, out=d_gu[:, inter:])
+        d_gu[:, :inter] = torch.ops.aten.silu_backward(d_act.mul_(up), gate)
         if ctx.needs_input_grad[0]:
             d_xs = _gmm(d_gu, w_gate_up, offs, counts)  # [M, H]
-            d_x = d_xs.index_select(0, inverse).view(x.shape[0], top_k, -1).sum(1)
+            d_x = d_xs.index_select(0, inverse).view(-1, top_k, d_xs.shape[1]).sum(1)
         if ctx.needs_input_grad[2]:
-            xs = x.index_select(0, token)
             d_w_gate_up = _gmm_wgrad(d_gu, xs, offs, counts)  # [E, 2I, H]
         return d_x, d_weights, d_w_gate_up, d_w_down, None
 
