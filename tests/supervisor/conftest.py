@@ -104,7 +104,7 @@ def train(repo: Path, uri: str, config: str = "configs/train.yaml") -> str:
     return runs[0].info.run_id
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def failing(tmp_path_factory):
     """(repo, uri, run_id): a repo whose committed config diverges, and its failed run."""
     base = tmp_path_factory.mktemp("failing")

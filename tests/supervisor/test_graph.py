@@ -53,6 +53,23 @@ def test_rules_brain_fixes_divergence_on_a_branch_and_queues_it(workspace):
         assert t in types
     assert events[-1]["reward"] == 1.0
 
+    # The reviewer approves: the fix is merged into the checked-out branch, after --yes.
+    from typer.testing import CliRunner
+
+    from workbench.cli.main import app
+
+    res = CliRunner().invoke(
+        app, ["review", "approve", str(items[0].id), "--home", str(home)], input="n\n"
+    )
+    assert res.exit_code != 0 and git(repo, "rev-parse", "main") == main_before  # declined
+    res = CliRunner().invoke(
+        app, ["review", "approve", str(items[0].id), "--home", str(home), "--yes"]
+    )
+    assert res.exit_code == 0, res.output
+    assert "lr: 0.25" in (repo / "configs" / "train.yaml").read_text()
+    assert git(repo, "rev-parse", "main") != main_before
+    assert ReviewQueue(home / "review.db").get(items[0].id).status == "approved"
+
 
 class Scripted(BaseChatModel):
     """A brain that replays scripted answers and records every conversation it is sent."""
