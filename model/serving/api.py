@@ -195,8 +195,8 @@ def create_app(engine: Engine, tokenizer, model_name: str = "m2-workbench") -> F
                     seq.cancel()
                     return text, "stop"
             if event[0] == "done":
-                text = detok.text(seq.out_ids, final=True)
-                return _cut_at_stop(text, stops)[0], "stop" if event[1] == "cancelled" else event[1]
+                text, hit = _cut_at_stop(detok.text(seq.out_ids, final=True), stops)
+                return text, "stop" if hit or event[1] == "cancelled" else event[1]
 
     def _logprobs_chat(seq: Sequence) -> dict[str, Any]:
         content = []
