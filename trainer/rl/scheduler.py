@@ -1,8 +1,9 @@
 """Windowed-FIFO consumption of rollouts (Forge).
 
 Rollouts are launched in order (ids 0, 1, 2, ...) and finish in any order. A finished rollout
-may be consumed by the trainer only while it lies inside the *window*: the W oldest rollouts
-not yet consumed. Consuming the window's head moves the window forward.
+may be consumed by the trainer only while it lies inside the *window*: the W launch slots
+starting at the oldest not-yet-consumed rollout (the head). Consuming the head moves the
+window forward.
 
 - W = 1: strict FIFO -- rollouts are consumed in launch order; one slow rollout stalls all.
 - W >= number in flight: greedy -- whatever finishes first is consumed first; a slow rollout
@@ -48,11 +49,9 @@ class WindowedFIFO:
         return self.launched - len(self.consumed)
 
     def in_window(self, rid: int) -> bool:
-        # The window is the W oldest unconsumed ids; consumed ids above the head don't count.
-        if rid < self.head or rid in self.consumed:
-            return False
-        rank = sum(1 for i in range(self.head, rid) if i not in self.consumed)
-        return rank < self.window
+        # The window is the W launch slots starting at the head (the oldest unconsumed): it only
+        # moves when the head is consumed, so a stalled head lets at most W-1 younger ones by.
+        return self.head <= rid < self.head + self.window and rid not in self.consumed
 
     def pop_ready(self) -> list[tuple[int, Any]]:
         """Consume every finished rollout inside the window (moving it as the head goes), in

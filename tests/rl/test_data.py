@@ -1,0 +1,120 @@
+"""Readers: gateway session files and supervisor trajectories -> token-level samples."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from model.tokenizer import default_tokenizer
+from trainer.rl.data import (
+    Sample,
+    completion_sample,
+    samples_from_messages,
+    samples_from_session,
+    samples_from_trajectory,
+)
+from trainer.rl.tree import build_tree
+
+
+def _write_jsonl(path, records, torn_tail=False):
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    if torn_tail:
+        text += '{"seq": 9, "prompt_tok'
+    path.write_text(text)
+
+
+def test_session_records_become_samples(tmp_path):
+    recs = [
+        {
+            "seq": 0,
+            "session": "s1",
+            "status": 200,
+            "prompt_token_ids": [0, 2, 7, 8],
+            "completion_token_ids": [[11, 12, 1]],
+            "logprobs": [[-0.5, -1.0, -0.1]],
+        },
+        {"seq": 1, "session": "s1", "status": 500, "response": {"error": "boom"}},
+        {
+            "seq": 2,
+            "session": "s1",
+            "status": 200,
+            "prompt_token_ids": [0, 2, 7, 8, 11, 12, 1, 2, 9],
+            "completion_token_ids": [[13, 1]],
+            "logprobs": None,
+        },
+        {
+            "seq": 3,
+            "session": "s1",
+            "status": 200,
+            "prompt_token_ids": None,
+            "completion_token_ids": None,
+        },  # an upstream that gave no tokens
+    ]
+    path = tmp_path / "s1.jsonl"
+    _write_jsonl(path, recs, torn_tail=True)
+    samples = samples_from_session(path, reward=1.0, group="scn")
+    assert len(samples) == 2
+    a, b = samples
+    assert a.ids == [0, 2, 7, 8, 11, 12, 1] and a.trainable == [False] * 4 + [True] * 3
+    assert a.old_logprobs == [0.0] * 4 + [-0.5, -1.0, -0.1]
+    assert b.old_logprobs is None and (a.step, b.step) == (0, 1)
+    assert (a.reward, b.reward) == (0.0, 1.0) and a.episode == "s1" and b.group == "scn"
+    # turn 2 extends turn 1: the tree shares the whole first sample
+    p = build_tree([a.ids, b.ids], [a.trainable, b.trainable])
+    assert p.tokens_merged == len(b.ids)
+
+
+def test_sample_validation():
+    with pytest.raises(ValueError):
+        Sample(ids=[1, 2], trainable=[True])
+    with pytest.raises(ValueError):
+        completion_sample([1, 2], [3, 4], logprobs=[-1.0])
+    assert completion_sample([1], [3, 4]).num_trainable == 2
+
+
+def _trajectory(tmp_path):
+    events = [
+        {"t": 1, "type": "start", "scenario": "lr_spike"},
+        {"t": 2, "type": "message", "role": "system", "content": "You debug runs."},
+        {"t": 3, "type": "message", "role": "human", "content": "Run r1 diverged."},
+        {
+            "t": 4,
+            "type": "message",
+            "role": "ai",
+            "content": "Reading the params.",
+            "tool_calls": [{"id": "c1", "name": "get_params", "args": {"run_id": "r1"}}],
+        },
+        {"t": 5, "type": "message", "role": "tool", "content": "lr=1.0", "tool_call_id": "c1"},
+        {"t": 6, "type": "message", "role": "ai", "content": "Cause: lr_too_high."},
+        {"t": 7, "type": "end", "reward": 1.0},
+    ]
+    path = tmp_path / "ep1.jsonl"
+    _write_jsonl(path, events)
+    return path
+
+
+def test_trajectory_becomes_per_turn_samples(tmp_path):
+    tok = default_tokenizer()
+
+    def encode(text):
+        return tok.encode(text).ids
+
+    samples = samples_from_trajectory(_trajectory(tmp_path), encode)
+    assert len(samples) == 2
+    first, second = samples
+    assert first.group == "lr_spike" and first.episode == "ep1"
+    assert (first.reward, second.reward) == (0.0, 1.0)
+    # the second turn's context extends the first turn's context + completion
+    assert second.ids[: len(first.ids)] == first.ids
+    done = tok.decode(
+        [t for t, m in zip(second.ids, second.trainable, strict=True) if m],
+        skip_special_tokens=False,
+    )
+    assert "lr_too_high" in done and "r1 diverged" not in done
+    lead = tok.decode(first.ids, skip_special_tokens=False)
+    assert "get_params" in lead and "You debug runs." in lead
+
+
+def test_messages_without_assistant_give_nothing():
+    assert samples_from_messages([{"role": "user", "content": "hi"}], lambda s: [1] * len(s)) == []
