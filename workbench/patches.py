@@ -73,7 +73,7 @@ def apply_ops(config: dict, ops: Iterable[PatchOp], defaults: dict | None = None
         node = out
         for part in parents:
             child = node.get(part)
-            if child is None and op.op in ("set", "add"):
+            if child is None and (op.op in ("set", "add") or op.key in defaults):
                 child = node[part] = {}
             if not isinstance(child, dict):
                 raise PatchError(f"{op.key}: {part!r} is not a section of the config")
