@@ -113,7 +113,7 @@ def exec_vllm(model_dir: str | Path, host: str, port: int, model_name: str | Non
         exe = None
     if exe is None:
         raise WorkbenchError(
-            "vLLM is not installed (pip install 'm2-workbench[serve]' on a CUDA machine), "
+            "vLLM is not installed; install it on a CUDA machine (pip install vllm) "
             "or use --backend native"
         )
     cmd = vllm_command(model_dir, host, port, model_name)
