@@ -69,6 +69,33 @@ def fix_episode(
     return out
 
 
+def fix_failing(
+    verdicts, *, tracking_uri: str, repo: Path, home: Path, done: set[str], **kw
+) -> list[dict]:
+    """For ``workbench watch --fix``: fix every failing run of a watch pass, once each.
+
+    Runs that are themselves fixes (tagged ``workbench.parent_run``) are left to the episode
+    that launched them, so the watcher never fixes a fix.
+    """
+    from workbench.launch import absolute_tracking_uri
+    from workbench.tracking import TrackingClient
+
+    client = TrackingClient(absolute_tracking_uri(tracking_uri))
+    out = []
+    for v in verdicts:
+        if v.status != "failing" or v.run_id in done:
+            continue
+        done.add(v.run_id)
+        if "workbench.parent_run" in client.tags(v.run_id):
+            continue
+        out.append(
+            fix_episode(
+                v.run_id, tracking_uri=tracking_uri, repo=repo, home=home, as_json=True, **kw
+            )
+        )
+    return out
+
+
 def show_summary(rows: list[dict], as_json: bool) -> None:
     if as_json:
         print_json(rows if len(rows) != 1 else rows[0])

@@ -1,0 +1,230 @@
+"""`workbench demo`: a fresh training repo, one healthy and three failing runs, fixed on branches.
+
+Steps (progress on stderr): copy the template repo (``experiments/templates/lm-repo``) into
+``DIR/repo`` and ``git init`` it; write one config per scenario; run them (two at a time) into
+``DIR/mlflow.db``; let the supervisor fix every failing run on a ``workbench/fix/…`` branch and
+verify it; print the review queue and a summary table. Review with
+``workbench review list --home DIR/.workbench``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import yaml
+
+from workbench.cli.output import console, err_console, print_json, print_table
+from workbench.errors import BadInputError
+
+# name → (config overrides, injected fault); the faults are the fault suite's own scenarios.
+SCENARIOS: dict[str, tuple[dict, dict | None]] = {
+    "healthy": ({}, None),
+    "divergence": ({}, {"kind": "lr_too_high", "start_step": 50, "factor": 100}),
+    "nan": ({}, {"kind": "fp_overflow", "start_step": 50, "growth": 30}),
+    "expert-collapse": (
+        {"moe": {"bias_update_rate": 0.0}},
+        {"kind": "router_imbalance", "skew": 1.0, "experts": 2},
+    ),
+}
+# Used when the template repo is absent: the fault suite's tiny LM, seconds per run on a CPU.
+FALLBACK_CONFIG = {
+    "program": "lm",
+    "steps": 120,
+    "batch_size": 8,
+    "eval_interval": 10,
+    "eval_batches": 2,
+    "experiment": "demo",
+    "data": {"seq_len": 32},
+    "model": {
+        "preset": "tiny",
+        "overrides": {
+            "hidden_size": 64,
+            "intermediate_size": 96,
+            "num_hidden_layers": 2,
+            "head_dim": 16,
+            "rotary_dim": 8,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+        },
+    },  # fmt: skip
+    "optimizer": {"lr": 0.003, "warmup_steps": 10, "grad_clip": 1.0},
+    "moe": {"bias_update_rate": 0.01},
+}
+
+
+def _template() -> Path | None:
+    import experiments
+
+    path = Path(experiments.__file__).resolve().parent / "templates" / "lm-repo"
+    return path if (path / "workbench.yaml").exists() else None
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _git(repo: Path, *args: str) -> None:
+    ident = ["-c", "user.name=workbench demo", "-c", "user.email=demo@localhost"]
+    subprocess.run(["git", *ident, *args], cwd=repo, check=True, capture_output=True)
+
+
+def make_repo(repo: Path) -> dict[str, str]:
+    """Create the demo repo; returns scenario → config path (relative to the repo)."""
+    template = _template()
+    if template is not None:
+        shutil.copytree(template, repo, ignore=shutil.ignore_patterns(".git", "mlruns", "*.db"))
+    else:
+        (repo / "configs").mkdir(parents=True)
+        (repo / "configs" / "train.yaml").write_text(
+            yaml.safe_dump(FALLBACK_CONFIG, sort_keys=False)
+        )
+        (repo / "workbench.yaml").write_text(
+            'launch: "workbench train lm --config {config} --no-system-metrics"\n'
+            "config: configs/train.yaml\ntimeout: 600\nenv: {OMP_NUM_THREADS: '1'}\n"
+        )
+    from workbench.launch import read_repo_spec
+
+    spec = read_repo_spec(repo)
+    base = yaml.safe_load((repo / spec.config).read_text()) or {}
+    configs = {}
+    for name, (over, fault) in SCENARIOS.items():
+        cfg = _merge(base, over)
+        cfg.pop("faults", None)
+        if fault:
+            cfg["faults"] = [fault]
+        rel = f"configs/demo-{name}.yaml"
+        (repo / rel).write_text(yaml.safe_dump(cfg, sort_keys=False))
+        configs[name] = rel
+    (repo / ".gitignore").write_text(".workbench/\nmlruns/\n*.db\ncheckpoints/\n")
+    _git(repo, "init", "-q", "-b", "main")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-q", "-m", "training repo with demo scenarios")
+    return configs
+
+
+def run_original(repo: Path, config: str, uri: str, experiment_id: str, logs: Path) -> str:
+    """One training run of the untouched repo, sandboxed like every launch; returns its run id."""
+    from mlflow.tracking import MlflowClient
+
+    from workbench import sandbox
+    from workbench.launch import launch_argv, read_repo_spec
+
+    spec = read_repo_spec(repo)
+    box = sandbox.SandboxSpec(
+        argv=launch_argv(spec, config), cwd=repo, timeout_s=spec.timeout,
+        env={**spec.env, "MLFLOW_TRACKING_URI": uri, "MLFLOW_EXPERIMENT_NAME": "demo"},
+        log_path=logs / f"{Path(config).stem}.log",
+    )  # fmt: skip
+    sandbox.run_local(box)
+    runs = MlflowClient(uri).search_runs(
+        [experiment_id],
+        filter_string=f"tags.`workbench.config` = '{config}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if not runs:
+        raise BadInputError(f"the {config} run did not start; see {box.log_path}")
+    return runs[0].info.run_id
+
+
+def demo_cmd(
+    dir: Annotated[
+        Path, typer.Option("--dir", help="A new (or empty) folder for the demo.")
+    ] = Path("workbench-demo"),
+    workers: Annotated[int, typer.Option("--workers", min=1, max=8, help="Runs in parallel.")] = 2,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Fresh repo → healthy + failing runs → verified fixes on branches → review queue."""
+    from mlflow.tracking import MlflowClient
+
+    from workbench.doctor import diagnose_run
+    from workbench.episode import fix_run
+    from workbench.review import ReviewQueue
+
+    t0 = time.monotonic()
+    root = dir.resolve()
+    if root.exists() and any(root.iterdir()):
+        raise BadInputError(f"{root} is not empty; give --dir a new folder")
+    root.mkdir(parents=True, exist_ok=True)
+    say = lambda msg: err_console.print(
+        f"[dim]{time.monotonic() - t0:6.1f}s[/] {msg}", highlight=False
+    )  # noqa: E731
+
+    repo, home, logs = root / "repo", root / ".workbench", root / "logs"
+    logs.mkdir()
+    configs = make_repo(repo)
+    say(f"repo ready at {repo} ({len(configs)} scenarios)")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    exp_id = MlflowClient(uri).create_experiment(
+        "demo", artifact_location=(root / "artifacts").as_uri()
+    )
+
+    def original(name: str) -> tuple[str, str]:
+        say(f"training {name} …")
+        rid = run_original(repo, configs[name], uri, exp_id, logs)
+        verdict = diagnose_run(uri, rid)
+        kinds = ", ".join(sorted({f.kind for f in verdict.findings})) or "healthy"
+        say(f"{name}: run {rid[:8]} → {kinds}")
+        return name, rid
+
+    with ThreadPoolExecutor(workers) as pool:
+        runs = dict(pool.map(original, SCENARIOS))
+
+    def fix(name: str) -> dict:
+        out = fix_run(
+            runs[name], repo=repo, tracking_uri=uri, home=home, thread_id=f"demo-{name}",
+            progress=lambda m, n=name: say(f"[{n}] {m}"),
+        )  # fmt: skip
+        return {"scenario": name, **out}
+
+    with ThreadPoolExecutor(workers) as pool:
+        results = list(pool.map(fix, SCENARIOS))
+    wall = time.monotonic() - t0
+    failing = [r for r in results if r["status"] != "healthy"]
+    fixed = [r for r in failing if r["verified"]]
+    items = ReviewQueue(home / "review.db").list() if (home / "review.db").exists() else []
+    summary = {
+        "dir": str(root),
+        "wall_s": round(wall, 1),
+        "failing_runs": len(failing),
+        "verified_fixes": len(fixed),
+        "success_rate": round(len(fixed) / len(failing), 3) if failing else None,
+        "episodes": results,
+        "review": [i.to_json() for i in items],
+    }
+    if as_json:
+        print_json(summary)
+        return
+    print_table(
+        "review queue",
+        ["id", "run", "branch", "verified"],
+        [[i.id, i.run_id[:8], i.branch, "yes" if i.verified else "no"] for i in items],
+    )
+    print_table(
+        f"demo — {len(fixed)}/{len(failing)} failing runs fixed and verified in {wall:.0f}s",
+        ["scenario", "run", "status", "diagnosis", "remedy", "verified", "best eval before → after"],
+        [
+            [r["scenario"], r["run_id"][:8], r["status"], r["diagnosis"] or "-", r["remedy"] or "-",
+             "yes" if r["verified"] else "no", _arrow(r["before"], r["after"])]
+            for r in results
+        ],
+    )  # fmt: skip
+    console.print(f"review: workbench review list --home {home}")
+
+
+def _arrow(before, after) -> str:
+    f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    return f"{f(before)} → {f(after)}"
+
+
+def register(app: typer.Typer) -> None:
+    app.command("demo")(demo_cmd)
