@@ -173,6 +173,9 @@ def watch_cmd(
     tracking_uri: TrackingUri = None,
     scaffold: ScaffoldPath = None,
     json_out: Json = False,
+    fix: Annotated[bool, typer.Option("--fix", help="Fix failing runs (see `workbench fix`).")] = False,
+    repo: Annotated[Path, typer.Option("--repo", help="Training repo for --fix.")] = Path("."),
+    home: Annotated[Path, typer.Option("--home", help="Workbench folder for --fix.")] = Path(".workbench"),
 ) -> None:
     """Poll an experiment incrementally and show every run's health (a live table)."""
     from rich.live import Live
@@ -186,8 +189,17 @@ def watch_cmd(
         w.load(state)
     written: dict[str, tuple[str, str]] = {}
 
+    fixed: set[str] = set()
+
+    def fix_pass(vs) -> None:  # supervisor hook: workbench.cli.fix.fix_failing
+        if fix:
+            from workbench.cli.fix import fix_failing
+
+            fix_failing(vs, tracking_uri=client.uri, repo=repo, home=home, done=fixed)
+
     def one_pass():
         vs = w.poll()
+        fix_pass(vs)
         if tag_runs:
             for v in vs:
                 _tag(client, v, written)
@@ -199,6 +211,7 @@ def watch_cmd(
         prog, cb = _progress(json_out, f"watching {experiment}")
         with prog:
             vs = w.poll(progress=cb)
+        fix_pass(vs)
         if tag_runs:
             for v in vs:
                 _tag(client, v, written)
