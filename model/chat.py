@@ -408,3 +408,72 @@ def safe_stream_prefix(text: str) -> int:
         if TOOL_CALL_BEGIN.startswith(text[-k:]):
             return len(text) - k
     return len(text)
+
+
+# ---------------------------------------------------------------- Jinja twin (for vLLM / HF)
+
+# The same format as `render_messages`, as a Jinja chat template, for engines that render
+# prompts themselves (vLLM's --chat-template, HF tokenizer_config.json). Tested to produce
+# exactly what `render_messages` produces.
+CHAT_TEMPLATE = (
+    r"""
+{%- macro text(c) -%}
+{%- if c is none -%}{%- elif c is string -%}{{ c }}
+{%- else -%}{%- for p in c -%}{%- if p is string -%}{{ p }}{%- elif p.type == 'text' -%}{{ p.text }}{%- endif -%}{%- endfor -%}{%- endif -%}
+{%- endmacro -%}
+{%- set msgs = messages -%}
+{%- set sys = none -%}
+{%- if msgs and msgs[0].role in ['system', 'developer'] -%}{%- set sys = msgs[0] -%}{%- set msgs = msgs[1:] -%}{%- endif -%}
+{%- set ns = namespace(last_user=-1, seen_call=false) -%}
+{%- for m in msgs -%}{%- if m.role == 'user' -%}{%- set ns.last_user = loop.index0 -%}{%- endif -%}{%- endfor -%}
+{%- set sys_text = text(sys.content) if sys else '' -%}
+{{- ']~!b[]~b]system\n' ~ (sys_text if sys_text else (model_identity | default('"""
+    + DEFAULT_SYSTEM
+    + r"""'))) -}}
+{%- if tools -%}
+{{- '\n\n# Tools\nYou may call one or more tools to assist with the user query.\nHere are the tools available in JSONSchema format:\n\n<tools>\n' -}}
+{%- for t in tools -%}{{- '<tool>' ~ ((t.function if t.function is defined else t) | tojson) ~ '</tool>\n' -}}{%- endfor -%}
+{{- '</tools>\n\nWhen making tool calls, use XML format to invoke tools and pass parameters:\n\n<minimax:tool_call>\n<invoke name="tool-name-1">\n<parameter name="param-key-1">param-value-1</parameter>\n<parameter name="param-key-2">param-value-2</parameter>\n...\n</invoke>\n</minimax:tool_call>' -}}
+{%- endif -%}
+{{- '[e~[\n' -}}
+{%- for m in msgs -%}
+{%- if m.role == 'assistant' -%}
+{{- ']~b]ai\n' -}}
+{%- set content = text(m.content) -%}
+{%- set reasoning = '' -%}
+{%- if m.reasoning_content is string -%}{%- set reasoning = m.reasoning_content -%}
+{%- elif '</think>' in content -%}
+{%- set reasoning = content.split('</think>')[0].strip('\n').split('<think>')[-1].strip('\n') -%}
+{%- set content = content.split('</think>')[-1].strip('\n') -%}
+{%- endif -%}
+{%- if reasoning and loop.index0 > ns.last_user -%}{{- '<think>\n' ~ reasoning ~ '\n</think>\n\n' -}}{%- endif -%}
+{{- content -}}
+{%- if m.tool_calls -%}
+{{- '\n<minimax:tool_call>\n' -}}
+{%- for call in m.tool_calls -%}
+{%- set f = call.function if call.function is defined else call -%}
+{{- '<invoke name="' ~ f.name ~ '">\n' -}}
+{%- if f.arguments is mapping -%}{%- for k, v in f.arguments.items() -%}
+{{- '<parameter name="' ~ k ~ '">' ~ (v if v is string else (v | tojson)) ~ '</parameter>\n' -}}
+{%- endfor -%}{%- endif -%}
+{{- '</invoke>\n' -}}
+{%- endfor -%}
+{{- '</minimax:tool_call>' -}}
+{%- endif -%}
+{{- '[e~[\n' -}}
+{%- elif m.role == 'tool' -%}
+{%- if loop.first or msgs[loop.index0 - 1].role != 'tool' -%}{{- ']~b]tool' -}}{%- endif -%}
+{%- if m.content is string or m.content is none -%}{{- '\n<response>' ~ (m.content or '') ~ '</response>' -}}
+{%- else -%}{%- for r in m.content -%}{{- '\n<response>' ~ (r.output if r.output is defined else (r.text if r.type == 'text' else r)) ~ '\n</response>' -}}{%- endfor -%}{%- endif -%}
+{%- if loop.last or msgs[loop.index0 + 1].role != 'tool' -%}{{- '[e~[\n' -}}{%- endif -%}
+{%- elif m.role == 'user' -%}
+{{- ']~b]user\n' ~ text(m.content) ~ '[e~[\n' -}}
+{%- elif m.role in ['system', 'developer'] -%}
+{{- ']~b]system\n' ~ text(m.content) ~ '[e~[\n' -}}
+{%- endif -%}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+{{- ']~b]ai\n' ~ ('<think>\n' if (enable_thinking | default(true)) else '<think>\n</think>\n\n') -}}
+{%- endif -%}
+"""
+).strip()
