@@ -31,6 +31,19 @@ FINDING_KINDS = (  # mirrors workbench.doctor.types (scaffold imports nothing of
     "crash",
     "stalled",
 )
+CAUSES = (
+    "lr_too_high",
+    "lr_too_low",
+    "missing_grad_clip",
+    "fp_overflow",
+    "bad_data",
+    "overfit_capacity",
+    "router_imbalance",
+    "oom",
+    "code_error",
+    "hung_process",
+    "slow_io",
+)
 
 
 class ScaffoldError(ValueError):
@@ -140,6 +153,18 @@ class Playbook(_Strict):
     min_score: float = 1.0  # a cause must score at least this to be named (else "unknown")
     causes: dict[str, CauseSpec]
     unknown: CauseSpec | None = None
+
+    @field_validator("causes")
+    @classmethod
+    def _known_causes(cls, v: dict[str, CauseSpec]) -> dict[str, CauseSpec]:
+        bad = [c for c in v if c not in CAUSES]
+        if bad:
+            raise ValueError(f"unknown causes {bad} (known: {', '.join(CAUSES)})")
+        for cause, spec in v.items():
+            for kind in spec.requires:
+                if kind not in FINDING_KINDS:
+                    raise ValueError(f"{cause}.requires: unknown finding kind {kind!r}")
+        return v
 
 
 # ---------------------------------------------------------------- the scaffold

@@ -173,9 +173,13 @@ def watch_cmd(
     tracking_uri: TrackingUri = None,
     scaffold: ScaffoldPath = None,
     json_out: Json = False,
-    fix: Annotated[bool, typer.Option("--fix", help="Fix failing runs (see `workbench fix`).")] = False,
+    fix: Annotated[
+        bool, typer.Option("--fix", help="Fix failing runs (see `workbench fix`).")
+    ] = False,
     repo: Annotated[Path, typer.Option("--repo", help="Training repo for --fix.")] = Path("."),
-    home: Annotated[Path, typer.Option("--home", help="Workbench folder for --fix.")] = Path(".workbench"),
+    home: Annotated[Path, typer.Option("--home", help="Workbench folder for --fix.")] = Path(
+        ".workbench"
+    ),
 ) -> None:
     """Poll an experiment incrementally and show every run's health (a live table)."""
     from rich.live import Live

@@ -57,7 +57,13 @@ class RunState:
     judged: dict[str, int] = field(default_factory=dict)  # points already judged per metric
     metric_findings: list[Finding] = field(default_factory=list)
     verdict: RunVerdict | None = None
-    log_text: str = ""
+    log_text: str | None = None  # fetched when it first matters, again when the status changes
+    log_status: str | None = None
+
+
+def status_or_new(st: RunState, status: str) -> bool:
+    """A run that stopped since its log was read may have written its traceback since."""
+    return st.log_status != status
 
 
 def _append(s: Series | None, name: str, new: History, raw: History) -> Series:
@@ -227,8 +233,9 @@ class Watcher:
         old_kinds = {(f.kind, f.step) for f in st.verdict.findings} if st.verdict else None
         if not force and old_kinds == {(f.kind, f.step) for f in pre}:
             return  # nothing new (a RUNNING run without new points and no new stall)
-        if needs_log(status, pre) and not st.log_text:
+        if needs_log(status, pre) and (st.log_text is None or status_or_new(st, status)):
             st.log_text = self.client.log_text(st.info.run_id)
+            st.log_status = status
         found = st.metric_findings + detect_status(
             st.series, st.info, st.log_text, self.scaffold.detectors, now_ms
         )
