@@ -1,0 +1,1 @@
+"""MLE-Bench-style competitions: task format, built-in tasks, grading, medals, leaderboards."""

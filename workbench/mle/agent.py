@@ -1,0 +1,485 @@
+"""The AIDE-style search: a tree of complete solution scripts, each run in the sandbox.
+
+    run_task(task) → for each step: policy picks draft | debug(buggy leaf) | improve(best)
+                   → the brain writes a script → it runs sandboxed → a node (ok | buggy)
+                   → best node by validation score → its submission is graded (outside)
+
+Every node is a nested MLflow run under the task's run (code and log as artifacts, validation
+score as a metric, status as a tag); the journal (``journal.json`` in the run dir) is rewritten
+after every node, so a killed run leaves a readable record of what it tried.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from experiments.mle.competition import (
+    TASKS_DIR,
+    Competition,
+    CompetitionError,
+    load_competition,
+    prepare,
+)
+from experiments.mle.taskinfo import TaskInfoError, infer_task
+from workbench.errors import BadInputError
+from workbench.mle.brains import Brain, NodeView, Proposal, TaskContext, last_error, make_mle_brain
+from workbench.mle.config import MleScaffold, load_mle_scaffold
+from workbench.mle.isolation import (
+    NodeLimits,
+    copy_public,
+    prepare_workdir,
+    run_solution,
+    sklearn_data_dirs,
+)
+
+_SCORE = re.compile(
+    r"validation_score:\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|nan|inf)", re.I
+)
+
+
+@dataclass
+class Node:
+    id: int
+    parent: int | None
+    stage: str  # draft | improve | debug
+    plan: str
+    code: str
+    spec: dict | None
+    brain: str
+    debug_depth: int = 0
+    status: str = "pending"  # ok | buggy
+    score: float | None = None
+    error: str | None = None
+    wall_s: float = 0.0
+    log_tail: str = ""
+    children: list[int] = field(default_factory=list)
+    mlflow_run_id: str | None = None
+
+    def view(self) -> NodeView:
+        return NodeView(
+            self.id,
+            self.stage,
+            self.plan,
+            self.code,
+            self.spec,
+            self.status,
+            self.score,
+            self.log_tail,
+        )
+
+
+@dataclass
+class RunResult:
+    task: str
+    seed: int
+    brain: str
+    score: float | None
+    medal: str
+    any_medal: bool
+    above_median: bool
+    percentile: float
+    valid_submission: bool
+    validation_score: float | None
+    best_node: int | None
+    nodes: int
+    buggy_nodes: int
+    wall_s: float
+    run_dir: str
+    mlflow_run_id: str | None
+    hiding: str
+    grade_error: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ------------------------------------------------------------------------------------ policy
+
+
+def better(a: float, b: float, lower: bool) -> bool:
+    return a < b if lower else a > b
+
+
+def best_node(nodes: list[Node], lower: bool) -> Node | None:
+    best = None
+    for n in nodes:
+        if (
+            n.status == "ok"
+            and n.score is not None
+            and (best is None or better(n.score, best.score, lower))
+        ):
+            best = n
+    return best
+
+
+def choose_action(
+    nodes: list[Node], sc: MleScaffold, lower: bool, rng: random.Random
+) -> tuple[str, Node | None]:
+    """AIDE's policy: drafts first; then maybe debug a buggy leaf; else improve the best node."""
+    knobs = sc.search
+    if sum(1 for n in nodes if n.stage == "draft") < knobs.num_drafts:
+        return "draft", None
+    if rng.random() < knobs.debug_prob:
+        leaves = [
+            n
+            for n in nodes
+            if n.status == "buggy" and not n.children and n.debug_depth < knobs.max_debug_depth
+        ]
+        if leaves:
+            return "debug", rng.choice(leaves)
+    best = best_node(nodes, lower)
+    if best is None:
+        return "draft", None
+    return "improve", best
+
+
+# ------------------------------------------------------------------------------------ checks
+
+
+def parse_validation_score(log: str) -> float | None:
+    found = _SCORE.findall(log or "")
+    if not found:
+        return None
+    value = float(found[-1])
+    return value if math.isfinite(value) else None
+
+
+def check_submission(path: Path, sample: pd.DataFrame) -> str | None:
+    """None when the file matches the sample submission's columns and ids; else the problem."""
+    if not path.is_file():
+        return "no submission/submission.csv was written"
+    try:
+        sub = pd.read_csv(path)
+    except Exception as exc:  # noqa: BLE001 — any unreadable file is the script's bug
+        return f"submission.csv is unreadable: {exc}"
+    if list(sub.columns) != list(sample.columns):
+        return f"submission columns {list(sub.columns)[:6]} != sample {list(sample.columns)[:6]}"
+    if len(sub) != len(sample):
+        return f"submission has {len(sub)} rows, the sample {len(sample)}"
+    id_col = sample.columns[0]
+    if set(sub[id_col].astype(str)) != set(sample[id_col].astype(str)):
+        return "submission ids differ from the sample submission's"
+    if sub[sample.columns[1:]].isna().any().any():
+        return "submission has missing values"
+    return None
+
+
+def data_preview(public_dir: Path, max_cols: int = 20) -> str:
+    lines = []
+    for name in ("train.csv", "test.csv", "sample_submission.csv"):
+        p = public_dir / name
+        if not p.is_file():
+            continue
+        df = pd.read_csv(p, nrows=3)
+        cols = list(df.columns)
+        more = f" … (+{len(cols) - max_cols} more)" if len(cols) > max_cols else ""
+        lines.append(f"{name}: columns {cols[:max_cols]}{more}")
+        lines.append(df.iloc[:, :max_cols].to_string(index=False))
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------ tracking
+
+
+class _NoTrack:
+    run_id = None
+
+    def child(self, name: str, tags: dict) -> _NoTrack:
+        return self
+
+    def log_params(self, params: dict) -> None: ...
+    def log_metrics(self, metrics: dict, step: int = 0) -> None: ...
+    def set_tags(self, tags: dict) -> None: ...
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
+    def finish(self, status: str) -> None: ...
+
+
+class _MlflowRun:
+    """A thin wrapper over the trainer's MLflow tracker that can open nested child runs."""
+
+    def __init__(self, uri: str | None, experiment: str, name: str, tags: dict) -> None:
+        from trainer.tracking import MlflowTracker, TrackingError
+
+        try:
+            self.t = MlflowTracker(uri, experiment, run_name=name, tags=tags, system_metrics=False)
+        except TrackingError as exc:
+            raise BadInputError(str(exc)) from None
+        self.uri, self.experiment, self.run_id = uri, experiment, self.t.run_id
+
+    def child(self, name: str, tags: dict) -> _MlflowRun:
+        return _MlflowRun(
+            self.uri, self.experiment, name, {**tags, "mlflow.parentRunId": self.run_id}
+        )
+
+    def log_params(self, params: dict) -> None:
+        self.t.log_params(params)
+
+    def log_metrics(self, metrics: dict, step: int = 0) -> None:
+        self.t.log_metrics(metrics, step)
+        self.t.flush()
+
+    def set_tags(self, tags: dict) -> None:
+        self.t.set_tags(tags)
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        self.t.log_artifact(path, artifact_path)
+
+    def finish(self, status: str) -> None:
+        self.t.finish(status)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".journal-", dir=path.parent)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh, indent=1, default=str)
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------------ the run
+
+
+def ensure_prepared(comp: Competition) -> Competition:
+    if comp.is_prepared():
+        return comp
+    if comp.comp_dir.parent == TASKS_DIR:  # built-in: cheap to build locally
+        return prepare(comp)
+    raise BadInputError(
+        f"{comp.id} is not prepared under {comp.data_dir} (prepare it with `workbench mle prepare "
+        f"{comp.comp_dir}` or point --data-dir at MLE-Bench's data dir)"
+    )
+
+
+def run_task(
+    task: str | Path,
+    *,
+    data_dir: Path | None = None,
+    brain: str | Brain = "rules",
+    steps: int | None = None,
+    time_limit_s: float | None = None,
+    seed: int = 0,
+    scaffold: str | Path | MleScaffold | None = None,
+    tracking_uri: str | None = None,
+    track: bool = True,
+    out_dir: Path | None = None,
+    brain_opts: dict | None = None,
+    on_node: Callable[[Node], None] | None = None,
+) -> RunResult:
+    t0 = time.monotonic()
+    try:
+        comp = ensure_prepared(load_competition(task, data_dir))
+    except CompetitionError as exc:
+        raise BadInputError(str(exc)) from None
+    sc = scaffold if isinstance(scaffold, MleScaffold) else load_mle_scaffold(scaffold)
+    sc = sc.with_search(steps=steps, time_limit_s=time_limit_s)
+    try:
+        info = infer_task(comp.public_dir, comp.grader_name)
+    except TaskInfoError as exc:
+        raise BadInputError(f"{comp.id}: {exc}") from None
+    the_brain = (
+        make_mle_brain(brain, seed=seed, **(brain_opts or {})) if isinstance(brain, str) else brain
+    )
+    lower = info.lower_is_better
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(
+        out_dir or Path(".workbench/mle/runs") / f"{comp.id}-{stamp}-s{seed}-{os.getpid()}"
+    ).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(run_dir, 0o755)
+    input_dir = copy_public(comp.public_dir, run_dir / "input")
+    hide = [comp.private_dir, comp.answers, comp.comp_dir, *sklearn_data_dirs()]
+    sample = pd.read_csv(comp.sample_submission)
+    ctx = TaskContext(
+        info=info,
+        description=comp.description,
+        data_preview=data_preview(comp.public_dir),
+        scaffold=sc,
+        seed=seed,
+    )
+    limits_base = sc.sandbox
+    rng = random.Random(seed)
+    tracker: Any = (
+        _MlflowRun(
+            tracking_uri,
+            "mle",
+            f"{comp.id}-s{seed}",
+            {"mle.task": comp.id, "mle.brain": the_brain.name},
+        )
+        if track
+        else _NoTrack()
+    )
+    tracker.log_params(
+        {
+            "task": comp.id,
+            "brain": the_brain.name,
+            "seed": seed,
+            "steps": sc.search.steps,
+            "time_limit_s": sc.search.time_limit_s,
+            "metric": info.metric,
+            "scaffold": sc.source,
+        }
+    )
+    nodes: list[Node] = []
+    hiding = "n/a"
+
+    def journal() -> None:
+        _write_json(
+            run_dir / "journal.json",
+            {
+                "task": comp.id,
+                "seed": seed,
+                "brain": the_brain.name,
+                "metric": info.metric,
+                "lower_is_better": lower,
+                "nodes": [asdict(n) for n in nodes],
+            },
+        )
+
+    for step in range(sc.search.steps):
+        elapsed = time.monotonic() - t0
+        remaining = sc.search.time_limit_s - elapsed
+        if remaining <= 1.0:
+            break
+        action, target = choose_action(nodes, sc, lower, rng)
+        memory = [n.view() for n in nodes]
+        if action == "draft":
+            prop: Proposal = the_brain.draft(ctx, memory)
+        elif action == "debug":
+            prop = the_brain.debug(ctx, target.view())
+        else:
+            prop = the_brain.improve(ctx, target.view(), memory)
+        node = Node(
+            id=step,
+            parent=target.id if target else None,
+            stage=action,
+            plan=prop.plan,
+            code=prop.code,
+            spec=prop.spec,
+            brain=prop.brain,
+            debug_depth=(target.debug_depth + 1) if action == "debug" else 0,
+        )
+        if target is not None:
+            target.children.append(node.id)
+        node_dir = run_dir / "nodes" / f"{step:03d}"
+        prepare_workdir(node_dir, input_dir, prop.code, link_inputs=limits_base.backend == "local")
+        limits = NodeLimits(
+            timeout_s=max(1.0, min(limits_base.node_timeout_s, remaining)),
+            cpu_s=limits_base.cpu_s,
+            memory_mb=limits_base.memory_mb,
+            threads=limits_base.threads,
+            backend=limits_base.backend,
+            image=limits_base.image,
+        )
+        res = run_solution(node_dir, hide, limits)
+        hiding = res.hiding
+        node.wall_s = round(res.wall_s, 3)
+        node.log_tail = res.log[-4000:]
+        problem = None
+        if res.timed_out or res.returncode != 0:
+            problem = last_error(res.log)
+        else:
+            node.score = parse_validation_score(res.log)
+            problem = check_submission(node_dir / "submission" / "submission.csv", sample)
+            if problem is None and node.score is None:
+                problem = "the script printed no `validation_score: <float>` line"
+        node.status = "buggy" if problem else "ok"
+        node.error = problem
+        if problem:
+            node.score = None
+        nodes.append(node)
+        _log_node(tracker, node, node_dir)
+        journal()
+        if on_node:
+            on_node(node)
+
+    best = best_node(nodes, lower)
+    sub_path = run_dir / "submission.csv"
+    if best is not None:
+        shutil.copyfile(
+            run_dir / "nodes" / f"{best.id:03d}" / "submission" / "submission.csv", sub_path
+        )
+    report = comp.grade(sub_path)  # outside the sandbox: the only reader of the answers
+    result = RunResult(
+        task=comp.id,
+        seed=seed,
+        brain=the_brain.name,
+        score=report.score,
+        medal=report.medal if comp.awards_medals else "none",
+        any_medal=report.any_medal and comp.awards_medals,
+        above_median=report.above_median,
+        percentile=report.percentile,
+        valid_submission=report.valid_submission,
+        validation_score=best.score if best else None,
+        best_node=best.id if best else None,
+        nodes=len(nodes),
+        buggy_nodes=sum(1 for n in nodes if n.status == "buggy"),
+        wall_s=round(time.monotonic() - t0, 2),
+        run_dir=str(run_dir),
+        mlflow_run_id=tracker.run_id,
+        hiding=hiding,
+        grade_error=report.error,
+    )
+    metrics = {
+        "nodes": result.nodes,
+        "buggy_nodes": result.buggy_nodes,
+        "percentile": result.percentile,
+        "any_medal": float(result.any_medal),
+        "wall_s": result.wall_s,
+    }
+    if result.score is not None:
+        metrics["test_score"] = result.score
+    if result.validation_score is not None:
+        metrics["validation_score"] = result.validation_score
+    tracker.log_metrics(metrics)
+    tracker.set_tags({"mle.medal": result.medal, "mle.best_node": str(result.best_node)})
+    _write_json(run_dir / "result.json", {**result.to_dict(), "grade": report.to_dict()})
+    journal()
+    if sub_path.is_file():
+        tracker.log_artifact(sub_path)
+    tracker.log_artifact(run_dir / "journal.json")
+    tracker.finish("FINISHED")
+    return result
+
+
+def _log_node(tracker: Any, node: Node, node_dir: Path) -> None:
+    child = tracker.child(
+        f"node-{node.id:03d}-{node.stage}",
+        {
+            "mle.stage": node.stage,
+            "mle.status": node.status,
+            "mle.brain": node.brain,
+            "mle.node": str(node.id),
+        },
+    )
+    node.mlflow_run_id = child.run_id
+    child.log_params(
+        {
+            "stage": node.stage,
+            "parent_node": node.parent,
+            "plan": node.plan[:500],
+            "spec": json.dumps(node.spec) if node.spec else "",
+            "debug_depth": node.debug_depth,
+        }
+    )
+    metrics = {"wall_s": node.wall_s}
+    if node.score is not None:
+        metrics["validation_score"] = node.score
+    child.log_metrics(metrics)
+    if node.error:
+        child.set_tags({"mle.error": node.error[:500]})
+    child.log_artifact(node_dir / "solution.py", "code")
+    if (node_dir / "run.log").is_file():
+        child.log_artifact(node_dir / "run.log", "logs")
+    child.finish("FINISHED" if node.status == "ok" else "FAILED")
