@@ -1,0 +1,61 @@
+"""The `local` brain: a LangChain chat model over an in-process checkpoint."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from langchain_core.messages import HumanMessage, ToolMessage
+
+from model import MiniMaxM2ForCausalLM
+from workbench.brains.local import LocalChatModel
+from workbench.errors import BadInputError
+
+from .conftest import TOOL_MESSAGES, TOOLS
+
+
+def test_bind_tools_and_parse_a_generated_call(ckpts):
+    brain = LocalChatModel(ckpts["tool"], temperature=0.0, max_new_tokens=120)
+    ai = brain.bind_tools(TOOLS).invoke([HumanMessage(TOOL_MESSAGES[0]["content"])])
+    assert [(c["name"], c["args"]) for c in ai.tool_calls] == [
+        ("get_weather", {"city": "Paris", "days": 2})
+    ]
+    assert ai.invalid_tool_calls == []
+    meta = ai.response_metadata
+    assert meta["finish_reason"] == "tool_calls" and meta["reasoning"] == "short"
+    assert (
+        len(meta["completion_token_ids"])
+        == len(meta["logprobs"])
+        == ai.usage_metadata["output_tokens"]
+    )
+    # The token record is the model's own: logprobs agree with a fresh forward pass.
+    model = MiniMaxM2ForCausalLM.from_pretrained(ckpts["tool"]).eval()
+    seq = torch.tensor([meta["prompt_token_ids"] + meta["completion_token_ids"]])
+    with torch.no_grad():
+        ref = model.token_logprobs(seq[:, :-1], seq[:, 1:])[0, len(meta["prompt_token_ids"]) - 1 :]
+    assert torch.allclose(ref, torch.tensor(meta["logprobs"]), atol=1e-4)
+
+    # The call and a tool result go back in: the conversation renders and generation continues.
+    follow = [
+        HumanMessage(TOOL_MESSAGES[0]["content"]),
+        ai,
+        ToolMessage("sunny", tool_call_id=ai.tool_calls[0]["id"]),
+    ]
+    nxt = brain.bind_tools(TOOLS).invoke(follow, max_tokens=4)
+    assert isinstance(nxt.content, str) and nxt.usage_metadata["input_tokens"] > len(
+        meta["prompt_token_ids"]
+    )
+
+
+def test_plain_answer_and_make_brain(ckpts):
+    from workbench.brains import make_brain
+
+    brain = make_brain("local", model=str(ckpts["a"]))
+    assert isinstance(brain, LocalChatModel)
+    ai = brain.invoke("hello", max_tokens=5)
+    assert ai.content.startswith("<think>\n") and ai.tool_calls == []
+    assert 0 < ai.usage_metadata["output_tokens"] <= 5
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(BadInputError, match="not a checkpoint directory"):
+        LocalChatModel(tmp_path / "nope")

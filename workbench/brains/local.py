@@ -1,0 +1,152 @@
+"""The ``local`` brain: a LangChain chat model over one of our checkpoints, in-process.
+
+Same prompt format and tool-call parser as our server (``model.chat``), and the same batching
+engine, so several graph branches asking at once share decode steps. Each answer carries the
+token-level record RL needs in ``response_metadata``: ``prompt_token_ids``,
+``completion_token_ids``, ``logprobs`` and ``weights_version``.
+
+    brain = LocalChatModel("ckpt/", temperature=0.0, max_new_tokens=512)
+    ai = brain.bind_tools([my_tool]).invoke([HumanMessage("...")])
+    ai.tool_calls  # parsed from <minimax:tool_call> XML
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage, convert_to_openai_messages
+from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.runnables import Runnable
+from langchain_core.utils.function_calling import convert_to_openai_tool
+from pydantic import ConfigDict
+
+from model.chat import END_OF_TURN, as_content, parse_output, render_messages
+
+_ENGINES: dict[str, tuple[Any, Any]] = {}
+_LOCK = threading.Lock()
+
+
+def _engine(model_dir: str):
+    """One loaded checkpoint (engine + tokenizer) per directory, shared by every brain."""
+    key = str(Path(model_dir).resolve())
+    with _LOCK:
+        if key not in _ENGINES:
+            from model.serving import load_engine
+
+            _ENGINES[key] = load_engine(key, max_batch=16)
+        return _ENGINES[key]
+
+
+class LocalChatModel(BaseChatModel):
+    model_dir: str
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_new_tokens: int = 512
+    seed: int | None = None
+    timeout_s: float = 600.0
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    def __init__(self, model_dir: str | Path, **kwargs: Any) -> None:
+        from model.serving import check_model_dir
+
+        check_model_dir(model_dir)  # a clear one-line error before anything loads
+        super().__init__(model_dir=str(model_dir), **kwargs)
+
+    @property
+    def _llm_type(self) -> str:
+        return "m2-workbench-local"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {"model_dir": self.model_dir, "temperature": self.temperature}
+
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable | Any],
+        *,
+        tool_choice: str | None = None,
+        **kwargs: Any,
+    ) -> Runnable:
+        formatted = [convert_to_openai_tool(t) for t in tools]
+        if tool_choice == "none":
+            formatted = []
+        return super().bind(tools=formatted, **kwargs)
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        tools: list[dict[str, Any]] | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        from model.serving import SamplingParams
+
+        engine, tokenizer = _engine(self.model_dir)
+        wire = convert_to_openai_messages(messages)
+        prompt = render_messages(wire, tools=tools or None)
+        prompt_ids = tokenizer.encode(prompt, add_special_tokens=False).ids
+        eos = tokenizer.token_to_id(END_OF_TURN)
+        params = SamplingParams(
+            max_new_tokens=int(kwargs.get("max_tokens", self.max_new_tokens)),
+            temperature=float(kwargs.get("temperature", self.temperature)),
+            top_p=self.top_p,
+            seed=self.seed,
+            stop_token_ids=tuple(
+                t for t in {eos, engine.model.config.eos_token_id} if t is not None
+            ),
+        )
+        done = threading.Event()
+        failure: list[str] = []
+
+        def emit(event: tuple) -> None:
+            if event[0] == "error":
+                failure.append(event[1])
+            if event[0] in ("done", "error"):
+                done.set()
+
+        seq = engine.submit(prompt_ids, params, emit)
+        if not done.wait(self.timeout_s):
+            seq.cancel()
+            raise TimeoutError(f"local model did not answer within {self.timeout_s:.0f}s")
+        if failure:
+            raise RuntimeError(f"local generation failed: {failure[0]}")
+        text = tokenizer.decode(seq.out_ids, skip_special_tokens=False).replace(END_OF_TURN, "")
+        for s in stop or []:
+            if s in text:
+                text = text[: text.find(s)]
+        parsed = parse_output(text, tools=tools or None)
+        # Content as the server returns it (thought included), so later turns replay it.
+        body = text.split("<minimax:tool_call>")[0] if parsed.tool_calls else text
+        message = AIMessage(
+            content=as_content(body),
+            tool_calls=[
+                {"name": c.name, "args": c.arguments, "id": c.id, "type": "tool_call"}
+                for c in parsed.tool_calls
+            ],
+            invalid_tool_calls=[
+                {"name": None, "args": None, "id": None, "error": e, "type": "invalid_tool_call"}
+                for e in parsed.errors
+            ],
+            response_metadata={
+                "model_name": Path(self.model_dir).name,
+                "finish_reason": "tool_calls" if parsed.tool_calls else seq.finish_reason,
+                "prompt_token_ids": prompt_ids,
+                "completion_token_ids": list(seq.out_ids),
+                "logprobs": list(seq.logprobs),
+                "weights_version": seq.weights_version,
+                "reasoning": parsed.reasoning,
+            },
+            usage_metadata={
+                "input_tokens": len(prompt_ids),
+                "output_tokens": len(seq.out_ids),
+                "total_tokens": len(prompt_ids) + len(seq.out_ids),
+            },
+        )
+        return ChatResult(generations=[ChatGeneration(message=message)])
