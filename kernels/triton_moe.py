@@ -144,9 +144,9 @@ def _moe_gemm_kernel(
                 s_up = tl.load(s_ptrs, mask=w_mask, other=0.0)
                 w_up = (w_up.to(tl.float32) * s_up).to(a.dtype)
         if DOT_FP32:
-            acc += tl.dot(a.to(tl.float32), w.to(tl.float32))
+            acc += tl.dot(a.to(tl.float32), w.to(tl.float32), input_precision="ieee")
             if GATED:
-                acc_up += tl.dot(a.to(tl.float32), w_up.to(tl.float32))
+                acc_up += tl.dot(a.to(tl.float32), w_up.to(tl.float32), input_precision="ieee")
         else:
             acc += tl.dot(a, w)
             if GATED:

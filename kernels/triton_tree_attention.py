@@ -33,7 +33,7 @@ else:  # interpreter: a single config (autotune would need a GPU to time several
 
 def _dot(a, b, DOT_FP32: tl.constexpr):
     if DOT_FP32:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32))
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
     return tl.dot(a, b)
 
 
