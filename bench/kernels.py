@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # CPU: the PyTorch paths only (Triton needs a GPU, or the far-too-slow interpreter)
     reps = args.reps or 3
-    shapes = [(512, 256, 128, 16, 4), (256, 128, 64, 64, 8)]
+    shapes = [(2048, 256, 128, 16, 4), (256, 128, 64, 64, 8)]
     for train in (False, True):
         bench_moe(shapes, ["reference", "torch"], torch.float32, device, reps, train)
     bench_router([(2048, 64, 8)], ["reference"], device, reps)
