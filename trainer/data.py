@@ -41,7 +41,7 @@ class BatchReader:
         self.index = 0  # the next data index (runs ahead of the step when batches are dropped)
         self.skipped = 0
         self._futures: dict[int, Future] = {}
-        self._tasks: queue.Queue[int] = queue.Queue()
+        self._tasks: queue.Queue[tuple[int, Future]] = queue.Queue()
         self._next_submit = 0
         for _ in range(cfg.num_workers):
             threading.Thread(target=self._worker, daemon=True, name="data-worker").start()
@@ -52,9 +52,8 @@ class BatchReader:
 
     def _worker(self) -> None:
         while True:
-            index = self._tasks.get()
-            fut = self._futures.get(index)
-            if fut is None or not fut.set_running_or_notify_cancel():
+            index, fut = self._tasks.get()
+            if not fut.set_running_or_notify_cancel():
                 continue
             try:
                 fut.set_result(self._read(index))
@@ -97,8 +96,9 @@ class BatchReader:
             return self._read_retrying(index)
         ahead = self.cfg.num_workers * self.cfg.prefetch
         while self._next_submit < index + ahead:
-            self._futures[self._next_submit] = Future()
-            self._tasks.put(self._next_submit)
+            fut: Future = Future()
+            self._futures[self._next_submit] = fut
+            self._tasks.put((self._next_submit, fut))
             self._next_submit += 1
         return self._read_retrying(index, self._futures.pop(index))
 

@@ -122,3 +122,24 @@ def scenario_config(suite: Suite, sc: Scenario) -> dict[str, Any]:
         return dump_config(parse_config(sc.program, data, source=f"scenario {sc.id}"))
     except ConfigError as err:
         raise SuiteError(str(err)) from None
+
+
+def apply_patch(config: dict[str, Any], patch: list[PatchOp]) -> dict[str, Any]:
+    """Apply dotted-key edits to a config dict (a copy): how a remedy changes a run."""
+    out = copy.deepcopy(config)
+    for op in patch:
+        *parents, leaf = op.key.split(".")
+        node = out
+        for p in parents:
+            node = node.setdefault(p, {})
+        if op.op == "delete":
+            node.pop(leaf, None)
+        elif op.op == "set":
+            node[leaf] = op.value
+        else:
+            cur = node.get(leaf)
+            if not isinstance(cur, int | float) or isinstance(cur, bool):
+                raise SuiteError(f"cannot {op.op} non-numeric {op.key} = {cur!r}")
+            new = cur * op.value if op.op == "mul" else cur + op.value
+            node[leaf] = int(new) if isinstance(cur, int) and float(new).is_integer() else new
+    return out

@@ -1,0 +1,127 @@
+"""Short digits runs with each fault: assert on the MLflow histories what the fault really did."""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+import pytest
+from trainer_helpers import history, log_text, run, store
+
+BASE = {"steps": 60, "batch_size": 32, "eval_interval": 10, "optimizer": {"warmup_steps": 5}}
+
+
+@pytest.fixture(scope="module")
+def uri(tmp_path_factory):
+    return store(tmp_path_factory.mktemp("digits-store"))
+
+
+def _values(uri, run_id, key, lo=0, hi=10**9):
+    return [v for s, v in history(uri, run_id, key) if lo <= s < hi]
+
+
+def test_healthy_run_finishes_and_eval_loss_falls_by_30_percent(uri):
+    res = run(uri, "digits", BASE)
+    assert res.status == "FINISHED"
+    ev = _values(uri, res.run_id, "eval_loss")
+    assert ev[-1] <= 0.7 * ev[0]
+    for key in ("loss", "grad_norm", "learning_rate", "epoch", "train_samples_per_second"):
+        assert len(history(uri, res.run_id, key)) == BASE["steps"]
+
+
+def test_lr_too_high_makes_the_loss_rise_after_onset(uri):
+    res = run(
+        uri,
+        "digits",
+        {**BASE, "faults": [{"kind": "lr_too_high", "start_step": 30, "factor": 300}]},
+    )
+    before = _values(uri, res.run_id, "loss", 20, 30)
+    after = _values(uri, res.run_id, "loss", 30)
+    lr = dict(history(uri, res.run_id, "learning_rate"))
+    assert lr[30] > 100 * lr[29]
+    assert any(not math.isfinite(v) or v > 3 * max(before) for v in after)
+
+
+def test_fp_overflow_puts_inf_or_nan_in_the_loss_only_after_onset(uri):
+    res = run(
+        uri,
+        "digits",
+        {**BASE, "faults": [{"kind": "fp_overflow", "start_step": 30, "growth": 1000}]},
+    )
+    assert all(math.isfinite(v) for v in _values(uri, res.run_id, "loss", 0, 30))
+    assert any(not math.isfinite(v) for v in _values(uri, res.run_id, "loss", 30))
+
+
+def test_outlier_batches_without_clipping_spike_the_gradient_norm(uri):
+    data = {
+        **BASE,
+        "optimizer": {"warmup_steps": 5, "grad_clip": None},
+        "faults": [{"kind": "missing_grad_clip", "start_step": 20, "every": 20, "scale": 1e4}],
+    }
+    res = run(uri, "digits", data)
+    g = dict(history(uri, res.run_id, "grad_norm"))
+    typical = statistics.median(g[s] for s in range(20))
+    assert g[20] > 100 * typical and g[40] > 100 * typical
+
+
+def test_bad_data_raises_the_training_loss_from_onset(uri):
+    res = run(
+        uri, "digits", {**BASE, "faults": [{"kind": "bad_data", "start_step": 40, "fraction": 1.0}]}
+    )
+    before = statistics.mean(_values(uri, res.run_id, "loss", 30, 40))
+    after = statistics.mean(_values(uri, res.run_id, "loss", 40))
+    assert after > 2 * before
+
+
+def test_bad_data_is_dropped_when_batches_are_validated(uri):
+    data = {
+        **BASE,
+        "data": {"validate": True},
+        "faults": [{"kind": "bad_data", "start_step": 40, "fraction": 0.5}],
+    }
+    res = run(uri, "digits", data)
+    before = statistics.mean(_values(uri, res.run_id, "loss", 30, 40))
+    after = statistics.mean(_values(uri, res.run_id, "loss", 40))
+    assert after < 1.5 * before  # the remedy works: no garbage reaches the model
+
+
+def test_a_tiny_train_set_overfits_eval_loss_turns_up(uri):
+    data = {
+        **BASE,
+        "steps": 200,
+        "model": {"hidden": 256},
+        "optimizer": {"lr": 0.005, "weight_decay": 0.0, "warmup_steps": 5},
+        "faults": [{"kind": "overfit_capacity", "train_items": 30}],
+    }
+    res = run(uri, "digits", data)
+    ev = _values(uri, res.run_id, "eval_loss")
+    train = _values(uri, res.run_id, "loss")
+    assert ev[-1] > min(ev) + 0.1  # eval loss went down, then back up
+    assert statistics.mean(train[-10:]) < 0.05  # while the train loss kept falling
+
+
+def test_oom_fails_the_run_with_a_memory_error_in_its_log(uri, tmp_path):
+    data = {**BASE, "faults": [{"kind": "oom", "start_step": 20, "budget_mb": 0.22, "growth": 4}]}
+    res = run(uri, "digits", data)
+    assert res.status == "FAILED"
+    assert max(s for s, _ in history(uri, res.run_id, "loss")) == 19
+    text = log_text(uri, res.run_id, tmp_path)
+    assert "OutOfMemoryError" in text and "out of memory" in text
+
+
+def test_code_error_fails_the_run_with_the_traceback_in_its_log(uri, tmp_path):
+    res = run(uri, "digits", {**BASE, "faults": [{"kind": "code_error", "start_step": 25}]})
+    assert res.status == "FAILED"
+    text = log_text(uri, res.run_id, tmp_path)
+    assert "Traceback" in text and "RuntimeError" in text
+
+
+def test_slow_io_drops_throughput_and_workers_win_it_back(uri):
+    fault = [{"kind": "slow_io", "start_step": 30, "delay_s": 0.1}]
+    res = run(uri, "digits", {**BASE, "steps": 50, "faults": fault})
+    before = statistics.median(_values(uri, res.run_id, "train_samples_per_second", 10, 30))
+    after = statistics.median(_values(uri, res.run_id, "train_samples_per_second", 30))
+    assert after < 0.5 * before
+    fixed = run(uri, "digits", {**BASE, "steps": 50, "faults": fault, "data": {"num_workers": 8}})
+    after_fixed = statistics.median(_values(uri, fixed.run_id, "train_samples_per_second", 35))
+    assert after_fixed > 2 * after
