@@ -179,7 +179,7 @@ class GroupedMoE(torch.autograd.Function):
         gu = _gmm(xs, w_gate_up.transpose(1, 2), offs, counts)  # [M, 2I]
         act = F.silu(gu[:, :inter]).mul_(gu[:, inter:]).mul_(ws)
         y = _gmm(act, w_down.transpose(1, 2), offs, counts)  # [M, H]
-        out = y.index_select(0, inverse).view(num_tokens, top_k, -1).sum(1)
+        out = y.index_select(0, inverse).view(num_tokens, top_k, y.shape[1]).sum(1)
 
         ctx.save_for_backward(xs, gu, ws, w_gate_up, w_down, order, inverse, offs)
         ctx.counts = counts

@@ -86,3 +86,15 @@ def test_backend_names_are_checked(monkeypatch):
         fused_moe(*inputs)
     monkeypatch.setenv("M2_KERNEL_BACKEND", "reference")
     torch.testing.assert_close(fused_moe(*inputs), fused_moe(*inputs, backend="torch"))
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_int32_ids_bf16_weights_and_empty_batch(backend):
+    x, w_gate_up, w_down, weights, ids = moe_inputs(6, 16, 8, 4, 2)
+    want = fused_moe(x, w_gate_up, w_down, weights, ids, backend="reference")
+    got = fused_moe(x, w_gate_up, w_down, weights, ids.int(), backend=backend)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    got = fused_moe(x, w_gate_up, w_down, weights.bfloat16(), ids, backend=backend)
+    torch.testing.assert_close(got, want, rtol=1e-2, atol=1e-2)  # weights rounded to bf16
+    empty = fused_moe(x[:0], w_gate_up, w_down, weights[:0], ids[:0], backend=backend)
+    assert empty.shape == (0, 16)
