@@ -107,7 +107,7 @@ def summarize(snap) -> dict:
         "diagnosis": (s.get("diagnosis") or {}).get("cause"),
         "attempts": len(s.get("attempts", []))
         + (1 if cur and cur not in s.get("attempts", []) else 0),
-        "remedy": cur.get("remedy_id"),
+        "remedy": cur.get("remedy_id") or (s.get("attempts") or [{}])[-1].get("remedy_id"),
         "branch": cur.get("branch"),
         "new_run_id": cur.get("new_run_id"),
         "verified": bool(cur.get("passed")),
