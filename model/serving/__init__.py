@@ -121,3 +121,39 @@ def exec_vllm(model_dir: str | Path, host: str, port: int, model_name: str | Non
     # processes unless VLLM_PLUGINS narrows the list.
     sys.stdout.flush()
     os.execvp(exe, cmd)
+
+
+class ThreadedServer:
+    """Run an ASGI app with uvicorn in a background thread on a free local port (tests,
+    benchmarks, notebooks). ``close()`` stops it and the app's engine, if it has one."""
+
+    def __init__(
+        self, app, host: str = "127.0.0.1", port: int = 0, timeout_s: float = 60.0
+    ) -> None:
+        import socket
+        import threading
+        import time
+
+        import uvicorn
+
+        if port == 0:
+            with socket.socket() as s:
+                s.bind((host, 0))
+                port = s.getsockname()[1]
+        self.app, self.port = app, port
+        self.url = f"http://{host}:{port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + timeout_s
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError(f"server on port {port} did not start")
+            time.sleep(0.02)
+
+    def close(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        engine = getattr(self.app.state, "engine", None)
+        if engine is not None:
+            engine.shutdown()

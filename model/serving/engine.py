@@ -88,11 +88,13 @@ class Engine:
         max_batch: int = 32,
         model_path: str | Path | None = None,
         dtype: torch.dtype | None = None,
+        admit_window_s: float = 0.005,
     ) -> None:
         self.model = model.eval()
         self.device = next(model.parameters()).device
         self.dtype = dtype or next(model.parameters()).dtype
         self.max_batch = max_batch
+        self.admit_window_s = admit_window_s
         self.model_path = str(model_path) if model_path else None
         self.version = 0
         self.max_positions = int(model.config.max_position_embeddings)
@@ -168,6 +170,10 @@ class Engine:
                     self._swap()
                     continue
                 admit: list[Sequence] = []
+                if self._waiting and not self._running and self.admit_window_s > 0:
+                    # Idle engine: give requests sent together a moment to arrive together,
+                    # so they share one prefill instead of joining one by one.
+                    self._cond.wait(self.admit_window_s)
                 if not self._pending_swap:
                     room = self.max_batch - len(self._running)
                     admit, self._waiting = self._waiting[:room], self._waiting[room:]

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import socket
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +10,7 @@ import torch
 
 from model import MiniMaxM2Config, MiniMaxM2ForCausalLM
 from model.chat import render_messages
+from model.serving import ThreadedServer
 from model.tokenizer import default_tokenizer, save_tokenizer
 
 TOOLS = [
@@ -98,37 +96,7 @@ def ckpts(tmp_path_factory) -> dict[str, Path]:
         return {"a": a, "tool": save(fit_tool_head(model), root / "tool")}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class RunningServer:
-    """A uvicorn server for `app` in a background thread."""
-
-    def __init__(self, app) -> None:
-        import uvicorn
-
-        self.app = app
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("server did not start")
-            time.sleep(0.02)
-
-    def close(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-        engine = getattr(self.app.state, "engine", None)
-        if engine is not None:
-            engine.shutdown()
+RunningServer = ThreadedServer
 
 
 @pytest.fixture
