@@ -1,0 +1,198 @@
+"""Score a scaffold variant on an already-built fault suite — cheaply and many times.
+
+Evolution re-runs only the doctor (detect + diagnose) with each variant over the suite's stored
+runs; nothing is retrained.  Histories, params and logs are read from MLflow once into a
+``SuiteCache``; metric findings are memoised per (detector thresholds, metric aliases, run), so
+a playbook-only edit costs one diagnosis per run.
+
+This module, the answer key (``workbench.expected`` tags, the suite YAML) and the split of
+scenarios into ``selection``/``heldout`` all live outside the editable scaffold: a variant can
+change what the doctor *says*, never how it is graded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from scaffold.loader import Scaffold
+from workbench.doctor.core import detect_metrics, judge, series_of
+from workbench.doctor.evaluate import EXPECTED_TAG, SCENARIO_TAG, RunScore, score_run, summarize
+from workbench.doctor.series import Series
+from workbench.errors import BadInputError
+
+
+@dataclass
+class SuiteRun:
+    """One scenario's run, held in memory: what the doctor sees plus its answer key."""
+
+    scenario: str
+    split: str  # selection | heldout
+    info: Any  # RunInfo-like: run_id, status, end_time, params
+    series: dict[str, Series]
+    log: str
+    expected: dict[str, Any]  # {"findings": [...], "cause": ...} — never shown to the doctor
+    onset: int | None
+
+
+@dataclass
+class SuiteCache:
+    """All runs of a suite plus a memo of metric findings per detector configuration."""
+
+    runs: list[SuiteRun]
+    now_ms: int = field(default_factory=lambda: int(time.time() * 1000))
+    _memo: dict[tuple[str, str], list] = field(default_factory=dict, repr=False)
+
+    # ``judge`` asks its client for the log only when it can matter; we answer from memory.
+    def log_text(self, run_id: str, *_: Any, **__: Any) -> str:
+        return next(r.log for r in self.runs if r.info.run_id == run_id)
+
+    def ids(self, split: str) -> list[str]:
+        return [r.scenario for r in self.runs if split == "all" or r.split == split]
+
+    def score(
+        self, sc: Scaffold, split: str = "selection", only: Iterable[str] | None = None
+    ) -> dict[str, Any]:
+        """The doctor's summary (evaluate.summarize) plus the evolution ``fitness``."""
+        chosen = set(only) if only is not None else None
+        key = _detector_key(sc)
+        scores: list[RunScore] = []
+        for r in self.runs:
+            if (split != "all" and r.split != split) or (
+                chosen is not None and r.scenario not in chosen
+            ):
+                continue
+            memo = (key, r.info.run_id)
+            if memo not in self._memo:
+                self._memo[memo] = detect_metrics(r.series, sc.detectors, sc.metrics)
+            v = judge(
+                self, r.info, r.series, sc, now_ms=self.now_ms, metric_findings=self._memo[memo]
+            )
+            scores.append(score_run(v, r.scenario, r.split, r.expected, r.onset))
+        if not scores:
+            raise BadInputError(f"no suite runs in split {split!r}")
+        return with_fitness(summarize(scores))
+
+
+def _detector_key(sc: Scaffold) -> str:
+    blob = json.dumps(
+        [sc.detectors, sc.metrics.model_dump(mode="json")], sort_keys=True, default=str
+    )
+    return hashlib.sha1(blob.encode()).hexdigest()
+
+
+def with_fitness(summary: dict[str, Any]) -> dict[str, Any]:
+    """Add the one number evolution maximises, and the counts it must never trade away.
+
+    fitness = 0.4·cause accuracy + 0.4·micro-F1 over finding kinds + 0.2·(1 − false-alarm rate).
+    Micro-F1 = 2tp / (2tp + fp + fn) counts every missed kind (fn) against the variant, so a
+    doctor that goes silent (everything "healthy") or loses a detector scores low.  ``missed``
+    (faulty runs judged healthy) is reported separately: a child may not raise it (see loop).
+    """
+    pk = summary["per_kind"].values()
+    tp, fp, fn = (sum(m[k] for m in pk) for k in ("tp", "fp", "fn"))
+    micro_f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
+    scores = summary["scores"]
+    missed = sum(s["expected_cause"] != "healthy" and not s["predicted_kinds"] for s in scores)
+    fa = summary["false_alarm_rate"] or 0.0
+    fitness = 0.4 * (summary["cause_accuracy"] or 0.0) + 0.4 * micro_f1 + 0.2 * (1.0 - fa)
+    return {
+        **summary,
+        "micro_f1": micro_f1,
+        "missed": missed,
+        "fn": fn,
+        "fp": fp,
+        "fitness": round(fitness, 6),
+    }
+
+
+def brief(summary: dict[str, Any]) -> dict[str, Any]:
+    """The numbers kept in the archive for one split (no per-run detail)."""
+    keys = (
+        "fitness",
+        "cause_accuracy",
+        "micro_f1",
+        "false_alarm_rate",
+        "missed",
+        "fn",
+        "fp",
+        "runs",
+    )
+    return {k: summary.get(k) for k in keys}
+
+
+def failures(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """Runs the doctor got wrong: the evidence a brain reads (selection split only)."""
+    out = []
+    for s in summary["scores"]:
+        if (
+            s["predicted_kinds"] != s["expected_kinds"]
+            or s["predicted_cause"] != s["expected_cause"]
+        ):
+            out.append(
+                {
+                    k: s[k]
+                    for k in (
+                        "scenario",
+                        "expected_kinds",
+                        "predicted_kinds",
+                        "expected_cause",
+                        "predicted_cause",
+                    )
+                }
+            )
+    return out
+
+
+def load_suite_cache(
+    store: str | Path,
+    *,
+    suite_file: str | Path | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> SuiteCache:
+    """Read every scenario run of a built fault suite (the newest run per scenario) once."""
+    from experiments.faults.builder import EXPERIMENT
+    from experiments.faults.suite import SUITE_FILE, load_suite
+    from workbench.tracking import TrackingClient
+
+    db = Path(store) / "mlflow.db"
+    if not db.is_file():
+        raise BadInputError(
+            f"no suite store at {store} (build it with `workbench suite make faults --out {store}`)"
+        )
+    suite = load_suite(suite_file or SUITE_FILE)
+    scenarios = {s.id: s for s in suite.scenarios}
+    client = TrackingClient(f"sqlite:///{db.resolve()}")
+    newest: dict[str, Any] = {}
+    for info in client.runs(EXPERIMENT):
+        sid = info.tags.get(SCENARIO_TAG)
+        if sid in scenarios and (
+            sid not in newest or (info.start_time or 0) > (newest[sid].start_time or 0)
+        ):
+            newest[sid] = info
+    if not newest:
+        raise BadInputError(f"no scenario runs in {store}")
+    runs = []
+    for i, (sid, info) in enumerate(sorted(newest.items())):
+        sc = scenarios[sid]
+        expected = json.loads(info.tags.get(EXPECTED_TAG) or "{}") or sc.expected.model_dump()
+        onset = int((sc.fault or {}).get("start_step", 0)) if sc.fault else None
+        runs.append(
+            SuiteRun(
+                sid,
+                sc.split,
+                info,
+                series_of(client.histories(info.run_id)),
+                client.log_text(info.run_id),
+                expected,
+                onset,
+            )
+        )
+        if progress:
+            progress(i + 1, len(newest))
+    return SuiteCache(runs)
