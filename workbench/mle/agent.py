@@ -347,8 +347,9 @@ def run_task(
             },
         )
 
+    t_search = time.monotonic()  # the time limit is the search's: set-up above is not counted
     for step in range(sc.search.steps):
-        elapsed = time.monotonic() - t0
+        elapsed = time.monotonic() - t_search
         remaining = sc.search.time_limit_s - elapsed
         if remaining <= 1.0:
             break
