@@ -68,8 +68,8 @@ class RotaryEmbedding(nn.Module):
 
 # ---------------------------------------------------------------------------- KV cache
 class KVCache:
-    """Per-layer keys/values (B, n_kv, S, D), grown by concatenation, plus the padding mask of
-    every position seen so far (so later steps can attend with it)."""
+    """Per-layer keys/values (B, n_kv, S, D), grown by concatenation. The caller keeps the
+    attention mask of all positions so far (see ``generate``)."""
 
     def __init__(self, num_layers: int) -> None:
         self.keys: list[torch.Tensor | None] = [None] * num_layers
@@ -232,7 +232,7 @@ class MTPModule(nn.Module):
 
 
 def build_attention_mask(
-    attention_mask: torch.Tensor | None, T: int, past: int, dtype: torch.dtype
+    attention_mask: torch.Tensor | None, T: int, past: int
 ) -> torch.Tensor | None:
     """Boolean (B, 1, T, S) mask for SDPA, or None when plain causal attention suffices.
     Queries sit at positions past..past+T-1 of the S = past + T keys. A query always sees itself,
@@ -364,7 +364,7 @@ class MiniMaxM2ForCausalLM(nn.Module):
 
         x = self.model.embed_tokens(input_ids)
         cos, sin = self.model.rotary_emb(position_ids, x.dtype)
-        mask = build_attention_mask(attention_mask, T, past, x.dtype)
+        mask = build_attention_mask(attention_mask, T, past)
         token_mask = None if attention_mask is None else attention_mask[:, -T:].reshape(-1)
         for layer in self.model.layers:
             x = layer(x, cos, sin, mask, cache, token_mask)
@@ -395,7 +395,7 @@ class MiniMaxM2ForCausalLM(nn.Module):
             pos = position_ids[:, : T - k]
             cos, sin = self.model.rotary_emb(pos, h.dtype)
             am = None if attention_mask is None else attention_mask[:, : T - k]
-            mask = build_attention_mask(am, T - k, 0, h.dtype)
+            mask = build_attention_mask(am, T - k, 0)
             h = mod(h[:, : T - k], emb, cos, sin, mask)
             logits = self.lm_head(mod.final_norm(h))
             out.mtp_logits.append(logits)
