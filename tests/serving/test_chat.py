@@ -173,7 +173,7 @@ def _schema_for(calls: list[ToolCall]) -> list[dict]:
     ]
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(_call, min_size=1, max_size=3), _text)
 def test_every_rendered_call_round_trips(calls, prefix):
     # Consistent types per (function, key) across calls, as a real schema would have.
@@ -195,7 +195,7 @@ def test_every_rendered_call_round_trips(calls, prefix):
     assert [(c.name, c.arguments) for c in parsed] == [(c.name, c.arguments) for c in calls]
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(_call, min_size=1, max_size=2))
 def test_round_trip_through_a_rendered_conversation(calls):
     msg = {"role": "assistant", "content": "", "tool_calls": [c.to_openai() for c in calls]}
@@ -229,7 +229,7 @@ _pieces = st.sampled_from(
 )
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=250, deadline=None)
 @given(st.lists(st.one_of(_pieces, st.text(max_size=8)), max_size=40), st.booleans())
 def test_parser_never_raises_on_fuzzed_markup(parts, thinking_open):
     out = parse_output("".join(parts), tools=[WEATHER], thinking_open=thinking_open)
@@ -241,7 +241,7 @@ def test_parser_never_raises_on_fuzzed_markup(parts, thinking_open):
         json.dumps(c.arguments)  # always serialisable into an OpenAI tool call
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.text(max_size=200))
 def test_parser_never_raises_on_arbitrary_text(text):
     parse_output(text)
