@@ -29,6 +29,7 @@ def stack(ckpts, tmp_path_factory):
 def test_openai_client_session_is_recorded_exactly(stack):
     upstream, gateway, out = stack
     c = OpenAI(base_url=f"{gateway.url}/sessions/ep-1/v1", api_key="k", max_retries=0, timeout=120)
+    assert [m.id for m in c.models.list().data] == ["tiny"]  # other routes pass through
     plain = [{"role": "user", "content": "hello"}]
     r1 = c.chat.completions.create(model="tiny", messages=plain, max_tokens=5, temperature=0)
     # The client did not ask for token data: the gateway asked for it, and hid it again.

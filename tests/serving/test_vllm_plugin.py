@@ -133,3 +133,19 @@ def test_jinja_template_matches_render_messages(conv, tmp_path):
             want = render_messages(conv, tools=tools, add_generation_prompt=gen)
             assert template.render(messages=conv, tools=tools, add_generation_prompt=gen) == want
     assert CHAT_TEMPLATE.startswith("{%- macro")
+
+
+def test_vllm_backend_command_and_clear_error_without_vllm(ckpts):
+    from model.serving import vllm_command
+    from workbench.cli.serve import serve
+    from workbench.errors import WorkbenchError
+
+    cmd = vllm_command(ckpts["a"], "0.0.0.0", 9000, "tiny")
+    assert cmd[:3] == ["vllm", "serve", str(ckpts["a"])]
+    joined = " ".join(cmd)
+    assert "--tool-call-parser minimax_m2" in joined
+    assert "--reasoning-parser minimax_m2_append_think" in joined
+    assert "--enable-auto-tool-choice" in joined and "--served-model-name tiny" in joined
+    if importlib.util.find_spec("vllm") is None:
+        with pytest.raises(WorkbenchError, match="vLLM is not installed"):
+            serve(model=ckpts["a"], backend="vllm")
