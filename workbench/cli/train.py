@@ -101,4 +101,5 @@ def train_digits(
 
 
 def register(app: typer.Typer) -> None:
+    __import__("workbench.rl_cli", fromlist=["add"]).add(train_app)  # `train rl`: see rl_cli
     app.add_typer(train_app, name="train")
