@@ -87,7 +87,7 @@ class _ProgressWatch:
     CPU time matters on a crowded machine: a slow run still burns CPU, a blocked one doesn't.
     """
 
-    CPU_STEP_S = 1.0
+    CPU_STEP_S = 0.5
 
     def __init__(self, pid: int, log_path: Path) -> None:
         import psutil

@@ -39,7 +39,7 @@ def test_hung_run_is_killed_by_the_builder_and_stays_running_without_new_metrics
     suite = Suite.model_validate(
         {
             "name": "t",
-            "stall_timeout_s": 4,
+            "stall_timeout_s": 15,
             "run_timeout_s": 240,
             "defaults": {"digits": {"steps": 40, "eval_interval": 5}},
             "scenarios": [HUNG],
