@@ -188,6 +188,14 @@ def demo_cmd(
 
     with ThreadPoolExecutor(workers) as pool:
         results = list(pool.map(fix, SCENARIOS))
+    evolution = None
+    try:  # the demo ends with one generation of scaffold evolution (its summary prints anyway)
+        from workbench.evolve.demo import evolve_demo
+
+        say("evolving the scaffold: one generation on these runs …")
+        evolution = evolve_demo(uri, runs, home, log=say)
+    except Exception as exc:  # noqa: BLE001
+        say(f"scaffold evolution skipped: {exc}")
     wall = time.monotonic() - t0
     failing = [r for r in results if r["status"] != "healthy"]
     fixed = [r for r in failing if r["verified"]]
@@ -200,6 +208,7 @@ def demo_cmd(
         "success_rate": round(len(fixed) / len(failing), 3) if failing else None,
         "episodes": results,
         "review": [i.to_json() for i in items],
+        "evolution": evolution,
     }
     if as_json:
         print_json(summary)
@@ -218,6 +227,17 @@ def demo_cmd(
             for r in results
         ],
     )  # fmt: skip
+    if evolution is not None:
+        w = evolution["winners"]
+        console.print(
+            f"evolution: gen 0 heldout {evolution['gen0']['heldout']['fitness']:.3f} → "
+            + (
+                f"review #{w[0]['review_id']} ({w[0]['description']})"
+                if w
+                else "no winner this generation"
+            ),
+            markup=False,
+        )
     console.print(f"review: workbench review list --home {home}")
 
 
