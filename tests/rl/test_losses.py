@@ -33,7 +33,7 @@ def test_cispo_matches_direct_formula_value_and_gradient():
         w = min(max(r, 0.0), 1 + eps_high)  # sg(clip(r, 0, 1 + eps_high))
         direct += w * float(adv[t]) * float(logp.detach()[t])
         grad.append(-w * float(adv[t]) / n)  # the weight is a constant: d/dlogp = -w A / N
-    assert float(loss) == pytest.approx(-direct / n, rel=1e-6)
+    assert float(loss.detach()) == pytest.approx(-direct / n, rel=1e-6)
     assert torch.allclose(logp.grad, torch.tensor(grad), rtol=1e-5, atol=1e-7)
     # some tokens were clipped, and clipped tokens still get gradient (unlike PPO)
     assert 0 < stats["clip_frac"] < 1
@@ -51,7 +51,7 @@ def test_ppo_clip_matches_direct_formula_and_zeroes_clipped_gradients():
         r = math.exp(float(logp.detach()[t]) - float(old[t]))
         a = float(adv[t])
         direct += min(r * a, min(max(r, 1 - eps), 1 + eps) * a)
-    assert float(loss) == pytest.approx(-direct / logp.numel(), rel=1e-6)
+    assert float(loss.detach()) == pytest.approx(-direct / logp.numel(), rel=1e-6)
     r = torch.exp(logp.detach() - old)
     clipped_out = ((r > 1 + eps) & (adv > 0)) | ((r < 1 - eps) & (adv < 0))
     assert clipped_out.any() and (logp.grad[clipped_out] == 0).all()
@@ -67,7 +67,7 @@ def test_grpo_normalises_per_sample_then_over_samples():
         a = float(adv[t])
         per.setdefault(int(idx[t]), []).append(min(r * a, min(max(r, 1 - eps), 1 + eps) * a))
     direct = sum(sum(v) / len(v) for v in per.values()) / len(per)
-    assert float(loss) == pytest.approx(-direct, rel=1e-6)
+    assert float(loss.detach()) == pytest.approx(-direct, rel=1e-6)
     with pytest.raises(ValueError):
         policy_loss("reinforce", logp, old, adv, idx)
 
@@ -75,7 +75,7 @@ def test_grpo_normalises_per_sample_then_over_samples():
 def test_on_policy_cispo_is_the_policy_gradient():
     logp, _, adv, idx = _tensors(3)
     loss, stats = policy_loss("cispo", logp, logp.detach(), adv, idx, eps_high=0.2)
-    assert float(loss) == pytest.approx(float(-(adv * logp).mean()), rel=1e-6)
+    assert float(loss.detach()) == pytest.approx(float(-(adv * logp).mean()), rel=1e-6)
     assert stats["clip_frac"] == 0.0
 
 
