@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from evolve_testlib import copy_scaffold, make_cache, set_detector
+from evolve_testlib import copy_scaffold, make_cache, pinned_home, set_detector
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 from typer.testing import CliRunner
 
@@ -27,7 +27,9 @@ def _branches(repo: Path) -> set[str]:
 
 def test_evolution_improves_heldout_and_queues_reviewed_diff(tmp_path):
     home = tmp_path / "wb"
-    res = run_evolution(home=home, cache=make_cache(), generations=2, children=2, seed=0)
+    res = run_evolution(
+        home=pinned_home(home), cache=make_cache(), generations=2, children=2, seed=0
+    )
     assert res["improved"]
     assert res["best"]["heldout"]["fitness"] > res["gen0"]["heldout"]["fitness"]
     assert res["winners"]
@@ -60,7 +62,9 @@ class Killed(BaseException):
 
 
 def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path, monkeypatch):
-    ref = run_evolution(home=tmp_path / "ref", cache=make_cache(), generations=2, children=2)
+    ref = run_evolution(
+        home=pinned_home(tmp_path / "ref"), cache=make_cache(), generations=2, children=2
+    )
 
     cache = make_cache()
     calls = {"n": 0}
@@ -73,7 +77,7 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path, monkeypatch):
         return real(self, *a, **k)
 
     monkeypatch.setattr(type(cache), "score", dying)
-    home = tmp_path / "wb"
+    home = pinned_home(tmp_path / "wb")
     with pytest.raises(Killed):
         run_evolution(home=home, cache=cache, generations=2, children=2)
     on_disk = Archive.load(home / "evolve" / "archive.json")
@@ -100,7 +104,7 @@ def _blocks(path: str, pairs: list[tuple[str, str]]) -> str:
 
 
 def test_a_hacking_edit_that_silences_the_doctor_loses(tmp_path):
-    text = load_scaffold(None).root.joinpath("detectors.yaml").read_text()
+    from evolve_testlib import DETECTORS as text
 
     def line(kind: str, key: str) -> str:  # the shipped line, whatever its value today
         sect = text[text.index(f"\n{kind}:") :]
@@ -110,7 +114,7 @@ def test_a_hacking_edit_that_silences_the_doctor_loses(tmp_path):
     targets = [("divergence", "ratio"), ("divergence", "megatron_ratio"), ("loss_spike", "z")]
     hack = _blocks("detectors.yaml", [(line(k, key), f"  {key}: 1.0e+9") for k, key in targets])
     brain = FakeListChatModel(responses=[hack] * 10)
-    home = tmp_path / "wb"
+    home = pinned_home(tmp_path / "wb")
     cache = make_cache()
     res = run_evolution(home=home, cache=cache, generations=1, children=1, brain=brain)
     node = Archive.load(home / "evolve" / "archive.json").nodes["1-0"]
@@ -126,7 +130,7 @@ def test_a_hacking_edit_that_silences_the_doctor_loses(tmp_path):
         ("loss_spike", "z"),
     ):
         set_detector(silent, kind, key, "1.0e+9")
-    seed = cache.score(load_scaffold(None), "all")
+    seed = cache.score(load_scaffold(copy_scaffold(tmp_path / "pinned")), "all")
     quiet = cache.score(load_scaffold(silent), "all")
     assert quiet["missed"] >= 3 and quiet["fitness"] < seed["fitness"]
     assert not Evolution.beats(
@@ -150,7 +154,7 @@ def test_a_hacking_edit_that_silences_the_doctor_loses(tmp_path):
 )
 def test_an_invalid_edit_is_rejected_without_a_branch(tmp_path, monkeypatch, files, why):
     monkeypatch.setattr(Evolution, "propose", lambda self, parent, rng: Proposal(files, "bad edit"))
-    home = tmp_path / "wb"
+    home = pinned_home(tmp_path / "wb")
     run_evolution(home=home, cache=make_cache(), generations=1, children=1)
     node = Archive.load(home / "evolve" / "archive.json").nodes["1-0"]
     assert node.status == A.INVALID and why in node.error
@@ -162,7 +166,7 @@ def test_an_invalid_edit_is_rejected_without_a_branch(tmp_path, monkeypatch, fil
 def test_llm_brain_gets_its_error_back_then_falls_back_to_rules(tmp_path):
     bad = _blocks("detectors.yaml", [("no such text", "x")])
     brain = FakeListChatModel(responses=[bad, bad])
-    home = tmp_path / "wb"
+    home = pinned_home(tmp_path / "wb")
     run_evolution(home=home, cache=make_cache(), generations=1, children=1, brain=brain)
     node = Archive.load(home / "evolve" / "archive.json").nodes["1-0"]
     assert node.brain == "rules" and node.status != A.INVALID  # rules took over
@@ -178,6 +182,10 @@ def test_cli_init_archive_and_review_show(tmp_path):
     assert out.exit_code == 0, out.output
     assert json.loads(out.output)["created"] is True
     assert not list((home / "scaffold").rglob("*.py"))  # no code in the editable scaffold
+    import shutil
+
+    shutil.rmtree(home)
+    pinned_home(home)
     res = run_evolution(home=home, cache=make_cache(), generations=1, children=2, seed=0)
     out = runner.invoke(app, ["evolve", "archive", "--home", str(home), "--json"])
     assert out.exit_code == 0, out.output
