@@ -28,7 +28,13 @@ import uuid
 import numpy as np
 
 
-def build_store(path: str, runs: int, points: int, seed: int = 0) -> tuple[str, list[str]]:
+def build_store(path: str, runs: int, points: int, seed: int = 0) -> tuple[str, list[str], int]:
+    """Create the store with MLflow, then bulk-insert rows into its tables.
+
+    Rows go in the order of the ``metrics`` primary key (key, timestamp, step, run_uuid), so
+    every insert is an append; MLflow's secondary indexes are dropped during the load and
+    re-created from their own SQL afterwards (the schema ends up exactly MLflow's).
+    """
     import logging
 
     from mlflow.tracking import MlflowClient
@@ -40,64 +46,73 @@ def build_store(path: str, runs: int, points: int, seed: int = 0) -> tuple[str, 
         "bench", artifact_location=tempfile.mkdtemp(prefix="bench-art-")
     )
     rng = np.random.default_rng(seed)
-    now = int(time.time() * 1000)
-    t0 = now - points * 100  # one step every 100 ms, the last one just now
-    ids = [uuid.uuid4().hex for _ in range(runs)]
+    t0 = int(time.time() * 1000) - points * 100  # one step every 100 ms, all runs in step
+    ids = sorted(uuid.uuid4().hex for _ in range(runs))
+    steps = np.arange(points)
+    loss = 3 * np.exp(-steps / (points / 5)) + 1 + 0.02 * rng.standard_normal((runs, points))
+    gn = np.exp(0.1 * rng.standard_normal((runs, points)))
+    for i in range(0, runs, 10):  # a fault every tenth run: divergence, NaN or a blow-up
+        at = int(rng.integers(points // 4, points - 50))
+        kind = (i // 10) % 3
+        if kind == 0:
+            loss[i, at:] += np.linspace(0, 5, points - at)
+        elif kind == 1:
+            loss[i, at:] = np.nan
+        else:
+            gn[i, at] = 1e5
+
     db = sqlite3.connect(path)
+    db.execute("PRAGMA synchronous=OFF")
+    db.execute("PRAGMA journal_mode=MEMORY")
+    indexes = db.execute(
+        "SELECT name, sql FROM sqlite_master WHERE type='index' AND tbl_name='metrics' AND sql IS NOT NULL"
+    ).fetchall()
+    for name, _ in indexes:
+        db.execute(f'DROP INDEX "{name}"')
     db.executemany(
         "INSERT INTO runs (run_uuid, name, source_type, source_name, entry_point_name, user_id, "
         "status, start_time, end_time, source_version, lifecycle_stage, artifact_uri, experiment_id) "
         "VALUES (?, ?, 'LOCAL', '', '', 'bench', 'RUNNING', ?, NULL, '', 'active', ?, ?)",
-        [(rid, f"run-{i}", t0 + i, f"/tmp/none/{rid}", int(exp_id)) for i, rid in enumerate(ids)],
+        [(rid, f"run-{i}", t0, f"/tmp/none/{rid}", int(exp_id)) for i, rid in enumerate(ids)],
     )
-    steps = np.arange(points)
-    ts = (t0 + steps * 100).tolist()
-    step_list = steps.tolist()
-    for i, rid in enumerate(ids):
-        loss = 3 * np.exp(-steps / (points / 5)) + 1 + 0.02 * rng.standard_normal(points)
-        gn = np.exp(0.1 * rng.standard_normal(points))
-        if i % 10 == 0:  # a fault every tenth run: divergence, NaN or a gradient blow-up
-            at = int(rng.integers(points // 4, points - 50))
-            kind = (i // 10) % 3
-            if kind == 0:
-                loss[at:] += np.linspace(0, 5, points - at)
-            elif kind == 1:
-                loss[at:] = np.nan
-            else:
-                gn[at] = 1e5
-        rows = []
-        for key, vals in (("train/loss", loss), ("grad_norm", gn)):
-            nan = np.isnan(vals)
-            v = np.where(nan, 0.0, vals).tolist()
-            rows += zip(
-                [key] * points,
-                v,
-                ts,
-                [rid] * points,
-                step_list,
-                nan.astype(int).tolist(),
-                strict=True,
+    chunk = max(1, 200_000 // runs)
+    for key, vals in (("grad_norm", gn), ("train/loss", loss)):  # PK order: key first
+        nan = np.isnan(vals)
+        clean = np.where(nan, 0.0, vals)
+        for a in range(0, points, chunk):
+            rows = [
+                (key, float(clean[r, s]), t0 + s * 100, ids[r], s, int(nan[r, s]))
+                for s in range(a, min(points, a + chunk))
+                for r in range(runs)
+            ]
+            db.executemany(
+                "INSERT INTO metrics (key, value, timestamp, run_uuid, step, is_nan) VALUES (?,?,?,?,?,?)",
+                rows,
             )
-        db.executemany(
-            "INSERT INTO metrics (key, value, timestamp, run_uuid, step, is_nan) VALUES (?,?,?,?,?,?)",
-            rows,
-        )
         db.executemany(
             "INSERT INTO latest_metrics (key, value, timestamp, step, is_nan, run_uuid) VALUES (?,?,?,?,?,?)",
             [
-                (k, r[1], r[2], r[4], r[5], rid)
-                for k, r in (("train/loss", rows[points - 1]), ("grad_norm", rows[-1]))
+                (
+                    key,
+                    float(clean[r, -1]),
+                    t0 + (points - 1) * 100,
+                    points - 1,
+                    int(nan[r, -1]),
+                    ids[r],
+                )
+                for r in range(runs)
             ],
         )
+    for _, sql in indexes:
+        db.execute(sql)
     db.commit()
     db.close()
-    return uri, ids
+    return uri, ids, t0 + (points - 1) * 100
 
 
-def append_points(path: str, ids: list[str], points: int, new: int) -> None:
+def append_points(path: str, ids: list[str], points: int, new: int, now: int) -> None:
     """``new`` more points per run and metric, as a live training would log them."""
     db = sqlite3.connect(path)
-    now = int(time.time() * 1000)
     rows, latest = [], []
     for rid in ids:
         for key, base in (("train/loss", 1.0), ("grad_norm", 1.0)):
@@ -134,7 +149,7 @@ def main(argv: list[str]) -> None:
         os.unlink(path)
     try:
         t = time.perf_counter()
-        uri, ids = build_store(path, args.runs, args.points)
+        uri, ids, t_end = build_store(path, args.runs, args.points)
         print(
             f"store: {args.runs} runs × {args.points} steps × 2 metrics built in {time.perf_counter() - t:.1f}s",
             flush=True,
@@ -143,12 +158,13 @@ def main(argv: list[str]) -> None:
         client = TrackingClient(uri)
         w = Watcher(client, "bench", sc)
         t = time.perf_counter()
-        full = w.poll()
+        # "now" is just after the last logged point (the store took a while to build).
+        full = w.poll(now_ms=t_end + 1000)
         t_full = time.perf_counter() - t
         failing = sum(v.status == "failing" for v in full)
-        append_points(path, ids, args.points, args.new)
+        append_points(path, ids, args.points, args.new, now=t_end + 2000)
         t = time.perf_counter()
-        inc = w.poll()
+        inc = w.poll(now_ms=t_end + 3000)
         t_inc = time.perf_counter() - t
         assert len(inc) == len(full) == args.runs
         print(

@@ -423,13 +423,9 @@ class TrackingClient:
         import tempfile
 
         def fetch() -> str:
-            from mlflow.artifacts import download_artifacts
-
             with tempfile.TemporaryDirectory() as tmp:
                 try:
-                    local = download_artifacts(
-                        run_id=run_id, artifact_path=path, dst_path=tmp, tracking_uri=self.uri
-                    )
+                    local = self.mlflow.download_artifacts(run_id, path, tmp)
                 except Exception as exc:
                     if _is_transient(exc) and not _is_missing(exc):
                         raise

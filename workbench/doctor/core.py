@@ -12,7 +12,7 @@ import numpy as np
 from scaffold.loader import MetricAliases, Playbook, Scaffold, load_scaffold
 from workbench.doctor import detectors as D
 from workbench.doctor import rules
-from workbench.doctor.series import Series, normalize, resolve_roles
+from workbench.doctor.series import Series, is_falsy, normalize, param_value, resolve_roles
 from workbench.doctor.types import Diagnosis, Finding, Remedy, RunVerdict
 
 _STEP_TIME_ROLE = "step_time"
@@ -48,6 +48,7 @@ def detect_metrics(
     since: Mapping[str, int] | None = None,
     roles: Mapping[str, str] | None = None,
     final: bool = True,
+    params: Mapping[str, str] | None = None,
 ) -> list[Finding]:
     """Findings from metric histories only (no status, no log).  ``final=False`` for a live
     run: a trend still being confirmed at the end of the series does not count yet."""
@@ -58,6 +59,9 @@ def detect_metrics(
     )
     since = since or {}
     th = thresholds if final else {k: {**v, "_final": False} for k, v in thresholds.items()}
+    # Gradient clipping on (a logged, non-zero clip setting) bounds the update of a spike.
+    clip = param_value(params or {}, aliases, "grad_clip")
+    clipped = clip is not None and not is_falsy(clip)
     out: list[Finding] = []
 
     def s_of(role: str) -> Series | None:
@@ -76,24 +80,21 @@ def detect_metrics(
             if f:
                 out.append(f)
     loss = s_of("train_loss")
+    ev = s_of("eval_loss")
     if loss is not None:
-        for fn, kind in ((D.divergence, "divergence"), (D.loss_spike, "loss_spike")):
-            f = fn(loss, th.get(kind, {}), at(loss))
-            if f:
-                out.append(f)
-        f = D.plateau(loss, th.get("plateau", {}))
-        if f:
-            out.append(f)
+        found = [
+            D.divergence(loss, th.get("divergence", {}), at(loss), eval_loss=ev),
+            D.loss_spike(loss, th.get("loss_spike", {}), at(loss)),
+            D.plateau(loss, th.get("plateau", {})),
+        ]
+        out += [f for f in found if f]
     gn = s_of("grad_norm")
     if gn is not None:
-        for fn, kind in (
-            (D.exploding_gradients, "exploding_gradients"),
-            (D.vanishing_gradients, "vanishing_gradients"),
-        ):
-            f = fn(gn, th.get(kind, {}), at(gn))
-            if f:
-                out.append(f)
-    ev = s_of("eval_loss")
+        found = [
+            D.exploding_gradients(gn, th.get("exploding_gradients", {}), at(gn), clipped=clipped),
+            D.vanishing_gradients(gn, th.get("vanishing_gradients", {}), at(gn), loss=loss),
+        ]
+        out += [f for f in found if f]
     if ev is not None:
         f = D.overfitting(ev, loss, th.get("overfitting", {}))
         if f:
@@ -165,6 +166,63 @@ def _order(findings: list[Finding]) -> list[Finding]:
     return sorted(findings, key=lambda f: (f.step is None, f.step or 0, f.kind))
 
 
+# Kinds that are the run-up to a non-finite loss rather than problems of their own.
+_PRECURSORS = ("divergence", "loss_spike", "exploding_gradients", "vanishing_gradients", "plateau")
+
+
+def consolidate(findings: list[Finding], window: int | None = None) -> list[Finding]:
+    """One problem, one finding: when the run went non-finite, the anomalies that led up to
+    it (a spike, a rise, exploding or vanishing gradients shortly before) are its onset, not
+    separate problems.  The earliest ``nan_inf`` absorbs them: its step becomes the first
+    precursor's, its evidence names them."""
+    findings = _absorb_divergence(findings)
+    nans = [f for f in findings if f.kind == "nan_inf" and f.step is not None]
+    if not nans:
+        return findings
+    first_nan = min(nans, key=lambda f: f.step)  # type: ignore[arg-type, return-value]
+    lo = -1 << 62 if window is None else first_nan.step - window  # type: ignore[operator]
+    pre = [
+        f
+        for f in findings
+        if f.kind in _PRECURSORS and f.step is not None and lo <= f.step <= first_nan.step  # type: ignore[operator]
+    ]
+    if not pre:
+        return findings
+    onset = min(f.step for f in pre)  # type: ignore[type-var]
+    what = ", ".join(sorted({f"{f.kind} at step {f.step}" for f in pre}))
+    merged = first_nan.model_copy(
+        update={
+            "step": onset,
+            "evidence": f"{first_nan.evidence}; first went wrong at step {onset} ({what})",
+        }
+    )
+    drop = {id(f) for f in pre} | {id(first_nan)}
+    return _order([merged] + [f for f in findings if id(f) not in drop])
+
+
+def _absorb_divergence(findings: list[Finding], window: int = 50) -> list[Finding]:
+    """Consequences are not causes: a loss that rises right after a gradient blow-up, and
+    experts that die after the loss blew up, belong to the earlier finding."""
+    boom = [f.step for f in findings if f.kind == "exploding_gradients" and f.step is not None]
+    blown = [
+        f.step
+        for f in findings
+        if f.kind in ("divergence", "nan_inf", "exploding_gradients") and f.step is not None
+    ]
+    out = []
+    for f in findings:
+        if (
+            f.step is not None
+            and f.kind == "divergence"
+            and any(0 <= f.step - b <= window for b in boom)
+        ):
+            continue
+        if f.step is not None and f.kind == "expert_collapse" and any(b <= f.step for b in blown):
+            continue
+        out.append(f)
+    return out
+
+
 def detect(
     histories: Mapping[str, Any],
     run_info: Any = None,
@@ -184,9 +242,9 @@ def detect(
     thresholds = thresholds if thresholds is not None else sc.detectors  # type: ignore[union-attr]
     aliases = aliases if aliases is not None else sc.metrics  # type: ignore[union-attr]
     series = series_of(histories)
-    found = detect_metrics(series, thresholds, aliases)
+    found = detect_metrics(series, thresholds, aliases, params=_get(run_info, "params", None))
     found += detect_status(series, run_info, log_text, thresholds, now_ms)
-    return _order(found)
+    return _order(consolidate(found))
 
 
 def diagnose(
@@ -216,6 +274,7 @@ def verdict(
     scaffold: Scaffold,
     status: str | None = None,
 ) -> RunVerdict:
+    findings = _order(consolidate(list(findings)))
     diag, remedies = diagnose(
         findings, params, log_text, scaffold.playbook, aliases=scaffold.metrics, status=status
     )
@@ -267,7 +326,7 @@ def judge(
     found = (
         metric_findings
         if metric_findings is not None
-        else detect_metrics(series, sc.detectors, sc.metrics)
+        else detect_metrics(series, sc.detectors, sc.metrics, params=info.params)
     )
     status = info.status
     pre = found + detect_status(series, info, None, sc.detectors, now_ms)

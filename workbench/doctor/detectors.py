@@ -144,9 +144,30 @@ def nan_inf(s: Series, th: dict[str, Any], since: int = 0) -> Finding | None:
     )
 
 
-def divergence(s: Series, th: dict[str, Any], since: int = 0) -> Finding | None:
-    """The loss leaves its best value for good: ``persist`` points above ratio × running min
-    (and min_delta above it), or one point above ``megatron_ratio`` × the running max."""
+def divergence(
+    s: Series, th: dict[str, Any], since: int = 0, *, eval_loss: Series | None = None
+) -> Finding | None:
+    """The loss leaves its best value: ``persist`` points above ratio × running min (and
+    min_delta above it), or one point above ``megatron_ratio`` × the running max.
+
+    When the run has an eval loss, it must agree: the model got worse, not just the training
+    batches (corrupted batches raise the training loss while held-out loss stays put)."""
+    f = _divergence(s, th, since)
+    if f is None or eval_loss is None or len(eval_loss) < 2 or f.step is None:
+        return f
+    ev = eval_loss.values
+    before = ev[eval_loss.steps <= f.step]
+    after = ev[eval_loss.steps > f.step]
+    if len(before) == 0 or len(after) == 0:
+        return f  # nothing to compare yet
+    best = float(np.nanmin(before)) if np.isfinite(before).any() else np.nan
+    worst = float(np.nanmax(np.where(np.isfinite(after), after, np.inf)))
+    if np.isfinite(best) and worst <= best * th.get("eval_ratio", 1.3) + 1e-12:
+        return None
+    return f
+
+
+def _divergence(s: Series, th: dict[str, Any], since: int = 0) -> Finding | None:
     x = s.values
     fin = np.isfinite(x)
     if fin.sum() < 3:
@@ -211,7 +232,9 @@ def loss_spike(s: Series, th: dict[str, Any], since: int = 0) -> Finding | None:
 
 def plateau(s: Series, th: dict[str, Any], since: int = 0) -> Finding | None:
     """The loss did not improve over the whole run (a relative gain below min_improvement)."""
-    x = _finite_prefix(s.values)
+    if not np.all(np.isfinite(s.values)):
+        return None  # a run that went non-finite did not "plateau" (nan_inf's business)
+    x = s.values
     n = len(x)
     if n < th.get("min_points", 40):
         return None
@@ -232,8 +255,15 @@ def plateau(s: Series, th: dict[str, Any], since: int = 0) -> Finding | None:
     )
 
 
-def exploding_gradients(s: Series, th: dict[str, Any], since: int = 0) -> Finding | None:
+def exploding_gradients(
+    s: Series, th: dict[str, Any], since: int = 0, *, clipped: bool = False
+) -> Finding | None:
+    """A grad norm far above its robust baseline.  With gradient clipping on, the logged
+    (pre-clip) norm may spike while the update stays bounded: the bar is ``clip_factor``
+    times higher then."""
     x = s.values
+    ratio = th.get("ratio", 100.0) * (th.get("clip_factor", 100.0) if clipped else 1.0)
+    abs_max = th.get("abs_max", 1e4) * (th.get("clip_factor", 100.0) if clipped else 1.0)
     inf_idx = np.flatnonzero(np.isposinf(x[since:]))
     y = np.log10(np.maximum(_ffill_finite(x), 1e-30))
     med, mad = rolling_baseline(
@@ -246,8 +276,8 @@ def exploding_gradients(s: Series, th: dict[str, Any], since: int = 0) -> Findin
     scale = np.maximum(1.4826 * mad, 0.05)
     with np.errstate(invalid="ignore"):
         z = (y - med) / scale
-        hit = (z > th.get("z", 8.0)) & (y > med + np.log10(th.get("ratio", 8.0)))
-    hit |= np.isfinite(x) & (x > th.get("abs_max", 1e4))
+        hit = (z > th.get("z", 8.0)) & (y > med + np.log10(ratio))
+    hit |= np.isfinite(x) & (x > abs_max)
     idx = np.flatnonzero(hit[since:])
     cands = [int(idx[0]) + since] if len(idx) else []
     if len(inf_idx):
@@ -265,7 +295,11 @@ def exploding_gradients(s: Series, th: dict[str, Any], since: int = 0) -> Findin
     )
 
 
-def vanishing_gradients(s: Series, th: dict[str, Any], since: int = 0) -> Finding | None:
+def vanishing_gradients(
+    s: Series, th: dict[str, Any], since: int = 0, *, loss: Series | None = None
+) -> Finding | None:
+    """The grad norm collapses while the loss is still high (tiny gradients at a near-zero
+    loss are convergence, not a problem)."""
     x = s.values
     fin = np.isfinite(x)
     if fin.sum() < th.get("min_points", 20):
@@ -273,6 +307,10 @@ def vanishing_gradients(s: Series, th: dict[str, Any], since: int = 0) -> Findin
     early = x[fin][: max(5, int(fin.sum() * 0.1))]
     ref = float(np.median(early))
     low = fin & ((x < th.get("ratio", 1e-3) * ref) | (np.abs(x) < th.get("abs_min", 1e-8)))
+    if loss is not None and len(loss):
+        lv = np.interp(s.steps, loss.steps, _ffill_finite(loss.values))
+        l0 = float(np.median(_ffill_finite(loss.values)[: max(3, len(loss) // 20)]))
+        low &= lv > th.get("loss_frac", 0.1) * l0
     i = _first_run(low, int(th.get("persist", 5)), since, th.get("_final", True))
     if i is None:
         return None
@@ -297,7 +335,22 @@ def overfitting(ev: Series, tr: Series | None, th: dict[str, Any]) -> Finding | 
     best = float(x[m])
     limit = best + abs(best) * th.get("rise", 0.05)
     if not np.all(x[n - persist :] > limit):
-        return None
+        # Or: eval loss stalled for `stall_evals` evals while the train loss kept falling.
+        m = int(np.argmin(x))
+        stall = int(th.get("stall_evals", 4))
+        if n - 1 - m < stall or tr is None or not len(tr):
+            return None
+        t_at, t_end = _value_at(tr, int(ev.steps[m])), _value_at(tr, int(ev.steps[-1]))
+        if t_at is None or t_end is None or t_end > t_at * (1 - th.get("train_drop", 0.15)):
+            return None
+        best = float(x[m])
+        return Finding(
+            kind="overfitting",
+            metric=ev.name,
+            step=int(ev.steps[m]),
+            severity=0.6,
+            evidence=f"{ev.name} stopped improving at {_fmt(best)} (step {ev.steps[m]}) for {n - 1 - m} evals while {tr.name} fell {_fmt(t_at)} → {_fmt(t_end)}",
+        )
     rise_at = m + 1 + int(np.argmax(x[m + 1 :] > limit))
     if tr is not None and len(tr):
         t_at = _value_at(tr, int(ev.steps[m]))
@@ -343,7 +396,9 @@ def expert_collapse(
             mask = x < th.get("entropy_frac", 0.5) * ref
         mask = mask & np.isfinite(x)
         mask[:w] = False
-        i = _first_run(mask, persist, since, th.get("_final", True))
+        # Early training balances experts noisily: a high max/mean load needs a longer run.
+        need = int(th.get("load_persist", persist)) if kind == "load" else persist
+        i = _first_run(mask, need, since, th.get("_final", True))
         if i is not None:
             cands.append((int(s.steps[i]), s, kind))
     if not cands:
@@ -365,9 +420,15 @@ def expert_collapse(
 def throughput_drop(
     s: Series, th: dict[str, Any], since: int = 0, *, higher_is_worse: bool = False
 ) -> Finding | None:
-    """Throughput below ``drop`` × its rolling median (or step time above 1/drop ×), sustained."""
+    """Throughput falls below ``drop`` × its rolling median and stays there.
+
+    Throughput is noisy (other processes, GC, eval pauses), so one point means nothing: the
+    median of the *next* ``persist`` points must be below ``drop`` × the median of the
+    ``window`` points before, and so must the median of the run's last ``persist`` points.
+    """
     x = s.values
-    if len(x) <= th.get("min_history", 10):
+    persist = int(th.get("persist", 16))
+    if len(x) <= th.get("min_history", 10) + persist:
         return None
     y = _ffill_finite(x)
     if higher_is_worse:
@@ -379,18 +440,33 @@ def throughput_drop(
         int(th.get("min_history", 10)),
         since,
     )
+    fwd = _row_median(
+        np.lib.stride_tricks.sliding_window_view(y, persist)
+    )  # fwd[i]: y[i:i+persist]
+    tail = float(np.median(y[-persist:]))
+    drop = th.get("drop", 0.6)
     with np.errstate(invalid="ignore"):
-        low = y < th.get("drop", 0.6) * med
-    i = _first_run(low, int(th.get("persist", 5)), since, th.get("_final", True))
+        bad = (fwd < drop * med[: len(fwd)]) & (tail < drop * med[: len(fwd)])
+    # …and most points from there on are slow (a busy machine slows a run for a while; a
+    # slow input pipeline slows it for good).
+    sustain = th.get("sustain", 0.6)
+    i = None
+    for c in np.flatnonzero(bad[since:])[:64] + since:
+        if np.mean(y[c:] < drop * med[c]) >= sustain:
+            i = int(c)
+            break
     if i is None:
         return None
+    base = float(med[i])
+    # The onset is the first slow point of that window.
+    j = i + int(np.argmax(y[i : i + persist] < drop * base))
     shown = (lambda v: 1.0 / v) if higher_is_worse else (lambda v: v)
     return Finding(
         kind="throughput_drop",
         metric=s.name,
-        step=int(s.steps[i]),
-        severity=float(min(1.0, 1 - y[i] / med[i])) if med[i] > 0 else 0.5,
-        evidence=f"{s.name} = {_fmt(shown(y[i]))} at step {s.steps[i]} vs {_fmt(shown(med[i]))} before ({100 * (1 - y[i] / med[i]):.0f}% slower)",
+        step=int(s.steps[j]),
+        severity=float(min(1.0, max(0.0, 1 - fwd[i] / base))) if base > 0 else 0.5,
+        evidence=f"{s.name} median {_fmt(shown(fwd[i]))} from step {s.steps[j]} vs {_fmt(shown(base))} before ({100 * (1 - fwd[i] / base):.0f}% slower), still {_fmt(shown(tail))} at the end",
     )
 
 

@@ -220,6 +220,7 @@ class Watcher:
                 since=since,
                 roles=st.roles,
                 final=final,
+                params=st.info.params,
             )
             st.metric_findings = _merge(st.metric_findings, found) if since else found
             st.judged = {k: len(v) for k, v in st.series.items()}
