@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any, Protocol
@@ -117,7 +118,13 @@ class MlflowTracker:
         self.run_id: str | None = run.info.run_id
         self.flush_every_s = flush_every_s
         self._buffer: list = []
+        self._lock = threading.Lock()
         self._last_flush = time.monotonic()
+        # A background flush, so the last points reach the store even if the loop then blocks
+        # forever (a hung run must show when it stopped).
+        self._stop = threading.Event()
+        self._flusher = threading.Thread(target=self._flush_loop, daemon=True, name="mlflow-flush")
+        self._flusher.start()
         self._monitor = None
         if system_metrics:
             try:
@@ -148,20 +155,30 @@ class MlflowTracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self._buffer.extend(Metric(k, float(v), now, step) for k, v in metrics.items())
+        with self._lock:
+            self._buffer.extend(Metric(k, float(v), now, step) for k, v in metrics.items())
         if time.monotonic() - self._last_flush >= self.flush_every_s:
             self.flush()
 
+    def _flush_loop(self) -> None:
+        while not self._stop.wait(self.flush_every_s):
+            try:
+                self.flush()
+            except Exception:  # the loop's own flush will raise it
+                pass
+
     def flush(self) -> None:
-        while self._buffer:
-            chunk, self._buffer = self._buffer[:1000], self._buffer[1000:]
-            self.client.log_batch(self.run_id, metrics=chunk)
-        self._last_flush = time.monotonic()
+        with self._lock:
+            while self._buffer:
+                chunk, self._buffer = self._buffer[:1000], self._buffer[1000:]
+                self.client.log_batch(self.run_id, metrics=chunk)
+            self._last_flush = time.monotonic()
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
     def finish(self, status: str) -> None:
+        self._stop.set()
         try:
             self.flush()
         finally:
