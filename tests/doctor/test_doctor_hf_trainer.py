@@ -49,7 +49,10 @@ def test_diagnose_a_hf_trainer_run(store, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_MLFLOW_LOG_ARTIFACTS", "0")
     _train(tmp_path, "ok", lr=5e-3, max_grad_norm=1.0)
     _train(tmp_path, "blowup", lr=1e4, max_grad_norm=0.0)  # no clipping, absurd lr
-    runs = {r.info.run_name: r for r in store.client.search_runs([store.experiment("hf")])}
+    runs = {
+        r.info.run_name: r
+        for r in store.client.search_runs([store.client.get_experiment_by_name("hf").experiment_id])
+    }
     assert {"loss", "grad_norm", "learning_rate", "eval_loss", "train_loss"} <= set(
         runs["ok"].data.metrics
     )
