@@ -365,6 +365,48 @@ class TrackingClient:
             keys = self.run(run_id).metric_keys
         return {k: self.history(run_id, k) for k in keys}
 
+    def bulk_histories(
+        self, experiment: str, run_ids: set[str] | None = None
+    ) -> dict[str, dict[str, tuple[History, Cursor]]] | None:
+        """Every metric history of an experiment in one sequential scan of MLflow's ``metrics``
+        table (sqlite only; None elsewhere).  Rows of concurrent runs are interleaved on disk,
+        so one scan beats a per-run index lookup by far on a full pass."""
+        db = self._sql()
+        if db is None:
+            return None
+        exp_id = self.experiment_id(experiment)
+
+        def scan() -> dict[str, dict[str, list[tuple[Any, ...]]]]:
+            wanted = run_ids
+            if wanted is None:
+                wanted = {
+                    r[0]
+                    for r in db.execute(
+                        "SELECT run_uuid FROM runs WHERE experiment_id=? AND lifecycle_stage='active'",
+                        (exp_id,),
+                    )
+                }
+            grouped: dict[str, dict[str, list[tuple[Any, ...]]]] = {}
+            cur = db.execute(
+                "SELECT run_uuid, key, step, timestamp, value, is_nan FROM metrics NOT INDEXED"
+            )
+            while True:
+                rows = cur.fetchmany(100_000)
+                if not rows:
+                    return grouped
+                for rid, key, *rest in rows:
+                    if rid in wanted:
+                        grouped.setdefault(rid, {}).setdefault(key, []).append(rest)
+
+        grouped = self._call(f"metrics of {experiment!r}", scan)
+        out: dict[str, dict[str, tuple[History, Cursor]]] = {}
+        for rid, by_key in grouped.items():
+            out[rid] = {}
+            for key, rows in by_key.items():
+                h = _history(rows)
+                out[rid][key] = (h, _cursor_of(h))  # type: ignore[assignment]
+        return out
+
     def new_points(
         self, run_id: str, key: str, cursor: Cursor | None
     ) -> tuple[History, Cursor | None]:

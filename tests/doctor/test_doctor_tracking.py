@@ -81,3 +81,24 @@ def test_unreachable_server_is_retried_then_one_error():
         client.runs("exp")
     assert "\n" not in str(exc.value)
     assert sleeps == [0.25, 0.5]  # exponential backoff between the attempts
+
+
+def test_bulk_first_pass_equals_per_run_reads(store):
+    """A first pass over many runs reads all histories in one scan; verdicts are the same."""
+    from scaffold.loader import load_scaffold
+    from workbench.doctor.core import diagnose_run
+    from workbench.doctor.watch import Watcher
+
+    rng = np.random.default_rng(0)
+    for i in range(24):
+        x = 3 * np.exp(-np.arange(150) / 30) + 1 + 0.02 * rng.standard_normal(150)
+        if i % 4 == 0:
+            x[100 + i :] = np.nan
+        store.log_run({"train/loss": (range(150), x), "grad_norm": (range(150), np.ones(150))})
+    client = TrackingClient(store.uri)
+    sc = load_scaffold(None)
+    bulk = {v.run_id: v for v in Watcher(client, "exp", sc).poll()}
+    assert len(bulk) == 24
+    for rid, v in bulk.items():
+        assert v == diagnose_run(client, rid, sc)
+    assert sum(v.status == "failing" for v in bulk.values()) == 6

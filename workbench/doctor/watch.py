@@ -59,6 +59,7 @@ class RunState:
     verdict: RunVerdict | None = None
     log_text: str | None = None  # fetched when it first matters, again when the status changes
     log_status: str | None = None
+    fresh: bool = False  # histories just loaded in bulk, not judged yet
 
 
 def status_or_new(st: RunState, status: str) -> bool:
@@ -177,6 +178,21 @@ class Watcher:
         for rid in list(self.runs):
             if rid not in snap:
                 del self.runs[rid]  # deleted run
+        if len(new_ids) > 20:
+            # Many new runs (a first pass): one sequential scan instead of a lookup per run.
+            bulk = self.client.bulk_histories(self.experiment, set(new_ids))
+            for rid, by_key in (bulk or {}).items():
+                st = self.runs.get(rid)
+                if st is None:
+                    continue
+                for key, (h, cur) in by_key.items():
+                    st.raw[key] = h
+                    st.cursors[key] = cur
+                    st.series[key] = normalize(key, h)
+                st.roles = resolve_roles(
+                    {k: len(v) for k, v in st.series.items()}, self.scaffold.metrics
+                )
+                st.fresh = True
         total = len(snap)
         for i, (rid, sn) in enumerate(snap.items()):
             st = self.runs.get(rid)
@@ -205,6 +221,9 @@ class Watcher:
             st.series[key] = _append(st.series.get(key), key, new, st.raw[key])
             changed.append(key)
         final = st.info.status != "RUNNING"
+        if st.fresh:
+            changed = changed or list(st.series)
+            st.fresh = False
         if changed or st.verdict is None or status_changed:
             if changed and set(changed) - set(st.judged):
                 st.roles = resolve_roles(
