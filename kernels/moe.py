@@ -134,6 +134,18 @@ def _gmm_wgrad(
 ) -> torch.Tensor:
     """Per group a_g^T b_g for a [M, P], b [M, Q] -> [G, P, Q] (zeros for empty groups)."""
     at = a.t()
+    if a.device.type == "cpu":
+        # One mm per expert straight into a recycled buffer: the CPU's grouped_mm zero-fills a
+        # fresh [G, P, Q] first, and fresh multi-MB buffers cost page faults on every step.
+        out = _GRAD_POOL.take((len(counts), a.shape[1], b.shape[1]), a.dtype, a.device)
+        start = 0
+        for g, n in enumerate(counts):
+            if n:
+                torch.mm(at[:, start : start + n], b[start : start + n], out=out[g])
+            else:
+                out[g].zero_()
+            start += n
+        return out
     if _grouped_ok(at, b):
         return F.grouped_mm(at, b, offs=offs)
     out = a.new_zeros(len(counts), a.shape[1], b.shape[1])
@@ -143,6 +155,38 @@ def _gmm_wgrad(
             torch.mm(at[:, start : start + n], b[start : start + n], out=out[g])
         start += n
     return out
+
+
+class _GradPool:
+    """Recycled storages for the expert weight gradients on the CPU.
+
+    The expert gradients are the largest tensors of a step (as big as the expert weights). The
+    CPU allocator hands such blocks back to the OS when ``zero_grad(set_to_none=True)`` drops
+    them, so every step pays page faults to get them again; here a storage is handed out again
+    only once nothing but the pool refers to it (its use count is 1), so a gradient the caller
+    still holds (accumulation, a saved copy) is never overwritten. ``clear()`` frees them all.
+    """
+
+    def __init__(self, max_per_shape: int = 32) -> None:
+        self.max_per_shape = max_per_shape
+        self._storages: dict[tuple, list[torch.UntypedStorage]] = {}
+
+    def take(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device):
+        key = (shape, dtype, device)
+        pool = self._storages.setdefault(key, [])
+        for st in pool:
+            if torch._C._storage_Use_Count(st._cdata) == 1:
+                return torch.empty(0, dtype=dtype, device=device).set_(st, 0, shape)
+        out = torch.empty(shape, dtype=dtype, device=device)
+        if len(pool) < self.max_per_shape:
+            pool.append(out.untyped_storage())
+        return out
+
+    def clear(self) -> None:
+        self._storages.clear()
+
+
+_GRAD_POOL = _GradPool()
 
 
 def sort_by_expert(topk_ids: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
