@@ -24,7 +24,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from model.config import MiniMaxM2Config
-from workbench.errors import BadInputError
+from model.errors import BadInputError
 
 CONFIG_FILE = "config.json"
 SINGLE_FILE = "model.safetensors"

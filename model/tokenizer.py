@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from workbench.errors import BadInputError
+from model.errors import BadInputError
 
 BOS, EOS, TURN, PAD = "]~!b[", "[e~[", "]~b]", "]!p~["
 SPECIAL_TOKENS = [

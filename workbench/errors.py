@@ -1,20 +1,11 @@
-"""Errors that the CLI turns into one clear line and a non-zero exit."""
+"""Errors that the CLI turns into one clear line and a non-zero exit.
+
+The classes are defined in ``model.errors`` so that lower layers (model, trainer) raise the
+same errors without importing ``workbench``.
+"""
 
 from __future__ import annotations
 
+from model.errors import BadInputError, WorkbenchError
 
-class WorkbenchError(Exception):
-    """A user-facing error: the message is printed as one line, exit code ``exit_code``."""
-
-    exit_code = 1
-
-    def __init__(self, message: str, exit_code: int | None = None) -> None:
-        super().__init__(message)
-        if exit_code is not None:
-            self.exit_code = exit_code
-
-
-class BadInputError(WorkbenchError):
-    """Invalid user input (config, ids, paths): exit code 2."""
-
-    exit_code = 2
+__all__ = ["BadInputError", "WorkbenchError"]

@@ -27,7 +27,7 @@ def _device_dtype(device: str | None) -> tuple[str, torch.dtype]:
 
 
 def check_model_dir(path: str | Path) -> Path:
-    from workbench.errors import BadInputError
+    from model.errors import BadInputError
 
     path = Path(path)
     if not (path / "config.json").is_file():
@@ -103,7 +103,7 @@ def vllm_command(
 
 def exec_vllm(model_dir: str | Path, host: str, port: int, model_name: str | None = None) -> None:
     """Replace this process with `vllm serve` (GPU machines); one clear error without vLLM."""
-    from workbench.errors import WorkbenchError
+    from model.errors import WorkbenchError
 
     check_model_dir(model_dir)
     exe = shutil.which("vllm")
