@@ -62,7 +62,7 @@ def generate(
         stops = torch.tensor(list(stop_token_ids), dtype=torch.long, device=input_ids.device)
         finished = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
         tokens = input_ids
-        out = model(input_ids, attention_mask=attention_mask, use_cache=True)
+        out = model(input_ids, attention_mask=attention_mask, use_cache=True, logits_to_keep=1)
         cache = out.past_key_values
         for _ in range(max_new_tokens):
             nxt = sample_next(out.logits[:, -1], temperature, top_p, generator)
@@ -76,7 +76,11 @@ def generate(
             if tokens.shape[1] - input_ids.shape[1] == max_new_tokens:
                 break  # no need to run the model for a token we will not sample
             out = model(
-                nxt[:, None], attention_mask=attention_mask, past_key_values=cache, use_cache=True
+                nxt[:, None],
+                attention_mask=attention_mask,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
             )
         return tokens
     finally:

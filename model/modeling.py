@@ -68,28 +68,65 @@ class RotaryEmbedding(nn.Module):
 
 # ---------------------------------------------------------------------------- KV cache
 class KVCache:
-    """Per-layer keys/values (B, n_kv, S, D), grown by concatenation. The caller keeps the
+    """Per-layer keys/values (B, n_kv, S, D) in preallocated buffers: new tokens are written in
+    place and the buffer grows geometrically, so a decode step copies one token, not the whole
+    cache. ``keys[i]`` / ``values[i]`` are views of the filled part. The caller keeps the
     attention mask of all positions so far (see ``generate``)."""
 
     def __init__(self, num_layers: int) -> None:
-        self.keys: list[torch.Tensor | None] = [None] * num_layers
-        self.values: list[torch.Tensor | None] = [None] * num_layers
+        self._k: list[torch.Tensor | None] = [None] * num_layers
+        self._v: list[torch.Tensor | None] = [None] * num_layers
+        self._len = [0] * num_layers
+
+    @property
+    def keys(self) -> list[torch.Tensor | None]:
+        return [None if b is None else b[:, :, :n] for b, n in zip(self._k, self._len, strict=True)]
+
+    @property
+    def values(self) -> list[torch.Tensor | None]:
+        return [None if b is None else b[:, :, :n] for b, n in zip(self._v, self._len, strict=True)]
 
     def get_seq_length(self) -> int:
-        k = self.keys[0]
-        return 0 if k is None else k.shape[2]
+        return self._len[0]
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
-        if self.keys[layer] is not None:
-            k = torch.cat([self.keys[layer], k], dim=2)
-            v = torch.cat([self.values[layer], v], dim=2)
-        self.keys[layer], self.values[layer] = k, v
-        return k, v
+        n, T = self._len[layer], k.shape[2]
+        buf_k, buf_v = self._k[layer], self._v[layer]
+        if torch.is_grad_enabled() and (k.requires_grad or v.requires_grad):
+            # Differentiable use: in-place writes would clobber tensors autograd saved.
+            if n:
+                k = torch.cat([buf_k[:, :, :n], k], dim=2)
+                v = torch.cat([buf_v[:, :, :n], v], dim=2)
+            self.set(layer, k, v)
+            return k, v
+        if buf_k is None or n + T > buf_k.shape[2]:
+            cap = max(2 * (n + T), 64)
+            shape = (*k.shape[:2], cap, k.shape[3])
+            new_k, new_v = k.new_empty(shape), v.new_empty(shape)
+            if n:
+                new_k[:, :, :n] = buf_k[:, :, :n]
+                new_v[:, :, :n] = buf_v[:, :, :n]
+            self._k[layer], self._v[layer] = buf_k, buf_v = new_k, new_v
+        buf_k[:, :, n : n + T] = k
+        buf_v[:, :, n : n + T] = v
+        self._len[layer] = n + T
+        return buf_k[:, :, : n + T], buf_v[:, :, : n + T]
+
+    def set(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Replace one layer's contents (e.g. after merging batches); later updates append."""
+        self._k[layer], self._v[layer], self._len[layer] = k, v, k.shape[2]
 
     def reorder(self, index: torch.Tensor) -> None:
         """Keep only the batch rows in ``index`` (e.g. to drop finished sequences)."""
-        self.keys = [None if k is None else k[index] for k in self.keys]
-        self.values = [None if v is None else v[index] for v in self.values]
+        for i, n in enumerate(self._len):
+            if self._k[i] is not None:
+                self.set(i, self._k[i][index, :, :n], self._v[i][index, :, :n])
+
+    def crop_left(self, lead: int) -> None:
+        """Drop the first ``lead`` positions of every layer (padding no row needs any more)."""
+        for i, n in enumerate(self._len):
+            if self._k[i] is not None:
+                self.set(i, self._k[i][:, :, lead:n], self._v[i][:, :, lead:n])
 
 
 # ---------------------------------------------------------------------------- attention
@@ -178,7 +215,9 @@ class SparseMoeBlock(nn.Module):
         self.register_buffer("e_score_correction_bias", torch.zeros(config.num_local_experts))
         self.last_stats: dict[str, torch.Tensor] | None = None
 
-    def forward(self, x: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, token_mask: torch.Tensor | None = None, stats: bool = True
+    ) -> torch.Tensor:
         B, T, H = x.shape
         flat = x.reshape(-1, H)
         logits = F.linear(flat.float(), self.gate.weight.float())  # the router runs in fp32
@@ -193,9 +232,12 @@ class SparseMoeBlock(nn.Module):
             topk_ids,
             backend=backend,
         )
-        self.last_stats = router_stats(
-            torch.sigmoid(logits.detach()), topk_ids, self.num_experts, token_mask
-        )
+        if not stats or torch.is_inference_mode_enabled():
+            self.last_stats = None  # generation / serving: nobody reads them, skip the small ops
+        else:
+            self.last_stats = router_stats(
+                torch.sigmoid(logits.detach()), topk_ids, self.num_experts, token_mask
+            )
         return out.view(B, T, H)
 
 
@@ -208,9 +250,9 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, x, cos, sin, mask, cache, token_mask=None):
+    def forward(self, x, cos, sin, mask, cache, token_mask=None, stats: bool = True):
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache)
-        return x + self.mlp(self.post_attention_layernorm(x), token_mask)
+        return x + self.mlp(self.post_attention_layernorm(x), token_mask, stats)
 
 
 class MTPModule(nn.Module):
@@ -339,7 +381,10 @@ class MiniMaxM2ForCausalLM(nn.Module):
         past_key_values: KVCache | None = None,
         use_cache: bool = False,
         labels: torch.Tensor | None = None,
+        logits_to_keep: int = 0,
     ) -> CausalLMOutput:
+        """``logits_to_keep`` > 0: compute the LM head on the last that many positions only
+        (generation needs the last one); ignored when ``labels`` asks for the loss."""
         B, T = input_ids.shape
         cache = past_key_values
         if use_cache and cache is None:
@@ -366,13 +411,16 @@ class MiniMaxM2ForCausalLM(nn.Module):
         cos, sin = self.model.rotary_emb(position_ids, x.dtype)
         mask = build_attention_mask(attention_mask, T, past)
         token_mask = None if attention_mask is None else attention_mask[:, -T:].reshape(-1)
+        # Router stats are training metrics: skip them when decoding against a KV cache.
+        stats = cache is None
         for layer in self.model.layers:
-            x = layer(x, cos, sin, mask, cache, token_mask)
-        logits = self.lm_head(self.model.norm(x))
+            x = layer(x, cos, sin, mask, cache, token_mask, stats)
+        h = x if logits_to_keep <= 0 or labels is not None else x[:, -logits_to_keep:]
+        logits = self.lm_head(self.model.norm(h))
 
         out = CausalLMOutput(
             logits=logits,
-            router_stats=[blk.last_stats for blk in self.moe_blocks],
+            router_stats=[blk.last_stats for blk in self.moe_blocks if blk.last_stats is not None],
             past_key_values=cache if use_cache else None,
             hidden_states=x,
         )

@@ -255,7 +255,9 @@ class Engine:
             mask[i, P - n :] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
         pos = (mask.cumsum(-1) - 1).clamp_min(0)
-        out = self.model(ids, attention_mask=mask, position_ids=pos, use_cache=True)
+        out = self.model(
+            ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1
+        )
         toks, lps = self._sample(out.logits[:, -1], seqs)
         keep = [i for i, s in enumerate(seqs) if not self._record(s, toks[i], lps[i])]
         if not keep:
@@ -272,12 +274,13 @@ class Engine:
             self._running, self._cache, self._mask = seqs, cache, mask
             return
         S = max(self._mask.shape[1], mask.shape[1])
-        for layer in range(len(cache.keys)):
-            for name in ("keys", "values"):
-                old, new = getattr(self._cache, name)[layer], getattr(cache, name)[layer]
-                getattr(self._cache, name)[layer] = torch.cat(
-                    [_pad_left(old, S, 2), _pad_left(new, S, 2)], dim=0
-                )
+        old_k, old_v, new_k, new_v = self._cache.keys, self._cache.values, cache.keys, cache.values
+        for layer in range(len(old_k)):
+            self._cache.set(
+                layer,
+                torch.cat([_pad_left(old_k[layer], S, 2), _pad_left(new_k[layer], S, 2)], dim=0),
+                torch.cat([_pad_left(old_v[layer], S, 2), _pad_left(new_v[layer], S, 2)], dim=0),
+            )
         self._mask = torch.cat([_pad_left(self._mask, S, 1), _pad_left(mask, S, 1)], dim=0)
         self._running = self._running + seqs
 
@@ -295,6 +298,7 @@ class Engine:
             position_ids=pos,
             past_key_values=self._cache,
             use_cache=True,
+            logits_to_keep=1,
         )
         self._cache = out.past_key_values
         self.stats["steps"] += 1
@@ -316,8 +320,7 @@ class Engine:
         lead = int(self._mask.argmax(dim=1).min())  # first real column of the least-padded row
         if lead > 0:
             self._mask = self._mask[:, lead:]
-            self._cache.keys = [k[:, :, lead:] for k in self._cache.keys]
-            self._cache.values = [v[:, :, lead:] for v in self._cache.values]
+            self._cache.crop_left(lead)
 
     def _drop_cancelled(self) -> None:
         keep = [i for i, s in enumerate(self._running) if not s.cancelled]
