@@ -274,13 +274,15 @@ def fused_moe_torch(
     needs_grad = torch.is_grad_enabled() and any(
         t.requires_grad for t in (x, topk_weights, w_gate_up, w_down)
     )
-    if not needs_grad and x.shape[0] <= SMALL_T:
+    num_tokens, top_k = topk_ids.shape
+    if not needs_grad and num_tokens <= SMALL_T and num_tokens * top_k >= w_gate_up.shape[0]:
         return fused_moe_small(x, w_gate_up, w_down, topk_weights, topk_ids)
     return GroupedMoE.apply(x.contiguous(), topk_weights, w_gate_up, w_down, topk_ids)
 
 
-# Decode fast path: at a handful of tokens the sort / bincount / per-expert loop of the grouped
-# path costs more than the arithmetic, so use two or three batched ops instead.
+# Decode fast path: with at least as many routed slots as experts (a decode batch), running
+# every expert densely on every token is three big ops instead of the sort / bincount /
+# per-expert loop of the grouped path. Fewer slots: the grouped path touches fewer weights.
 SMALL_T = 64
 
 
@@ -291,25 +293,16 @@ def fused_moe_small(
     topk_weights: torch.Tensor,
     topk_ids: torch.Tensor,
 ) -> torch.Tensor:
-    """Inference path for few tokens. When the T*k routed slots cover at least half the experts,
-    run every expert densely on every token (one mm + one bmm, routing weights zero for the
-    experts not chosen); otherwise gather the chosen experts' weights per slot and use bmm."""
-    num_tokens, top_k = topk_ids.shape
+    """Inference path for few tokens: every expert on every token (one mm + one bmm), the
+    routing weights zero for the experts not chosen. Same sum as the sparse paths."""
+    num_tokens = topk_ids.shape[0]
     E, two_i, H = w_gate_up.shape
     inter = two_i // 2
-    if 2 * num_tokens * top_k >= E:
-        gu = (x @ w_gate_up.reshape(E * two_i, H).t()).view(num_tokens, E, two_i)
-        dense_w = x.new_zeros(num_tokens, E).scatter_(1, topk_ids, topk_weights.to(x.dtype))
-        act = F.silu(gu[..., :inter]).mul_(gu[..., inter:]).mul_(dense_w.unsqueeze(-1))
-        y = torch.bmm(act.transpose(0, 1), w_down.transpose(1, 2))  # [E, T, H]
-        return y.sum(0)
-    ids = topk_ids.reshape(-1)
-    xs = x.repeat_interleave(top_k, 0).unsqueeze(-1)  # [T*k, H, 1]
-    gu = torch.bmm(w_gate_up.index_select(0, ids), xs).squeeze(-1)  # [T*k, 2I]
-    act = F.silu(gu[:, :inter]).mul_(gu[:, inter:])
-    act.mul_(topk_weights.reshape(-1, 1).to(x.dtype))
-    y = torch.bmm(w_down.index_select(0, ids), act.unsqueeze(-1)).squeeze(-1)  # [T*k, H]
-    return y.view(num_tokens, top_k, H).sum(1)
+    gu = (x @ w_gate_up.reshape(E * two_i, H).t()).view(num_tokens, E, two_i)
+    dense_w = x.new_zeros(num_tokens, E).scatter_(1, topk_ids, topk_weights.to(x.dtype))
+    act = F.silu(gu[..., :inter]).mul_(gu[..., inter:]).mul_(dense_w.unsqueeze(-1))
+    y = torch.bmm(act.transpose(0, 1), w_down.transpose(1, 2))  # [E, T, H]
+    return y.sum(0)
 
 
 # ---------------------------------------------------------------------------------------------

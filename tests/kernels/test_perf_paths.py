@@ -1,5 +1,5 @@
 """The fast paths added for speed compute what the plain paths compute: the small-T inference
-MoE (dense and gathered), recycled expert-gradient storages, the in-place KV cache, and
+MoE (dense), recycled expert-gradient storages, the in-place KV cache, and
 logits for the last positions only."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ def _moe_inputs(T, E, k, H=32, inter=48, seed=0):
     return x, wgu, wd, w / w.sum(-1, keepdim=True), ids
 
 
-# (T, E, k): T*k >= E/2 takes the dense branch, fewer slots the gathered one
+# (T, E, k): the dispatcher takes the dense path when T*k >= E, the grouped one otherwise
 @pytest.mark.parametrize("shape", [(1, 8, 2), (8, 8, 2), (1, 16, 2), (3, 16, 2), (40, 8, 2)])
 def test_small_t_moe_matches_reference(shape):
     x, wgu, wd, w, ids = _moe_inputs(*shape)
