@@ -25,7 +25,9 @@ def _f(x) -> str:
 @evolve_app.callback()
 def evolve(
     ctx: typer.Context,
-    suite: Annotated[str, typer.Option("--suite", help="Benchmark suite (faults).")] = "faults",
+    suite: Annotated[
+        str, typer.Option("--suite", help="Benchmark suite: faults | mle.")
+    ] = "faults",
     generations: Annotated[int, typer.Option("--generations", "-g", help="Generations.")] = 5,
     children: Annotated[int, typer.Option("--children", "-k", help="Children per generation.")] = 3,
     store: Annotated[
@@ -49,6 +51,18 @@ def evolve(
     restart: Annotated[
         bool, typer.Option("--restart", help="Discard the previous run (its branches) first.")
     ] = False,
+    mle_steps: Annotated[
+        int, typer.Option("--mle-steps", help="mle suite: search steps (nodes) per task run.")
+    ] = 4,
+    mle_seeds: Annotated[
+        int, typer.Option("--mle-seeds", help="mle suite: seeds per task (cost × seeds).")
+    ] = 1,
+    mle_time_limit: Annotated[
+        float, typer.Option("--mle-time-limit", help="mle suite: seconds per task run.")
+    ] = 60.0,
+    mle_workers: Annotated[
+        int, typer.Option("--mle-workers", help="mle suite: task runs in parallel.")
+    ] = 2,
     home: Home = Path(".workbench"),
     as_json: Json = False,
 ) -> None:
@@ -68,6 +82,8 @@ def evolve(
             home=home, store=store, suite=suite, generations=generations, children=children,
             seed=seed, brain=brain, brain_opts={"base_url": base_url, "model": model},
             scaffold=scaffold, start_from=start_from, resume=resume, restart=restart, log=log,
+            mle_steps=mle_steps, mle_seeds=mle_seeds, mle_time_limit=mle_time_limit,
+            mle_workers=mle_workers,
         )  # fmt: skip
     if as_json:
         print_json(res)

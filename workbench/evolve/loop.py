@@ -27,24 +27,26 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from scaffold.loader import Scaffold, ScaffoldError, load_scaffold
+from scaffold.loader import Scaffold, ScaffoldError
 from workbench import gitops
 from workbench.errors import BadInputError
 from workbench.evolve import archive as A
 from workbench.evolve.archive import Archive, Node
+from workbench.evolve.mle_suite import SPLIT as MLE_SPLIT
+from workbench.evolve.mle_suite import MleSuite
 from workbench.evolve.propose import (
     InvalidEdit,
     Proposal,
     editable,
     llm_proposal,
-    rules_proposal,
     validate,
 )
-from workbench.evolve.suite import SuiteCache, brief, failures, load_suite_cache
+from workbench.evolve.suite import SuiteCache, load_suite_cache
 from workbench.scaffold_home import init_scaffold, materialise, read_files
 
 Log = Callable[[str], None]
 BRANCH = "workbench/evolve/{g}-{k}"
+SUITES = ("faults", "mle")
 
 
 def branch_name(g: int, k: int) -> str:
@@ -79,6 +81,20 @@ def cached_suite(store: Path, home: Path, log: Log) -> SuiteCache:
     return cache
 
 
+def mle_suite(home: Path, cfg: dict[str, Any]) -> MleSuite:
+    """The ``mle`` suite at the cost an evolution was started with (kept in its archive)."""
+    data = os.environ.get("WORKBENCH_MLE_DATA")
+    return MleSuite(
+        split={k: list(v) for k, v in cfg["split"].items()},
+        seeds=int(cfg["seeds"]),
+        steps=int(cfg["steps"]),
+        time_limit_s=float(cfg["time_limit_s"]),
+        workers=int(cfg.get("workers", 2)),
+        data_dir=Path(data) if data else home / "mle" / "data",
+        out_dir=home / "evolve" / "mle-runs",
+    )
+
+
 # ------------------------------------------------------------------ the run
 class Evolution:
     def __init__(
@@ -106,15 +122,15 @@ class Evolution:
 
     def scaffold_at(self, sha: str) -> Scaffold:
         if sha not in self._scaffolds:
-            self._scaffolds[sha] = load_scaffold(materialise(self.repo, sha, self._tmp / sha))
+            self._scaffolds[sha] = self.cache.load(materialise(self.repo, sha, self._tmp / sha))
         return self._scaffolds[sha]
 
     def score(self, node: Node, split: str, sc: Scaffold | None = None) -> dict[str, Any]:
         """Score ``node`` on ``split`` (kept in the node; failures only for selection)."""
         res = self.cache.score(sc or self.scaffold_at(node.commit), split)
-        node.scores[split] = brief(res)
+        node.scores[split] = self.cache.brief(res)
         if split == "selection":
-            node.failures = failures(res)
+            node.failures = self.cache.failures(res)
         return res
 
     # -------------------------------------------------------------- seed (generation 0)
@@ -162,7 +178,7 @@ class Evolution:
                 return llm_proposal(self.brain, files, parent.failures, self.brain_name)
             except InvalidEdit as exc:
                 self.log(f"  {self.brain_name} brain: {exc}; falling back to rules")
-        return rules_proposal(files, parent.failures, rng)
+        return self.cache.propose_rules(files, parent.failures, rng)
 
     def child(self, g: int, k: int) -> Node:
         nid = f"{g}-{k}"
@@ -208,13 +224,16 @@ class Evolution:
             return self.archive.put(node)
         node.diff = gitops.diff(self.repo, parent.commit, node.branch)
         try:
-            sc = load_scaffold(wt)
-        except ScaffoldError as exc:  # validated already; kept as a second line of defence
+            sc = self.cache.load(wt)
+        except (
+            ScaffoldError,
+            BadInputError,
+        ) as exc:  # validated already; kept as a second line of defence
             self.discard(node)
             node.status, node.error, node.branch = A.INVALID, str(exc), None
             return self.archive.put(node)
         gitops.remove_fix_worktree_only(self.repo, wt)
-        self._scaffolds[node.commit] = sc = load_scaffold(
+        self._scaffolds[node.commit] = sc = self.cache.load(
             materialise(self.repo, node.commit, self._tmp / node.commit)
         )
 
@@ -222,7 +241,7 @@ class Evolution:
         sel = self.cache.ids("selection")
         failed = [f["scenario"] for f in parent.failures][: self.cfg["subset"]]
         others = [s for s in sel if s not in failed]
-        subset = failed + rng.sample(others, min(2, len(others)))
+        subset = failed + rng.sample(others, min(self.cache.subset_extra, len(others)))
         c_sub = self.cache.score(sc, "selection", subset)["fitness"]
         p_sub = self.cache.score(self.scaffold_at(parent.commit), "selection", subset)["fitness"]
         node.scores["subset"] = {"child": c_sub, "parent": p_sub, "runs": subset}
@@ -402,8 +421,13 @@ def run_evolution(
     start_from: str | Path | None = None,
     resume: bool = False,
     restart: bool = False,
-    subset: int = 4,
-    cache: SuiteCache | None = None,
+    subset: int | None = None,
+    mle_steps: int = 4,
+    mle_seeds: int = 1,
+    mle_time_limit: float = 60.0,
+    mle_workers: int = 2,
+    mle_split: dict[str, list[str]] | None = None,
+    cache: Any = None,
     log: Log = lambda _: None,
 ) -> dict[str, Any]:
     """Run (or resume) an evolution; returns ``summary(archive)``.
@@ -414,8 +438,8 @@ def run_evolution(
     (``home/suites/faults``); ``brain``: ``rules``, ``openai``/``local`` (+ ``brain_opts``) or a
     chat model object; ``start_from``: a scaffold folder to start from instead of the repo HEAD.
     """
-    if suite != "faults":
-        raise BadInputError(f"unknown suite {suite!r} (known: faults)")
+    if suite not in SUITES:
+        raise BadInputError(f"unknown suite {suite!r} (known: {', '.join(SUITES)})")
     if generations < 0 or children < 1:
         raise BadInputError("--generations must be ≥ 0 and --children ≥ 1")
     home = Path(home).resolve()
@@ -432,8 +456,6 @@ def run_evolution(
         )
     if resume and not path.exists():
         raise BadInputError(f"nothing to resume: no archive at {path}")
-    cache = cache or cached_suite(Path(store) if store else home / "suites" / suite, home, log)
-
     if resume:
         arch = Archive.load(path)
         generations = (
@@ -448,11 +470,23 @@ def run_evolution(
         arch = Archive(path, {
             "run_id": time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6],
             "suite": suite, "store": str(store) if store else None, "seed": seed,
-            "generations": generations, "children": children, "subset": subset,
+            "generations": generations, "children": children,
+            "subset": 4 if subset is None else subset,
             "brain": brain_name, "scaffold": str(repo),
             "from": str(start_from) if start_from else None,
         })  # fmt: skip
+        if suite == "mle":
+            arch.config["subset"] = 1 if subset is None else subset
+            arch.config["mle"] = {
+                "steps": mle_steps, "seeds": mle_seeds, "time_limit_s": mle_time_limit,
+                "workers": mle_workers, "split": mle_split or MLE_SPLIT,
+            }  # fmt: skip
         arch.save()
+    if cache is None and arch.config.get("suite", "faults") == "mle":
+        cache = mle_suite(home, arch.config["mle"])
+    elif cache is None:
+        cache = cached_suite(Path(store) if store else home / "suites" / "faults", home, log)
+
     if isinstance(brain, str):
         from workbench.brains import make_brain
 

@@ -28,7 +28,7 @@ import yaml
 from scaffold.loader import ScaffoldError, load_scaffold
 from workbench.patches import PatchError, apply_blocks, parse_blocks
 
-EDITABLE = ("detectors.yaml", "playbook.yaml", "metrics.yaml", "prompts/*.yaml")
+EDITABLE = ("detectors.yaml", "playbook.yaml", "metrics.yaml", "prompts/*.yaml", "mle.yaml")
 PROMPTS = Path(__file__).with_name("prompts.yaml")
 
 
@@ -70,6 +70,14 @@ def validate(parent_files: dict[str, str], proposal: Proposal) -> None:
             load_scaffold(tmp)
         except ScaffoldError as exc:
             raise InvalidEdit(str(exc).replace(tmp + "/", "")) from None
+        if "mle.yaml" in proposal.files:  # the MLE search's knobs have their own validator
+            from workbench.errors import BadInputError
+            from workbench.mle.config import load_mle_scaffold
+
+            try:
+                load_mle_scaffold(tmp)
+            except BadInputError as exc:
+                raise InvalidEdit(str(exc).replace(tmp + "/", "")) from None
 
 
 # ------------------------------------------------------------------ number formatting

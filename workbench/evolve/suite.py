@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scaffold.loader import Scaffold
+from scaffold.loader import Scaffold, load_scaffold
 from workbench.doctor.core import detect_metrics, judge, series_of
 from workbench.doctor.evaluate import EXPECTED_TAG, SCENARIO_TAG, RunScore, score_run, summarize
 from workbench.doctor.series import Series
@@ -47,6 +47,27 @@ class SuiteCache:
     runs: list[SuiteRun]
     now_ms: int = field(default_factory=lambda: int(time.time() * 1000))
     _memo: dict[tuple[str, str], list] = field(default_factory=dict, repr=False)
+    subset_extra: int = 2  # the loop's stage 1 adds this many runs the parent gets right
+
+    name = "faults"
+
+    # ---- the suite protocol the evolve loop uses (see also workbench/evolve/mle_suite.py)
+    def load(self, folder: str | Path) -> Scaffold:
+        return load_scaffold(folder)
+
+    @staticmethod
+    def brief(summary: dict[str, Any]) -> dict[str, Any]:
+        return brief(summary)
+
+    @staticmethod
+    def failures(summary: dict[str, Any]) -> list[dict[str, Any]]:
+        return failures(summary)
+
+    @staticmethod
+    def propose_rules(files: dict[str, str], fails: list[dict[str, Any]], rng: Any) -> Any:
+        from workbench.evolve.propose import rules_proposal
+
+        return rules_proposal(files, fails, rng)
 
     # ``judge`` asks its client for the log only when it can matter; we answer from memory.
     def log_text(self, run_id: str, *_: Any, **__: Any) -> str:
