@@ -1,5 +1,5 @@
 """Evolution on the ``mle`` suite: the rules brain's mle.yaml edits, their validation, and one
-tiny honest run (real searches on one selection and one heldout task, two steps each)."""
+tiny honest run (real searches on one selection and one heldout task, one step each)."""
 
 from __future__ import annotations
 
@@ -79,18 +79,20 @@ def test_tiny_mle_evolution_scores_both_splits_and_branches_a_valid_edit(tmp_pat
         suite="mle",
         generations=1,
         children=2,
-        mle_steps=2,
-        mle_time_limit=40,
+        mle_steps=1,
+        mle_time_limit=20,
         mle_split={"selection": ["wine-cultivar"], "heldout": ["diabetes-progression"]},
     )
     arch = Archive.load(home / "evolve" / "archive.json")
-    assert arch.config["suite"] == "mle" and arch.config["mle"]["steps"] == 2
+    assert arch.config["suite"] == "mle" and arch.config["mle"]["steps"] == 1
     seed = arch.seed()
     for split, task in (("selection", "wine-cultivar"), ("heldout", "diabetes-progression")):
         s = seed.scores[split]
         assert s["runs"] == 1 and set(s["per_task"]) == {task}
         assert 0.0 <= s["mean_percentile"] <= 1.0
-        assert s["fitness"] == pytest.approx(0.8 * s["mean_percentile"] + 0.2 * s["medal_rate"])
+        assert s["fitness"] == pytest.approx(
+            0.8 * s["mean_percentile"] + 0.2 * s["medal_rate"], abs=1e-3
+        )
     assert res["gen0"]["heldout"]["fitness"] == seed.fitness("heldout")
 
     repo = home / "scaffold"

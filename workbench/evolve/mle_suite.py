@@ -85,8 +85,9 @@ class MleSuite:
     def kind(self, task: str) -> str:
         """classification | regression (from the task's public files)."""
         if task not in self._kinds:
-            from experiments.mle.competition import TASKS_DIR, ensure_prepared, load_competition
+            from experiments.mle.competition import TASKS_DIR, load_competition
             from experiments.mle.taskinfo import infer_task
+            from workbench.mle.agent import ensure_prepared
 
             comp = ensure_prepared(load_competition(TASKS_DIR / task, self.data_dir))
             info = infer_task(comp.public_dir, comp.grader_name)
