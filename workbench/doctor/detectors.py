@@ -398,6 +398,11 @@ def expert_collapse(
         mask[:w] = False
         # Early training balances experts noisily: a high max/mean load needs a longer run.
         need = int(th.get("load_persist", persist)) if kind == "load" else persist
+        # A collapse lasts: the router is still collapsed at the latest points. A healthy
+        # run's early imbalance (or a fixed run's recovering one) has passed by then.
+        tail = int(th.get("tail", 0))
+        if tail and not mask[-tail:].all():
+            continue
         i = _first_run(mask, need, since, th.get("_final", True))
         if i is not None:
             cands.append((int(s.steps[i]), s, kind))
@@ -449,9 +454,14 @@ def throughput_drop(
         bad = (fwd < drop * med[: len(fwd)]) & (tail < drop * med[: len(fwd)])
     # …and most points from there on are slow (a busy machine slows a run for a while; a
     # slow input pipeline slows it for good).
+    # A slow reader adds the same delay to every step until the end, so nearly every point
+    # after the onset is slow, over a long stretch; load from other processes comes and goes.
     sustain = th.get("sustain", 0.6)
+    min_tail = int(th.get("min_tail", persist))
     i = None
     for c in np.flatnonzero(bad[since:])[:64] + since:
+        if len(y) - c < min_tail:
+            break
         if np.mean(y[c:] < drop * med[c]) >= sustain:
             i = int(c)
             break
