@@ -32,6 +32,9 @@ SCENARIOS: dict[str, tuple[dict, dict | None]] = {
         {"kind": "router_imbalance", "skew": 1.0, "experts": 2},
     ),
 }
+# Every scenario runs the template's config shortened to the fault suite's length (onsets at
+# step 50 leave 70 steps to fail in, and a fix 120 steps to recover): the demo fits in minutes.
+DEMO_BASE = {"steps": 120}
 # Used when the template repo is absent: the fault suite's tiny LM, seconds per run on a CPU.
 FALLBACK_CONFIG = {
     "program": "lm",
@@ -97,7 +100,7 @@ def make_repo(repo: Path) -> dict[str, str]:
     base = yaml.safe_load((repo / spec.config).read_text()) or {}
     configs = {}
     for name, (over, fault) in SCENARIOS.items():
-        cfg = _merge(base, over)
+        cfg = _merge(_merge(base, DEMO_BASE), over)
         cfg.pop("faults", None)
         if fault:
             cfg["faults"] = [fault]
@@ -155,9 +158,9 @@ def demo_cmd(
     if root.exists() and any(root.iterdir()):
         raise BadInputError(f"{root} is not empty; give --dir a new folder")
     root.mkdir(parents=True, exist_ok=True)
-    say = lambda msg: err_console.print(
-        f"[dim]{time.monotonic() - t0:6.1f}s[/] {msg}", highlight=False
-    )  # noqa: E731
+
+    def say(msg: str) -> None:
+        err_console.print(f"[dim]{time.monotonic() - t0:6.1f}s[/] {msg}", highlight=False)
 
     repo, home, logs = root / "repo", root / ".workbench", root / "logs"
     logs.mkdir()
