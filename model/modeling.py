@@ -329,9 +329,10 @@ class CausalLMOutput:
 def shifted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean next-token CE: position t predicts labels[t+1]; -100 is ignored."""
     V = logits.shape[-1]
-    return F.cross_entropy(
-        logits[:, :-1].reshape(-1, V).float(), labels[:, 1:].reshape(-1), ignore_index=-100
-    )
+    # Shift the labels, not the logits: no copy of the [B, T-1, V] slice (the last position
+    # gets the ignored label, so the mean runs over the same targets).
+    shifted = F.pad(labels[:, 1:], (0, 1), value=-100)
+    return F.cross_entropy(logits.reshape(-1, V).float(), shifted.reshape(-1), ignore_index=-100)
 
 
 class MiniMaxM2ForCausalLM(nn.Module):
