@@ -17,8 +17,13 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PY) -m pip install -q -c $(CONSTRAINTS) -e '.[dev]'
 	@touch $(STAMP)
 
+# The demo works in ./workbench-demo (fresh each time). Its state folder is linked as
+# ./.workbench (unless a real one exists) so `workbench review list --json` finds its items.
 demo: setup
-	$(VENV)/bin/workbench demo
+	rm -rf workbench-demo
+	$(VENV)/bin/workbench demo --dir workbench-demo
+	@if [ ! -e .workbench ] || [ -L .workbench ]; then ln -sfn workbench-demo/.workbench .workbench; fi
+	$(VENV)/bin/workbench review list
 
 test: setup
 	TRITON_INTERPRET=1 $(PY) -m pytest -q -n 2 --dist loadfile $(PYTEST_ARGS)

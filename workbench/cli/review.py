@@ -11,7 +11,9 @@ from rich.syntax import Syntax
 from workbench.cli.output import console, print_json, print_table
 
 review_app = typer.Typer(help="Review the fixes the supervisor proposed.", no_args_is_help=True)
-Home = Annotated[Path, typer.Option("--home", help="Workbench state folder.")]
+Home = Annotated[
+    Path, typer.Option("--home", envvar="WORKBENCH_HOME", help="Workbench state folder.")
+]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 
