@@ -334,9 +334,15 @@ class Evolution:
             self.archive.config["done_generations"] = max(self.cfg.get("done_generations", 0), g)
             self.archive.save()
             best = self.archive.best()
+            # A child that lost its staged checks has no heldout score yet.
             self.log(
-                f"gen {g} done: best {best.id} selection {best.fitness('selection'):.3f} heldout {best.fitness('heldout'):.3f}"
+                f"gen {g} done: best {best.id} selection {_fmt(best.fitness('selection'))}"
+                f" heldout {_fmt(best.fitness('heldout'))}"
             )
+
+
+def _fmt(score: float | None) -> str:
+    return "n/a" if score is None else f"{score:.3f}"
 
 
 def answer(archive: Archive) -> Node:
