@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 PACKAGED = Path(__file__).resolve().parent
 
-FINDING_KINDS = (  # mirrors workbench.doctor.types (scaffold imports nothing of ours)
+FINDING_KINDS = (  # the failure taxonomy (workbench.doctor.types builds on it)
     "nan_inf",
     "divergence",
     "loss_spike",

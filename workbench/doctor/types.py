@@ -6,62 +6,16 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-FINDING_KINDS = (
-    "nan_inf",
-    "divergence",
-    "loss_spike",
-    "plateau",
-    "exploding_gradients",
-    "vanishing_gradients",
-    "overfitting",
-    "expert_collapse",
-    "throughput_drop",
-    "crash",
-    "stalled",
-)
-CAUSES = (
-    "lr_too_high",
-    "lr_too_low",
-    "missing_grad_clip",
-    "fp_overflow",
-    "bad_data",
-    "overfit_capacity",
-    "router_imbalance",
-    "oom",
-    "code_error",
-    "hung_process",
-    "slow_io",
-    "unknown",
-)
+from scaffold.loader import CAUSES as _PLAYBOOK_CAUSES
+from scaffold.loader import FINDING_KINDS
+
+# The taxonomy lives with the scaffold loader (scaffold imports nothing of ours); the doctor adds
+# `unknown`, the cause of a failing run that no playbook entry explains.
+CAUSES = (*_PLAYBOOK_CAUSES, "unknown")
 HEALTHY = "healthy"
 
-FindingKind = Literal[
-    "nan_inf",
-    "divergence",
-    "loss_spike",
-    "plateau",
-    "exploding_gradients",
-    "vanishing_gradients",
-    "overfitting",
-    "expert_collapse",
-    "throughput_drop",
-    "crash",
-    "stalled",
-]
-Cause = Literal[
-    "lr_too_high",
-    "lr_too_low",
-    "missing_grad_clip",
-    "fp_overflow",
-    "bad_data",
-    "overfit_capacity",
-    "router_imbalance",
-    "oom",
-    "code_error",
-    "hung_process",
-    "slow_io",
-    "unknown",
-]
+FindingKind = Literal[FINDING_KINDS]  # type: ignore[valid-type]
+Cause = Literal[CAUSES]  # type: ignore[valid-type]
 
 
 class _Frozen(BaseModel):
