@@ -170,27 +170,8 @@ def train(ctx: RunContext) -> None:
         ctx.tracker.log_metrics(metrics, step)
 
 
-def main(
-    config_path,
-    *,
-    tracking_uri: str | None = None,
-    system_metrics: bool = True,
-    extra_tags: dict[str, str] | None = None,
-    track: bool = True,
-):
-    from pathlib import Path
+def main(config_path, **kwargs):
+    """Run the digits program from a YAML config (kwargs: tracking_uri, system_metrics, ...)."""
+    from trainer.harness import run_config_file
 
-    from trainer.config import load_config
-    from trainer.harness import run_program
-
-    cfg = load_config(config_path, "digits")
-    return run_program(
-        "digits",
-        cfg,
-        train,
-        config_path=Path(config_path),
-        tracking_uri=tracking_uri,
-        extra_tags=extra_tags,
-        track=track,
-        system_metrics=system_metrics,
-    )
+    return run_config_file("digits", train, config_path, **kwargs)

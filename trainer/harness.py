@@ -196,3 +196,13 @@ def threading_is_main() -> bool:
     import threading
 
     return threading.current_thread() is threading.main_thread()
+
+
+def run_config_file(
+    program: str, body: Callable[[RunContext], None], config_path: str | Path, **kwargs
+) -> RunResult:
+    """Load ``config_path`` as ``program``'s config and run ``body`` under the MLflow harness."""
+    from trainer.config import load_config
+
+    cfg = load_config(config_path, program)
+    return run_program(program, cfg, body, config_path=Path(config_path), **kwargs)

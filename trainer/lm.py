@@ -201,25 +201,8 @@ def train(ctx: RunContext) -> None:
             save_checkpoint(model, opt, step + 1, cfg.checkpoint_dir)
 
 
-def main(
-    config_path,
-    *,
-    tracking_uri: str | None = None,
-    system_metrics: bool = True,
-    extra_tags: dict[str, str] | None = None,
-    track: bool = True,
-):
-    from trainer.config import load_config
-    from trainer.harness import run_program
+def main(config_path, **kwargs):
+    """Run the lm program from a YAML config (kwargs: tracking_uri, system_metrics, ...)."""
+    from trainer.harness import run_config_file
 
-    cfg = load_config(config_path, "lm")
-    return run_program(
-        "lm",
-        cfg,
-        train,
-        config_path=Path(config_path),
-        tracking_uri=tracking_uri,
-        extra_tags=extra_tags,
-        track=track,
-        system_metrics=system_metrics,
-    )
+    return run_config_file("lm", train, config_path, **kwargs)
