@@ -215,6 +215,21 @@ def create_app(engine: Engine, tokenizer, model_name: str = "m2-workbench") -> F
             "total_tokens": len(prompt_ids) + completion,
         }
 
+    def _response(obj, rid, created, choices, prompt_ids, runs, want_ids) -> dict[str, Any]:
+        """The non-streaming envelope shared by chat and text completions."""
+        resp: dict[str, Any] = {
+            "id": rid,
+            "object": obj,
+            "created": created,
+            "model": model_name,
+            "choices": choices,
+            "usage": _usage(prompt_ids, [s for s, _ in runs]),
+            "weights_version": runs[0][0].weights_version,
+        }
+        if want_ids:
+            resp["prompt_token_ids"] = prompt_ids
+        return resp
+
     # ------------------------------------------------------------ chat completions
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
@@ -268,18 +283,7 @@ def create_app(engine: Engine, tokenizer, model_name: str = "m2-workbench") -> F
                 if want_ids:
                     choice["token_ids"] = list(seq.out_ids)
                 choices.append(choice)
-            resp: dict[str, Any] = {
-                "id": rid,
-                "object": "chat.completion",
-                "created": created,
-                "model": model_name,
-                "choices": choices,
-                "usage": _usage(prompt_ids, [s for s, _ in runs]),
-                "weights_version": runs[0][0].weights_version,
-            }
-            if want_ids:
-                resp["prompt_token_ids"] = prompt_ids
-            return resp
+            return _response("chat.completion", rid, created, choices, prompt_ids, runs, want_ids)
 
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
@@ -425,18 +429,7 @@ def create_app(engine: Engine, tokenizer, model_name: str = "m2-workbench") -> F
                 if want_ids:
                     c["token_ids"] = list(seq.out_ids)
                 choices.append(c)
-            resp = {
-                "id": rid,
-                "object": "text_completion",
-                "created": created,
-                "model": model_name,
-                "choices": choices,
-                "usage": _usage(prompt_ids, [s for s, _ in runs]),
-                "weights_version": runs[0][0].weights_version,
-            }
-            if want_ids:
-                resp["prompt_token_ids"] = prompt_ids
-            return resp
+            return _response("text_completion", rid, created, choices, prompt_ids, runs, want_ids)
 
         if len(runs) != 1:
             raise APIError("streaming completions support n=1 only")
