@@ -40,6 +40,27 @@ def _dot(a, b, DOT_FP32: tl.constexpr):
 _dot = triton.jit(_dot)
 
 
+@triton.jit
+def _query_block(
+    pid_m, pid_bh, N, HQ, GROUP, HEAD_DIM, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr
+):
+    # (batch, q head, kv head) of a program and the rows/columns of its query block
+    b = pid_bh // HQ
+    h = pid_bh % HQ
+    q_start = pid_m * BLOCK_M
+    offs_m = q_start + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    return b, h, h // GROUP, q_start, offs_m, offs_d, offs_m < N, offs_d < HEAD_DIM
+
+
+@triton.jit
+def _load_kv(k_base, v_base, offs_n, n_ok, sk_n, offs_d, d_ok):
+    kv_mask = n_ok[:, None] & d_ok[None, :]
+    k = tl.load(k_base + offs_n[:, None] * sk_n + offs_d[None, :], mask=kv_mask, other=0.0)
+    v = tl.load(v_base + offs_n[:, None] * sk_n + offs_d[None, :], mask=kv_mask, other=0.0)
+    return k, v
+
+
 @triton.autotune(configs=_FWD_CONFIGS, key=["N", "HEAD_DIM"])
 @triton.jit
 def _fwd_kernel(
@@ -49,16 +70,10 @@ def _fwd_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DOT_FP32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
-    pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
-    b = pid_bh // HQ
-    h = pid_bh % HQ
-    hk = h // GROUP
-    q_start = pid_m * BLOCK_M
-    offs_m = q_start + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    d_ok = offs_d < HEAD_DIM
-    m_ok = offs_m < N
+    b, h, hk, q_start, offs_m, offs_d, m_ok, d_ok = _query_block(
+        tl.program_id(0), pid_bh, N, HQ, GROUP, HEAD_DIM, BLOCK_M, BLOCK_D
+    )
     q = tl.load(
         q_ptr + b * sq_b + h * sq_h + offs_m[:, None] * sq_n + offs_d[None, :],
         mask=m_ok[:, None] & d_ok[None, :],
@@ -75,9 +90,7 @@ def _fwd_kernel(
         n_ok = offs_n < N
         end = tl.load(end_ptr + offs_n, mask=n_ok, other=-1)
         if tl.max(end, axis=0) >= q_start:  # else no query here sees any key of the block
-            kv_mask = n_ok[:, None] & d_ok[None, :]
-            k = tl.load(k_base + offs_n[:, None] * sk_n + offs_d[None, :], mask=kv_mask, other=0.0)
-            v = tl.load(v_base + offs_n[:, None] * sk_n + offs_d[None, :], mask=kv_mask, other=0.0)
+            k, v = _load_kv(k_base, v_base, offs_n, n_ok, sk_n, offs_d, d_ok)
             s = _dot(q, tl.trans(k), DOT_FP32) * qk_scale
             visible = (offs_n[None, :] <= offs_m[:, None]) & (offs_m[:, None] <= end[None, :])
             s = tl.where(visible, s, float("-inf"))
@@ -159,16 +172,10 @@ def _bwd_dq_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DOT_FP32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
-    pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
-    b = pid_bh // HQ
-    h = pid_bh % HQ
-    hk = h // GROUP
-    q_start = pid_m * BLOCK_M
-    offs_m = q_start + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    m_ok = offs_m < N
-    d_ok = offs_d < HEAD_DIM
+    b, h, hk, q_start, offs_m, offs_d, m_ok, d_ok = _query_block(
+        tl.program_id(0), pid_bh, N, HQ, GROUP, HEAD_DIM, BLOCK_M, BLOCK_D
+    )
     q_mask = m_ok[:, None] & d_ok[None, :]
     q_off = b * sq_b + h * sq_h + offs_m[:, None] * sq_n + offs_d[None, :]
     q = tl.load(q_ptr + q_off, mask=q_mask, other=0.0)
@@ -184,9 +191,7 @@ def _bwd_dq_kernel(
         n_ok = offs_n < N
         end = tl.load(end_ptr + offs_n, mask=n_ok, other=-1)
         if tl.max(end, axis=0) >= q_start:
-            kv_mask = n_ok[:, None] & d_ok[None, :]
-            k = tl.load(k_base + offs_n[:, None] * sk_n + offs_d[None, :], mask=kv_mask, other=0.0)
-            v = tl.load(v_base + offs_n[:, None] * sk_n + offs_d[None, :], mask=kv_mask, other=0.0)
+            k, v = _load_kv(k_base, v_base, offs_n, n_ok, sk_n, offs_d, d_ok)
             s = _dot(q, tl.trans(k), DOT_FP32) * qk_scale
             visible = (offs_n[None, :] <= offs_m[:, None]) & (offs_m[:, None] <= end[None, :])
             visible = visible & m_ok[:, None]
