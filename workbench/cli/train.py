@@ -76,28 +76,29 @@ def _run(
         raise WorkbenchError(f"run {result.run_id} {result.status}: {result.error}")
 
 
-@train_app.command("lm")
-def train_lm(
-    config: ConfigOpt,
-    tracking_uri: TrackingOpt = None,
-    as_json: JsonOpt = False,
-    no_system_metrics: NoSysOpt = False,
-    tag: TagOpt = None,
-) -> None:
-    """Train the MoE language model on the shipped corpus."""
-    _run("lm", config, tracking_uri, as_json, not no_system_metrics, tag)
+PROGRAMS = {
+    "lm": "Train the MoE language model on the shipped corpus.",
+    "digits": "Train a small MLP/CNN on scikit-learn's digits (HF-Trainer-style metric names).",
+}
 
 
-@train_app.command("digits")
-def train_digits(
-    config: ConfigOpt,
-    tracking_uri: TrackingOpt = None,
-    as_json: JsonOpt = False,
-    no_system_metrics: NoSysOpt = False,
-    tag: TagOpt = None,
-) -> None:
-    """Train a small MLP/CNN on scikit-learn's digits (HF-Trainer-style metric names)."""
-    _run("digits", config, tracking_uri, as_json, not no_system_metrics, tag)
+def _program_command(program: str, doc: str):
+    def command(
+        config: ConfigOpt,
+        tracking_uri: TrackingOpt = None,
+        as_json: JsonOpt = False,
+        no_system_metrics: NoSysOpt = False,
+        tag: TagOpt = None,
+    ) -> None:
+        _run(program, config, tracking_uri, as_json, not no_system_metrics, tag)
+
+    command.__doc__ = doc
+    command.__name__ = f"train_{program}"
+    return command
+
+
+for _program, _doc in PROGRAMS.items():  # the two programs take exactly the same options
+    train_app.command(_program)(_program_command(_program, _doc))
 
 
 def register(app: typer.Typer) -> None:
