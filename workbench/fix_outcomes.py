@@ -29,7 +29,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -106,6 +106,7 @@ class FixOutcomes:
         self._suite: Any = None
         self._lock = threading.Lock()
         self.measured = 0  # reruns done by this object (cache hits do not count)
+        self.on_measured: Callable[[FixOutcome], None] | None = None  # progress callback
 
     # ------------------------------------------------------------------ the cache file
     @contextmanager
@@ -160,6 +161,8 @@ class FixOutcomes:
             self._store(out)
             with self._lock:
                 self.measured += int(out.seconds > 0)
+            if self.on_measured is not None:
+                self.on_measured(out)
             return out
 
     def outcomes(self, items: Iterable[tuple[str, Iterable[Any]]]) -> list[FixOutcome]:
@@ -229,7 +232,9 @@ class FixOutcomes:
 
         ops = json.loads(text)
         if not ops:
-            return FixOutcome(scenario, text, False, None, "empty patch: not a config change", 0.0)
+            return FixOutcome(
+                scenario, text, False, None, "empty patch: a code change, not a config patch", 0.0
+            )
         program, base = self.base_config(scenario)
         try:
             patched = apply_patch(base, [PatchOp(**o) for o in ops])

@@ -63,6 +63,21 @@ def evolve(
     mle_workers: Annotated[
         int, typer.Option("--mle-workers", help="mle suite: task runs in parallel.")
     ] = 2,
+    fixes: Annotated[
+        bool,
+        typer.Option(
+            "--fixes/--no-fixes",
+            help="faults suite: also score whether each run's top remedy really fixes it "
+            "(reruns, measured once and cached).",
+        ),
+    ] = True,
+    fix_cache: Annotated[
+        Path | None,
+        typer.Option(
+            "--fix-cache", help="Remedy-outcome cache (default HOME/evolve/fix-outcomes)."
+        ),
+    ] = None,
+    fix_jobs: Annotated[int, typer.Option("--fix-jobs", min=1, help="Reruns in parallel.")] = 1,
     home: Home = Path(".workbench"),
     as_json: Json = False,
 ) -> None:
@@ -83,7 +98,7 @@ def evolve(
             seed=seed, brain=brain, brain_opts={"base_url": base_url, "model": model},
             scaffold=scaffold, start_from=start_from, resume=resume, restart=restart, log=log,
             mle_steps=mle_steps, mle_seeds=mle_seeds, mle_time_limit=mle_time_limit,
-            mle_workers=mle_workers,
+            mle_workers=mle_workers, fixes=fixes, fix_cache=fix_cache, fix_jobs=fix_jobs,
         )  # fmt: skip
     if as_json:
         print_json(res)
@@ -95,6 +110,12 @@ def evolve(
         f"heldout {_f((best['heldout'] or {}).get('fitness'))}",
         highlight=False,
     )
+    if (g0["heldout"] or {}).get("fix_rate") is not None:
+        console.print(
+            f"heldout fix rate (top remedy verified by a rerun): {_f(g0['heldout']['fix_rate'])}"
+            f" → {_f((best['heldout'] or {}).get('fix_rate'))}",
+            highlight=False,
+        )
     for w in res["winners"]:
         console.print(
             f"  review #{w['review_id']}: {w['id']} (from {w['parent']}) {w['description']}",

@@ -81,6 +81,18 @@ def cached_suite(store: Path, home: Path, log: Log) -> SuiteCache:
     return cache
 
 
+def fix_outcomes(folder: str | Path, store: Path, jobs: int, log: Log) -> Any:
+    """The shared remedy-outcome cache, logging every real rerun it has to do."""
+    from workbench.fix_outcomes import FixOutcomes
+
+    fo = FixOutcomes(Path(folder), original_store=store, jobs=jobs)
+    fo.on_measured = lambda o: log(
+        f"  rerun {o.scenario} with {o.patch}: {'fixed' if o.fixed else 'not fixed'}"
+        f" ({o.reason}; {o.seconds:.0f}s)"
+    )
+    return fo
+
+
 def mle_suite(home: Path, cfg: dict[str, Any]) -> MleSuite:
     """The ``mle`` suite at the cost an evolution was started with (kept in its archive)."""
     data = os.environ.get("WORKBENCH_MLE_DATA")
@@ -159,8 +171,10 @@ class Evolution:
             node.description = "the scaffold repo's HEAD"
         self.score(node, "selection")
         self.score(node, "heldout")
+        fr = node.scores["heldout"].get("fix_rate")
         self.log(
             f"gen 0: selection {node.fitness('selection'):.3f}  heldout {node.fitness('heldout'):.3f}"
+            + ("" if fr is None else f"  (heldout fix rate {fr:.3f})")
         )
         return self.archive.put(node)
 
@@ -434,6 +448,9 @@ def run_evolution(
     mle_workers: int = 2,
     mle_split: dict[str, list[str]] | None = None,
     cache: Any = None,
+    fixes: bool = True,
+    fix_cache: str | Path | None = None,
+    fix_jobs: int = 1,
     log: Log = lambda _: None,
 ) -> dict[str, Any]:
     """Run (or resume) an evolution; returns ``summary(archive)``.
@@ -443,6 +460,9 @@ def run_evolution(
     ``workbench init`` — or here, when missing); ``store``: the built suite
     (``home/suites/faults``); ``brain``: ``rules``, ``openai``/``local`` (+ ``brain_opts``) or a
     chat model object; ``start_from``: a scaffold folder to start from instead of the repo HEAD.
+    ``fixes`` (faults suite, built store): also score whether each run's top remedy really
+    fixes it (``fix_rate``), measured by rerunning into ``fix_cache`` (default
+    ``home/evolve/fix-outcomes``; share one between runs so every rerun is paid once).
     """
     if suite not in SUITES:
         raise BadInputError(f"unknown suite {suite!r} (known: {', '.join(SUITES)})")
@@ -481,6 +501,11 @@ def run_evolution(
             "brain": brain_name, "scaffold": str(repo),
             "from": str(start_from) if start_from else None,
         })  # fmt: skip
+        if suite == "faults" and fixes and cache is None:
+            arch.config["fix_cache"] = str(
+                Path(fix_cache).resolve() if fix_cache else home / "evolve" / "fix-outcomes"
+            )
+            arch.config["fix_jobs"] = fix_jobs
         if suite == "mle":
             arch.config["subset"] = 1 if subset is None else subset
             arch.config["mle"] = {
@@ -491,7 +516,12 @@ def run_evolution(
     if cache is None and arch.config.get("suite", "faults") == "mle":
         cache = mle_suite(home, arch.config["mle"])
     elif cache is None:
-        cache = cached_suite(Path(store) if store else home / "suites" / "faults", home, log)
+        store_dir = Path(store) if store else home / "suites" / "faults"
+        cache = cached_suite(store_dir, home, log)
+        if arch.config.get("fix_cache"):
+            cache.fixes = fix_outcomes(
+                arch.config["fix_cache"], store_dir, arch.config.get("fix_jobs", 1), log
+            )
 
     if isinstance(brain, str):
         from workbench.brains import make_brain

@@ -4,7 +4,9 @@
   implicates (a false finding → that detector's threshold made stricter; a missed finding →
   looser; a wrong cause → a signal weight of the expected or the predicted cause in the
   playbook, or a new signal).  Edits are made on the text, so comments and layout survive and
-  the diff a reviewer reads is one or two lines.
+  the diff a reviewer reads is one or two lines.  A run whose cause was right but whose first
+  remedy did not fix it (measured by rerunning, ``workbench.fix_outcomes``) changes that
+  remedy: one numeric value a rung along a discrete ladder, or a lower-ranked remedy first.
 * any chat-model brain — the same evidence rendered into a prompt; the answer's SEARCH/REPLACE
   blocks are applied and validated (retried once with the error shown; then the rules brain).
 
@@ -261,6 +263,115 @@ def mutate_playbook(text: str, failure: dict[str, Any], rng: random.Random) -> t
     )
 
 
+# ------------------------------------------------------------------ playbook remedies
+# Discrete ladders: a value moves one rung at a time, so different seeds propose the same
+# patches and the measured outcomes (workbench.fix_outcomes) are reused, not rerun.
+MUL_LADDER = (0.01, 0.03, 0.1, 0.3, 0.5, 2.0, 3.0, 10.0, 30.0, 100.0)
+SET_LADDER = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
+_REMEDY = re.compile(r"^(?P<ind>\s+)- id:\s*(?P<id>[\w.-]+)\s*$")
+
+
+def _cause_lines(lines: list[str], cause: str) -> tuple[int, int]:
+    start = next(
+        (i for i, ln in enumerate(lines) if re.match(rf"^  {re.escape(cause)}:\s*$", ln)), None
+    )
+    if start is None:
+        raise InvalidEdit(f"playbook.yaml: no cause {cause!r}")
+    end = next(
+        (j for j in range(start + 1, len(lines)) if re.match(r"^ {0,2}\S", lines[j])), len(lines)
+    )
+    return start, end
+
+
+def _remedy_blocks(lines: list[str], cause: str) -> list[tuple[str, int, int]]:
+    """(remedy id, first line, end line) of each remedy of ``cause``, in playbook order."""
+    start, end = _cause_lines(lines, cause)
+    heads = [(j, _REMEDY.match(lines[j].rstrip("\n"))) for j in range(start + 1, end)]
+    heads = [(j, m) for j, m in heads if m]
+    out = []
+    for n, (j, m) in enumerate(heads):
+        stop = heads[n + 1][0] if n + 1 < len(heads) else end
+        k = j + 1
+        while k < stop and (
+            not lines[k].strip() or len(lines[k]) - len(lines[k].lstrip()) > len(m["ind"])
+        ):
+            k += 1
+        while k > j + 1 and not lines[k - 1].strip():  # trailing blank lines stay outside
+            k -= 1
+        out.append((m["id"], j, k))
+    return out
+
+
+def step_value(op: str, value: float, stronger: bool, is_int: bool) -> float:
+    """The next rung of the value's ladder; ``stronger``: further from doing nothing."""
+    if is_int and op == "set":
+        return max(1, round(value * 2 if stronger else value / 2))
+    ladder = MUL_LADDER if op == "mul" else SET_LADDER
+    if op == "mul":  # a multiplier grows stronger away from 1, on its own side of 1
+        side = [v for v in ladder if (v < 1) == (value < 1)]
+        up = (value > 1) == stronger
+    else:
+        side, up = list(ladder), stronger
+    nxt = [v for v in side if v > value * 1.0001] if up else [v for v in side if v < value * 0.9999]
+    if not nxt:
+        raise InvalidEdit(f"{value:g} is at the end of its ladder")
+    return min(nxt) if up else max(nxt)
+
+
+def mutate_remedy(text: str, failure: dict[str, Any], rng: random.Random) -> tuple[str, str]:
+    """The right cause, but its first remedy did not fix the run: change that remedy.
+
+    Either one numeric value of its patch moves a rung along its ladder (further when the
+    original findings recurred, else either way), or a lower-ranked remedy is promoted.
+    """
+    cause, rem = failure["expected_cause"], failure.get("remedy") or {}
+    lines = text.splitlines(keepends=True)
+    blocks = _remedy_blocks(lines, cause)
+    if not blocks or blocks[0][0] != rem.get("id"):
+        raise InvalidEdit(f"playbook.yaml: {cause}'s first remedy is not {rem.get('id')!r}")
+    spec = yaml.safe_load(text)["causes"][cause]["remedies"][0]
+    numeric = [
+        p for p in spec.get("patch") or []
+        if p.get("op") in ("mul", "set")
+        and isinstance(p.get("value"), int | float) and not isinstance(p.get("value"), bool)
+    ]  # fmt: skip
+    moves = (["scale"] * 2 if numeric else []) + (["promote"] if len(blocks) > 1 else [])
+    if not moves:
+        raise InvalidEdit(f"playbook.yaml: nothing to change in {cause}'s remedy {rem.get('id')}")
+    rid, a, b = blocks[0]
+    if rng.choice(moves) == "promote":
+        oid, c, d = rng.choice(blocks[1:])
+        body = lines[c:d]
+        del lines[c:d]
+        lines[a:a] = body
+        return "".join(lines), f"playbook.yaml: {cause} tries remedy {oid} before {rid}"
+    p = rng.choice(numeric)
+    recurred = "still finds" in str(failure.get("reason", ""))
+    stronger = rng.random() < (0.75 if recurred else 0.5)
+    old = p["value"]
+    new = step_value(p["op"], float(old), stronger, isinstance(old, int) and p["op"] == "set")
+    pat = re.compile(
+        rf"(\{{\s*key:\s*{re.escape(p['key'])}\s*,\s*op:\s*{p['op']}\s*,\s*value:\s*)([^,}}\s]+)"
+    )
+    for j in range(a, b):
+        m = pat.search(lines[j])
+        if m:
+            is_int = isinstance(old, int) and p["op"] == "set"
+            tok = str(int(new)) if is_int else fmt(new, "1.0")
+            lines[j] = lines[j][: m.start(2)] + tok + lines[j][m.end(2) :]
+            break
+    else:
+        raise InvalidEdit(f"playbook.yaml: {cause}.{rid}: patch of {p['key']} is not one flow line")
+    if len(spec.get("patch") or []) == 1:  # keep the description true to the patch
+        verb = f"multiply {p['key']} by {tok}" if p["op"] == "mul" else f"set {p['key']} to {tok}"
+        for j in range(a, b):
+            m = re.match(r"^(\s+description:\s*).*$", lines[j].rstrip("\n"))
+            if m:
+                lines[j] = f"{m.group(1)}{verb}\n"
+                break
+    return "".join(lines), f"playbook.yaml: {cause}.{rid} {p['key']} {p['op']} {old} → {tok}"
+
+
 # ------------------------------------------------------------------ the rules brain
 def rules_proposal(
     parent_files: dict[str, str], failures: list[dict[str, Any]], rng: random.Random
@@ -269,17 +380,28 @@ def rules_proposal(
     if not failures:
         raise InvalidEdit("the parent fails no selection run: nothing to target")
     last: Exception | None = None
-    for _ in range(8):
+    for _ in range(12):
         f = rng.choice(failures)
         fp = sorted(set(f["predicted_kinds"]) - set(f["expected_kinds"]))
         fn = sorted(set(f["expected_kinds"]) - set(f["predicted_kinds"]))
         moves = [("fp", k) for k in fp if k in STRICTER] + [("fn", k) for k in fn if k in STRICTER]
         if f["predicted_cause"] != f["expected_cause"] and f["expected_cause"] != "healthy":
             moves.append(("cause", None))
+        if f.get("fixed") is False and f.get("remedy"):
+            moves.append(("remedy", None))
         if not moves:
             continue
         move, kind = rng.choice(moves)
         try:
+            if move == "remedy":
+                text, what = mutate_remedy(parent_files["playbook.yaml"], f, rng)
+                got = "no finite eval" if f.get("best_eval") is None else f"{f['best_eval']:.4g}"
+                ref = "?" if f.get("original_best") is None else f"{f['original_best']:.4g}"
+                return Proposal(
+                    {"playbook.yaml": text},
+                    f"{what} — {f['scenario']}: {f['remedy']['id']} did not fix it "
+                    f"(best eval {got} vs original {ref})",
+                )
             if move == "cause":
                 text, what = mutate_playbook(parent_files["playbook.yaml"], f, rng)
                 return Proposal(

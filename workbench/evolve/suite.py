@@ -5,6 +5,12 @@ runs; nothing is retrained.  Histories, params and logs are read from MLflow onc
 ``SuiteCache``; metric findings are memoised per (detector thresholds, metric aliases, run), so
 a playbook-only edit costs one diagnosis per run.
 
+With a ``FixOutcomes`` attached (``SuiteCache.fixes``), the score also asks whether the doctor's
+*top remedy* really fixes each run: for every run whose cause the variant names correctly, the
+first remedy of its verdict is looked up in (or measured once into) the shared outcome cache —
+the scenario retrained with that config patch and verified against the original run.  Only
+patches a variant actually proposes are ever measured.
+
 This module, the answer key (``workbench.expected`` tags, the suite YAML) and the split of
 scenarios into ``selection``/``heldout`` all live outside the editable scaffold: a variant can
 change what the doctor *says*, never how it is graded.
@@ -48,6 +54,7 @@ class SuiteCache:
     now_ms: int = field(default_factory=lambda: int(time.time() * 1000))
     _memo: dict[tuple[str, str], list] = field(default_factory=dict, repr=False)
     subset_extra: int = 2  # the loop's stage 1 adds this many runs the parent gets right
+    fixes: Any = None  # a workbench.fix_outcomes.FixOutcomes (not pickled): adds ``fix_rate``
 
     name = "faults"
 
@@ -69,6 +76,10 @@ class SuiteCache:
 
         return rules_proposal(files, fails, rng)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # The outcome cache holds locks and a path: it is attached after loading, never pickled.
+        return {**self.__dict__, "fixes": None}
+
     # ``judge`` asks its client for the log only when it can matter; we answer from memory.
     def log_text(self, run_id: str, *_: Any, **__: Any) -> str:
         return next(r.log for r in self.runs if r.info.run_id == run_id)
@@ -83,6 +94,7 @@ class SuiteCache:
         chosen = set(only) if only is not None else None
         key = _detector_key(sc)
         scores: list[RunScore] = []
+        tops: list[Any] = []  # the verdict's first remedy per run (None: no remedy proposed)
         for r in self.runs:
             if (split != "all" and r.split != split) or (
                 chosen is not None and r.scenario not in chosen
@@ -95,9 +107,51 @@ class SuiteCache:
                 self, r.info, r.series, sc, now_ms=self.now_ms, metric_findings=self._memo[memo]
             )
             scores.append(score_run(v, r.scenario, r.split, r.expected, r.onset))
+            tops.append(v.remedies[0] if v.remedies else None)
         if not scores:
             raise BadInputError(f"no suite runs in split {split!r}")
-        return with_fitness(summarize(scores))
+        summary = summarize(scores)
+        if self.fixes is not None:
+            add_fix_outcomes(summary, tops, self.fixes)
+        return with_fitness(summary)
+
+
+def add_fix_outcomes(summary: dict[str, Any], tops: list[Any], fixes: Any) -> None:
+    """Per run: was it fixed by the doctor's top remedy?  Adds ``fix_rate`` to ``summary``.
+
+    A faulty run counts as fixed only when the cause is right *and* its first remedy, rerun,
+    verifies; a healthy run counts as fixed when nothing is proposed for it.  Outcomes of the
+    runs that need one are measured together (``fixes.jobs`` at a time), cached forever.
+    """
+    from workbench.fix_outcomes import canonical_patch
+
+    scores = summary["scores"]
+    need = [
+        (s["scenario"], list(top.patch))
+        for s, top in zip(scores, tops, strict=True)
+        if top is not None
+        and s["expected_cause"] != "healthy"
+        and s["predicted_cause"] == s["expected_cause"]
+    ]
+    got = {(o.scenario, o.patch): o for o in fixes.outcomes(need)} if need else {}
+    for s, top in zip(scores, tops, strict=True):
+        if s["expected_cause"] == "healthy":
+            s["fixed"], s["remedy"] = top is None, None
+            continue
+        s["remedy"] = (
+            None
+            if top is None
+            else {"id": top.id, "patch": [p.model_dump(mode="json") for p in top.patch]}
+        )
+        o = got.get((s["scenario"], canonical_patch(top.patch))) if top is not None else None
+        s["fixed"] = bool(o and o.fixed)
+        if o is not None:
+            s["fix"] = {
+                "best_eval": o.best_eval,
+                "original_best": o.original_best,
+                "reason": o.reason,
+            }
+    summary["fix_rate"] = sum(s["fixed"] for s in scores) / len(scores)
 
 
 def _detector_key(sc: Scaffold) -> str:
@@ -110,10 +164,13 @@ def _detector_key(sc: Scaffold) -> str:
 def with_fitness(summary: dict[str, Any]) -> dict[str, Any]:
     """Add the one number evolution maximises, and the counts it must never trade away.
 
-    fitness = 0.4·cause accuracy + 0.4·micro-F1 over finding kinds + 0.2·(1 − false-alarm rate).
-    Micro-F1 = 2tp / (2tp + fp + fn) counts every missed kind (fn) against the variant, so a
-    doctor that goes silent (everything "healthy") or loses a detector scores low.  ``missed``
-    (faulty runs judged healthy) is reported separately: a child may not raise it (see loop).
+    Without remedy outcomes: fitness = 0.4·cause accuracy + 0.4·micro-F1 over finding kinds
+    + 0.2·(1 − false-alarm rate).  With them (``fix_rate`` in the summary, see
+    ``add_fix_outcomes``): fitness = 0.3·cause + 0.3·micro-F1 + 0.1·(1 − false alarms)
+    + 0.3·fix rate.  Micro-F1 = 2tp / (2tp + fp + fn) counts every missed kind (fn) against the
+    variant, so a doctor that goes silent (everything "healthy") or loses a detector scores low
+    — and fixes nothing, as a fix needs the right cause.  ``missed`` (faulty runs judged healthy)
+    is reported separately: a child may not raise it (see loop).
     """
     pk = summary["per_kind"].values()
     tp, fp, fn = (sum(m[k] for m in pk) for k in ("tp", "fp", "fn"))
@@ -121,13 +178,19 @@ def with_fitness(summary: dict[str, Any]) -> dict[str, Any]:
     scores = summary["scores"]
     missed = sum(s["expected_cause"] != "healthy" and not s["predicted_kinds"] for s in scores)
     fa = summary["false_alarm_rate"] or 0.0
-    fitness = 0.4 * (summary["cause_accuracy"] or 0.0) + 0.4 * micro_f1 + 0.2 * (1.0 - fa)
+    cause = summary["cause_accuracy"] or 0.0
+    fix_rate = summary.get("fix_rate")
+    if fix_rate is None:
+        fitness = 0.4 * cause + 0.4 * micro_f1 + 0.2 * (1.0 - fa)
+    else:
+        fitness = 0.3 * cause + 0.3 * micro_f1 + 0.1 * (1.0 - fa) + 0.3 * fix_rate
     return {
         **summary,
         "micro_f1": micro_f1,
         "missed": missed,
         "fn": fn,
         "fp": fp,
+        "fix_rate": fix_rate,
         "fitness": round(fitness, 6),
     }
 
@@ -139,6 +202,7 @@ def brief(summary: dict[str, Any]) -> dict[str, Any]:
         "cause_accuracy",
         "micro_f1",
         "false_alarm_rate",
+        "fix_rate",
         "missed",
         "fn",
         "fp",
@@ -148,25 +212,37 @@ def brief(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def failures(summary: dict[str, Any]) -> list[dict[str, Any]]:
-    """Runs the doctor got wrong: the evidence a brain reads (selection split only)."""
+    """Runs the doctor got wrong: the evidence a brain reads (selection split only).
+
+    Wrong findings or cause; or — with remedy outcomes — the right cause whose top remedy did
+    not fix the run (then with ``remedy``, ``fixed: false``, the rerun's ``best_eval``, the
+    original's ``original_best`` and the verifier's ``reason``).
+    """
+    keys = ("scenario", "expected_kinds", "predicted_kinds", "expected_cause", "predicted_cause")
     out = []
     for s in summary["scores"]:
-        if (
+        wrong = (
             s["predicted_kinds"] != s["expected_kinds"]
             or s["predicted_cause"] != s["expected_cause"]
-        ):
-            out.append(
-                {
-                    k: s[k]
-                    for k in (
-                        "scenario",
-                        "expected_kinds",
-                        "predicted_kinds",
-                        "expected_cause",
-                        "predicted_cause",
-                    )
-                }
+        )
+        unfixed = (
+            s.get("fixed") is False
+            and s["expected_cause"] != "healthy"
+            and s["predicted_cause"] == s["expected_cause"]
+        )
+        if not (wrong or unfixed):
+            continue
+        entry = {k: s[k] for k in keys}
+        if unfixed:  # the right cause, but its first remedy did not fix the run
+            fix = s.get("fix") or {}
+            entry.update(
+                remedy=s.get("remedy"),
+                fixed=False,
+                best_eval=fix.get("best_eval"),
+                original_best=fix.get("original_best"),
+                reason=fix.get("reason", "no remedy proposed"),
             )
+        out.append(entry)
     return out
 
 
