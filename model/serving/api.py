@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -64,14 +65,28 @@ class Detokenizer:
 
 
 class _Stream:
-    """Bridges engine events (engine thread) to an asyncio queue (server loop)."""
+    """Bridges engine events (engine thread) to an asyncio queue (server loop). Events that
+    arrive while a hand-over is already scheduled ride along with it: one loop wake-up per
+    batch of events, not per token."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.queue: asyncio.Queue = asyncio.Queue()
+        self._box: list[tuple] = []
+        self._lock = threading.Lock()
 
     def emit(self, event: tuple) -> None:
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+        with self._lock:
+            self._box.append(event)
+            if len(self._box) > 1:
+                return  # a hand-over is already on its way
+        self.loop.call_soon_threadsafe(self._hand_over)
+
+    def _hand_over(self) -> None:
+        with self._lock:
+            events, self._box = self._box, []
+        for event in events:
+            self.queue.put_nowait(event)
 
 
 def _num(body: dict, key: str, default: float, lo: float, hi: float) -> float:
@@ -165,8 +180,10 @@ def create_app(engine: Engine, tokenizer, model_name: str = "m2-workbench") -> F
         )
 
     def _submit(
-        prompt_ids: list[int], body: dict, params: SamplingParams
+        prompt_ids: list[int], body: dict, params: SamplingParams, stream: bool = True
     ) -> list[tuple[Sequence, _Stream]]:
+        """One engine sequence per choice. ``stream=False``: the engine sends only the final
+        event (the caller reads the sequence's tokens then)."""
         n = body.get("n", 1)
         if not isinstance(n, int) or not 1 <= n <= 16:
             raise APIError("'n' must be an integer in [1, 16]")
@@ -178,7 +195,7 @@ def create_app(engine: Engine, tokenizer, model_name: str = "m2-workbench") -> F
             )
             stream = _Stream(loop)
             try:
-                out.append((engine.submit(prompt_ids, p, stream.emit), stream))
+                out.append((engine.submit(prompt_ids, p, stream.emit, stream=stream), stream))
             except ValueError as exc:
                 raise APIError(str(exc)) from exc
         return out
@@ -254,7 +271,8 @@ def create_app(engine: Engine, tokenizer, model_name: str = "m2-workbench") -> F
         prompt_ids = tokenizer.encode(prompt, add_special_tokens=False).ids
         params = _params(body)
         stops = _stops(body)
-        runs = _submit(prompt_ids, body, params)
+        # Per-token events only where they are read: streaming, or stop strings to watch.
+        runs = _submit(prompt_ids, body, params, stream=bool(body.get("stream") or stops))
         rid = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
         want_ids, want_lp = bool(body.get("return_token_ids")), bool(body.get("logprobs"))
@@ -401,7 +419,8 @@ def create_app(engine: Engine, tokenizer, model_name: str = "m2-workbench") -> F
             raise APIError("'prompt' must be a non-empty string or a list of token ids")
         params = _params(body, default_max=16)
         stops = _stops(body)
-        runs = _submit(prompt_ids, body, params)
+        # Per-token events only where they are read: streaming, or stop strings to watch.
+        runs = _submit(prompt_ids, body, params, stream=bool(body.get("stream") or stops))
         rid = f"cmpl-{uuid.uuid4().hex}"
         created = int(time.time())
         want_ids = bool(body.get("return_token_ids"))

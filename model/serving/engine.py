@@ -1,14 +1,20 @@
 """Continuous-batching generation engine over one in-process checkpoint.
 
 One background thread owns the model. Each iteration it (1) admits waiting requests: their
-prompts are left-padded and prefilled together, and their KV caches are merged into the running
-batch's (left-padding the shorter side), then (2) runs one decode step for every running
-sequence at once, and (3) retires the sequences that finished. So requests that arrive while
-others are generating join the batch at the next step instead of waiting for it to drain.
+prompts are left-padded and prefilled together in one forward, and their keys/values are copied
+into free rows of the running batch's preallocated cache (`model.serving.batch.SlotCache`),
+then (2) runs one decode step for every running sequence at once (`Decoder.step`: one forward,
+one column written per layer), and (3) retires the sequences that finished (the last row moves
+into the freed one). So requests that arrive while others are generating join the batch at the
+next step instead of waiting for it to drain.
 
-Invariant of the running batch: the KV cache holds every token of every row except the last
+Invariant of the running batch: the cache holds every token of every row except the last
 sampled one ("pending"), which is the next step's input. Rows carry their own positions, so a
-padded row computes exactly what it would alone.
+row computes what it would alone (up to fp32 rounding of batched GEMMs).
+
+Events: a sequence submitted with ``stream=True`` gets ("token", id, logprob) per token; every
+sequence gets one ("done", reason) or ("error", message) at the end. Non-streaming callers
+read ``out_ids``/``logprobs`` then, so the loop makes no per-token cross-thread calls for them.
 
 Reload: `reload(path)` loads the new weights off the loop thread, then the loop stops admitting,
 lets the running sequences finish on the weights they started with (so every token of a
@@ -28,6 +34,7 @@ from typing import Any
 import torch
 
 from model.generation import sample_next
+from model.serving.batch import Decoder, SlotCache, move_last_into
 
 Emit = Callable[[tuple], None]  # ("token", id, logprob) | ("done", reason) | ("error", message)
 
@@ -54,6 +61,7 @@ class Sequence:
     weights_version: int = 0
     cancelled: bool = False
     generator: torch.Generator | None = None
+    stream: bool = True  # per-token events; False: only the final one
 
     @property
     def position(self) -> int:  # position of the pending token
@@ -70,16 +78,6 @@ def load_model(path: str | Path, device: str | torch.device, dtype: torch.dtype)
     return model.to(device).eval()
 
 
-def _pad_left(t: torch.Tensor, length: int, dim: int) -> torch.Tensor:
-    """Zero-pad `t` on the left of `dim` up to `length`."""
-    missing = length - t.shape[dim]
-    if missing <= 0:
-        return t
-    shape = list(t.shape)
-    shape[dim] = missing
-    return torch.cat([t.new_zeros(shape), t], dim=dim)
-
-
 class Engine:
     def __init__(
         self,
@@ -88,27 +86,28 @@ class Engine:
         max_batch: int = 32,
         model_path: str | Path | None = None,
         dtype: torch.dtype | None = None,
-        admit_window_s: float = 0.005,
+        admit_window_s: float = 0.004,
+        admit_max_s: float = 0.05,
     ) -> None:
         self.model = model.eval()
         self.device = next(model.parameters()).device
         self.dtype = dtype or next(model.parameters()).dtype
         self.max_batch = max_batch
-        self.admit_window_s = admit_window_s
+        self.admit_window_s, self.admit_max_s = admit_window_s, admit_max_s
         self.model_path = str(model_path) if model_path else None
         self.version = 0
         self.max_positions = int(model.config.max_position_embeddings)
         self.vocab_size = int(model.config.vocab_size)
         self._ids = itertools.count(1)
         self._waiting: list[Sequence] = []
-        self._running: list[Sequence] = []
-        self._cache = None  # KVCache of the running batch
-        self._mask: torch.Tensor | None = None  # (B, S) 1 where the cache holds a real token
+        self._running: list[Sequence] = []  # row i of the cache is _running[i]
+        self._decoder = Decoder(self.model)
+        self._cache: SlotCache = self._decoder.new_cache(max_batch)
         self._cond = threading.Condition()
         self._pending_swap: tuple[Any, str, threading.Event] | None = None
         self._stop = False
         self._thread: threading.Thread | None = None
-        self.stats = {"steps": 0, "tokens": 0, "max_batch_seen": 0}
+        self.stats = {"steps": 0, "tokens": 0, "prefills": 0, "max_batch_seen": 0}
 
     # ------------------------------------------------------------ public API (any thread)
     def start(self) -> Engine:
@@ -124,7 +123,10 @@ class Engine:
         if self._thread is not None:
             self._thread.join(timeout=10)
 
-    def submit(self, prompt_ids: list[int], params: SamplingParams, emit: Emit) -> Sequence:
+    def submit(
+        self, prompt_ids: list[int], params: SamplingParams, emit: Emit, stream: bool = True
+    ) -> Sequence:
+        """Queue a request. ``stream=False``: no per-token events, only the final one."""
         if not prompt_ids:
             raise ValueError("the prompt is empty")
         if any(not 0 <= t < self.vocab_size for t in prompt_ids):
@@ -135,7 +137,7 @@ class Engine:
                 f"the prompt has {len(prompt_ids)} tokens; the model's context is {self.max_positions}"
             )
         params.max_new_tokens = max(0, min(params.max_new_tokens, room))
-        seq = Sequence(list(prompt_ids), params, emit, id=next(self._ids))
+        seq = Sequence(list(prompt_ids), params, emit, id=next(self._ids), stream=stream)
         if params.seed is not None:
             seq.generator = torch.Generator(device=self.device).manual_seed(int(params.seed))
         with self._cond:
@@ -160,70 +162,87 @@ class Engine:
 
     # ------------------------------------------------------------ the loop (engine thread)
     def _loop(self) -> None:
-        while True:
-            with self._cond:
-                while not (self._stop or self._waiting or self._running or self._pending_swap):
-                    self._cond.wait()
-                if self._stop:
-                    return
-                if self._pending_swap and not self._running:
-                    self._swap()
-                    continue
-                admit: list[Sequence] = []
-                if self._waiting and not self._running and self.admit_window_s > 0:
-                    # Idle engine: give requests sent together a moment to arrive together,
-                    # so they share one prefill instead of joining one by one.
-                    self._cond.wait(self.admit_window_s)
-                if not self._pending_swap:
-                    room = self.max_batch - len(self._running)
-                    admit, self._waiting = self._waiting[:room], self._waiting[room:]
-            try:
-                self._drop_cancelled()
-                if admit:
-                    self._admit(admit)
-                if self._running:
-                    self._step()
-            except Exception as exc:  # fail what is in flight, keep serving
-                for seq in self._running + admit:
-                    if seq.finish_reason is None:
-                        seq.finish_reason = "error"
-                        seq.emit(("error", f"{type(exc).__name__}: {exc}"))
-                self._running, self._cache, self._mask = [], None, None
+        with torch.inference_mode():
+            while self._iteration():
+                pass
+
+    def _iteration(self) -> bool:
+        with self._cond:
+            while not (self._stop or self._waiting or self._running or self._pending_swap):
+                self._cond.wait()
+            if self._stop:
+                return False
+            if self._pending_swap and not self._running:
+                self._swap()
+                return True
+            if self._waiting and not self._running:
+                self._gather_arrivals()
+            admit: list[Sequence] = []
+            if not self._pending_swap:
+                room = self.max_batch - len(self._running)
+                admit, self._waiting = self._waiting[:room], self._waiting[room:]
+        try:
+            self._drop_cancelled()
+            if admit:
+                self._admit(admit)
+            if self._running:
+                self._step()
+        except Exception as exc:  # fail what is in flight, keep serving
+            for seq in self._running + admit:
+                if seq.finish_reason is None:
+                    seq.finish_reason = "error"
+                    seq.emit(("error", f"{type(exc).__name__}: {exc}"))
+            self._running = []
+            self._cache = self._decoder.new_cache(self.max_batch)
+        return True
+
+    def _gather_arrivals(self) -> None:
+        """Idle engine (lock held): requests sent together arrive a few ms apart; wait until
+        none came for admit_window_s (at most admit_max_s) so they share one prefill and every
+        decode step from the first."""
+        if self.admit_window_s <= 0:
+            return
+        deadline = time.monotonic() + self.admit_max_s
+        seen = -1
+        while len(self._waiting) != seen and len(self._waiting) < self.max_batch:
+            seen = len(self._waiting)
+            left = deadline - time.monotonic()
+            if left <= 0 or self._stop or self._pending_swap:
+                return
+            self._cond.wait(min(self.admit_window_s, left))
 
     def _swap(self) -> None:
         model, path, done = self._pending_swap
         self.model, self.model_path = model, path
         self.max_positions = int(model.config.max_position_embeddings)
+        self._decoder = Decoder(model)
+        self._cache = self._decoder.new_cache(self.max_batch)
         self.version += 1
         self._pending_swap = None
         done.set()
 
-    @torch.inference_mode()
     def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> tuple[list[int], list[float]]:
         """One token per row with each request's own settings; logprobs are of the raw model
         distribution (temperature 1), the quantity RL needs for importance ratios."""
         logits = logits.float()
-        logp = torch.log_softmax(logits, dim=-1)
-        if all(s.params.temperature <= 0 for s in seqs):
-            ids = logits.argmax(-1)
-        else:
-            ids = torch.stack(
-                [
-                    sample_next(
-                        logits[i : i + 1], s.params.temperature, s.params.top_p, s.generator
-                    )[0]
-                    for i, s in enumerate(seqs)
+        ids = logits.argmax(-1)
+        sampled = [i for i, s in enumerate(seqs) if s.params.temperature > 0]
+        if sampled:  # each request has its own generator (seed), so these go one by one
+            ids = ids.clone()
+            for i in sampled:
+                p = seqs[i].params
+                ids[i] = sample_next(logits[i : i + 1], p.temperature, p.top_p, seqs[i].generator)[
+                    0
                 ]
-            )
-        lps = logp.gather(-1, ids[:, None])[:, 0]
+        lps = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, None])[:, 0]
         return ids.tolist(), lps.tolist()
 
     def _record(self, seq: Sequence, tok: int, lp: float) -> bool:
         """Append a sampled token; returns True when the sequence is finished."""
         seq.out_ids.append(tok)
         seq.logprobs.append(lp)
-        seq.emit(("token", tok, lp))
-        self.stats["tokens"] += 1
+        if seq.stream:
+            seq.emit(("token", tok, lp))
         if not seq.params.ignore_eos and tok in seq.params.stop_token_ids:
             seq.finish_reason = "stop"
         elif len(seq.out_ids) >= seq.params.max_new_tokens:
@@ -235,14 +254,13 @@ class Engine:
             return True
         return False
 
-    @torch.inference_mode()
     def _admit(self, seqs: list[Sequence]) -> None:
         for s in seqs:
             s.weights_version = self.version
-        zero = [s for s in seqs if s.params.max_new_tokens == 0]
-        for s in zero:
-            s.finish_reason = "length"
-            s.emit(("done", "length"))
+        for s in seqs:
+            if s.params.max_new_tokens == 0:
+                s.finish_reason = "length"
+                s.emit(("done", "length"))
         seqs = [s for s in seqs if s.params.max_new_tokens > 0]
         if not seqs:
             return
@@ -258,78 +276,48 @@ class Engine:
         out = self.model(
             ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1
         )
+        self.stats["prefills"] += 1
+        self.stats["tokens"] += len(seqs)
         toks, lps = self._sample(out.logits[:, -1], seqs)
         keep = [i for i, s in enumerate(seqs) if not self._record(s, toks[i], lps[i])]
         if not keep:
             return
         cache = out.past_key_values
-        index = torch.tensor(keep, device=self.device)
+        keys, values = cache.keys, cache.values
         if len(keep) < len(seqs):
-            cache.reorder(index)
-        self._merge([seqs[i] for i in keep], cache, mask[index])
+            index = torch.tensor(keep, device=self.device)
+            keys = [k.index_select(0, index) for k in keys]
+            values = [v.index_select(0, index) for v in values]
+        self._cache.add_rows(keys, values, [len(seqs[i].prompt_ids) for i in keep])
+        self._running = self._running + [seqs[i] for i in keep]
 
-    def _merge(self, seqs: list[Sequence], cache, mask: torch.Tensor) -> None:
-        """Append new rows (with their cache and mask) to the running batch."""
-        if not self._running:
-            self._running, self._cache, self._mask = seqs, cache, mask
-            return
-        S = max(self._mask.shape[1], mask.shape[1])
-        old_k, old_v, new_k, new_v = self._cache.keys, self._cache.values, cache.keys, cache.values
-        for layer in range(len(old_k)):
-            self._cache.set(
-                layer,
-                torch.cat([_pad_left(old_k[layer], S, 2), _pad_left(new_k[layer], S, 2)], dim=0),
-                torch.cat([_pad_left(old_v[layer], S, 2), _pad_left(new_v[layer], S, 2)], dim=0),
-            )
-        self._mask = torch.cat([_pad_left(self._mask, S, 1), _pad_left(mask, S, 1)], dim=0)
-        self._running = self._running + seqs
-
-    @torch.inference_mode()
     def _step(self) -> None:
         seqs = self._running
-        self.stats["max_batch_seen"] = max(self.stats["max_batch_seen"], len(seqs))
         B = len(seqs)
-        tokens = torch.tensor([[s.out_ids[-1]] for s in seqs], device=self.device)
-        pos = torch.tensor([[s.position] for s in seqs], device=self.device)
-        self._mask = torch.cat([self._mask, self._mask.new_ones(B, 1)], dim=1)
-        out = self.model(
-            tokens,
-            attention_mask=self._mask,
-            position_ids=pos,
-            past_key_values=self._cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        self._cache = out.past_key_values
+        self.stats["max_batch_seen"] = max(self.stats["max_batch_seen"], B)
+        tokens = torch.tensor([s.out_ids[-1] for s in seqs], device=self.device)
+        pos = torch.tensor([s.position for s in seqs], device=self.device)
+        logits = self._decoder.step(self._cache, tokens, pos)
         self.stats["steps"] += 1
-        toks, lps = self._sample(out.logits[:, -1], seqs)
-        keep = [i for i, s in enumerate(seqs) if not self._record(s, toks[i], lps[i])]
-        self._retain(keep)
+        self.stats["tokens"] += B
+        toks, lps = self._sample(logits, seqs)
+        done = [i for i, s in enumerate(seqs) if self._record(s, toks[i], lps[i])]
+        if done:
+            self._retire(done)
 
-    def _retain(self, keep: list[int]) -> None:
-        """Keep only rows `keep`, then cut the left columns that are padding in every row."""
-        seqs = self._running
-        if len(keep) < len(seqs):
-            if not keep:
-                self._running, self._cache, self._mask = [], None, None
-                return
-            index = torch.tensor(keep, device=self.device)
-            self._cache.reorder(index)
-            self._mask = self._mask[index]
-            self._running = [seqs[i] for i in keep]
-        lead = int(self._mask.argmax(dim=1).min())  # first real column of the least-padded row
-        if lead > 0:
-            self._mask = self._mask[:, lead:]
-            self._cache.crop_left(lead)
+    def _retire(self, rows: list[int]) -> None:
+        self._cache.remove_rows(rows)
+        self._running = move_last_into(self._running, rows)
 
     def _drop_cancelled(self) -> None:
-        keep = [i for i, s in enumerate(self._running) if not s.cancelled]
-        for s in self._running:
-            if s.cancelled and s.finish_reason is None:
+        gone = [i for i, s in enumerate(self._running) if s.cancelled]
+        for i in gone:
+            s = self._running[i]
+            if s.finish_reason is None:
                 s.finish_reason = "cancelled"
                 s.emit(("done", "cancelled"))
-        if len(keep) < len(self._running):
-            self._retain(keep)
+        if gone:
+            self._retire(gone)
 
 
 def wait_idle(engine: Engine, timeout: float = 10.0) -> None:
