@@ -148,6 +148,8 @@ def train(ctx: RunContext) -> None:
             loss = F.cross_entropy(logits.float(), y)
         opt.zero_grad(set_to_none=True)
         (loss * faults.gradient_outlier_scale(step)).backward()
+        if faults.drops_gradients(step):  # the code_error fault's silent bug
+            opt.zero_grad(set_to_none=True)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip).item()
         opt.step()
 

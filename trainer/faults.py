@@ -87,7 +87,16 @@ class Oom(_Fault):
 
 
 class CodeError(_Fault):
+    """A bug in the training code from ``start_step``.
+
+    ``bug: reshape`` raises (a batch reshaped to a hard-coded wrong shape): the run crashes.
+    ``bug: zero_grad`` is silent: a ``zero_grad()`` placed between ``backward()`` and the
+    optimizer step throws every gradient away, so the logged gradient norm is 0 and the
+    weights stop moving while the loss is still high (vanishing gradients).
+    """
+
     kind: Literal["code_error"] = "code_error"
+    bug: Literal["reshape", "zero_grad"] = "reshape"
 
 
 class HungProcess(_Fault):
@@ -178,9 +187,13 @@ class FaultPlan:
         return int(f.budget_mb * 2**20) if f else None
 
     def maybe_code_error(self, step: int, batch: torch.Tensor) -> None:
-        if self._active(CodeError, step):
+        if any(f.bug == "reshape" for f in self._active(CodeError, step)):
             # A real bug, really executed: reshaping a batch to a hard-coded wrong shape.
             batch.view(batch.shape[0] + 1, -1)
+
+    def drops_gradients(self, step: int) -> bool:
+        """True where the loop runs the misplaced ``zero_grad()`` after ``backward()``."""
+        return any(f.bug == "zero_grad" for f in self._active(CodeError, step))
 
 
 class MemoryMeter:

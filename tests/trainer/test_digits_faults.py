@@ -125,3 +125,15 @@ def test_slow_io_drops_throughput_and_workers_win_it_back(uri):
     fixed = run(uri, "digits", {**BASE, "steps": 50, "faults": fault, "data": {"num_workers": 8}})
     after_fixed = statistics.median(_values(uri, fixed.run_id, "train_samples_per_second", 35))
     assert after_fixed > 2 * after
+
+
+def test_zero_grad_bug_zeroes_the_gradient_norm_and_freezes_the_loss(uri):
+    fault = {"kind": "code_error", "bug": "zero_grad", "start_step": 30}
+    res = run(uri, "digits", {**BASE, "faults": [fault]})
+    assert res.status == "FINISHED"  # a silent bug: nothing raises
+    g = dict(history(uri, res.run_id, "grad_norm"))
+    assert min(g[s] for s in range(30)) > 0.05
+    assert all(g[s] == 0.0 for s in range(30, BASE["steps"]))
+    # The weights stop moving: eval loss stays where it was at the onset.
+    ev = dict(history(uri, res.run_id, "eval_loss"))
+    assert ev[40] == pytest.approx(ev[30], rel=1e-6) and ev[50] == pytest.approx(ev[30], rel=1e-6)

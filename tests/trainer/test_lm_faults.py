@@ -55,3 +55,14 @@ def test_lr_too_high_diverges_after_onset(uri):
     loss = dict(history(uri, res.run_id, "train/loss"))
     before = min(loss[s] for s in range(10, 20))
     assert any(not math.isfinite(loss[s]) or loss[s] > before + 1.0 for s in range(20, 30))
+
+
+def test_zero_grad_bug_zeroes_the_gradient_norm_while_the_loss_is_high(uri):
+    fault = [{"kind": "code_error", "bug": "zero_grad", "start_step": 15}]
+    res = run(uri, "lm", {**BASE, "steps": 25, "faults": fault})
+    assert res.status == "FINISHED"
+    g = dict(history(uri, res.run_id, "grad_norm"))
+    loss = dict(history(uri, res.run_id, "train/loss"))
+    assert min(g[s] for s in range(15)) > 0.01
+    assert all(g[s] == 0.0 for s in range(15, 25))
+    assert min(loss[s] for s in range(15, 25)) > 0.5 * loss[0]  # far from converged
