@@ -205,3 +205,80 @@ def test_non_numeric_steps_are_a_clear_error():
         detect({"loss": (["a", "b"], [1.0, 2.0])}, {"status": "FINISHED"}, "")
     with pytest.raises(BadInputError, match="whole numbers"):
         detect({"loss": ([0.5, 1.5], [1.0, 2.0])}, {"status": "FINISHED"}, "")
+
+
+# ------------------------------------------------------------------ real logged histories
+def _train(program: str, data: dict) -> dict[str, tuple[list[int], list[float]]]:
+    """A short real training run in-process; its logged metrics as histories."""
+    from trainer import digits, lm
+    from trainer.config import parse_config
+    from trainer.faults import FaultPlan
+    from trainer.harness import RunContext
+    from trainer.tracking import NullTracker
+
+    cfg = parse_config(program, data)
+    tracker = NullTracker()
+    ctx = RunContext(cfg=cfg, tracker=tracker, faults=FaultPlan(cfg.faults), log_path=None)  # type: ignore[arg-type]
+    ctx.log = lambda message: None  # type: ignore[method-assign]
+    ctx.upload_log = lambda force=False: None  # type: ignore[method-assign]
+    (lm.train if program == "lm" else digits.train)(ctx)
+    hist: dict[str, tuple[list[int], list[float]]] = {}
+    for step, metrics in tracker.metrics:
+        for k, v in metrics.items():
+            hist.setdefault(k, ([], []))
+            hist[k][0].append(step)
+            hist[k][1].append(v)
+    return hist
+
+
+DIGITS = {"steps": 80, "batch_size": 32, "eval_interval": 10, "optimizer": {"warmup_steps": 5}}
+
+
+def test_zeroed_gradients_in_a_real_run_are_vanishing_gradients_from_a_code_error():
+    from workbench.doctor import diagnose
+
+    bug = {"kind": "code_error", "bug": "zero_grad", "start_step": 40}
+    hist = _train("digits", {**DIGITS, "faults": [bug]})
+    found = detect(hist, {"status": "FINISHED"}, "")
+    assert kinds(found) == {"vanishing_gradients": 40}
+    diag, _ = diagnose(found, {}, "")
+    assert diag is not None and diag.cause == "code_error"
+    # The remedy (the bug removed) trains the same seed without any finding.
+    assert kinds(detect(_train("digits", DIGITS), {"status": "FINISHED"}, "")) == {}
+
+
+def test_zero_gradients_count_late_in_a_run_but_not_at_a_zero_loss():
+    loss = healthy_loss()  # from 4 down to ~1: below 10 % of the start only late, if ever
+    loss[300:] = 0.25  # low (a tenth of the start), but a model with zero gradients is stuck
+    g = grad()
+    g[300:] = 0.0
+    assert run({"train/loss": loss, "grad_norm": g})["vanishing_gradients"] == 300
+    loss[300:] = 0.0  # a perfectly fitted model: zero gradients are convergence
+    assert "vanishing_gradients" not in run({"train/loss": loss, "grad_norm": g})
+
+
+def test_outlier_gradients_under_adamw_spike_the_grad_norm_not_the_loss():
+    # A real LM run without clipping (the fault suite's lm-missing-grad-clip, shrunk): batches
+    # 20 and 40 have 1000x gradients. AdamW bounds each weight's update, so the loss does not
+    # jump (it only stops improving): the doctor reports exploding gradients, no loss spike.
+    small = {
+        "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2, "head_dim": 8,
+        "rotary_dim": 4, "num_attention_heads": 4, "num_key_value_heads": 2,
+    }  # fmt: skip
+    hist = _train(
+        "lm",
+        {
+            "steps": 45, "batch_size": 8, "eval_interval": 10, "eval_batches": 2,
+            "data": {"seq_len": 32}, "model": {"overrides": small},
+            "optimizer": {"lr": 0.005, "warmup_steps": 5, "grad_clip": None},
+            "moe": {"bias_update_rate": 0.01},
+            "faults": [{"kind": "missing_grad_clip", "start_step": 20, "every": 20, "scale": 1000}],
+        },
+    )  # fmt: skip
+    loss = np.array(hist["train/loss"][1])
+    assert loss[20:].max() < 1.1 * np.median(loss[10:20])  # no jump in the logged loss
+    found = kinds(
+        detect(hist, {"status": "FINISHED", "params": {"optimizer.grad_clip": "None"}}, "")
+    )
+    assert found.get("exploding_gradients") == 20
+    assert "loss_spike" not in found

@@ -299,18 +299,25 @@ def vanishing_gradients(
     s: Series, th: dict[str, Any], since: int = 0, *, loss: Series | None = None
 ) -> Finding | None:
     """The grad norm collapses while the loss is still high (tiny gradients at a near-zero
-    loss are convergence, not a problem)."""
+    loss are convergence, not a problem).
+
+    A norm below ``abs_min`` (in practice exactly 0: the gradients were thrown away or the
+    graph was cut) counts whatever the loss, as long as the loss itself is not ~0: a model
+    that still learns never has an all-zero minibatch gradient."""
     x = s.values
     fin = np.isfinite(x)
     if fin.sum() < th.get("min_points", 20):
         return None
     early = x[fin][: max(5, int(fin.sum() * 0.1))]
     ref = float(np.median(early))
-    low = fin & ((x < th.get("ratio", 1e-3) * ref) | (np.abs(x) < th.get("abs_min", 1e-8)))
+    dead = fin & (np.abs(x) < th.get("abs_min", 1e-8))
+    low = fin & (x < th.get("ratio", 1e-3) * ref)
     if loss is not None and len(loss):
         lv = np.interp(s.steps, loss.steps, _ffill_finite(loss.values))
         l0 = float(np.median(_ffill_finite(loss.values)[: max(3, len(loss) // 20)]))
         low &= lv > th.get("loss_frac", 0.1) * l0
+        dead &= lv > th.get("dead_loss_frac", 1e-4) * l0
+    low |= dead
     i = _first_run(low, int(th.get("persist", 5)), since, th.get("_final", True))
     if i is None:
         return None
