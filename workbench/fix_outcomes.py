@@ -137,6 +137,10 @@ class FixOutcomes:
                 json.dump(data, f, indent=1, sort_keys=True)
             os.replace(tmp, self.path)
 
+    def record(self, out: FixOutcome) -> None:
+        """Keep an outcome measured elsewhere (e.g. a supervisor episode's verified fix)."""
+        self._store(out)
+
     def lookup(self, scenario: str, patch: Iterable[Any]) -> FixOutcome | None:
         """The cached outcome, or None (never runs anything)."""
         hit = self._read().get(_key(scenario, canonical_patch(patch)))

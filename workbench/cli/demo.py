@@ -196,7 +196,10 @@ def demo_cmd(
         from workbench.evolve.demo import evolve_demo
 
         say("evolving the scaffold: one generation on these runs …")
-        evolution = evolve_demo(uri, runs, home, log=say)
+        evolution = evolve_demo(
+            uri, runs, home, log=say, episodes=results,
+            configs={n: repo / rel for n, rel in configs.items()},
+        )  # fmt: skip
     except Exception as exc:  # noqa: BLE001
         say(f"scaffold evolution skipped: {exc}")
     wall = time.monotonic() - t0
