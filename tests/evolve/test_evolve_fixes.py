@@ -125,3 +125,30 @@ def test_evolution_wins_by_a_stronger_remedy_and_queues_its_diff(tmp_path):
     assert item.kind == "scaffold" and item.status == "pending"
     arch = Archive.load(home / "evolve" / "archive.json")
     assert any(n.status == A.WINNER for n in arch.nodes.values())
+
+
+def test_demo_seed_is_declared_weaker_and_episodes_become_recorded_outcomes(tmp_path):
+    from scaffold.loader import PACKAGED
+    from workbench.evolve.demo import SEED_MIN_SCORE, demo_fixes, weaker_seed
+
+    seed = weaker_seed(tmp_path / "seed")
+    assert load_scaffold(seed).playbook.min_score == SEED_MIN_SCORE
+    shipped = (Path(PACKAGED) / "playbook.yaml").read_text().splitlines()
+    changed = [ln for ln in (seed / "playbook.yaml").read_text().splitlines() if ln not in shipped]
+    assert changed == [f"min_score: {SEED_MIN_SCORE}"]
+    cfg = tmp_path / "divergence.yaml"
+    cfg.write_text("steps: 10\n")
+    episodes = [
+        {"scenario": "divergence", "diagnosis": "lr_too_high", "remedy": "lower_lr",
+         "attempts": 1, "verified": True, "after": 2.3, "before": 3.6, "thread_id": "t1"},
+        {"scenario": "divergence", "diagnosis": "lr_too_high", "remedy": "clip_grads",
+         "attempts": 2, "verified": True, "after": 2.0, "before": 3.6, "thread_id": "t2"},
+    ]  # fmt: skip
+    fo = demo_fixes(tmp_path / "fc", "sqlite:///none.db", {"divergence": "r1"},
+                    {"divergence": cfg}, episodes)  # fmt: skip
+    rems = load_scaffold(None).playbook.causes["lr_too_high"].remedies
+    top = next(r for r in rems if r.id == "lower_lr")
+    got = fo.lookup("divergence", [p.model_dump() for p in top.patch])
+    assert got is not None and got.fixed and "fix episode t1" in got.reason
+    assert len(fo.all()) == 1  # a second attempt says nothing about the top remedy alone
+    assert fo.measured == 0
