@@ -51,7 +51,15 @@ def detect_metrics(
     params: Mapping[str, str] | None = None,
 ) -> list[Finding]:
     """Findings from metric histories only (no status, no log).  ``final=False`` for a live
-    run: a trend still being confirmed at the end of the series does not count yet."""
+    run: a trend still being confirmed at the end of the series does not count yet.
+
+    ``since`` (metric → index) is a promise from an incremental caller: no onset of this
+    metric's *prefix-stable* detectors (``nan_inf``, ``divergence`` without an eval loss,
+    ``loss_spike``, ``exploding_gradients``) lies before that index, because the points there
+    were judged already and found nothing.  Those detectors only look from there on; the
+    others (whose verdict on old points can change with new ones: an onset confirmed later,
+    a warm-up or reference that grows with the run) always see the whole series, so the
+    result equals a pass with ``since`` empty."""
     roles = (
         dict(roles)
         if roles is not None
@@ -82,8 +90,10 @@ def detect_metrics(
     loss = s_of("train_loss")
     ev = s_of("eval_loss")
     if loss is not None:
+        # With an eval loss, a divergence found earlier may be confirmed only now.
+        div_at = at(loss) if ev is None else 0
         found = [
-            D.divergence(loss, th.get("divergence", {}), at(loss), eval_loss=ev),
+            D.divergence(loss, th.get("divergence", {}), div_at, eval_loss=ev),
             D.loss_spike(loss, th.get("loss_spike", {}), at(loss)),
             D.plateau(loss, th.get("plateau", {})),
         ]
@@ -92,7 +102,8 @@ def detect_metrics(
     if gn is not None:
         found = [
             D.exploding_gradients(gn, th.get("exploding_gradients", {}), at(gn), clipped=clipped),
-            D.vanishing_gradients(gn, th.get("vanishing_gradients", {}), at(gn), loss=loss),
+            # Its reference (the early median) grows with the run: always the whole series.
+            D.vanishing_gradients(gn, th.get("vanishing_gradients", {}), 0, loss=loss),
         ]
         out += [f for f in found if f]
     if ev is not None:
@@ -101,19 +112,18 @@ def detect_metrics(
             out.append(f)
     load, dead, ent = s_of("moe_load"), s_of("moe_dead"), s_of("moe_entropy")
     if load is not None or dead is not None or ent is not None:
-        first = min((at(s) for s in (load, dead, ent) if s is not None), default=0)
-        f = D.expert_collapse(load, dead, ent, th.get("expert_collapse", {}), first)
+        # Warm-up and "still collapsed at the end" move with the run: the whole series.
+        f = D.expert_collapse(load, dead, ent, th.get("expert_collapse", {}), 0)
         if f:
             out.append(f)
     drops = []
     tp = s_of("throughput")
     if tp is not None:
-        drops.append(D.throughput_drop(tp, th.get("throughput_drop", {}), at(tp)))
+        # "Slow until the end" is judged on the run's end: the whole series.
+        drops.append(D.throughput_drop(tp, th.get("throughput_drop", {}), 0))
     st = s_of(_STEP_TIME_ROLE)
     if st is not None:
-        drops.append(
-            D.throughput_drop(st, th.get("throughput_drop", {}), at(st), higher_is_worse=True)
-        )
+        drops.append(D.throughput_drop(st, th.get("throughput_drop", {}), 0, higher_is_worse=True))
     drops = [d for d in drops if d is not None]
     if drops:
         out.append(min(drops, key=lambda f: f.step or 0))

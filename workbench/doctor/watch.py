@@ -4,9 +4,12 @@ A ``Watcher`` keeps, per run, the metric histories seen so far, a ``Cursor`` per
 the findings.  Each ``poll``:
 
 1. takes a cheap snapshot (status + newest point per metric of every run);
-2. fetches only the points newer than each cursor, for metrics whose newest point moved;
-3. re-runs the windowed detectors only over the new points (plus a short look-back), the
-   global ones (plateau, overfitting, NaN) over the whole — cheap — arrays;
+2. fetches only the points newer than each cursor, for metrics whose newest point moved (on
+   sqlite: a handful of queries for all runs together);
+3. re-runs the detectors on runs with new points: the prefix-stable ones only from a short
+   look-back before the new points, the others over the whole — cheap — arrays (see
+   ``detect_metrics``); a metric that already has a finding is judged whole again, so the
+   findings always equal those of a full pass over the same data;
 4. re-diagnoses a run only when its findings or status changed.
 
 The first poll is a full pass; the state can be saved to a file so ``watch --once`` runs stay
@@ -33,18 +36,9 @@ from workbench.doctor.types import Finding, RunVerdict
 from workbench.errors import BadInputError
 from workbench.tracking import Cursor, History, RunInfo, TrackingClient
 
-# Findings whose onset can only move with new points (windowed); the rest are recomputed.
-_STICKY = {
-    "divergence",
-    "loss_spike",
-    "exploding_gradients",
-    "vanishing_gradients",
-    "expert_collapse",
-    "throughput_drop",
-    "nan_inf",
-}
-_LOOKBACK = 32  # points re-judged before the new ones (runs of `persist` that straddle polls)
-_STATE_VERSION = 1
+# Points re-judged before the new ones: a run of `persist` points may straddle two polls.
+_LOOKBACK = 32
+_STATE_VERSION = 2
 
 
 @dataclass
@@ -55,6 +49,9 @@ class RunState:
     series: dict[str, Series] = field(default_factory=dict)
     roles: dict[str, str] = field(default_factory=dict)
     judged: dict[str, int] = field(default_factory=dict)  # points already judged per metric
+    # Metrics whose judged points cannot be trusted as a prefix (re-normalised after a
+    # resume, or holding a non-finite value a detector fills from later points).
+    rejudge: set[str] = field(default_factory=set)
     metric_findings: list[Finding] = field(default_factory=list)
     verdict: RunVerdict | None = None
     log_text: str | None = None  # fetched when it first matters, again when the status changes
@@ -67,30 +64,18 @@ def status_or_new(st: RunState, status: str) -> bool:
     return st.log_status != status
 
 
-def _append(s: Series | None, name: str, new: History, raw: History) -> Series:
-    """Extend a normalised series with new points (re-normalise only if steps went back)."""
+def _append(s: Series | None, name: str, new: History, raw: History) -> tuple[Series, bool]:
+    """Extend a normalised series with new points; False when it had to be re-normalised
+    (steps went back: a resume), so the old points are not a prefix any more."""
     if s is not None and len(new) and np.all(np.diff(new.steps) > 0) and new.steps[0] > s.steps[-1]:
-        return Series(
+        grown = Series(
             name,
             np.concatenate([s.steps, new.steps]),
             np.concatenate([s.values, new.values]),
             np.concatenate([s.timestamps, new.timestamps]),
         )
-    return normalize(name, raw)
-
-
-def _merge(old: list[Finding], new: list[Finding]) -> list[Finding]:
-    """Sticky kinds keep their earliest onset per metric; the others take the new result."""
-    out: dict[tuple[str, str | None], Finding] = {}
-    for f in old:
-        if f.kind in _STICKY:
-            out[(f.kind, f.metric)] = f
-    for f in new:
-        key = (f.kind, f.metric)
-        if f.kind in _STICKY and key in out:
-            continue
-        out[key] = f
-    return list(out.values())
+        return grown, True
+    return normalize(name, raw), False
 
 
 class Watcher:
@@ -107,6 +92,9 @@ class Watcher:
         self.scaffold = scaffold
         self.filter_string = filter_string
         self.runs: dict[str, RunState] = {}
+        # A run of `persist` points straddling two polls must be seen whole.
+        persist = int(scaffold.detectors.get("divergence", {}).get("persist", 5))
+        self._lookback = max(_LOOKBACK, persist + 1)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> None:
@@ -189,60 +177,80 @@ class Watcher:
                     st.raw[key] = h
                     st.cursors[key] = cur
                     st.series[key] = normalize(key, h)
-                st.roles = resolve_roles(
-                    {k: len(v) for k, v in st.series.items()}, self.scaffold.metrics
-                )
                 st.fresh = True
+        # Every metric whose newest point moved, for all runs at once.
+        moved: dict[tuple[str, str], Cursor | None] = {}
+        for rid, sn in snap.items():
+            st = self.runs.get(rid)
+            if st is None:
+                continue
+            for key, (step, ts) in sn.latest.items():
+                cur = st.cursors.get(key)
+                if cur is None or cur.step != step or cur.timestamp < ts:
+                    moved[(rid, key)] = cur
+        fetched = self.client.new_points_many(moved) if moved else {}
         total = len(snap)
         for i, (rid, sn) in enumerate(snap.items()):
             st = self.runs.get(rid)
             if st is not None:
-                self._update(st, sn, now_ms)
+                self._update(st, sn, now_ms, fetched)
             if progress:
                 progress(i + 1, total)
         ordered = sorted(self.runs.values(), key=lambda s: -(s.info.start_time or 0))
         return [s.verdict for s in ordered if s.verdict is not None]
 
-    def _update(self, st: RunState, sn: Any, now_ms: int) -> None:
+    def _update(
+        self,
+        st: RunState,
+        sn: Any,
+        now_ms: int,
+        fetched: dict[tuple[str, str], tuple[History, Cursor | None]],
+    ) -> None:
         status_changed = sn.status != st.info.status or sn.end_time != st.info.end_time
         if status_changed:
             st.info = RunInfo(**{**st.info.__dict__, "status": sn.status, "end_time": sn.end_time})
         changed: list[str] = []
-        for key, (step, ts) in sn.latest.items():
-            cur = st.cursors.get(key)
-            if cur is not None and cur.step == step and cur.timestamp >= ts:
+        for key in sn.latest:
+            got = fetched.get((st.info.run_id, key))
+            if got is None:
                 continue
-            new, cur2 = self.client.new_points(st.info.run_id, key, cur)
+            new, cur2 = got
             if cur2 is not None:
                 st.cursors[key] = cur2
             if len(new) == 0:
                 continue
             st.raw[key] = st.raw.get(key, History.empty()).concat(new)
-            st.series[key] = _append(st.series.get(key), key, new, st.raw[key])
+            st.series[key], appended = _append(st.series.get(key), key, new, st.raw[key])
+            if not appended:
+                st.rejudge.add(key)
             changed.append(key)
-        final = st.info.status != "RUNNING"
         if st.fresh:
             changed = changed or list(st.series)
-            st.fresh = False
         if changed or st.verdict is None or status_changed:
-            if changed and set(changed) - set(st.judged):
-                st.roles = resolve_roles(
-                    {k: len(v) for k, v in st.series.items()}, self.scaffold.metrics
-                )
-            since = {k: max(0, st.judged.get(k, 0) - _LOOKBACK) for k in st.series}
-            if status_changed:
-                since = {}  # trailing runs now count: judge the whole run again
-            found = detect_metrics(
+            roles = resolve_roles({k: len(v) for k, v in st.series.items()}, self.scaffold.metrics)
+            # Judged points are skipped only when nothing can have changed their verdict:
+            # same roles, same status, a pure append, finite values, no finding on the metric.
+            whole = st.fresh or status_changed or roles != st.roles
+            with_finding = {f.metric for f in st.metric_findings}
+            since = {
+                k: 0
+                if whole or k in st.rejudge or k in with_finding
+                else max(0, st.judged.get(k, 0) - self._lookback)
+                for k in st.series
+            }
+            st.roles = roles
+            st.metric_findings = detect_metrics(
                 st.series,
                 self.scaffold.detectors,
                 self.scaffold.metrics,
                 since=since,
                 roles=st.roles,
-                final=final,
+                final=st.info.status != "RUNNING",
                 params=st.info.params,
             )
-            st.metric_findings = _merge(st.metric_findings, found) if since else found
             st.judged = {k: len(v) for k, v in st.series.items()}
+            st.rejudge = {k for k, v in st.series.items() if not np.isfinite(v.values).all()}
+            st.fresh = False
         self._judge(st, now_ms, force=bool(changed) or status_changed or st.verdict is None)
 
     def _judge(self, st: RunState, now_ms: int, force: bool) -> None:
