@@ -40,6 +40,15 @@ def test_every_fault_on_both_programs_and_eight_healthy_controls(suite):
         assert s.fault is None or s.remedies, s.id
 
 
+def test_every_finding_kind_is_expected_in_both_splits(suite):
+    # Otherwise a kind has no F1 on a split and the doctor is never scored on it there.
+    from experiments.faults.suite import FINDING_KINDS
+
+    for split in ("selection", "heldout"):
+        seen = {k for s in suite.scenarios if s.split == split for k in s.expected.findings}
+        assert seen == FINDING_KINDS, (split, sorted(FINDING_KINDS - seen))
+
+
 def test_every_remedy_patch_yields_a_valid_config(suite):
     for sc in suite.scenarios:
         base = scenario_config(suite, sc)
