@@ -464,32 +464,35 @@ class TrackingClient:
     def _new_points_many_sql(
         db: sqlite3.Connection, wanted: dict[tuple[str, str], Cursor | None]
     ) -> dict[tuple[str, str], tuple[History, Cursor | None]]:
+        """New = a larger step than the cursor's, or a newer timestamp (a resume re-logs old
+        steps later).  MLflow's primary key starts with (key, timestamp): one range per metric
+        name, from the oldest of its cursors, finds every point newer than that; the rare
+        point with a larger step but an older timestamp (another machine's clock) comes from
+        the (run_uuid, key, step) index, one short range per pair."""
         rows: dict[tuple[str, str], list[tuple[Any, ...]]] = {p: [] for p in wanted}
-        # Points with a larger step: the (run_uuid, key, step) index, one range per pair.
-        q = "SELECT step, timestamp, value, is_nan FROM metrics WHERE run_uuid=? AND key=? AND step>?"
-        for (rid, key), cur in wanted.items():
-            rows[(rid, key)] += db.execute(q, (rid, key, cur.step)).fetchall()  # type: ignore[union-attr]
-        # Points with an old step but a newer timestamp (a resume re-logging steps): the
-        # primary key starts with (key, timestamp), so one range per metric name finds them.
         by_key: dict[str, dict[str, Cursor]] = {}
         for (rid, key), cur in wanted.items():
             by_key.setdefault(key, {})[rid] = cur  # type: ignore[assignment]
         for key, curs in by_key.items():
-            since = min(c.timestamp for c in curs.values())
+            oldest = min(c.timestamp for c in curs.values())
             for rid, step, ts, value, is_nan in db.execute(
                 "SELECT run_uuid, step, timestamp, value, is_nan FROM metrics "
                 "WHERE key=? AND timestamp>?",
-                (key, since),
+                (key, oldest),
             ):
                 c = curs.get(rid)
-                if c is not None and step <= c.step and ts > c.timestamp:
+                if c is not None and (step > c.step or ts > c.timestamp):
                     rows[(rid, key)].append((step, ts, value, is_nan))
+            q = (
+                "SELECT step, timestamp, value, is_nan FROM metrics "
+                "WHERE run_uuid=? AND key=? AND step>? AND +timestamp<=?"
+            )
+            for rid, c in curs.items():
+                rows[(rid, key)] += db.execute(q, (rid, key, c.step, oldest)).fetchall()
         out: dict[tuple[str, str], tuple[History, Cursor | None]] = {}
         for pair, r in rows.items():
             h = _history(r)
-            cur = wanted[pair]
-            new = _cursor_of(h, cur)
-            out[pair] = (h, None if new is None else Cursor(new.step, new.timestamp, new.count))
+            out[pair] = (h, _cursor_of(h, wanted[pair]))
         return out
 
     def new_points(

@@ -40,6 +40,32 @@ def series_of(histories: Mapping[str, Any]) -> dict[str, Series]:
     return out
 
 
+def _tail(s: Series, since: int, th: Mapping[str, Any]) -> tuple[Series, int]:
+    """The last points of ``s`` a rolling-baseline detector needs to judge from ``since`` on:
+    whole windows before the first baseline block it evaluates, cut on the block grid, so
+    every baseline, z-score and count it reports is the very same number (and it costs
+    O(new points), not O(run))."""
+    window, stride = int(th.get("window", 128)), int(th.get("stride", 4))
+    min_history = int(th.get("min_history", 16))
+    if since <= min_history:
+        return s, since
+    first_block = min_history + (since - min_history) // stride * stride
+    lo = (first_block - window) // stride * stride
+    if lo <= 0:
+        return s, since
+    return Series(s.name, s.steps[lo:], s.values[lo:], s.timestamps[lo:]), since - lo
+
+
+def _spike(s: Series, th: Mapping[str, Any], since: int) -> Finding | None:
+    tail, at = _tail(s, since, th)
+    return D.loss_spike(tail, dict(th), at)
+
+
+def _exploding(s: Series, th: Mapping[str, Any], since: int, clipped: bool) -> Finding | None:
+    tail, at = _tail(s, since, th)
+    return D.exploding_gradients(tail, dict(th), at, clipped=clipped)
+
+
 def detect_metrics(
     series: Mapping[str, Series],
     thresholds: Mapping[str, Mapping[str, Any]],
@@ -94,14 +120,14 @@ def detect_metrics(
         div_at = at(loss) if ev is None else 0
         found = [
             D.divergence(loss, th.get("divergence", {}), div_at, eval_loss=ev),
-            D.loss_spike(loss, th.get("loss_spike", {}), at(loss)),
+            _spike(loss, th.get("loss_spike", {}), at(loss)),
             D.plateau(loss, th.get("plateau", {})),
         ]
         out += [f for f in found if f]
     gn = s_of("grad_norm")
     if gn is not None:
         found = [
-            D.exploding_gradients(gn, th.get("exploding_gradients", {}), at(gn), clipped=clipped),
+            _exploding(gn, th.get("exploding_gradients", {}), at(gn), clipped),
             # Its reference (the early median) grows with the run: always the whole series.
             D.vanishing_gradients(gn, th.get("vanishing_gradients", {}), 0, loss=loss),
         ]
@@ -130,19 +156,35 @@ def detect_metrics(
     return out
 
 
-def _last_point(series: Mapping[str, Series]) -> tuple[int | None, int | None, float | None]:
-    """(last step, last timestamp, median logging interval in ms) over all metrics."""
-    # System metrics (MLflow's sampler thread) keep ticking while a training loop hangs.
+def cadence_series(series: Mapping[str, Series]) -> Series | None:
+    """The series whose logging interval is the run's cadence: the densest of its own metrics
+    (MLflow's ``system/…`` sampler thread keeps ticking while a training loop hangs)."""
+    own = {k: v for k, v in series.items() if not k.startswith("system/")}
+    series = own or series
+    return max(series.values(), key=len) if series else None
+
+
+def median_of_sorted(d: np.ndarray) -> float:
+    """``np.median`` of an already sorted array (the same float, without the partition)."""
+    m = len(d)
+    return float(d[m // 2]) if m % 2 else float(np.mean(d[m // 2 - 1 : m // 2 + 1]))
+
+
+def _last_point(
+    series: Mapping[str, Series], cadence: float | None | bool = False
+) -> tuple[int | None, int | None, float | None]:
+    """(last step, last timestamp, median logging interval in ms) over all metrics.
+    ``cadence``: the interval when the caller already knows it."""
     own = {k: v for k, v in series.items() if not k.startswith("system/")}
     series = own or series
     if not series:
         return None, None, None
     last_step = max(int(s.steps[-1]) for s in series.values())
     last_ts = max(int(s.timestamps.max()) for s in series.values())
-    densest = max(series.values(), key=len)
-    ts = np.sort(densest.timestamps)
-    cadence = float(np.median(np.diff(ts))) if len(ts) > 2 else None
-    return last_step, (last_ts or None), cadence
+    if cadence is False:
+        ts = np.sort(cadence_series(series).timestamps)  # type: ignore[union-attr]
+        cadence = float(np.median(np.diff(ts))) if len(ts) > 2 else None
+    return last_step, (last_ts or None), cadence  # type: ignore[return-value]
 
 
 def detect_status(
@@ -151,10 +193,12 @@ def detect_status(
     log_text: str | None,
     thresholds: Mapping[str, Mapping[str, Any]],
     now_ms: int | None = None,
+    last: tuple[int | None, int | None, float | None] | None = None,
 ) -> list[Finding]:
-    """``crash`` (status + log) and ``stalled`` (silence longer than the run's cadence)."""
+    """``crash`` (status + log) and ``stalled`` (silence longer than the run's cadence).
+    ``last``: ``_last_point(series)`` when the caller keeps it up to date itself."""
     status = _get(run_info, "status", "FINISHED") or "FINISHED"
-    last_step, last_ts, cadence = _last_point(series)
+    last_step, last_ts, cadence = last if last is not None else _last_point(series)
     out = []
     f = D.crash(status, log_text or "", last_step, thresholds.get("crash", {}))
     if f:

@@ -177,26 +177,38 @@ def _divergence(s: Series, th: dict[str, Any], since: int = 0) -> Finding | None
     x = x[:end]
     if len(x) < 3:
         return None
-    run_min = np.minimum.accumulate(x)
-    prev_min = np.concatenate([[x[0]], run_min[:-1]])
+    # Everything below is judged on x[lo:], the points before entering only through their
+    # running min and max (exact), so an incremental call costs O(new points).  One point
+    # before `since` lets a trailing run that started earlier be seen as such.
+    lo = min(max(0, since - 1), len(x) - 1)
+    t = x[lo:]
+    run_min = np.minimum.accumulate(t)
+    first_min = x[0] if lo == 0 else float(np.min(x[:lo]))
+    if lo:
+        np.minimum(run_min, first_min, out=run_min)
+    prev_min = np.concatenate([[first_min], run_min[:-1]])
     thresh = np.maximum(prev_min * th.get("ratio", 1.5), prev_min + th.get("min_delta", 0.5))
-    above = x > thresh
-    i = _first_run(above, int(th.get("persist", 5)), since, th.get("_final", True))
-    run_max = np.maximum.accumulate(np.abs(x))
-    prev_max = np.concatenate([[np.inf], run_max[:-1]])
-    mega = np.flatnonzero((np.abs(x) > th.get("megatron_ratio", 10.0) * prev_max)[max(since, 1) :])
-    j = int(mega[0]) + max(since, 1) if len(mega) else None
+    above = t > thresh
+    i = _first_run(above, int(th.get("persist", 5)), since - lo, th.get("_final", True))
+    run_max = np.maximum.accumulate(np.abs(t))
+    first_max = np.inf if lo == 0 else float(np.max(np.abs(x[:lo])))
+    if lo:
+        np.maximum(run_max, first_max, out=run_max)
+    prev_max = np.concatenate([[first_max], run_max[:-1]])
+    m0 = max(since, 1) - lo
+    mega = np.flatnonzero((np.abs(t) > th.get("megatron_ratio", 10.0) * prev_max)[m0:])
+    j = int(mega[0]) + m0 if len(mega) else None
     if i is None and j is None:
         return None
     k = min(v for v in (i, j) if v is not None)
     best = float(prev_min[k])
-    peak = float(np.max(x[k:]))
+    peak = float(np.max(t[k:]))
     return Finding(
         kind="divergence",
         metric=s.name,
-        step=int(s.steps[k]),
+        step=int(s.steps[lo + k]),
         severity=float(min(1.0, 0.5 + 0.1 * peak / max(abs(best), 1e-12))),
-        evidence=f"{s.name} rose from its best {_fmt(best)} to {_fmt(x[k])} at step {s.steps[k]} (peak {_fmt(peak)}) and stayed up",
+        evidence=f"{s.name} rose from its best {_fmt(best)} to {_fmt(t[k])} at step {s.steps[lo + k]} (peak {_fmt(peak)}) and stayed up",
     )
 
 

@@ -30,7 +30,15 @@ from typing import Any
 import numpy as np
 
 from scaffold.loader import Scaffold
-from workbench.doctor.core import detect_metrics, detect_status, needs_log, verdict
+from workbench.doctor.core import (
+    _last_point,
+    cadence_series,
+    detect_metrics,
+    detect_status,
+    median_of_sorted,
+    needs_log,
+    verdict,
+)
 from workbench.doctor.series import Series, normalize, resolve_roles
 from workbench.doctor.types import Finding, RunVerdict
 from workbench.errors import BadInputError
@@ -52,6 +60,10 @@ class RunState:
     # Metrics whose judged points cannot be trusted as a prefix (re-normalised after a
     # resume, or holding a non-finite value a detector fills from later points).
     rejudge: set[str] = field(default_factory=set)
+    # The cadence's series: (name, points, their newest timestamp, sorted logging intervals),
+    # grown with appended points instead of re-sorted every poll.
+    cadence: tuple[str, int, int, np.ndarray] | None = None
+    pre: list[Finding] = field(default_factory=list)  # findings before the log was read
     metric_findings: list[Finding] = field(default_factory=list)
     verdict: RunVerdict | None = None
     log_text: str | None = None  # fetched when it first matters, again when the status changes
@@ -223,6 +235,7 @@ class Watcher:
             st.series[key], appended = _append(st.series.get(key), key, new, st.raw[key])
             if not appended:
                 st.rejudge.add(key)
+                st.cadence = None
             changed.append(key)
         if st.fresh:
             changed = changed or list(st.series)
@@ -255,22 +268,47 @@ class Watcher:
 
     def _judge(self, st: RunState, now_ms: int, force: bool) -> None:
         status = st.info.status
-        pre = st.metric_findings + detect_status(
-            st.series, st.info, None, self.scaffold.detectors, now_ms
-        )
-        old_kinds = {(f.kind, f.step) for f in st.verdict.findings} if st.verdict else None
-        if not force and old_kinds == {(f.kind, f.step) for f in pre}:
+        last = _last_point(st.series, _cadence(st))
+        th = self.scaffold.detectors
+        pre = st.metric_findings + detect_status(st.series, st.info, None, th, now_ms, last)
+        if not force and st.verdict is not None and pre == st.pre:
             return  # nothing new (a RUNNING run without new points and no new stall)
+        st.pre = pre
         if needs_log(status, pre) and (st.log_text is None or status_or_new(st, status)):
             st.log_text = self.client.log_text(st.info.run_id)
             st.log_status = status
         found = st.metric_findings + detect_status(
-            st.series, st.info, st.log_text, self.scaffold.detectors, now_ms
+            st.series, st.info, st.log_text, th, now_ms, last
         )
         found.sort(key=lambda f: (f.step is None, f.step or 0, f.kind))
         st.verdict = verdict(
             st.info.run_id, found, st.info.params, st.log_text, self.scaffold, status
         )
+
+
+def _cadence(st: RunState) -> float | None:
+    """The run's median logging interval (what ``_last_point`` computes), kept up to date
+    from the new points' intervals: inserting ten values beats sorting thousands."""
+    s = cadence_series(st.series)
+    if s is None:
+        return None
+    ts, c = s.timestamps, st.cadence
+    if c is not None and c[0] == s.name and c[1] <= len(ts):
+        new = ts[c[1] :]
+        if len(new) == 0:
+            diffs = c[3]
+        elif new.min() >= c[2]:
+            add = np.diff(np.concatenate([[c[2]], np.sort(new)]))
+            add.sort()
+            diffs = np.insert(c[3], np.searchsorted(c[3], add), add)
+        else:
+            c = None
+    else:
+        c = None
+    if c is None:
+        diffs = np.sort(np.diff(np.sort(ts)))
+    st.cadence = (s.name, len(ts), int(ts.max()) if len(ts) else 0, diffs)
+    return median_of_sorted(diffs) if len(ts) > 2 else None
 
 
 def diagnose_experiment(
