@@ -193,9 +193,10 @@ def create_app(engine: Engine, tokenizer, model_name: str = "m2-workbench") -> F
             p = SamplingParams(
                 **{**params.__dict__, "seed": None if params.seed is None else params.seed + i}
             )
-            stream = _Stream(loop)
+            bridge = _Stream(loop)
             try:
-                out.append((engine.submit(prompt_ids, p, stream.emit, stream=stream), stream))
+                seq = engine.submit(prompt_ids, p, bridge.emit, stream=stream)
+                out.append((seq, bridge))
             except ValueError as exc:
                 raise APIError(str(exc)) from exc
         return out

@@ -41,13 +41,14 @@ class SlotCache:
         self.rows = 0  # running rows: 0 .. rows-1
         self.lo = self.hi = 0  # live columns [lo, hi); the next token of every row goes at hi
         self.start: list[int] = []  # first real column of each row
+        self.padded = False  # some row starts after lo (its mask has holes)
         self._alloc(cap)
 
     def _alloc(self, cap: int) -> None:
-        shape = (self.max_rows, self.n_kv, cap, self.head_dim)
-        kw = {"dtype": self.dtype, "device": self.device}
-        self.k = [torch.zeros(shape, **kw) for _ in range(self.num_layers)]
-        self.v = [torch.zeros(shape, **kw) for _ in range(self.num_layers)]
+        # One tensor for all layers: (L, max_rows, n_kv, cap, D), so a step takes its views once.
+        shape = (self.num_layers, self.max_rows, self.n_kv, cap, self.head_dim)
+        self.k = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        self.v = torch.zeros(shape, dtype=self.dtype, device=self.device)
         self.mask = torch.zeros(self.max_rows, cap, dtype=torch.bool, device=self.device)
         self.cap = cap
 
@@ -58,9 +59,8 @@ class SlotCache:
         self._alloc(cap)
         n = hi - lo
         if B and n:
-            for layer in range(self.num_layers):
-                self.k[layer][:B, :, new_lo : new_lo + n] = old_k[layer][:B, :, lo:hi]
-                self.v[layer][:B, :, new_lo : new_lo + n] = old_v[layer][:B, :, lo:hi]
+            self.k[:, :B, :, new_lo : new_lo + n] = old_k[:, :B, :, lo:hi]
+            self.v[:, :B, :, new_lo : new_lo + n] = old_v[:, :B, :, lo:hi]
             self.mask[:B, new_lo : new_lo + n] = old_mask[:B, lo:hi]
         self.start = [s - lo + new_lo for s in self.start]
         self.lo, self.hi = new_lo, new_lo + n
@@ -94,25 +94,24 @@ class SlotCache:
             self.mask[r0 + j, hi - length : hi] = True
             self.start.append(hi - length)
         self.rows += n
-        self.lo = min(self.start)
+        self._bounds()
+
+    def _bounds(self) -> None:
+        self.lo = min(self.start) if self.start else self.hi
+        self.padded = any(s != self.lo for s in self.start)
 
     def remove_rows(self, gone: list[int]) -> None:
         """Drop rows; each is filled by the current last row (the caller mirrors the moves)."""
         for i in sorted(gone, reverse=True):
             last = self.rows - 1
             if i != last:
-                for layer in range(self.num_layers):
-                    self.k[layer][i, :, self.lo : self.hi] = self.k[layer][
-                        last, :, self.lo : self.hi
-                    ]
-                    self.v[layer][i, :, self.lo : self.hi] = self.v[layer][
-                        last, :, self.lo : self.hi
-                    ]
+                self.k[:, i, :, self.lo : self.hi] = self.k[:, last, :, self.lo : self.hi]
+                self.v[:, i, :, self.lo : self.hi] = self.v[:, last, :, self.lo : self.hi]
                 self.mask[i] = self.mask[last]
                 self.start[i] = self.start[last]
             self.start.pop()
             self.rows -= 1
-        self.lo = min(self.start) if self.start else self.hi
+        self._bounds()
 
 
 def move_last_into(items: list, gone: list[int]) -> list:
@@ -133,8 +132,16 @@ def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return weight * x32.to(dtype)
 
 
+def _rms_fused(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """The same in one op; bit-identical to `_rms` for fp32 (checked in tests/serving)."""
+    return F.rms_norm(x, weight.shape, weight, eps)
+
+
 class Decoder:
-    """One decode step for every row of a SlotCache, over a model's weights (read, not copied)."""
+    """One decode step for every row of a SlotCache, over a model's weights. Per layer it is
+    ~30 tensor ops (the forward's module path is ~65): one fused q/k/v projection, RoPE as one
+    small batched matmul per q and k, fused RMSNorm, the router inline and the experts as two
+    grouped GEMMs. The fused q/k/v weight is a copy made here: a new Decoder per weight swap."""
 
     def __init__(self, model) -> None:
         cfg = model.config
@@ -147,87 +154,102 @@ class Decoder:
         self.eps = cfg.rms_norm_eps
         self.backend = KERNEL_BACKEND[cfg.moe_backend]
         self.top_k = cfg.num_experts_per_tok
-        self._resolved = resolve_backend(self.backend, model.lm_head.weight.device, "MoE")
-        # torch's grouped GEMM wants 16-byte aligned rows.
-        align = 16 // torch.empty((), dtype=model.lm_head.weight.dtype).element_size()
-        self._grouped = hasattr(F, "grouped_mm") and not (
-            cfg.hidden_size % align or cfg.intermediate_size % align
-        )
         inner = model.model
         self.dtype = inner.embed_tokens.weight.dtype
         self.device = inner.embed_tokens.weight.device
-        # RoPE for every position, built with the model's own formula (elementwise, so equal).
+        self._resolved = resolve_backend(self.backend, self.device, "MoE")
+        self._rms = _rms_fused if self.dtype == torch.float32 else _rms
+        # torch's grouped GEMM wants 16-byte aligned rows.
+        align = 16 // torch.empty((), dtype=self.dtype).element_size()
+        self._grouped = hasattr(F, "grouped_mm") and not (
+            cfg.hidden_size % align or cfg.intermediate_size % align
+        )
+        # RoPE tables for every position, built with the model's own formula (elementwise, so
+        # equal). rope(x) = x * C + x[perm] * S: C is cos on the rotary dims and 1 elsewhere,
+        # x[perm] * S is rotate_half(x_rot) * sin there and 0 elsewhere. As a matrix per row,
+        # rope(x) = x @ R with R = diag(C) + P * S (P[j, i] = 1 where j == perm[i]).
         pos = torch.arange(cfg.max_position_embeddings, device=self.device)[None]
         cos, sin = inner.rotary_emb(pos, self.dtype)
         rd, D = cos.shape[-1], self.head_dim
-        # rope(x) = x * C + x[perm] * S: C is cos on the rotary dims and 1 elsewhere; x[perm]*S
-        # is rotate_half(x_rot) * sin on the rotary dims and 0 elsewhere.
-        ones = torch.ones(cos.shape[1], D - rd, dtype=self.dtype, device=self.device)
         half = rd // 2
+        ones = torch.ones(cos.shape[1], D - rd, dtype=self.dtype, device=self.device)
         self.rope_c = torch.cat([cos[0], ones], dim=-1)  # (max_pos, D)
         self.rope_s = torch.cat([-sin[0, :, :half], sin[0, :, half:rd], 0 * ones], dim=-1)
-        self.rope_perm = torch.cat(
-            [torch.arange(half, rd), torch.arange(half), torch.arange(rd, D)]
-        ).to(self.device)
-        self.layers = [
-            (
-                layer.input_layernorm.weight,
-                layer.self_attn,
-                layer.post_attention_layernorm.weight,
-                layer.mlp,
+        perm = torch.cat([torch.arange(half, rd), torch.arange(half), torch.arange(rd, D)])
+        self.rope_p = torch.zeros(D, D, dtype=self.dtype, device=self.device)
+        self.rope_p[perm, torch.arange(D)] = 1
+        self.layers = []
+        for layer in inner.layers:
+            attn, moe = layer.self_attn, layer.mlp
+            qkv = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])
+            bias = moe.e_score_correction_bias.float() if moe.config.use_routing_bias else None
+            self.layers.append(
+                (
+                    layer.input_layernorm.weight,
+                    qkv,
+                    attn.q_norm.weight,
+                    attn.k_norm.weight,
+                    attn.o_proj.weight.t(),
+                    layer.post_attention_layernorm.weight,
+                    moe.gate.weight.float(),
+                    bias,
+                    moe.experts.gate_up_proj,
+                    moe.experts.down_proj,
+                )
             )
-            for layer in inner.layers
-        ]
+        self.q_dim, self.kv_dim = cfg.q_dim, cfg.kv_dim
 
     def new_cache(self, max_rows: int) -> SlotCache:
         return SlotCache(
             len(self.layers), max_rows, self.n_kv, self.head_dim, self.dtype, self.device
         )
 
-    def _rope(self, x: torch.Tensor, c: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        return torch.addcmul(x * c, x.index_select(-1, self.rope_perm), s)
-
     def step(self, cache: SlotCache, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """tokens, positions (B,) with B == cache.rows -> next-token logits (B, V)."""
         B, nh, nkv, D = cache.rows, self.n_heads, self.n_kv, self.head_dim
+        eps, rms = self.eps, self._rms
         cache.reserve()
-        col = cache.hi
+        col, lo = cache.hi, cache.lo
         cache.mask[:B, col] = True
-        mask = cache.mask[:B, None, None, cache.lo : col + 1]  # (B, 1, 1, S)
-        c = self.rope_c.index_select(0, positions)[:, None]  # (B, 1, D)
-        s = self.rope_s.index_select(0, positions)[:, None]
+        # Rows that all start at `lo` need no mask (the common case of a batch sent together).
+        mask = cache.mask[:B, None, None, lo : col + 1] if cache.padded else None
+        c = self.rope_c.index_select(0, positions)  # (B, D)
+        s = self.rope_s.index_select(0, positions)
+        rope = torch.diag_embed(c).addcmul_(self.rope_p, s[:, None, :])  # (B, D, D)
         x = F.embedding(tokens, self.model.model.embed_tokens.weight)  # (B, H)
-        for i, (w_in, attn, w_post, moe) in enumerate(self.layers):
-            h = _rms(x, w_in, self.eps)
-            q = _rms(F.linear(h, attn.q_proj.weight), attn.q_norm.weight, self.eps)
-            k = _rms(F.linear(h, attn.k_proj.weight), attn.k_norm.weight, self.eps)
-            v = F.linear(h, attn.v_proj.weight)
-            q = self._rope(q.view(B, nh, D), c, s)
-            k = self._rope(k.view(B, nkv, D), c, s)
-            cache.k[i][:B, :, col] = k
-            cache.v[i][:B, :, col] = v.view(B, nkv, D)
+        # This step's views of the cache, all layers at once: the column it writes, the window
+        # it attends.
+        k_col, v_col = cache.k[:, :B, :, col], cache.v[:, :B, :, col]  # (L, B, n_kv, D)
+        k_win, v_win = cache.k[:, :B, :, lo : col + 1], cache.v[:, :B, :, lo : col + 1]
+        sizes = [self.q_dim, self.kv_dim, self.kv_dim]
+        for i, (w_in, w_qkv, w_qn, w_kn, w_o_t, w_post, w_gate, bias, w_gu, w_dn) in enumerate(
+            self.layers
+        ):
+            q, k, v = F.linear(rms(x, w_in, eps), w_qkv).split(sizes, dim=1)
+            q = torch.bmm(rms(q, w_qn, eps).view(B, nh, D), rope)
+            k_col[i].copy_(torch.bmm(rms(k, w_kn, eps).view(B, nkv, D), rope))
+            v_col[i].copy_(v.view(B, nkv, D))
             y = F.scaled_dot_product_attention(
-                q[:, :, None],
-                cache.k[i][:B, :, cache.lo : col + 1],
-                cache.v[i][:B, :, cache.lo : col + 1],
-                attn_mask=mask,
-                enable_gqa=nkv != nh,
+                q.unsqueeze(2), k_win[i], v_win[i], attn_mask=mask, enable_gqa=nkv != nh
             )  # (B, nh, 1, D)
-            x = x + F.linear(y.view(B, nh * D), attn.o_proj.weight)
-            x = x + self._moe(_rms(x, w_post, self.eps), moe)
+            x = torch.addmm(x, y.view(B, nh * D), w_o_t)
+            h = rms(x, w_post, eps)
+            x = x + self._moe(h, w_gate, bias, w_gu, w_dn)
         cache.hi = col + 1
-        h = _rms(x, self.model.model.norm.weight, self.eps)
+        h = rms(x, self.model.model.norm.weight, eps)
         return F.linear(h, self.model.lm_head.weight)
 
-    def _moe(self, h: torch.Tensor, moe) -> torch.Tensor:
+    def _moe(self, h, w_gate, bias, w_gu, w_down) -> torch.Tensor:
         """modeling.SparseMoeBlock.forward without the training statistics."""
-        logits = F.linear(h.float(), moe.gate.weight.float())
-        bias = moe.e_score_correction_bias.float() if moe.config.use_routing_bias else None
-        weights, ids = sigmoid_topk(logits, bias, self.top_k, backend=self.backend)
-        w_gu, w_down = moe.experts.gate_up_proj, moe.experts.down_proj
-        weights = weights.to(h.dtype)
+        logits = F.linear(h.float(), w_gate)
         if self._resolved != "torch" or h.device.type != "cpu" or not self._grouped:
-            return fused_moe(h, w_gu, w_down, weights, ids, backend=self.backend)
+            weights, ids = sigmoid_topk(logits, bias, self.top_k, backend=self.backend)
+            return fused_moe(h, w_gu, w_down, weights.to(h.dtype), ids, backend=self.backend)
+        # kernels.routing.sigmoid_topk_reference, op for op (without its dispatch).
+        scores = torch.sigmoid(logits)
+        ids = torch.topk(scores if bias is None else scores + bias, self.top_k, dim=-1).indices
+        weights = scores.gather(-1, ids)
+        weights = (weights / weights.sum(dim=-1, keepdim=True)).to(h.dtype)
         if ids.numel() < w_gu.shape[0]:
             # Fewer routed slots than experts: all experts densely is 3 big ops, the fewest.
             return fused_moe_small(h, w_gu, w_down, weights, ids)
@@ -248,7 +270,7 @@ def grouped_decode_moe(
     inter = w_down.shape[-1]
     flat = ids.reshape(-1)
     order = flat.argsort()
-    offs = torch.bincount(flat, minlength=w_gate_up.shape[0]).cumsum(0).to(torch.int32)
+    offs = torch.bincount(flat, minlength=w_gate_up.shape[0]).cumsum(0, dtype=torch.int32)
     token = order // k
     gu = F.grouped_mm(h.index_select(0, token), w_gate_up.transpose(1, 2), offs=offs)
     act = F.silu(gu[:, :inter]).mul_(gu[:, inter:]).mul_(weights.reshape(-1)[order, None])
