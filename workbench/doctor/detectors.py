@@ -87,37 +87,44 @@ def rolling_baseline(
     if len(starts) == 0:
         return med, mad
     # Each block's window is one row of a matrix: one vectorised median for all blocks.
-    short = starts < window
     m = np.empty(len(starts))
     d = np.empty(len(starts))
-    if (~short).any():
-        full = np.lib.stride_tricks.sliding_window_view(x, window)[starts[~short] - window]
-        m[~short] = _row_median(full)
-        d[~short] = _row_median(np.abs(full - m[~short, None]))
-    if short.any():  # early blocks: only the `min_history` points before them
-        part = np.lib.stride_tricks.sliding_window_view(x, min_history)[starts[short] - min_history]
-        m[short] = _row_median(part)
-        d[short] = _row_median(np.abs(part - m[short, None]))
-    # Spread each block's value over its `stride` indices.
+    short = int(np.searchsorted(starts, window))  # blocks [0, short) start before a full window
+    if short < len(starts):
+        view = np.lib.stride_tricks.as_strided(
+            x, (n - window + 1, window), (x.strides[0], x.strides[0]), writeable=False
+        )
+        full = view[starts[short:] - window]
+        m[short:] = _row_median(full)
+        d[short:] = _row_median(np.abs(full - m[short:, None]))
+    if short:  # early blocks: only the `min_history` points before them
+        view = np.lib.stride_tricks.as_strided(
+            x, (n - min_history + 1, min_history), (x.strides[0], x.strides[0]), writeable=False
+        )
+        part = view[starts[:short] - min_history]
+        m[:short] = _row_median(part)
+        d[:short] = _row_median(np.abs(part - m[:short, None]))
+    # Spread each block's value over its `stride` indices (the blocks tile starts[0]..n-1).
     reps = np.minimum(stride, n - starts)
-    idx = np.repeat(starts, reps) + _ranges(reps)
-    med[idx] = np.repeat(m, reps)
-    mad[idx] = np.repeat(d, reps)
+    med[starts[0] :] = np.repeat(m, reps)
+    mad[starts[0] :] = np.repeat(d, reps)
     return med, mad
+
+
+def _median(a: np.ndarray) -> float:
+    """``float(np.median(a))`` for a non-empty finite 1-D array, bit for bit (the same
+    partition and the same (a + b) / 2), without ``np.median``'s generic machinery."""
+    k = len(a) // 2
+    if len(a) % 2:
+        return float(np.partition(a, k)[k])
+    p = np.partition(a, (k - 1, k))
+    return float((p[k - 1] + p[k]) / 2)
 
 
 def _row_median(a: np.ndarray) -> np.ndarray:
     """Median of each row (a lower median for even widths: one partition, twice as fast)."""
     k = (a.shape[1] - 1) // 2
     return np.partition(a, k, axis=1)[:, k]
-
-
-def _ranges(reps: np.ndarray) -> np.ndarray:
-    """[0..r0-1, 0..r1-1, …] without a Python loop."""
-    total = int(reps.sum())
-    ends = np.cumsum(reps)
-    out = np.arange(total) - np.repeat(ends - reps, reps)
-    return out
 
 
 # ------------------------------------------------------------------------- metric detectors
@@ -191,7 +198,7 @@ def _divergence(s: Series, th: dict[str, Any], since: int = 0) -> Finding | None
     above = t > thresh
     i = _first_run(above, int(th.get("persist", 5)), since - lo, th.get("_final", True))
     run_max = np.maximum.accumulate(np.abs(t))
-    first_max = np.inf if lo == 0 else float(np.max(np.abs(x[:lo])))
+    first_max = np.inf if lo == 0 else max(float(np.max(x[:lo])), -float(np.min(x[:lo])))
     if lo:
         np.maximum(run_max, first_max, out=run_max)
     prev_max = np.concatenate([[first_max], run_max[:-1]])
@@ -252,7 +259,7 @@ def plateau(s: Series, th: dict[str, Any], since: int = 0) -> Finding | None:
         return None
     h = max(1, int(n * th.get("head", 0.1)))
     t = max(1, int(n * th.get("tail", 0.2)))
-    head, tail = float(np.median(x[:h])), float(np.median(x[-t:]))
+    head, tail = _median(x[:h]), _median(x[-t:])
     if not head > 0:
         return None
     gain = (head - tail) / abs(head)

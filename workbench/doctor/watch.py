@@ -52,7 +52,6 @@ _STATE_VERSION = 2
 @dataclass
 class RunState:
     info: RunInfo
-    raw: dict[str, History] = field(default_factory=dict)
     cursors: dict[str, Cursor] = field(default_factory=dict)
     series: dict[str, Series] = field(default_factory=dict)
     roles: dict[str, str] = field(default_factory=dict)
@@ -76,18 +75,19 @@ def status_or_new(st: RunState, status: str) -> bool:
     return st.log_status != status
 
 
-def _append(s: Series | None, name: str, new: History, raw: History) -> tuple[Series, bool]:
+def _append(s: Series | None, name: str, new: History) -> tuple[Series, bool]:
     """Extend a normalised series with new points; False when it had to be re-normalised
-    (steps went back: a resume), so the old points are not a prefix any more."""
-    if s is not None and len(new) and np.all(np.diff(new.steps) > 0) and new.steps[0] > s.steps[-1]:
-        grown = Series(
-            name,
-            np.concatenate([s.steps, new.steps]),
-            np.concatenate([s.values, new.values]),
-            np.concatenate([s.timestamps, new.timestamps]),
-        )
-        return grown, True
-    return normalize(name, raw), False
+    (steps went back: a resume), so the old points are not a prefix any more.  The series
+    stands in for the raw history: it already holds the last write of each old step, and
+    the new points come after all of them."""
+    if s is None:
+        return normalize(name, new), False
+    steps = np.concatenate([s.steps, new.steps])
+    values = np.concatenate([s.values, new.values])
+    ts = np.concatenate([s.timestamps, new.timestamps])
+    if len(new) and new.steps[0] > s.steps[-1] and np.all(np.diff(new.steps) > 0):
+        return Series(name, steps, values, ts), True
+    return normalize(name, History(steps, values, ts)), False
 
 
 class Watcher:
@@ -186,7 +186,6 @@ class Watcher:
                 if st is None:
                     continue
                 for key, (h, cur) in by_key.items():
-                    st.raw[key] = h
                     st.cursors[key] = cur
                     st.series[key] = normalize(key, h)
                 st.fresh = True
@@ -231,8 +230,7 @@ class Watcher:
                 st.cursors[key] = cur2
             if len(new) == 0:
                 continue
-            st.raw[key] = st.raw.get(key, History.empty()).concat(new)
-            st.series[key], appended = _append(st.series.get(key), key, new, st.raw[key])
+            st.series[key], appended = _append(st.series.get(key), key, new)
             if not appended:
                 st.rejudge.add(key)
                 st.cadence = None
