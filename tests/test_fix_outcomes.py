@@ -14,7 +14,7 @@ from workbench.fix_outcomes import FixOutcomes, canonical_patch
 SUITE = {
     "name": "tiny",
     "stall_timeout_s": 60,
-    "run_timeout_s": 120,
+    "run_timeout_s": 600,
     "defaults": {
         "digits": {
             "steps": 30,
