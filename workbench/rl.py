@@ -4,24 +4,29 @@
 
 What one run does (trainer.rl holds the primitives; this module only wires them):
 
-1. **Task.** For each fault-suite scenario the policy gets the run doctor's findings and the
-   playbook's remedy ids, and must answer with the remedy to apply (``no_action`` for a healthy
-   run). Findings come from the suite's recorded finding kinds (what the detectors report on that
-   run); the cause label is never shown.
-2. **Reward = verification.** A remedy's outcome is measured once per (scenario, remedy) and
-   cached in ``<out>/remedy_outcomes.json``; the default measurement trusts the suite's list of
-   remedies verified to fix the run (``measure=`` can rerun the fix for real).
-3. **SFT warm start** from ``rules``-brain answers (findings -> the playbook's first remedy) on
-   the selection split, a few steps only, so RL has room to improve.
-4. **Rollouts** sample from a frozen copy of the current policy (the "served" weights) in a
-   thread pool, consumed in windowed-FIFO order; every ``batch`` consumed rollouts make one
-   CISPO update with group baselines (G rollouts per scenario). After each iteration the policy
-   is checkpointed, the copy refreshed (and a server hot-reloaded via ``POST /admin/reload``
-   when ``server_url`` is given) and metrics logged (MLflow when a tracking URI is given).
-5. **Evaluation**: greedy success rate on the held-out split, before RL (after SFT) and after.
-
-Rollouts run in-process rather than through the recording gateway: the samples carry exactly
-what the gateway would record (prompt ids, completion ids, behaviour log-probs).
+1. **Task** (one per fault-suite scenario): the prompt is what the supervisor's propose step
+   sees -- the run doctor's findings and diagnosis (``--store``: the doctor's real verdicts on
+   a built suite; without it the suite's labels stand in for them) and the playbook's remedy
+   ids. The policy answers with one remedy id (``no_action``: leave the run alone).
+2. **Reward = verification.** A remedy counts when its *patch* fixes the run: measured once per
+   (scenario, remedy) by ``measure(task, patch)`` and cached in ``<out>/remedy_outcomes.json``.
+   ``no_action`` is the empty patch: it counts when the unpatched run already passes (a healthy
+   run); proposing any patch for such a run is a false alarm (reward 0). The default
+   ``suite_verified`` accepts a patch equal to one of the suite's known fixes (those were
+   measured by rerunning); ``fix_outcomes_measure`` reruns the scenario's training with the
+   patch (``workbench.fix_outcomes``).
+3. **SFT warm start** from ``rules``-brain answers (the playbook's first remedy for the
+   diagnosed cause) on the selection split. Where that first remedy does not verify, the teacher
+   is wrong, and RL -- which only sees rewards -- can do better: that is where the lift comes from.
+4. **Rollouts** through the real path by default (``via="server"``): our OpenAI-compatible
+   server (``workbench serve``) on the current checkpoint, the recording gateway in front of it;
+   each rollout is a chat completion in its own gateway session, read back from the session
+   JSONL as token-level samples (exact prompt/completion ids + behaviour log-probs). Consumed in
+   windowed-FIFO order; every ``batch`` rollouts make one CISPO update (group baseline: G
+   rollouts per scenario). After each iteration: a checkpoint, ``POST /admin/reload``, metrics
+   (MLflow when a tracking URI is given). ``via="inprocess"`` is a fast path for tests and
+   sweeps: the same samples drawn from a frozen in-process copy of the policy.
+5. **Evaluation**: greedy success rate on the held-out split, after SFT and after RL.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import copy
 import json
 import os
 import random
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -44,27 +50,28 @@ from trainer.rl.rollout import RolloutPool, windowed_rollouts
 from trainer.rl.update import UpdateConfig, make_optimizer, rl_step, sft_step
 from workbench.errors import BadInputError
 
-SYSTEM = "You fix failed training runs. Answer with exactly one remedy id from the list."
+SYSTEM = "You fix failed training runs. Answer with the letter of exactly one remedy."
 NO_ACTION = "no_action"
 
 
 @dataclass(frozen=True)
 class RLConfig:
-    iterations: int = 6
+    iterations: int = 12
     window: int = 4
-    group_size: int = 4  # rollouts per scenario (the group baseline)
-    scenarios_per_iter: int = 4
-    batch: int = 8  # consumed rollouts per update
-    max_pending: int = 8
-    sft_steps: int = 60
+    group_size: int = 8  # rollouts per scenario (the group baseline)
+    scenarios_per_iter: int = 16  # all of the selection split
+    batch: int = 16  # consumed rollouts per update
+    max_pending: int = 16
+    sft_steps: int = 100  # at most: the warm start stops once it imitates the teacher
     eval_tasks: int | None = None  # cap on tasks per success-rate evaluation
-    lr: float = 2e-4
+    lr: float = 3e-4
     sft_lr: float = 3e-3
-    temperature: float = 0.8
-    max_new_tokens: int = 8
+    temperature: float = 1.5  # exploration: alternatives to the teacher sit at ~e^-4
+    max_new_tokens: int = 0  # 0: the longest remedy id + end of turn
     seed: int = 0
-    workers: int = 2
+    workers: int = 4
     loss: str = "cispo"
+    via: str = "server"  # server (serve + gateway) | inprocess (fast path for tests/sweeps)
 
 
 # ---------------------------------------------------------------------------- the task
@@ -72,62 +79,160 @@ class RLConfig:
 class Task:
     scenario: str
     split: str
-    findings: tuple[str, ...]
-    good: tuple[str, ...]  # remedy ids that verification accepted
+    findings: tuple[str, ...]  # what the doctor reported
+    cause: str  # the doctor's diagnosis ("healthy": no finding)
+    teacher: str  # the rules brain's answer: the playbook's first remedy for ``cause``
+    known_fixes: tuple[str, ...]  # suite's fixes (canonical patch JSON), for ``suite_verified``
 
 
-def load_tasks(suite: str = "faults") -> tuple[list[Task], list[str]]:
+def canonical_patch(patch) -> str:
+    """One string per patch, so equal edits compare equal whatever their source type."""
+    ops = [p if isinstance(p, dict) else p.model_dump() for p in patch]
+    ops = [{"key": o["key"], "op": o["op"], "value": o.get("value")} for o in ops]
+    return json.dumps(ops, sort_keys=True)
+
+
+def remedy_catalog() -> dict[str, list[dict]]:
+    """Remedy id -> its config patch, from the scaffold's playbook (what propose can pick)."""
+    from scaffold.loader import load_scaffold
+
+    cat: dict[str, list[dict]] = {}
+    for spec in load_scaffold(None).playbook.causes.values():
+        for r in spec.remedies:
+            cat.setdefault(r.id, [p.model_dump() for p in r.patch])
+    cat[NO_ACTION] = []
+    return cat
+
+
+def rules_answer(cause: str) -> str:
+    from scaffold.loader import load_scaffold
+
+    spec = load_scaffold(None).playbook.causes.get(cause)
+    return spec.remedies[0].id if spec is not None and spec.remedies else NO_ACTION
+
+
+def doctor_view(store: Path, cache: Path | None = None) -> dict[str, dict]:
+    """scenario -> {findings, cause}: the run doctor's verdicts on a built suite store."""
+    if cache is not None and cache.exists():
+        data = json.loads(cache.read_text())
+        if data.get("store") == str(store.resolve()):
+            return data["view"]
+    from workbench.doctor.evaluate import evaluate_suite
+
+    res = evaluate_suite(store, split="all")
+    view = {
+        s["scenario"]: {"findings": s["predicted_kinds"], "cause": s["predicted_cause"]}
+        for s in res["scores"]
+    }
+    if cache is not None:
+        _write_json(cache, {"store": str(store.resolve()), "view": view})
+    return view
+
+
+def load_tasks(
+    suite: str = "faults", view: dict[str, dict] | None = None
+) -> tuple[list[Task], dict[str, list[dict]]]:
+    """(tasks, remedy catalog). ``view``: the doctor's verdicts; None uses the suite labels."""
     if suite != "faults":
         raise BadInputError(f"unknown suite {suite!r} (known: faults)")
     from experiments.faults.suite import load_suite
 
-    s = load_suite()
-    actions = sorted({r.id for sc in s.scenarios for r in sc.remedies} | {NO_ACTION})
-    tasks = [
-        Task(
-            scenario=sc.id,
-            split=sc.split,
-            findings=tuple(sc.expected.findings),
-            good=tuple(r.id for r in sc.remedies) or (NO_ACTION,),
+    tasks = []
+    for sc in load_suite().scenarios:
+        seen = (view or {}).get(sc.id) or {
+            "findings": sc.expected.findings,
+            "cause": sc.expected.cause,
+        }
+        tasks.append(
+            Task(
+                scenario=sc.id,
+                split=sc.split,
+                findings=tuple(sorted(seen["findings"])),
+                cause=seen["cause"],
+                teacher=rules_answer(seen["cause"]),
+                known_fixes=tuple(canonical_patch(r.patch) for r in sc.remedies),
+            )
         )
-        for sc in s.scenarios
-    ]
-    return tasks, actions
+    return tasks, remedy_catalog()
+
+
+# ---------------------------------------------------------------------------- rewards
+def suite_verified(task: Task, patch: list[dict]) -> bool:
+    """Stand-in measurement: a patch fixes the run iff it is one of the suite's known fixes
+    (each measured by rerunning the scenario); the empty patch passes iff the run is healthy."""
+    if not patch:
+        return not task.known_fixes
+    return canonical_patch(patch) in task.known_fixes
+
+
+def fix_outcomes_measure(cache_dir: Path, **kw: Any) -> Callable[[Task, list[dict]], bool]:
+    """Real measurement: rerun the scenario's training with the patch (``workbench.fix_outcomes``,
+    its own cache shared across runs)."""
+    from experiments.faults.suite import load_suite
+    from workbench.fix_outcomes import FixOutcomes
+
+    fo = FixOutcomes(Path(cache_dir), **kw)
+    scenarios = {s.id: s for s in load_suite().scenarios}
+
+    def measure(task: Task, patch: list[dict]) -> bool:
+        return bool(fo.outcome(scenarios[task.scenario], patch).fixed)
+
+    return measure
 
 
 class RemedyCache:
     """(scenario, remedy) -> verified? Measured once, then read from ``path`` (atomic writes)."""
 
-    def __init__(self, path: Path, measure: Callable[[Task, str], bool]) -> None:
-        self.path, self.measure = path, measure
+    def __init__(
+        self,
+        path: Path,
+        measure: Callable[[Task, list[dict]], bool],
+        catalog: dict[str, list[dict]],
+    ) -> None:
+        self.path, self.measure, self.catalog = path, measure, catalog
         self.data: dict[str, bool] = json.loads(path.read_text()) if path.exists() else {}
         self.measured = 0
+        self._lock = threading.Lock()  # rollout threads share the cache
 
     def outcome(self, task: Task, remedy: str) -> bool:
         key = f"{task.scenario}::{remedy}"
-        if key not in self.data:
-            self.data[key] = bool(self.measure(task, remedy))
-            self.measured += 1
-            tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
-            tmp.write_text(json.dumps(self.data, indent=1, sort_keys=True))
-            os.replace(tmp, self.path)
-        return self.data[key]
+        with self._lock:
+            if key not in self.data:
+                self.data[key] = bool(self.measure(task, self.catalog[remedy]))
+                self.measured += 1
+                _write_json(self.path, self.data)
+            return self.data[key]
+
+    def reward(self, task: Task, remedy: str | None) -> float:
+        """1 when the answer is a verified fix (or ``no_action`` on a run that needs none)."""
+        if remedy is None or remedy not in self.catalog:
+            return 0.0
+        already_ok = self.outcome(task, NO_ACTION)
+        if remedy == NO_ACTION:
+            return float(already_ok)
+        if already_ok or not self.catalog[remedy]:  # false alarm / a code change, not a patch
+            return 0.0
+        return float(self.outcome(task, remedy))
 
 
-def suite_verified(task: Task, remedy: str) -> bool:
-    return remedy in task.good
+def label(i: int) -> str:
+    return chr(ord("A") + i) if i < 26 else f"R{i}"
 
 
 def prompt_messages(task: Task, actions: list[str]) -> list[dict[str, str]]:
+    """The remedy menu is lettered: an answer is one decision token, so sampling can explore
+    other remedies (a 14-token id after SFT has probability ~e^-20 unless it is the teacher's)."""
     findings = ", ".join(task.findings) if task.findings else "none"
-    user = f"Findings: {findings}\nRemedies: {', '.join(actions)}"
+    menu = ", ".join(f"{label(i)} {a}" for i, a in enumerate(actions))
+    user = f"Remedies: {menu}\nFindings: {findings}\nDiagnosis: {task.cause}"
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
 
 
 def parse_action(text: str, actions: list[str]) -> str | None:
-    text = text.strip()
-    for a in sorted(actions, key=len, reverse=True):
-        if text.startswith(a):
+    """The remedy an answer names: its menu letter or its id, alone on the answer."""
+    text = text.strip().removesuffix("[e~[").strip()
+    for i, a in enumerate(actions):
+        if text in (label(i), a):
             return a
     return None
 
@@ -143,32 +248,40 @@ class Policy:
         self.eos = tokenizer.token_to_id(END_OF_TURN)
 
     def encode(self, text: str) -> list[int]:
-        return self.tok.encode(text).ids
+        return self.tok.encode(text, add_special_tokens=False).ids
 
     def prompt_ids(self, task: Task, actions: list[str]) -> list[int]:
+        """Exactly what the server renders for a chat request with thinking off."""
         from model.chat import render_messages
 
         text = render_messages(prompt_messages(task, actions), enable_thinking=False)
         return self.encode(text)
 
-    def answer_ids(self, action: str) -> list[int]:
-        return self.encode(action) + [self.eos]
+    def answer_ids(self, action: str, actions: list[str]) -> list[int]:
+        return self.encode(label(actions.index(action))) + [self.eos]
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tok.decode([i for i in ids if i != self.eos])
 
     @torch.no_grad()
-    def sample(self, model, prompt: list[int], temperature: float, max_new: int, gen):
-        """(completion ids, their log-probs under ``model``) -- what the gateway records."""
-        ids = model.generate(
-            torch.tensor([prompt]),
+    def sample(self, model, prompt: list[int], n: int, temperature: float, max_new: int, gen):
+        """n completions of one prompt, each with its tokens' log-probs under ``model`` (raw,
+        untempered: what the server reports and CISPO's ratio needs)."""
+        out = model.generate(
+            torch.tensor([prompt] * n),
             max_new_tokens=max_new,
             temperature=temperature,
             stop_token_ids=[self.eos],
             generator=gen,
-        )[0, len(prompt) :].tolist()
-        if self.eos in ids:
-            ids = ids[: ids.index(self.eos) + 1]
-        full = torch.tensor([prompt + ids])
-        lp = model.token_logprobs(full, torch.tensor([prompt[1:] + ids + [-1]]))[0]
-        return ids, lp[len(prompt) - 1 : len(prompt) - 1 + len(ids)].tolist()
+        )[:, len(prompt) :].tolist()
+        res = []
+        for ids in out:
+            if self.eos in ids:
+                ids = ids[: ids.index(self.eos) + 1]
+            full = torch.tensor([prompt + ids])
+            lp = model.token_logprobs(full, torch.tensor([prompt[1:] + ids + [-1]]))[0]
+            res.append((ids, lp[len(prompt) - 1 : len(prompt) - 1 + len(ids)].tolist()))
+        return res
 
 
 def load_policy(path: Path, seed: int = 0):
@@ -194,18 +307,169 @@ def load_policy(path: Path, seed: int = 0):
     return model, tok
 
 
-# ---------------------------------------------------------------------------- the loop
-def success_rate(
-    policy: Policy, model, tasks: list[Task], actions: list[str], cache, limit=None
-) -> float:
+def success_rate(policy: Policy, model, tasks: list[Task], actions, cache, max_new: int) -> float:
+    """Greedy decoding: the fraction of tasks whose answer verifies."""
     model.eval()
-    tasks = tasks[:limit] if limit else tasks
-    wins = 0
+    wins = 0.0
     for t in tasks:
-        ids, _ = policy.sample(model, policy.prompt_ids(t, actions), 0.0, 8, None)
-        act = parse_action(policy.tok.decode(ids), actions)
-        wins += bool(act is not None and cache.outcome(t, act))
+        [(ids, _)] = policy.sample(model, policy.prompt_ids(t, actions), 1, 0.0, max_new, None)
+        wins += cache.reward(t, parse_action(policy.decode(ids), actions))
     return wins / max(len(tasks), 1)
+
+
+# ---------------------------------------------------------------------------- rollouts
+class InProcessRollouts:
+    """Fast path (tests, sweeps): a frozen in-process copy of the policy plays the server."""
+
+    via = "inprocess"
+
+    def __init__(self, policy: Policy, model, actions, cfg: RLConfig, max_new: int) -> None:
+        self.policy, self.actions, self.cfg, self.max_new = policy, actions, cfg, max_new
+        self.served = copy.deepcopy(model).eval()
+        self.version = 0
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+
+    def group(self, task: Task, n: int, session: str) -> tuple[list[tuple[list, list, list]], int]:
+        """n rollouts of ``task``: [(prompt ids, completion ids, logprobs)], weights version."""
+        served, version = self.served, self.version
+        prompt = self.policy.prompt_ids(task, self.actions)
+        outs = self.policy.sample(served, prompt, n, self.cfg.temperature, self.max_new, self.gen)
+        return [(prompt, ids, lps) for ids, lps in outs], version
+
+    def publish(self, model, ckpt: Path, version: int) -> bool:
+        self.served, self.version = copy.deepcopy(model).eval(), version
+        return False
+
+    def close(self) -> None:
+        pass
+
+
+class ServerRollouts:
+    """The real path: ``workbench serve`` on the policy checkpoint, ``workbench gateway`` in
+    front of it (both subprocesses on free ports). A rollout group is one chat completion with
+    ``n`` choices in its own gateway session; its samples are read back from the session JSONL
+    (exact token ids + the server's log-probs). ``publish`` = ``POST /admin/reload``."""
+
+    via = "server"
+
+    def __init__(self, ckpt: Path, sessions: Path, actions, cfg: RLConfig, max_new: int) -> None:
+        import subprocess
+        import sys
+
+        self.actions, self.cfg, self.max_new = actions, cfg, max_new
+        self.sessions = sessions
+        self.server_port, self.gateway_port = _free_port(), _free_port()
+        self.server = f"http://127.0.0.1:{self.server_port}"
+        self.gateway = f"http://127.0.0.1:{self.gateway_port}"
+        # The functions behind `workbench serve` / `workbench gateway`, without importing the
+        # whole CLI (seconds saved per start on a busy machine).
+        serve = (
+            "import sys; from model.serving import serve; "
+            "serve(sys.argv[1], port=int(sys.argv[2]), model_name='policy', max_batch=64)"
+        )
+        gateway = (
+            "import sys; from workbench.gateway import serve_gateway; "
+            "serve_gateway(sys.argv[1], sys.argv[2], port=int(sys.argv[3]))"
+        )
+        logs = sessions.parent
+        logs.mkdir(parents=True, exist_ok=True)
+        self.procs = []
+        for name, args in (
+            ("serve", [serve, str(ckpt), str(self.server_port)]),
+            ("gateway", [gateway, f"{self.server}/v1", str(sessions), str(self.gateway_port)]),
+        ):
+            log = open(logs / f"{name}.log", "ab")  # noqa: SIM115 (lives as long as the process)
+            self.procs.append(
+                (
+                    subprocess.Popen(
+                        [sys.executable, "-c", *args], stdout=log, stderr=subprocess.STDOUT
+                    ),
+                    log,
+                )
+            )
+        self._wait_healthy()
+        self.versions = {self._health()["weights_version"]: 0}  # server version -> update count
+
+    def _health(self) -> dict:
+        import httpx
+
+        return httpx.get(f"{self.server}/health", timeout=5).json()
+
+    def _wait_healthy(self, timeout: float = 180.0) -> None:
+        import httpx
+
+        t0 = time.monotonic()
+        for url in (self.server, self.gateway):
+            while True:
+                if any(p.poll() is not None for p, _ in self.procs):
+                    self.close()
+                    raise BadInputError(
+                        f"the policy server or gateway exited; see {self.sessions.parent}/*.log"
+                    )
+                try:
+                    if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() - t0 > timeout:
+                    self.close()
+                    raise BadInputError(f"{url} did not come up within {timeout:.0f}s")
+                time.sleep(0.3)
+
+    def group(self, task: Task, n: int, session: str) -> tuple[list[tuple[list, list, list]], int]:
+        import httpx
+
+        from trainer.rl.data import samples_from_session
+
+        body = {
+            "model": "policy",
+            "messages": prompt_messages(task, self.actions),
+            "n": n,
+            "temperature": self.cfg.temperature,
+            "max_tokens": self.max_new,
+            "chat_template_kwargs": {"enable_thinking": False},
+        }
+        r = httpx.post(
+            f"{self.gateway}/sessions/{session}/v1/chat/completions", json=body, timeout=300
+        )
+        r.raise_for_status()
+        samples = samples_from_session(self.sessions / f"{session}.jsonl")
+        out = []
+        for s in samples:
+            n_ctx = s.trainable.index(True)
+            comp = s.ids[n_ctx:]
+            out.append((s.ids[:n_ctx], comp, (s.old_logprobs or [0.0] * len(s.ids))[n_ctx:]))
+        v = samples[0].meta.get("weights_version") if samples else None
+        return out, self.versions.get(v, 0)
+
+    def publish(self, model, ckpt: Path, version: int) -> bool:
+        import httpx
+
+        r = httpx.post(f"{self.server}/admin/reload", json={"path": str(ckpt)}, timeout=300)
+        if r.status_code != 200:
+            return False
+        self.versions[r.json()["weights_version"]] = version
+        return True
+
+    def close(self) -> None:
+        for proc, log in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=20)
+                except Exception:  # noqa: BLE001 -- a server that ignores SIGTERM
+                    proc.kill()
+                    proc.wait()
+            log.close()
+        self.procs = []
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def run_rl(
@@ -214,8 +478,8 @@ def run_rl(
     cfg: RLConfig = RLConfig(),
     out_dir: str | Path | None = None,
     tracking_uri: str | None = None,
-    server_url: str | None = None,
-    measure: Callable[[Task, str], bool] = suite_verified,
+    store: str | Path | None = None,
+    measure: Callable[[Task, list[dict]], bool] = suite_verified,
     progress: Callable[[str], None] = lambda msg: None,
 ) -> dict[str, Any]:
     policy_dir = Path(policy_dir)
@@ -223,111 +487,191 @@ def run_rl(
     out.mkdir(parents=True, exist_ok=True)
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    tasks, actions = load_tasks(suite)
+    view = doctor_view(Path(store), out / "doctor_view.json") if store else None
+    tasks, catalog = load_tasks(suite, view)
+    actions = sorted(catalog)
     train = [t for t in tasks if t.split == "selection"]
     heldout = [t for t in tasks if t.split == "heldout"]
-    cache = RemedyCache(out / "remedy_outcomes.json", measure)
+    cache = RemedyCache(out / "remedy_outcomes.json", measure, catalog)
     model, tok = load_policy(policy_dir, cfg.seed)
     model.set_moe_backend("grouped")
     policy = Policy(model, tok)
+    max_new = cfg.max_new_tokens or max(len(policy.answer_ids(a, actions)) for a in actions)
     tracker = _tracker(tracking_uri, cfg)
+    teacher = {
+        split: sum(cache.reward(t, t.teacher) for t in ts) / len(ts)
+        for split, ts in (("selection", train), ("heldout", heldout))
+    }
 
     # ---- SFT warm start on rules-brain answers (the playbook's first remedy)
     ucfg = UpdateConfig(loss=cfg.loss, lr=cfg.lr)
     sft_opt = make_optimizer(model, cfg.sft_lr)
     demos = [
-        completion_sample(policy.prompt_ids(t, actions), policy.answer_ids(t.good[0]))
+        completion_sample(policy.prompt_ids(t, actions), policy.answer_ids(t.teacher, actions))
         for t in train
     ]
+    # Stop as soon as greedy decoding reproduces the teacher on every selection task: a longer
+    # warm start only makes the policy more certain of the teacher's mistakes (alternatives
+    # fall to ~e^-8, out of reach of sampling).
+    sft_done = 0
     for step in range(cfg.sft_steps):
         s = sft_step(model, sft_opt, demos, ucfg)
         tracker.log_metrics({"sft/loss": s["sft_loss"]}, step)
+        sft_done = step + 1
+        if sft_done % 5 == 0 and _imitates(policy, model, train, actions, max_new):
+            break
     start = copy.deepcopy(model).eval()
-    sft_heldout = success_rate(policy, model, heldout, actions, cache, cfg.eval_tasks)
-    sft_train = success_rate(policy, model, train, actions, cache, cfg.eval_tasks)
-    progress(f"SFT start: held-out success {sft_heldout:.2f}, train {sft_train:.2f}")
+    ev_held = heldout[: cfg.eval_tasks] if cfg.eval_tasks else heldout
+    ev_train = train[: cfg.eval_tasks] if cfg.eval_tasks else train
+    sft_heldout = success_rate(policy, model, ev_held, actions, cache, max_new)
+    sft_train = success_rate(policy, model, ev_train, actions, cache, max_new)
+    progress(
+        f"SFT ({sft_done} steps): held-out success {sft_heldout:.2f}, selection {sft_train:.2f}"
+    )
 
     # ---- RL iterations
+    ckpt0 = out / "iter-sft"
+    _save(model, tok, ckpt0)
+    if cfg.via == "server":
+        roll = ServerRollouts(ckpt0, out / "sessions", actions, cfg, max_new)
+    elif cfg.via == "inprocess":
+        roll = InProcessRollouts(policy, model, actions, cfg, max_new)
+    else:
+        raise BadInputError(f"via must be server or inprocess, not {cfg.via!r}")
     opt = make_optimizer(model, cfg.lr)
     version, history = 0, []
-    served = copy.deepcopy(model).eval()  # the weights rollouts sample from
-    gen = torch.Generator().manual_seed(cfg.seed)
-    for it in range(cfg.iterations):
-        t0 = time.perf_counter()
-        chosen = random.sample(train, min(cfg.scenarios_per_iter, len(train)))
-        jobs = [(t, g) for t in chosen for g in range(cfg.group_size)]
-        snap, snap_version = served, version
+    try:
+        for it in range(cfg.iterations):
+            t0 = time.perf_counter()
+            chosen = random.sample(train, min(cfg.scenarios_per_iter, len(train)))
+            per = cfg.group_size  # one request (n = G choices) per group
+            jobs = [(t, k) for t in chosen for k in range(0, cfg.group_size, per)]
 
-        def rollout(i: int, snap=snap, snap_version=snap_version, jobs=jobs, it=it) -> Sample:
-            task, g = jobs[i]
-            prompt = policy.prompt_ids(task, actions)
-            ids, lps = policy.sample(snap, prompt, cfg.temperature, cfg.max_new_tokens, gen)
-            act = parse_action(tok.decode(ids), actions)
-            reward = float(act is not None and cache.outcome(task, act))
-            return completion_sample(
-                prompt, ids, lps, reward=reward, episode=f"{it}-{i}", group=task.scenario,
-                policy_version=snap_version,
-            )  # fmt: skip
+            def job(i: int, jobs=jobs, it=it, per=per) -> list[Sample]:
+                task, k = jobs[i]
+                n = min(per, cfg.group_size - k)
+                outs, v = roll.group(task, n, f"it{it:03d}-{task.scenario}-{k}")
+                samples = []
+                for j, (prompt, ids, lps) in enumerate(outs):
+                    act = parse_action(policy.decode(ids), actions)
+                    samples.append(
+                        completion_sample(
+                            prompt, ids, lps, reward=cache.reward(task, act),
+                            episode=f"{it}-{i}-{j}", group=task.scenario, policy_version=v,
+                            meta={"action": act},
+                        )
+                    )  # fmt: skip
+                return samples
 
-        batch: list[Sample] = []
-        stats: dict[str, float] = {}
-        rewards, staleness = [], []
-        with RolloutPool(cfg.workers, kind="thread") as pool:
-            stream = windowed_rollouts(
-                pool, lambda i: (rollout, (i,)), len(jobs), cfg.window, cfg.max_pending
+            batch: list[Sample] = []
+            stats: dict[str, float] = {}
+            steps: list[dict[str, float]] = []
+            rewards, staleness = [], []
+            with RolloutPool(cfg.workers, kind="thread") as pool:
+                stream = windowed_rollouts(
+                    pool, lambda i: (job, (i,)), len(jobs), cfg.window, cfg.max_pending
+                )
+                for _, group in stream:
+                    rewards += [s.reward for s in group]
+                    staleness += [version - s.policy_version for s in group]
+                    if len({s.reward for s in group}) == 1:
+                        continue  # all equal: zero advantage, it would only dilute the batch
+                    batch += group
+                    if len(batch) >= cfg.batch:
+                        stats = rl_step(model, opt, batch, compute_advantages(batch), ucfg)
+                        steps.append(stats)
+                        version += 1
+                        batch = []
+            if batch:
+                stats = rl_step(model, opt, batch, compute_advantages(batch), ucfg)
+                steps.append(stats)
+                version += 1
+            ckpt = out / f"iter-{it:03d}"
+            _save(model, tok, ckpt)
+            reloaded = roll.publish(model, ckpt, version)
+            if not steps:  # no informative group this iteration: nothing to learn from
+                steps = [{"tokens_unmerged": 0, "tokens_merged": 0, "step_time_s": 0.0}]
+            n_tok = sum(s["tokens_unmerged"] for s in steps)
+            dt_train = sum(s["step_time_s"] for s in steps)
+            metrics = {
+                "reward": sum(rewards) / len(rewards),
+                "success_rate": sum(r > 0 for r in rewards) / len(rewards),
+                "kl_to_start": _kl(model, start, policy, train, actions),
+                "tokens_per_s": n_tok / dt_train if dt_train else 0.0,
+                "tree_compression": sum(s["tokens_unmerged"] for s in steps)
+                / max(sum(s["tokens_merged"] for s in steps), 1),
+                "staleness_mean": sum(staleness) / len(staleness),
+                "staleness_max": float(max(staleness)),
+                "updates": float(sum(s["tokens_merged"] > 0 for s in steps)),
+                "iteration_s": time.perf_counter() - t0,
+            }
+            tracker.log_metrics(metrics, it)
+            history.append(
+                {"iteration": it, "checkpoint": str(ckpt), "reloaded": reloaded, **metrics}
             )
-            for _, sample in stream:
-                batch.append(sample)
-                rewards.append(sample.reward)
-                staleness.append(version - sample.policy_version)
-                if len(batch) >= cfg.batch:
-                    stats = rl_step(model, opt, batch, compute_advantages(batch), ucfg)
-                    version += 1
-                    batch = []
-        if batch:
-            stats = rl_step(model, opt, batch, compute_advantages(batch), ucfg)
-            version += 1
-        ckpt = out / f"iter-{it:03d}"
-        model.save_pretrained(ckpt)
-        from model.tokenizer import save_tokenizer
-
-        save_tokenizer(tok, ckpt)
-        served = copy.deepcopy(model).eval()
-        reloaded = _hot_reload(server_url, ckpt)
-        metrics = {
-            "reward": sum(rewards) / len(rewards),
-            "success_rate": sum(r > 0 for r in rewards) / len(rewards),
-            "kl_to_start": _kl(model, start, policy, train, actions),
-            "tokens_per_s": stats.get("tokens_per_s", 0.0),
-            "tree_compression": stats.get("compression", 1.0),
-            "staleness_mean": sum(staleness) / len(staleness),
-            "staleness_max": float(max(staleness)),
-            "iteration_s": time.perf_counter() - t0,
-        }
-        tracker.log_metrics(metrics, it)
-        history.append({"iteration": it, "checkpoint": str(ckpt), "reloaded": reloaded, **metrics})
-        progress(f"iter {it}: reward {metrics['reward']:.2f}")
-    rl_heldout = success_rate(policy, model, heldout, actions, cache, cfg.eval_tasks)
-    tracker.log_metrics({"heldout_success_sft": sft_heldout, "heldout_success_rl": rl_heldout}, 0)
+            progress(
+                f"iter {it}: reward {metrics['reward']:.2f}, KL {metrics['kl_to_start']:.3f}, "
+                f"{metrics['iteration_s']:.1f}s"
+            )
+    finally:
+        roll.close()
+    rl_heldout = success_rate(policy, model, ev_held, actions, cache, max_new)
+    rl_train = success_rate(policy, model, ev_train, actions, cache, max_new)
+    tracker.log_metrics(
+        {"heldout_success_sft": sft_heldout, "heldout_success_rl": rl_heldout}, cfg.iterations
+    )
     tracker.finish("FINISHED")
     result = {
         "policy": str(policy_dir),
         "out": str(out),
         "config": asdict(cfg),
+        "view": "doctor" if view else "suite-labels",
+        "rollouts_via": roll.via,
+        "teacher_success": teacher,
+        "sft_steps_done": sft_done,
         "heldout_success_sft": sft_heldout,
         "heldout_success_rl": rl_heldout,
         "train_success_sft": sft_train,
-        "train_success_rl": success_rate(policy, model, train, actions, cache, cfg.eval_tasks),
+        "train_success_rl": rl_train,
+        "heldout_answers": _answers(policy, model, ev_held, actions, max_new),
         "remedy_measurements": cache.measured,
         "iterations": history,
     }
-    (out / "rl_result.json").write_text(json.dumps(result, indent=1))
+    _write_json(out / "rl_result.json", result)
     return result
+
+
+# ---------------------------------------------------------------------------- helpers
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def _save(model, tok, ckpt: Path) -> None:
+    from model.tokenizer import save_tokenizer
+
+    model.save_pretrained(ckpt)
+    save_tokenizer(tok, ckpt)
+
+
+def _imitates(policy: Policy, model, tasks: list[Task], actions, max_new: int) -> bool:
+    answers = _answers(policy, model, tasks, actions, max_new)
+    return all(answers[t.scenario] == t.teacher for t in tasks)
+
+
+def _answers(policy: Policy, model, tasks: list[Task], actions, max_new: int) -> dict[str, str]:
+    out = {}
+    for t in tasks:
+        [(ids, _)] = policy.sample(model, policy.prompt_ids(t, actions), 1, 0.0, max_new, None)
+        out[t.scenario] = parse_action(policy.decode(ids), actions) or "?"
+    return out
 
 
 @torch.no_grad()
 def _kl(model, start, policy: Policy, tasks: list[Task], actions: list[str]) -> float:
     """KL(current || start) of the first answer token's distribution, averaged over tasks."""
+    model.eval()
     kls = []
     for t in tasks:
         ids = torch.tensor([policy.prompt_ids(t, actions)])
@@ -335,20 +679,6 @@ def _kl(model, start, policy: Policy, tasks: list[Task], actions: list[str]) -> 
         q = torch.log_softmax(start(ids).logits[0, -1].float(), -1)
         kls.append(float((p.exp() * (p - q)).sum()))
     return sum(kls) / max(len(kls), 1)
-
-
-def _hot_reload(server_url: str | None, ckpt: Path) -> bool:
-    if not server_url:
-        return False
-    import httpx
-
-    try:
-        r = httpx.post(
-            f"{server_url.rstrip('/')}/admin/reload", json={"path": str(ckpt)}, timeout=120
-        )
-        return r.status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def _tracker(uri: str | None, cfg: RLConfig):

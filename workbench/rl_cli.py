@@ -17,31 +17,61 @@ def add(train_app: typer.Typer) -> None:
             Path, typer.Option("--policy", help="Policy checkpoint folder (empty: fresh tiny).")
         ],
         suite: Annotated[str, typer.Option("--suite", help="Task suite.")] = "faults",
-        iterations: Annotated[int, typer.Option("--iterations", help="RL iterations.")] = 6,
+        iterations: Annotated[int, typer.Option("--iterations", help="RL iterations.")] = 12,
         window: Annotated[int, typer.Option("--window", help="Windowed-FIFO window W.")] = 4,
         seed: Annotated[int, typer.Option("--seed")] = 0,
-        sft_steps: Annotated[int, typer.Option("--sft-steps", help="Warm-start steps.")] = 60,
+        sft_steps: Annotated[
+            int, typer.Option("--sft-steps", help="Most warm-start steps (stops on imitation).")
+        ] = 100,
         loss: Annotated[str, typer.Option("--loss", help="cispo | ppo | grpo")] = "cispo",
+        lr: Annotated[float, typer.Option("--lr", help="RL learning rate (AdamW).")] = 3e-4,
+        temperature: Annotated[
+            float, typer.Option("--temperature", help="Rollout sampling temperature.")
+        ] = 1.5,
+        group_size: Annotated[int, typer.Option("--group-size", help="Rollouts per task.")] = 8,
+        via: Annotated[
+            str, typer.Option("--via", help="server (serve + gateway) | inprocess (fast path).")
+        ] = "server",
+        store: Annotated[
+            Path | None,
+            typer.Option(
+                "--store", help="Built fault-suite store: prompts show the doctor's verdicts."
+            ),
+        ] = None,
+        fix_cache: Annotated[
+            Path | None,
+            typer.Option("--fix-cache", help="Measure rewards by rerunning fixes (cached here)."),
+        ] = None,
         out: Annotated[Path | None, typer.Option("--out", help="Checkpoints + results.")] = None,
         tracking_uri: Annotated[
             str | None, typer.Option("--tracking-uri", help="MLflow URI (default: no logging).")
-        ] = None,
-        server_url: Annotated[
-            str | None, typer.Option("--server-url", help="Hot-reload this server per iteration.")
         ] = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     ) -> None:
         """CISPO updates of the local policy from its own fault-suite episodes."""
         from workbench.errors import BadInputError
-        from workbench.rl import RLConfig, run_rl
+        from workbench.rl import RLConfig, fix_outcomes_measure, run_rl, suite_verified
 
-        if iterations < 1 or window < 1 or sft_steps < 0:
-            raise BadInputError("--iterations and --window must be >= 1, --sft-steps >= 0")
+        if iterations < 1 or window < 1 or sft_steps < 0 or group_size < 1:
+            raise BadInputError(
+                "--iterations, --window and --group-size must be >= 1, --sft-steps >= 0"
+            )
         if loss not in ("cispo", "ppo", "grpo"):
             raise BadInputError(f"--loss must be cispo, ppo or grpo, got {loss!r}")
+        if via not in ("server", "inprocess"):
+            raise BadInputError(f"--via must be server or inprocess, got {via!r}")
+        if not 0.0 <= temperature <= 2.0 or lr <= 0:
+            raise BadInputError("--temperature must be in [0, 2] and --lr > 0")
+        measure = suite_verified
+        if fix_cache is not None:
+            try:
+                measure = fix_outcomes_measure(fix_cache)
+            except ImportError as exc:
+                raise BadInputError(f"--fix-cache needs workbench.fix_outcomes: {exc}") from None
         cfg = RLConfig(
-            iterations=iterations, window=window, seed=seed, sft_steps=sft_steps, loss=loss
-        )
+            iterations=iterations, window=window, seed=seed, sft_steps=sft_steps, loss=loss,
+            lr=lr, temperature=temperature, group_size=group_size, via=via,
+        )  # fmt: skip
         with err_console.status("RL: warm start, rollouts, CISPO updates..."):
             result = run_rl(
                 policy,
@@ -49,7 +79,8 @@ def add(train_app: typer.Typer) -> None:
                 cfg=cfg,
                 out_dir=out,
                 tracking_uri=tracking_uri,
-                server_url=server_url,
+                store=store,
+                measure=measure,
                 progress=lambda msg: err_console.print(msg),
             )
         if as_json:
@@ -61,6 +92,7 @@ def add(train_app: typer.Typer) -> None:
         ]
         print_table("RL iterations", ["iter", "reward", "KL to start", "max staleness"], rows)
         err_console.print(
-            f"held-out success: SFT {result['heldout_success_sft']:.2f} -> "
-            f"RL {result['heldout_success_rl']:.2f}"
+            f"held-out success: rules teacher {result['teacher_success']['heldout']:.2f}, "
+            f"SFT {result['heldout_success_sft']:.2f} -> RL {result['heldout_success_rl']:.2f} "
+            f"(rollouts via {result['rollouts_via']})"
         )

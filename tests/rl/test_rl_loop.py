@@ -1,5 +1,6 @@
-"""The RL loop end to end at toy size: warm start, windowed rollouts, CISPO updates,
-checkpoints, the remedy-outcome cache and the result file."""
+"""The RL loop end to end at toy size: the task and its verified rewards, warm start, windowed
+rollouts (in-process fast path, and once through the real server + recording gateway), CISPO
+updates, checkpoints, hot reload, the remedy-outcome cache and the result file."""
 
 from __future__ import annotations
 
@@ -7,44 +8,94 @@ import json
 
 import torch
 
-from workbench.rl import NO_ACTION, RLConfig, load_tasks, parse_action, run_rl
+from workbench.rl import (
+    NO_ACTION,
+    RemedyCache,
+    RLConfig,
+    load_tasks,
+    parse_action,
+    run_rl,
+    suite_verified,
+)
 
 
-def test_tasks_and_action_parsing():
-    tasks, actions = load_tasks("faults")
-    assert NO_ACTION in actions and "lower_lr" in actions
+def test_tasks_rewards_and_action_parsing(tmp_path):
+    tasks, catalog = load_tasks("faults")
+    actions = sorted(catalog)
+    assert NO_ACTION in actions and "lower_lr" in actions and catalog[NO_ACTION] == []
     assert {t.split for t in tasks} == {"selection", "heldout"}
-    assert parse_action(" lower_lr[e~[", actions) == "lower_lr"
+    a = actions.index("lower_lr")
+    assert parse_action(chr(65 + a) + "[e~[", actions) == "lower_lr"
+    assert parse_action(" lower_lr", actions) == "lower_lr"
     assert parse_action("nonsense", actions) is None
+    by = {t.scenario: t for t in tasks}
+    cache = RemedyCache(tmp_path / "c.json", suite_verified, catalog)
+    # the rules teacher's first remedy is right where its patch is a known fix ...
+    assert by["digits-oom"].teacher == "halve_batch"
+    assert cache.reward(by["digits-oom"], "halve_batch") == 1.0
+    # ... and wrong where it is not: fix_code is a code change, no config patch to verify
+    assert by["lm-code-error"].teacher == "fix_code"
+    assert cache.reward(by["lm-code-error"], "fix_code") == 0.0
+    assert cache.reward(by["lm-code-error"], "remove_activation_scaling") == 1.0  # same patch
+    # healthy: doing nothing verifies, any patch is a false alarm; unparsable answers get 0
+    assert cache.reward(by["lm-healthy-a"], NO_ACTION) == 1.0
+    assert cache.reward(by["lm-healthy-a"], "clip_grads") == 0.0
+    assert cache.reward(by["digits-oom"], NO_ACTION) == 0.0
+    assert cache.reward(by["digits-oom"], None) == 0.0
+    assert json.loads((tmp_path / "c.json").read_text())["digits-oom::halve_batch"] is True
 
 
-def test_rl_loop_runs_and_checkpoints(tmp_path):
-    torch.set_num_threads(1)
-    measured = []
-
-    def measure(task, remedy):
-        measured.append((task.scenario, remedy))
-        return remedy in task.good
-
-    cfg = RLConfig(iterations=1, sft_steps=2, scenarios_per_iter=2, group_size=2, batch=2,
-                   max_pending=4, window=2, max_new_tokens=4, eval_tasks=2)  # fmt: skip
-    out = tmp_path / "out"
-    res = run_rl(tmp_path / "policy", cfg=cfg, out_dir=out, measure=measure)
-    assert (tmp_path / "policy" / "config.json").exists()  # a fresh policy was created
-    assert (out / "iter-000" / "config.json").exists()
+def _check(res, out, measured):
+    assert (out / "iter-000" / "config.json").exists() and (out / "iter-sft").exists()
     it = res["iterations"][0]
     assert set(it) >= {"reward", "success_rate", "kl_to_start", "tokens_per_s",
                        "tree_compression", "staleness_max"}  # fmt: skip
-    assert it["tree_compression"] > 1.0  # the rollouts share the system prompt
     assert it["kl_to_start"] >= 0.0 and it["staleness_max"] <= 1
     assert 0.0 <= res["heldout_success_rl"] <= 1.0
     # each (scenario, remedy) outcome measured once, then cached on disk
     assert len(measured) == len(set(measured)) == res["remedy_measurements"]
-    cache = out / "remedy_outcomes.json"
-    assert cache.exists() == bool(measured)
-    if measured:
-        assert len(json.loads(cache.read_text())) == len(measured)
-    assert (
-        json.loads((out / "rl_result.json").read_text())["heldout_success_sft"]
-        == res["heldout_success_sft"]
-    )
+    assert len(json.loads((out / "remedy_outcomes.json").read_text())) == len(measured)
+    saved = json.loads((out / "rl_result.json").read_text())
+    assert saved["heldout_success_sft"] == res["heldout_success_sft"]
+
+
+def test_rl_loop_inprocess_runs_and_checkpoints(tmp_path):
+    torch.set_num_threads(1)
+    measured = []
+
+    def measure(task, patch):
+        measured.append((task.scenario, json.dumps(patch)))
+        return suite_verified(task, patch)
+
+    cfg = RLConfig(iterations=1, sft_steps=2, scenarios_per_iter=3, group_size=4, batch=4,
+                   max_pending=4, window=2, eval_tasks=2, via="inprocess")  # fmt: skip
+    out = tmp_path / "out"
+    res = run_rl(tmp_path / "policy", cfg=cfg, out_dir=out, measure=measure)
+    assert (tmp_path / "policy" / "config.json").exists()  # a fresh policy was created
+    assert res["rollouts_via"] == "inprocess" and res["iterations"][0]["reloaded"] is False
+    _check(res, out, measured)
+
+
+def test_rl_loop_through_server_and_gateway(tmp_path):
+    """The real path once: `workbench serve` + `workbench gateway` subprocesses, rollouts as
+    chat completions recorded in gateway sessions, samples read back, hot reload."""
+    torch.set_num_threads(1)
+    measured = []
+
+    def measure(task, patch):
+        measured.append((task.scenario, json.dumps(patch)))
+        return suite_verified(task, patch)
+
+    cfg = RLConfig(iterations=1, sft_steps=0, scenarios_per_iter=1, group_size=3, batch=3,
+                   max_pending=2, window=1, eval_tasks=1, via="server", workers=1)  # fmt: skip
+    out = tmp_path / "out"
+    res = run_rl(tmp_path / "policy", cfg=cfg, out_dir=out, measure=measure)
+    assert res["rollouts_via"] == "server"
+    assert res["iterations"][0]["reloaded"] is True  # POST /admin/reload accepted
+    sessions = list((out / "sessions").glob("*.jsonl"))
+    assert len(sessions) == 1
+    rec = json.loads(sessions[0].read_text().splitlines()[0])
+    assert len(rec["completion_token_ids"]) == 3 and rec["prompt_token_ids"]
+    lps, ids = rec["logprobs"], rec["completion_token_ids"]
+    assert [len(x) for x in lps] == [len(x) for x in ids]
+    _check(res, out, measured)

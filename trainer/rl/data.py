@@ -78,29 +78,42 @@ def samples_from_session(
     path: str | Path, reward: float = 0.0, group: str = "", episode: str | None = None
 ) -> list[Sample]:
     """Samples of a gateway session file. Records without token ids (an upstream that does not
-    return them) or with errors are skipped. ``reward`` goes to the session's last sample."""
+    return them) or with errors are skipped. ``reward`` goes to the session's last sample.
+
+    A call that asked for several choices (``n > 1``: a group of rollouts of one prompt) gives
+    one sample per choice, each its own one-step episode ``{episode}#{k}`` (``meta["choice"]``);
+    ``meta["weights_version"]`` is the server's weights version when it reported one."""
     samples: list[Sample] = []
     for rec in _read_jsonl(path):
         if rec.get("status", 200) != 200:
             continue
+        ep = episode or str(rec.get("session", Path(path).stem))
         prompt = rec.get("prompt_token_ids")
         comps = rec.get("completion_token_ids") or []
-        if prompt is None or not comps or comps[0] is None or not comps[0]:
+        if prompt is None or not comps:
             continue
-        lps = rec.get("logprobs") or [None]
-        lp = lps[0] if lps and lps[0] is not None and len(lps[0]) == len(comps[0]) else None
-        if lp is not None and any(x is None for x in lp):
-            lp = None
-        samples.append(
-            completion_sample(
-                prompt,
-                comps[0],
-                lp,
-                episode=episode or str(rec.get("session", Path(path).stem)),
-                group=group,
-                step=len(samples),
+        lps = rec.get("logprobs") or []
+        version = (rec.get("response") or {}).get("weights_version")
+        multi = len(comps) > 1
+        for k, ids in enumerate(comps):
+            if not ids:
+                continue
+            lp = lps[k] if k < len(lps) and lps[k] is not None else None
+            if lp is not None and (len(lp) != len(ids) or any(x is None for x in lp)):
+                lp = None
+            samples.append(
+                completion_sample(
+                    prompt,
+                    ids,
+                    lp,
+                    episode=f"{ep}#{k}" if multi else ep,
+                    group=group,
+                    step=0 if multi else len(samples),
+                    meta={"choice": k, "weights_version": version},
+                )
             )
-        )
+            if not multi:
+                break
     if samples:
         samples[-1].reward = float(reward)
     return samples
