@@ -203,17 +203,24 @@ def detect_status(
     f = D.crash(status, log_text or "", last_step, thresholds.get("crash", {}))
     if f:
         out.append(f)
-    if status in ("RUNNING", "KILLED"):
-        end = _get(run_info, "end_time")
-        ref = (
-            int(end)
-            if status != "RUNNING" and end
-            else int(now_ms if now_ms is not None else time.time() * 1000)
-        )
+    ref = stall_reference_ms(run_info, now_ms)
+    if ref is not None:
         f = D.stalled(status, last_ts, cadence, last_step, ref, thresholds.get("stalled", {}))
         if f:
             out.append(f)
     return out
+
+
+def stall_reference_ms(run_info: Any, now_ms: int | None) -> int | None:
+    """When silence is measured to for ``stalled``: now for a RUNNING run, the end time for a
+    KILLED one (a hang that was later killed); None when a stall is not judged at all."""
+    status = _get(run_info, "status", "FINISHED") or "FINISHED"
+    if status not in ("RUNNING", "KILLED"):
+        return None
+    end = _get(run_info, "end_time")
+    if status != "RUNNING" and end:
+        return int(end)
+    return int(now_ms if now_ms is not None else time.time() * 1000)
 
 
 def _order(findings: list[Finding]) -> list[Finding]:

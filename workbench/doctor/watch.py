@@ -37,6 +37,7 @@ from workbench.doctor.core import (
     detect_status,
     median_of_sorted,
     needs_log,
+    stall_reference_ms,
     verdict,
 )
 from workbench.doctor.series import Series, normalize, resolve_roles
@@ -63,6 +64,7 @@ class RunState:
     # grown with appended points instead of re-sorted every poll.
     cadence: tuple[str, int, int, np.ndarray] | None = None
     pre: list[Finding] = field(default_factory=list)  # findings before the log was read
+    log_status_seen: str | None = None  # the status the verdict was made for
     metric_findings: list[Finding] = field(default_factory=list)
     verdict: RunVerdict | None = None
     log_text: str | None = None  # fetched when it first matters, again when the status changes
@@ -262,16 +264,22 @@ class Watcher:
             st.judged = {k: len(v) for k, v in st.series.items()}
             st.rejudge = {k for k, v in st.series.items() if not np.isfinite(v.values).all()}
             st.fresh = False
-        self._judge(st, now_ms, force=bool(changed) or status_changed or st.verdict is None)
+        self._judge(st, now_ms)
 
-    def _judge(self, st: RunState, now_ms: int, force: bool) -> None:
+    def _judge(self, st: RunState, now_ms: int) -> None:
         status = st.info.status
-        last = _last_point(st.series, _cadence(st))
         th = self.scaffold.detectors
+        last = _last_point(st.series, None)
+        ref = stall_reference_ms(st.info, now_ms)
+        # The cadence only matters to `stalled`, and only once the silence outlasts the
+        # minimum any cadence allows (then `stalled` compares it with the cadence).
+        quiet = th.get("stalled", {}).get("min_seconds", 60.0)
+        if ref is not None and last[1] is not None and (ref - last[1]) / 1000.0 > quiet:
+            last = (last[0], last[1], _cadence(st))
         pre = st.metric_findings + detect_status(st.series, st.info, None, th, now_ms, last)
-        if not force and st.verdict is not None and pre == st.pre:
-            return  # nothing new (a RUNNING run without new points and no new stall)
-        st.pre = pre
+        if st.verdict is not None and pre == st.pre and status == st.log_status_seen:
+            return  # same findings, same status, same log: the same verdict
+        st.pre, st.log_status_seen = pre, status
         if needs_log(status, pre) and (st.log_text is None or status_or_new(st, status)):
             st.log_text = self.client.log_text(st.info.run_id)
             st.log_status = status
