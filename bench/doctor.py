@@ -11,8 +11,11 @@ Then:
 3. incremental pass: the same watcher polls again (what ``workbench watch --once --state``
    does with the state of step 1).
 
-Prints both times and their ratio.  ``python -m bench.doctor --runs 1000 --points 5000`` is the
-issue's full size; ``make bench`` runs the smaller default.
+Prints both times and their ratio (and the load average: the machine is shared).  With
+``--check`` a fresh watcher then makes a full pass over the grown store and the bench says
+whether its verdicts equal the incremental ones (they must: the incremental pass is exact).
+``python -m bench.doctor --runs 1000 --points 5000`` is the issue's full size; ``make bench``
+runs the smaller default.
 """
 
 from __future__ import annotations
@@ -136,6 +139,9 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--points", type=int, default=5000, help="steps per run (2 metrics each)")
     ap.add_argument("--new", type=int, default=10, help="new points per run and metric")
     ap.add_argument("--keep", help="build the store in this folder and keep it")
+    ap.add_argument(
+        "--check", action="store_true", help="compare the incremental verdicts with a full pass"
+    )
     args = ap.parse_args(argv)
 
     from scaffold.loader import load_scaffold
@@ -172,6 +178,10 @@ def main(argv: list[str]) -> None:
         )
         print(f"incremental pass (watch --once, +{args.new} points/run/metric): {t_inc:.3f}s")
         print(f"ratio full/incremental: {t_full / max(t_inc, 1e-9):.1f}x")
+        print("load average (1/5/15 min): " + " ".join(f"{x:.1f}" for x in os.getloadavg()))
+        if args.check:
+            fresh = Watcher(TrackingClient(uri), "bench", sc).poll(now_ms=t_end + 3000)
+            print(f"incremental verdicts == fresh full pass: {fresh == inc}")
     finally:
         if not args.keep:
             shutil.rmtree(folder, ignore_errors=True)
