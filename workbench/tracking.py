@@ -469,30 +469,59 @@ class TrackingClient:
         name, from the oldest of its cursors, finds every point newer than that; the rare
         point with a larger step but an older timestamp (another machine's clock) comes from
         the (run_uuid, key, step) index, one short range per pair."""
-        rows: dict[tuple[str, str], list[tuple[Any, ...]]] = {p: [] for p in wanted}
+        out: dict[tuple[str, str], tuple[History, Cursor | None]] = {}
         by_key: dict[str, dict[str, Cursor]] = {}
         for (rid, key), cur in wanted.items():
             by_key.setdefault(key, {})[rid] = cur  # type: ignore[assignment]
+        q_old_clock = (
+            "SELECT step, timestamp, value, is_nan FROM metrics "
+            "WHERE run_uuid=? AND key=? AND step>? AND +timestamp<=?"
+        )
         for key, curs in by_key.items():
             oldest = min(c.timestamp for c in curs.values())
-            for rid, step, ts, value, is_nan in db.execute(
+            found: dict[str, History] = {}
+            rows = db.execute(
                 "SELECT run_uuid, step, timestamp, value, is_nan FROM metrics "
                 "WHERE key=? AND timestamp>?",
                 (key, oldest),
-            ):
-                c = curs.get(rid)
-                if c is not None and (step > c.step or ts > c.timestamp):
-                    rows[(rid, key)].append((step, ts, value, is_nan))
-            q = (
-                "SELECT step, timestamp, value, is_nan FROM metrics "
-                "WHERE run_uuid=? AND key=? AND step>? AND +timestamp<=?"
-            )
+            ).fetchall()
+            if rows:
+                rids, steps, ts, values, nans = zip(*rows, strict=True)
+                pos = {rid: i for i, rid in enumerate(curs)}
+                r = np.array([pos.get(x, -1) for x in rids], np.int64)
+                steps, ts = np.array(steps, np.int64), np.array(ts, np.int64)
+                c_step = np.array([c.step for c in curs.values()] + [0], np.int64)[r]
+                c_ts = np.array([c.timestamp for c in curs.values()] + [0], np.int64)[r]
+                keep = (r >= 0) & ((steps > c_step) | (ts > c_ts))
+                cols = (np.array(values, np.float64), np.array(nans, np.int64))
+                names = list(curs)
+                for i, _, h in _group_columns(
+                    r[keep],
+                    np.zeros(int(keep.sum()), np.int64),
+                    1,
+                    steps[keep],
+                    ts[keep],
+                    cols[0][keep],
+                    cols[1][keep],
+                ):
+                    found[names[i]] = h
             for rid, c in curs.items():
-                rows[(rid, key)] += db.execute(q, (rid, key, c.step, oldest)).fetchall()
-        out: dict[tuple[str, str], tuple[History, Cursor | None]] = {}
-        for pair, r in rows.items():
-            h = _history(r)
-            out[pair] = (h, _cursor_of(h, wanted[pair]))
+                h = found.get(rid, History.empty())
+                late = db.execute(q_old_clock, (rid, key, c.step, oldest)).fetchall()
+                if late:  # rare: merge and sort again, as one per-pair read would
+                    h = _history(
+                        late
+                        + list(
+                            zip(
+                                h.steps.tolist(),
+                                h.timestamps.tolist(),
+                                h.values.tolist(),
+                                [0] * len(h),
+                                strict=True,
+                            )
+                        )
+                    )
+                out[(rid, key)] = (h, _cursor_of(h, c))
         return out
 
     def new_points(

@@ -166,6 +166,10 @@ def test_new_points_many_equals_one_pair_at_a_time(store):
     store.client.log_batch(ids[0], metrics=[Metric("loss", 0.1, now + s, 60 + s) for s in range(4)])
     store.client.log_batch(ids[1], metrics=[Metric("loss", 5.0, now + 9, 20)])  # a re-logged step
     store.client.log_batch(ids[2], metrics=[Metric("lr", 0.2, now, 1)])
+    # A larger step with an old timestamp (another machine's clock), next to a normal one.
+    store.client.log_batch(
+        ids[4], metrics=[Metric("loss", 0.3, 1000, 100), Metric("loss", 0.2, now, 101)]
+    )
     many = client.new_points_many(cursors)
     assert set(many) == set(cursors)
     for pair, cur in cursors.items():
@@ -176,6 +180,7 @@ def test_new_points_many_equals_one_pair_at_a_time(store):
         assert (c1.step, c1.timestamp) == (c2.step, c2.timestamp)
     assert list(many[(ids[0], "loss")][0].steps) == [60, 61, 62, 63]
     assert list(many[(ids[1], "loss")][0].steps) == [20]
+    assert list(many[(ids[4], "loss")][0].steps) == [100, 101]
     assert len(many[(ids[3], "loss")][0]) == 0
 
 

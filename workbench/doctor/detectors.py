@@ -131,10 +131,10 @@ def _row_median(a: np.ndarray) -> np.ndarray:
 
 
 def nan_inf(s: Series, th: dict[str, Any], since: int = 0) -> Finding | None:
+    if np.isfinite(s.values[since:]).all():
+        return None  # (the common case, judged on the new points only)
     bad = ~np.isfinite(s.values)
     idx = np.flatnonzero(bad[since:])
-    if not len(idx):
-        return None
     i = int(idx[0]) + since
     ok = np.flatnonzero(~bad[:i])
     before = (
