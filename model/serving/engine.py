@@ -86,7 +86,7 @@ class Engine:
         max_batch: int = 32,
         model_path: str | Path | None = None,
         dtype: torch.dtype | None = None,
-        admit_window_s: float = 0.004,
+        admit_window_s: float = 0.01,
         admit_max_s: float = 0.05,
     ) -> None:
         self.model = model.eval()

@@ -1,0 +1,157 @@
+"""The engine's batch: the slot KV cache and the lean decode step against the model's forward,
+and the engine's event contract (per-token events only for streaming sequences)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import torch
+
+from kernels import fused_moe
+from model.modeling import RMSNorm
+from model.serving.batch import Decoder, _rms_fused, dense_decode_moe, move_last_into
+from model.serving.engine import Engine, SamplingParams
+
+from .conftest import tiny_model
+
+
+class Solo:
+    """One sequence alone through the model's own forward and KV cache: the reference."""
+
+    def __init__(self, model, prompt: list[int]) -> None:
+        self.model = model
+        out = model(torch.tensor([prompt]), use_cache=True, logits_to_keep=1)
+        self.cache, self.logits = out.past_key_values, out.logits[0, -1]
+        self.tokens = list(prompt)
+
+    def feed(self, tok: int) -> torch.Tensor:
+        self.tokens.append(tok)
+        pos = torch.tensor([[len(self.tokens) - 1]])
+        out = self.model(
+            torch.tensor([[tok]]),
+            position_ids=pos,
+            past_key_values=self.cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        self.logits = out.logits[0, -1]
+        return self.logits
+
+
+def _prefill(model, prompts: list[list[int]]):
+    """Left-padded prefill of several prompts, as the engine does it."""
+    P = max(len(p) for p in prompts)
+    ids = torch.zeros(len(prompts), P, dtype=torch.long)
+    mask = torch.zeros(len(prompts), P, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, P - len(p) :] = torch.tensor(p)
+        mask[i, P - len(p) :] = 1
+    pos = (mask.cumsum(-1) - 1).clamp_min(0)
+    out = model(ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+    return out.past_key_values, out.logits[:, -1]
+
+
+@torch.inference_mode()
+def test_decode_step_matches_each_sequence_alone_as_rows_join_leave_and_the_cache_grows():
+    model = tiny_model(seed=1)
+    dec = Decoder(model)
+    cache = dec.new_cache(max_rows=4, cap=8)  # tiny capacity: forces re-layouts and growth
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(16, 2000, (n,), generator=g).tolist() for n in (5, 3, 12, 7)]
+    rows: list[Solo] = []
+
+    def admit(ps: list[list[int]]) -> None:
+        kv, logits = _prefill(model, ps)
+        cache.add_rows(kv.keys, kv.values, [len(p) for p in ps])
+        for p, lg in zip(ps, logits, strict=True):
+            rows.append(Solo(model, p))
+            assert torch.allclose(rows[-1].logits, lg, atol=1e-5)
+
+    def step() -> None:
+        toks = [int(r.logits.argmax()) for r in rows]
+        pos = [len(r.tokens) for r in rows]
+        got = dec.step(cache, torch.tensor(toks), torch.tensor(pos))
+        for r, t, lg in zip(rows, toks, got, strict=True):
+            assert torch.allclose(r.feed(t), lg, atol=1e-5)
+
+    admit(prompts[:2])  # padded rows (5 and 3 tokens)
+    for _ in range(4):
+        step()
+    admit([prompts[2]])  # longer than the live window: the cache shifts right to fit it
+    for _ in range(3):
+        step()
+    cache.remove_rows([0])  # the last row moves into row 0
+    rows = move_last_into(rows, [0])
+    admit([prompts[3]])
+    for _ in range(12):  # past several capacity doublings
+        step()
+    assert cache.rows == len(rows) == 3 and cache.cap > 8
+    cache.remove_rows([0, 1, 2])
+    assert cache.rows == 0 and cache.start == []
+
+
+def test_fused_rms_norm_is_bit_identical_to_the_model_norm():
+    g = torch.Generator().manual_seed(0)
+    for shape in ((8, 128), (1, 64), (3, 5, 32)):
+        norm = RMSNorm(shape[-1], eps=1e-6)
+        with torch.no_grad():
+            norm.weight.copy_(torch.randn(shape[-1], generator=g))
+        x = torch.randn(*shape, generator=g) * 3
+        with torch.no_grad():
+            assert torch.equal(_rms_fused(x, norm.weight, norm.eps), norm(x))
+
+
+def test_dense_decode_moe_matches_the_kernels():
+    g = torch.Generator().manual_seed(0)
+    E, H, inter, k = 8, 32, 24, 2
+    w_gu = torch.randn(E, 2 * inter, H, generator=g) * 0.2
+    w_down = torch.randn(E, H, inter, generator=g) * 0.2
+    down_cat = w_down.permute(1, 0, 2).reshape(H, E * inter).contiguous()
+    for B in (1, 3, 8):
+        h = torch.randn(B, H, generator=g)
+        scores = torch.rand(B, E, generator=g)
+        w, ids = scores.topk(k, dim=-1)
+        w = w / w.sum(-1, keepdim=True)
+        ref = fused_moe(h, w_gu, w_down, w, ids, backend="reference")
+        assert torch.allclose(dense_decode_moe(h, w_gu, down_cat, w, ids), ref, atol=1e-5)
+
+
+def test_engine_streams_tokens_only_when_asked_and_late_arrivals_join_the_batch():
+    with torch.inference_mode():
+        model = tiny_model(seed=2)
+    engine = Engine(model, max_batch=4).start()
+    try:
+        events: dict[str, list[tuple]] = {"a": [], "b": [], "b_alone": []}
+        done = {name: threading.Event() for name in events}
+
+        def emit_to(name: str):
+            def emit(event: tuple) -> None:
+                events[name].append(event)
+                if event[0] in ("done", "error"):
+                    done[name].set()
+
+            return emit
+
+        greedy = dict(temperature=0.0, ignore_eos=True)
+        b_prompt = [20, 21, 22, 23, 24, 25, 26]
+        b_alone = engine.submit(
+            b_prompt, SamplingParams(max_new_tokens=6, **greedy), emit_to("b_alone")
+        )
+        assert done["b_alone"].wait(60)
+        engine.stats["max_batch_seen"] = 0
+        a = engine.submit(
+            [5, 6, 7], SamplingParams(max_new_tokens=40, **greedy), emit_to("a"), stream=False
+        )
+        while len(a.out_ids) < 3:  # a is decoding: b arrives mid-generation
+            time.sleep(0.001)
+        b = engine.submit(b_prompt, SamplingParams(max_new_tokens=6, **greedy), emit_to("b"))
+        assert done["a"].wait(60) and done["b"].wait(60)
+        assert events["a"] == [("done", "length")]  # non-streaming: one event, at the end
+        assert len(a.out_ids) == 40
+        assert [e[0] for e in events["b"]] == ["token"] * 6 + ["done"]
+        assert [e[1] for e in events["b"][:-1]] == b.out_ids
+        assert b.out_ids == b_alone.out_ids  # joining a running batch changes nothing
+        assert engine.stats["max_batch_seen"] == 2
+    finally:
+        engine.shutdown()
