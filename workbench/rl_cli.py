@@ -17,7 +17,7 @@ def add(train_app: typer.Typer) -> None:
             Path, typer.Option("--policy", help="Policy checkpoint folder (empty: fresh tiny).")
         ],
         suite: Annotated[str, typer.Option("--suite", help="Task suite.")] = "faults",
-        iterations: Annotated[int, typer.Option("--iterations", help="RL iterations.")] = 12,
+        iterations: Annotated[int, typer.Option("--iterations", help="RL iterations.")] = 24,
         window: Annotated[int, typer.Option("--window", help="Windowed-FIFO window W.")] = 4,
         seed: Annotated[int, typer.Option("--seed")] = 0,
         sft_steps: Annotated[
@@ -27,7 +27,7 @@ def add(train_app: typer.Typer) -> None:
         lr: Annotated[float, typer.Option("--lr", help="RL learning rate (AdamW).")] = 3e-4,
         temperature: Annotated[
             float, typer.Option("--temperature", help="Rollout sampling temperature.")
-        ] = 1.5,
+        ] = 1.0,
         group_size: Annotated[int, typer.Option("--group-size", help="Rollouts per task.")] = 8,
         via: Annotated[
             str, typer.Option("--via", help="server (serve + gateway) | inprocess (fast path).")
@@ -42,6 +42,13 @@ def add(train_app: typer.Typer) -> None:
             Path | None,
             typer.Option("--fix-cache", help="Measure rewards by rerunning fixes (cached here)."),
         ] = None,
+        fix_cached_only: Annotated[
+            bool,
+            typer.Option(
+                "--fix-cached-only",
+                help="With --fix-cache: no new reruns; unmeasured fixes use the suite stand-in.",
+            ),
+        ] = False,
         out: Annotated[Path | None, typer.Option("--out", help="Checkpoints + results.")] = None,
         tracking_uri: Annotated[
             str | None, typer.Option("--tracking-uri", help="MLflow URI (default: no logging).")
@@ -65,7 +72,9 @@ def add(train_app: typer.Typer) -> None:
         measure = suite_verified
         if fix_cache is not None:
             try:
-                measure = fix_outcomes_measure(fix_cache)
+                measure = fix_outcomes_measure(
+                    fix_cache, store=store, measure_new=not fix_cached_only
+                )
             except ImportError as exc:
                 raise BadInputError(f"--fix-cache needs workbench.fix_outcomes: {exc}") from None
         cfg = RLConfig(

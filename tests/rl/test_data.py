@@ -118,3 +118,22 @@ def test_trajectory_becomes_per_turn_samples(tmp_path):
 
 def test_messages_without_assistant_give_nothing():
     assert samples_from_messages([{"role": "user", "content": "hi"}], lambda s: [1] * len(s)) == []
+
+
+def test_session_with_several_choices_gives_one_sample_per_choice(tmp_path):
+    rec = {
+        "seq": 0,
+        "session": "g1",
+        "status": 200,
+        "prompt_token_ids": [0, 5, 6],
+        "completion_token_ids": [[7, 1], [8, 9, 1], []],
+        "logprobs": [[-0.1, -0.2], None, None],
+        "response": {"weights_version": 3},
+    }
+    path = tmp_path / "g1.jsonl"
+    _write_jsonl(path, [rec])
+    a, b = samples_from_session(path)  # the empty third choice is skipped
+    assert a.ids == [0, 5, 6, 7, 1] and b.ids == [0, 5, 6, 8, 9, 1]
+    assert a.old_logprobs == [0.0] * 3 + [-0.1, -0.2] and b.old_logprobs is None
+    assert (a.episode, b.episode) == ("g1#0", "g1#1") and a.step == b.step == 0
+    assert a.meta == {"choice": 0, "weights_version": 3}

@@ -102,3 +102,23 @@ def test_rewards_to_go_and_baselines():
     assert compute_advantages(samples, baseline="none")[4] == 3.0
     with pytest.raises(ValueError):
         compute_advantages(samples, baseline="critic")
+
+
+def test_weighted_sft_step_is_the_weighted_mean_nll():
+    from rl_testlib import tiny_model
+
+    from trainer.rl.update import UpdateConfig, make_optimizer, sft_step
+
+    samples = [
+        Sample(ids=[5, 6, 7, 8], trainable=[False, False, True, True]),
+        Sample(ids=[5, 6, 9], trainable=[False, False, True]),
+    ]
+    w = [0.75, 0.25]
+    model = tiny_model()
+    with torch.no_grad():
+        lp = [model.token_logprobs(torch.tensor([s.ids[:-1]]), torch.tensor([s.ids[1:]]))[0]
+              for s in samples]  # fmt: skip
+    want = -(0.75 * (lp[0][1] + lp[0][2]) + 0.25 * lp[1][1]) / (0.75 * 2 + 0.25)
+    opt = make_optimizer(model, 0.0)
+    got = sft_step(model, opt, samples, UpdateConfig(attention="dense"), weights=w)["sft_loss"]
+    assert math.isclose(got, float(want), rel_tol=1e-5)

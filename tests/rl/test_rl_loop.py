@@ -99,3 +99,24 @@ def test_rl_loop_through_server_and_gateway(tmp_path):
     lps, ids = rec["logprobs"], rec["completion_token_ids"]
     assert [len(x) for x in lps] == [len(x) for x in ids]
     _check(res, out, measured)
+
+
+def test_fix_outcomes_rewards_read_the_shared_cache(tmp_path):
+    """Measured outcomes come from the FixOutcomes cache (filled here by hand, so nothing is
+    rerun); with measure_new=False an unmeasured fix falls back to the suite stand-in."""
+    from workbench.fix_outcomes import FixOutcome, FixOutcomes
+    from workbench.fix_outcomes import canonical_patch as fo_patch
+    from workbench.rl import fix_outcomes_measure
+
+    tasks, catalog = load_tasks("faults")
+    by = {t.scenario: t for t in tasks}
+    fo = FixOutcomes(tmp_path / "fix")
+    lower = catalog["lower_lr"]  # x0.1: not the suite's known fix (x0.01), but it verifies
+    fo.record(FixOutcome("lm-lr-too-high", fo_patch(lower), True, 1.0, "verified", 9.0))
+    measure = fix_outcomes_measure(tmp_path / "fix", measure_new=False)
+    cache = RemedyCache(tmp_path / "c.json", measure, catalog)
+    assert cache.reward(by["lm-lr-too-high"], "lower_lr") == 1.0  # measured beats stand-in
+    assert suite_verified(by["lm-lr-too-high"], lower) is False
+    assert cache.reward(by["lm-lr-too-high"], "clip_grads") == 0.0  # stand-in
+    assert cache.reward(by["lm-healthy-a"], NO_ACTION) == 1.0  # the doctor found nothing
+    assert measure.sources == {"measured": 0, "cached": 1, "stand_in": 1, "doctor": 2}

@@ -114,11 +114,25 @@ def rl_step(
     }
 
 
-def sft_step(model, optimizer, samples: Sequence[Sample], cfg: UpdateConfig = UpdateConfig()):
-    """One supervised step: mean NLL of the trainable tokens (the warm start)."""
+def sft_step(
+    model,
+    optimizer,
+    samples: Sequence[Sample],
+    cfg: UpdateConfig = UpdateConfig(),
+    weights: Sequence[float] | None = None,
+):
+    """One supervised step: mean NLL of the trainable tokens (the warm start). ``weights`` (one
+    per sample) make it a weighted mean, e.g. a teacher answer plus label smoothing over the
+    other valid answers."""
     model.train()
-    logp = sample_logprobs(model, samples, cfg)
-    loss = -logp.mean()
+    packed = pack(samples, cfg)
+    logp = sample_logprobs(model, samples, cfg, packed)
+    if weights is None:
+        loss = -logp.mean()
+    else:
+        w = torch.tensor(list(weights), dtype=torch.float32, device=logp.device)
+        w = w[packed.sample_index.to(logp.device)]
+        loss = -(w * logp).sum() / w.sum()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
