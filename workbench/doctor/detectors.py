@@ -285,6 +285,14 @@ def exploding_gradients(
     abs_max = th.get("abs_max", 1e4) * (th.get("clip_factor", 100.0) if clipped else 1.0)
     inf_idx = np.flatnonzero(np.isposinf(x[since:]))
     y = np.log10(np.maximum(_ffill_finite(x), 1e-30))
+    # Every baseline median is at least min(y), so when no new point rises ratio× above that
+    # (and none is inf or over abs_max) nothing can be found: skip the baselines.
+    if (
+        not len(inf_idx)
+        and not (x[since:] > abs_max).any()
+        and (since >= len(y) or y[since:].max() <= y.min() + np.log10(ratio))
+    ):
+        return None
     med, mad = rolling_baseline(
         y,
         int(th.get("window", 128)),
