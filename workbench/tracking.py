@@ -468,14 +468,17 @@ class TrackingClient:
         steps later).  MLflow's primary key starts with (key, timestamp): one range per metric
         name, from the oldest of its cursors, finds every point newer than that; the rare
         point with a larger step but an older timestamp (another machine's clock) comes from
-        the (run_uuid, key, step) index, one short range per pair."""
+        the (run_uuid, key, step) index: one short range per pair, 400 pairs a statement."""
         out: dict[tuple[str, str], tuple[History, Cursor | None]] = {}
         by_key: dict[str, dict[str, Cursor]] = {}
         for (rid, key), cur in wanted.items():
             by_key.setdefault(key, {})[rid] = cur  # type: ignore[assignment]
+        # One index range per pair (run_uuid, key, step > its cursor), all in one statement.
         q_old_clock = (
-            "SELECT step, timestamp, value, is_nan FROM metrics "
-            "WHERE run_uuid=? AND key=? AND step>? AND +timestamp<=?"
+            "WITH c(run_uuid, step) AS (VALUES {}) "
+            "SELECT c.run_uuid, m.step, m.timestamp, m.value, m.is_nan FROM c JOIN metrics m "
+            "ON m.run_uuid = c.run_uuid AND m.key = ? AND m.step > c.step "
+            "AND +m.timestamp <= ?"
         )
         for key, curs in by_key.items():
             oldest = min(c.timestamp for c in curs.values())
@@ -505,9 +508,17 @@ class TrackingClient:
                     cols[1][keep],
                 ):
                     found[names[i]] = h
+            late_rows: dict[str, list[tuple[Any, ...]]] = {}
+            items = list(curs.items())
+            for a in range(0, len(items), 400):  # (sqlite's limit on bound parameters)
+                chunk = items[a : a + 400]
+                values_sql = ", ".join("(?, ?)" for _ in chunk)
+                params: list[Any] = [v for rid, c in chunk for v in (rid, c.step)]
+                for rid, *row in db.execute(q_old_clock.format(values_sql), (*params, key, oldest)):
+                    late_rows.setdefault(rid, []).append(tuple(row))
             for rid, c in curs.items():
                 h = found.get(rid, History.empty())
-                late = db.execute(q_old_clock, (rid, key, c.step, oldest)).fetchall()
+                late = late_rows.get(rid)
                 if late:  # rare: merge and sort again, as one per-pair read would
                     h = _history(
                         late
