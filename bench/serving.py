@@ -161,9 +161,11 @@ def main(argv: list[str]) -> None:
         path = _checkpoint(Path(tmp))
         sides = {"ours": OurServer(path, B), "hf": Transformers(path)}
         try:
-            for side in sides.values():  # warm-up: threads, connections, first-call setup
-                for _, prompts, _ in rows:
-                    side.run(prompts, [2] * len(prompts))
+            # Warm-up, both sides, one full untimed round: threads, connections, allocator and
+            # first-call setup (the first full round runs ~2x slower on either side).
+            for side in sides.values():
+                for _, prompts, lengths in rows:
+                    side.run(prompts, lengths)
             for _ in range(args.repeats):
                 for key, prompts, lengths in rows:
                     for name, side in sides.items():
