@@ -189,21 +189,37 @@ def _divergence(s: Series, th: dict[str, Any], since: int = 0) -> Finding | None
     # before `since` lets a trailing run that started earlier be seen as such.
     lo = min(max(0, since - 1), len(x) - 1)
     t = x[lo:]
-    run_min = np.minimum.accumulate(t)
+    ratio, delta = th.get("ratio", 1.5), th.get("min_delta", 0.5)
+    mega_ratio = th.get("megatron_ratio", 10.0)
     first_min = x[0] if lo == 0 else float(np.min(x[:lo]))
+    first_max = np.inf if lo == 0 else max(float(np.max(x[:lo])), -first_min)
+    if lo:
+        # Every threshold from `since` on is at least the one of the lowest point so far,
+        # and every Megatron bar at least 10x the largest |x| before `since`: new points
+        # under both cannot start anything (the common case of a poll).
+        new = t[since - lo :]
+        if len(new) == 0:
+            return None
+        low = min(first_min, float(t.min()))
+        high = max(first_max, abs(float(x[lo])))
+        top = float(new.max())
+        if top <= max(low * ratio, low + delta) and max(top, -float(new.min())) <= (
+            mega_ratio * high
+        ):
+            return None
+    run_min = np.minimum.accumulate(t)
     if lo:
         np.minimum(run_min, first_min, out=run_min)
     prev_min = np.concatenate([[first_min], run_min[:-1]])
-    thresh = np.maximum(prev_min * th.get("ratio", 1.5), prev_min + th.get("min_delta", 0.5))
+    thresh = np.maximum(prev_min * ratio, prev_min + delta)
     above = t > thresh
     i = _first_run(above, int(th.get("persist", 5)), since - lo, th.get("_final", True))
     run_max = np.maximum.accumulate(np.abs(t))
-    first_max = np.inf if lo == 0 else max(float(np.max(x[:lo])), -float(np.min(x[:lo])))
     if lo:
         np.maximum(run_max, first_max, out=run_max)
     prev_max = np.concatenate([[first_max], run_max[:-1]])
     m0 = max(since, 1) - lo
-    mega = np.flatnonzero((np.abs(t) > th.get("megatron_ratio", 10.0) * prev_max)[m0:])
+    mega = np.flatnonzero((np.abs(t) > mega_ratio * prev_max)[m0:])
     j = int(mega[0]) + m0 if len(mega) else None
     if i is None and j is None:
         return None
