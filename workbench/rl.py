@@ -399,7 +399,10 @@ class ServerRollouts:
             self.procs.append(
                 (
                     subprocess.Popen(
-                        [sys.executable, "-c", *args], stdout=log, stderr=subprocess.STDOUT
+                        [sys.executable, "-c", *args],
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        preexec_fn=_die_with_parent,
                     ),
                     log,
                 )
@@ -479,6 +482,18 @@ class ServerRollouts:
                     proc.wait()
             log.close()
         self.procs = []
+
+
+def _die_with_parent() -> None:
+    """Linux: the server and gateway get SIGTERM when the RL process dies, even when it is
+    killed before ``close`` runs."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _free_port() -> int:

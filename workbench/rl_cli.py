@@ -49,6 +49,10 @@ def add(train_app: typer.Typer) -> None:
                 help="With --fix-cache: no new reruns; unmeasured fixes use the suite stand-in.",
             ),
         ] = False,
+        threads: Annotated[
+            int,
+            typer.Option("--threads", help="Torch intra-op threads (tiny policy: 1 is fastest)."),
+        ] = 1,
         out: Annotated[Path | None, typer.Option("--out", help="Checkpoints + results.")] = None,
         tracking_uri: Annotated[
             str | None, typer.Option("--tracking-uri", help="MLflow URI (default: no logging).")
@@ -69,6 +73,9 @@ def add(train_app: typer.Typer) -> None:
             raise BadInputError(f"--via must be server or inprocess, got {via!r}")
         if not 0.0 <= temperature <= 2.0 or lr <= 0:
             raise BadInputError("--temperature must be in [0, 2] and --lr > 0")
+        import torch
+
+        torch.set_num_threads(max(1, threads))
         measure = suite_verified
         if fix_cache is not None:
             try:
