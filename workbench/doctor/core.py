@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import numpy as np
@@ -72,6 +72,7 @@ def detect_metrics(
     aliases: MetricAliases,
     *,
     since: Mapping[str, int] | None = None,
+    whole: Collection[tuple[str, str]] = (),
     roles: Mapping[str, str] | None = None,
     final: bool = True,
     params: Mapping[str, str] | None = None,
@@ -85,7 +86,9 @@ def detect_metrics(
     were judged already and found nothing.  Those detectors only look from there on; the
     others (whose verdict on old points can change with new ones: an onset confirmed later,
     a warm-up or reference that grows with the run) always see the whole series, so the
-    result equals a pass with ``since`` empty."""
+    result equals a pass with ``since`` empty.  ``whole``: (kind, metric) pairs judged from
+    the start all the same (a finding already there, whose counts and peaks must be those of
+    the whole series)."""
     roles = (
         dict(roles)
         if roles is not None
@@ -102,32 +105,34 @@ def detect_metrics(
         name = roles.get(role)
         return series.get(name) if name else None
 
-    def at(s: Series) -> int:
-        return min(since.get(s.name, 0), len(s))
+    def at(s: Series, kind: str) -> int:
+        return 0 if (kind, s.name) in whole else min(since.get(s.name, 0), len(s))
 
     seen: set[str] = set()
     for role in th.get("nan_inf", {}).get("roles", ["train_loss", "eval_loss", "grad_norm"]):
         s = s_of(role)
         if s is not None and s.name not in seen:
             seen.add(s.name)
-            f = D.nan_inf(s, th.get("nan_inf", {}), at(s))
+            f = D.nan_inf(s, th.get("nan_inf", {}), at(s, "nan_inf"))
             if f:
                 out.append(f)
     loss = s_of("train_loss")
     ev = s_of("eval_loss")
     if loss is not None:
         # With an eval loss, a divergence found earlier may be confirmed only now.
-        div_at = at(loss) if ev is None else 0
+        div_at = at(loss, "divergence") if ev is None else 0
         found = [
             D.divergence(loss, th.get("divergence", {}), div_at, eval_loss=ev),
-            _spike(loss, th.get("loss_spike", {}), at(loss)),
+            _spike(loss, th.get("loss_spike", {}), at(loss, "loss_spike")),
             D.plateau(loss, th.get("plateau", {})),
         ]
         out += [f for f in found if f]
     gn = s_of("grad_norm")
     if gn is not None:
         found = [
-            _exploding(gn, th.get("exploding_gradients", {}), at(gn), clipped),
+            _exploding(
+                gn, th.get("exploding_gradients", {}), at(gn, "exploding_gradients"), clipped
+            ),
             # Its reference (the early median) grows with the run: always the whole series.
             D.vanishing_gradients(gn, th.get("vanishing_gradients", {}), 0, loss=loss),
         ]

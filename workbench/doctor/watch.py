@@ -57,8 +57,7 @@ class RunState:
     series: dict[str, Series] = field(default_factory=dict)
     roles: dict[str, str] = field(default_factory=dict)
     judged: dict[str, int] = field(default_factory=dict)  # points already judged per metric
-    # Metrics whose judged points cannot be trusted as a prefix (re-normalised after a
-    # resume, or holding a non-finite value a detector fills from later points).
+    # Metrics whose judged points are not a prefix any more (re-normalised after a resume).
     rejudge: set[str] = field(default_factory=set)
     # The cadence's series: (name, points, their newest timestamp, sorted logging intervals),
     # grown with appended points instead of re-sorted every poll.
@@ -244,12 +243,18 @@ class Watcher:
             # Judged points are skipped only when nothing can have changed their verdict:
             # same roles, same status, a pure append, finite values, no finding on the metric.
             whole = st.fresh or status_changed or roles != st.roles
-            with_finding = {f.metric for f in st.metric_findings}
             since = {
-                k: 0
-                if whole or k in st.rejudge or k in with_finding
-                else max(0, st.judged.get(k, 0) - self._lookback)
+                k: 0 if whole or k in st.rejudge else max(0, st.judged.get(k, 0) - self._lookback)
                 for k in st.series
+            }
+            # Judged whole as well: a kind that already has a finding on a metric (its counts
+            # and peaks are the whole series'), and `exploding_gradients` on a metric holding
+            # a non-finite value (it fills gaps from the neighbouring points).
+            again = {(f.kind, f.metric) for f in st.metric_findings if f.metric}
+            again |= {
+                ("exploding_gradients", k)
+                for k, v in st.series.items()
+                if not np.isfinite(v.values).all()
             }
             st.roles = roles
             st.metric_findings = detect_metrics(
@@ -257,12 +262,13 @@ class Watcher:
                 self.scaffold.detectors,
                 self.scaffold.metrics,
                 since=since,
+                whole=again,
                 roles=st.roles,
                 final=st.info.status != "RUNNING",
                 params=st.info.params,
             )
             st.judged = {k: len(v) for k, v in st.series.items()}
-            st.rejudge = {k for k, v in st.series.items() if not np.isfinite(v.values).all()}
+            st.rejudge = set()
             st.fresh = False
         self._judge(st, now_ms)
 
