@@ -131,6 +131,15 @@ def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return weight * x32.to(dtype)
 
 
+def _linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """F.linear(x, weight) for a decode batch, computed as (weight @ x.T).T (a transposed view).
+    Same products and sums; on the CPU, MKL runs the few-rows case (M = rows <= max_batch, a
+    wide weight) far better this way round: the weight is the tall left operand, read once in
+    its stored order. Measured with cold caches (4 layers' weights in rotation): the decode
+    step's GEMMs 5.7 -> 3.5 ms at batch 8."""
+    return torch.mm(weight, x.t()).t()
+
+
 def _rms_fused(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """The same in one op; bit-identical to `_rms` for fp32 (checked in tests/serving)."""
     return F.rms_norm(x, weight.shape, weight, eps)
@@ -185,7 +194,7 @@ class Decoder:
                     qkv,
                     attn.q_norm.weight,
                     attn.k_norm.weight,
-                    attn.o_proj.weight.t(),
+                    attn.o_proj.weight,
                     layer.post_attention_layernorm.weight,
                     moe.gate.weight.float(),
                     bias,
@@ -227,20 +236,20 @@ class Decoder:
         k_win, v_win = cache.k[:, :B, :, lo : col + 1], cache.v[:, :B, :, lo : col + 1]
         sizes = [self.q_dim, self.kv_dim, self.kv_dim]
         for i, layer in enumerate(self.layers):
-            w_in, w_qkv, w_qn, w_kn, w_o_t, w_post, w_gate, bias, w_gu, w_dn, w_dn_cat = layer
-            q, k, v = F.linear(rms(x, w_in, eps), w_qkv).split(sizes, dim=1)
+            w_in, w_qkv, w_qn, w_kn, w_o, w_post, w_gate, bias, w_gu, w_dn, w_dn_cat = layer
+            q, k, v = _linear(rms(x, w_in, eps), w_qkv).split(sizes, dim=1)
             q = torch.bmm(rms(q, w_qn, eps).view(B, nh, D), rope)
             k_col[i].copy_(torch.bmm(rms(k, w_kn, eps).view(B, nkv, D), rope))
-            v_col[i].copy_(v.view(B, nkv, D))
+            v_col[i].copy_(v.reshape(B, nkv, D))
             y = F.scaled_dot_product_attention(
                 q.unsqueeze(2), k_win[i], v_win[i], attn_mask=mask, enable_gqa=nkv != nh
             )  # (B, nh, 1, D)
-            x = torch.addmm(x, y.view(B, nh * D), w_o_t)
+            x = x + _linear(y.view(B, nh * D), w_o)
             h = rms(x, w_post, eps)
             x = x + self._moe(h, w_gate, bias, w_gu, w_dn, w_dn_cat)
         cache.hi = col + 1
         h = rms(x, self.model.model.norm.weight, eps)
-        return F.linear(h, self.model.lm_head.weight)
+        return _linear(h, self.model.lm_head.weight)
 
     def _moe(self, h, w_gate, bias, w_gu, w_down, w_down_cat) -> torch.Tensor:
         """modeling.SparseMoeBlock.forward without the training statistics."""
@@ -273,7 +282,7 @@ def dense_decode_moe(
     B = h.shape[0]
     E, two_i, H = w_gate_up.shape
     inter = two_i // 2
-    gu = F.linear(h, w_gate_up.view(E * two_i, H)).view(B, E, two_i)
+    gu = _linear(h, w_gate_up.view(E * two_i, H)).view(B, E, two_i)
     dense_w = h.new_zeros(B, E).scatter_(1, ids, weights)
     act = F.silu(gu[..., :inter]).mul_(gu[..., inter:]).mul_(dense_w.unsqueeze(-1))
-    return F.linear(act.view(B, E * inter), w_down_cat)
+    return _linear(act.view(B, E * inter), w_down_cat)
