@@ -1,4 +1,6 @@
-"""TrackingClient on a real MLflow sqlite store: paging, incremental cursors, logs, errors."""
+"""TrackingClient on a real MLflow sqlite store: paging, incremental cursors, the columnar
+scan and batched polls (equal to per-run and MLflow API reads), logs, errors — and watcher
+polls that equal full passes over the same data."""
 
 from __future__ import annotations
 
