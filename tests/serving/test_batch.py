@@ -10,7 +10,13 @@ import torch
 
 from kernels import fused_moe
 from model.modeling import RMSNorm
-from model.serving.batch import Decoder, _rms_fused, dense_decode_moe, move_last_into
+from model.serving.batch import (
+    Decoder,
+    _rms_fused,
+    dense_decode_moe,
+    move_last_into,
+    sparse_decode_moe,
+)
 from model.serving.engine import Engine, SamplingParams
 
 from .conftest import tiny_model
@@ -102,7 +108,7 @@ def test_fused_rms_norm_is_bit_identical_to_the_model_norm():
             assert torch.equal(_rms_fused(x, norm.weight, norm.eps), norm(x))
 
 
-def test_dense_decode_moe_matches_the_kernels():
+def test_dense_and_sparse_decode_moe_match_the_kernels():
     g = torch.Generator().manual_seed(0)
     E, H, inter, k = 8, 32, 24, 2
     w_gu = torch.randn(E, 2 * inter, H, generator=g) * 0.2
@@ -115,6 +121,8 @@ def test_dense_decode_moe_matches_the_kernels():
         w = w / w.sum(-1, keepdim=True)
         ref = fused_moe(h, w_gu, w_down, w, ids, backend="reference")
         assert torch.allclose(dense_decode_moe(h, w_gu, down_cat, w, ids), ref, atol=1e-5)
+        # The few-rows path (the decoder takes it while rows * k <= E / 2); any B is valid.
+        assert torch.allclose(sparse_decode_moe(h, w_gu, w_down, w, ids), ref, atol=1e-5)
 
 
 def test_engine_streams_tokens_only_when_asked_and_late_arrivals_join_the_batch():
