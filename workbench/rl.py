@@ -197,6 +197,16 @@ def fix_outcomes_measure(
     return measure
 
 
+# The suite injects each fault through the run config's ``faults:`` entry. Deleting it "fixes"
+# any scenario, but no real run has one: a policy rewarded for it learns the benchmark, not
+# the job (it did: see docs/rl.md). Such patches earn nothing.
+INJECTION_KEY = "faults"
+
+
+def touches_injection(patch: list[dict]) -> bool:
+    return any(str(op["key"]).split(".")[0] == INJECTION_KEY for op in patch)
+
+
 class RemedyCache:
     """(scenario, remedy) -> verified? Measured once, then read from ``path`` (atomic writes)."""
 
@@ -228,6 +238,8 @@ class RemedyCache:
         if remedy == NO_ACTION:
             return float(already_ok)
         if already_ok or not self.catalog[remedy]:  # false alarm / a code change, not a patch
+            return 0.0
+        if touches_injection(self.catalog[remedy]):  # a benchmark artifact, not a fix
             return 0.0
         return float(self.outcome(task, remedy))
 

@@ -36,7 +36,10 @@ def test_tasks_rewards_and_action_parsing(tmp_path):
     # ... and wrong where it is not: fix_code is a code change, no config patch to verify
     assert by["lm-code-error"].teacher == "fix_code"
     assert cache.reward(by["lm-code-error"], "fix_code") == 0.0
-    assert cache.reward(by["lm-code-error"], "remove_activation_scaling") == 1.0  # same patch
+    # deleting the suite's injected fault would "fix" it, but no real run has that entry
+    assert "remove_activation_scaling" in catalog
+    assert cache.reward(by["lm-code-error"], "remove_activation_scaling") == 0.0
+    assert cache.reward(by["lm-fp-overflow"], "remove_activation_scaling") == 0.0
     # healthy: doing nothing verifies, any patch is a false alarm; unparsable answers get 0
     assert cache.reward(by["lm-healthy-a"], NO_ACTION) == 1.0
     assert cache.reward(by["lm-healthy-a"], "clip_grads") == 0.0
