@@ -355,6 +355,8 @@ def vanishing_gradients(
     ref = float(np.median(early))
     dead = fin & (np.abs(x) < th.get("abs_min", 1e-8))
     low = fin & (x < th.get("ratio", 1e-3) * ref)
+    if not (low.any() or dead.any()):  # the usual case: skip the loss alignment below
+        return None
     if loss is not None and len(loss):
         lv = np.interp(s.steps, loss.steps, _ffill_finite(loss.values))
         l0 = float(np.median(_ffill_finite(loss.values)[: max(3, len(loss) // 20)]))
