@@ -22,9 +22,6 @@ import fcntl
 import hashlib
 import json
 import os
-import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -256,7 +253,12 @@ class FixOutcomes:
     def _train(
         self, scenario: str, program: str, cfg: dict[str, Any], digest: str
     ) -> tuple[str | None, bool]:
-        from experiments.faults.builder import EXPERIMENT, _ProgressWatch, prepare_store
+        from experiments.faults.builder import (
+            EXPERIMENT,
+            prepare_store,
+            run_watched,
+            train_command,
+        )
 
         runs = self.dir / "runs"
         with self._flock("store.lock"):  # the first process creates the schema alone
@@ -267,41 +269,14 @@ class FixOutcomes:
         tmp = config.with_suffix(f".tmp{os.getpid()}")
         tmp.write_text(yaml.safe_dump(cfg, sort_keys=False))
         os.replace(tmp, config)
-        log_path = runs / "logs" / f"{scenario}-{digest}.log"
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [
-            sys.executable,
-            "-m",
-            "workbench.cli.main",
-            "train",
-            program,
-            "--config",
-            str(config),
-            "--tracking-uri",
-            uri,
-            "--json",
-            "--tag",
-            f"{SCENARIO_TAG}={scenario}",
-            "--tag",
-            f"{TAG}={token}",
-        ]  # fmt: skip  (the suite builder's command, with our tags)
-        env = dict(os.environ, MLFLOW_EXPERIMENT_NAME=EXPERIMENT, WORKBENCH_TRAIN_THREADS="1")
-        env.pop("MLFLOW_TRACKING_URI", None)
         suite = self._suite_obj()
-        stall = self._stall or suite.stall_timeout_s
-        limit = self._timeout or suite.run_timeout_s
-        t0, hung = time.monotonic(), False
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=runs)
-            watch = _ProgressWatch(proc.pid, log_path)
-            while proc.poll() is None:
-                time.sleep(0.25)
-                now = time.monotonic()
-                idle = watch.idle_for(now)
-                if idle > stall or now - t0 > limit:
-                    hung = True  # a hung or endless rerun did not fix anything
-                    proc.send_signal(signal.SIGKILL)
-                    proc.wait()
+        hung, _ = run_watched(
+            train_command(program, config, uri, {SCENARIO_TAG: scenario, TAG: token}),
+            runs / "logs" / f"{scenario}-{digest}.log",
+            runs,
+            self._stall or suite.stall_timeout_s,
+            self._timeout or suite.run_timeout_s,
+        )  # a hung or endless rerun did not fix anything
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(uri)

@@ -70,15 +70,23 @@ def write_config(out: Path, suite: Suite, sc: Scenario) -> Path:
     return path
 
 
+def train_command(program: str, config: Path, uri: str, tags: dict[str, str]) -> list[str]:
+    """``workbench train PROGRAM`` as a subprocess, logging to ``uri`` with ``tags``."""
+    cmd = [sys.executable, "-m", "workbench.cli.main", "train", program,
+           "--config", str(config), "--tracking-uri", uri, "--json"]  # fmt: skip
+    for key, value in tags.items():
+        cmd += ["--tag", f"{key}={value}"]
+    return cmd
+
+
 def _command(sc: Scenario, config: Path, uri: str) -> list[str]:
     expected = json.dumps(sc.expected.model_dump(), sort_keys=True)
-    return [
-        sys.executable, "-m", "workbench.cli.main", "train", sc.program,
-        "--config", str(config), "--tracking-uri", uri, "--json",
-        "--tag", f"workbench.scenario={sc.id}",
-        "--tag", f"workbench.expected={expected}",
-        "--tag", f"workbench.split={sc.split}",
-    ]  # fmt: skip
+    tags = {
+        "workbench.scenario": sc.id,
+        "workbench.expected": expected,
+        "workbench.split": sc.split,
+    }
+    return train_command(sc.program, config, uri, tags)
 
 
 class _ProgressWatch:
@@ -112,27 +120,41 @@ class _ProgressWatch:
         return now - self.last_progress
 
 
-def run_one(sc: Scenario, suite: Suite, out: Path, uri: str) -> BuiltRun:
-    config = write_config(out, suite, sc)
-    log_path = out / "logs" / f"{sc.id}.log"
+def run_watched(
+    cmd: list[str], log_path: Path, cwd: Path, stall_s: float, limit_s: float
+) -> tuple[bool, bool]:
+    """Run a training subprocess, SIGKILLing it when it makes no progress for ``stall_s`` or
+    runs past ``limit_s`` (no handler runs: its MLflow run stays RUNNING).
+    Returns (killed, stalled)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, MLFLOW_EXPERIMENT_NAME=EXPERIMENT, WORKBENCH_TRAIN_THREADS="1")
     env.pop("MLFLOW_TRACKING_URI", None)
     t0 = time.monotonic()
-    hung = False
+    killed = stalled = False
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            _command(sc, config, uri), stdout=log, stderr=subprocess.STDOUT, env=env, cwd=out
-        )
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd)
         watch = _ProgressWatch(proc.pid, log_path)
         while proc.poll() is None:
             time.sleep(0.25)
             now = time.monotonic()
             idle = watch.idle_for(now)
-            if idle > suite.stall_timeout_s or now - t0 > suite.run_timeout_s:
-                hung = idle > suite.stall_timeout_s
-                proc.send_signal(signal.SIGKILL)  # no handler runs: the run stays RUNNING
+            if idle > stall_s or now - t0 > limit_s:
+                killed, stalled = True, idle > stall_s
+                proc.send_signal(signal.SIGKILL)
                 proc.wait()
+    return killed, stalled
+
+
+def run_one(sc: Scenario, suite: Suite, out: Path, uri: str) -> BuiltRun:
+    config = write_config(out, suite, sc)
+    t0 = time.monotonic()
+    _, hung = run_watched(
+        _command(sc, config, uri),
+        out / "logs" / f"{sc.id}.log",
+        out,
+        suite.stall_timeout_s,
+        suite.run_timeout_s,
+    )
     return BuiltRun(sc.id, sc.program, None, "UNKNOWN", time.monotonic() - t0, hung)
 
 
