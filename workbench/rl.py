@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import random
 import threading
 import time
@@ -44,11 +43,13 @@ from typing import Any
 
 import torch
 
+from model.checkpoint import atomic_write_text
 from trainer.rl.advantages import compute_advantages
 from trainer.rl.data import Sample, completion_sample
 from trainer.rl.rollout import RolloutPool, windowed_rollouts
 from trainer.rl.update import UpdateConfig, make_optimizer, rl_step, sft_step
 from workbench.errors import BadInputError
+from workbench.fix_outcomes import canonical_patch
 
 SYSTEM = "You fix failed training runs. Answer with the letter of exactly one remedy."
 NO_ACTION = "no_action"
@@ -84,13 +85,6 @@ class Task:
     cause: str  # the doctor's diagnosis ("healthy": no finding)
     teacher: str  # the rules brain's answer: the playbook's first remedy for ``cause``
     known_fixes: tuple[str, ...]  # suite's fixes (canonical patch JSON), for ``suite_verified``
-
-
-def canonical_patch(patch) -> str:
-    """One string per patch, so equal edits compare equal whatever their source type."""
-    ops = [p if isinstance(p, dict) else p.model_dump() for p in patch]
-    ops = [{"key": o["key"], "op": o["op"], "value": o.get("value")} for o in ops]
-    return json.dumps(ops, sort_keys=True)
 
 
 def remedy_catalog() -> dict[str, list[dict]]:
@@ -698,9 +692,7 @@ def run_rl(
 
 # ---------------------------------------------------------------------------- helpers
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True))
 
 
 def _save(model, tok, ckpt: Path) -> None:
