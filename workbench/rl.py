@@ -67,7 +67,8 @@ class RLConfig:
     eval_tasks: int | None = None  # cap on tasks per success-rate evaluation
     lr: float = 3e-4
     sft_lr: float = 3e-3
-    sft_smoothing: float = 0.5  # teacher 1 - eps, the other menu answers eps in total
+    sft_smoothing: float = 0.3  # teacher 1 - eps, the other menu answers eps in total
+    menu: str = "cause"  # cause: the diagnosed cause's remedies (what propose sees) | all
     temperature: float = 1.0
     max_new_tokens: int = 0  # 0: the longest remedy id + end of turn
     seed: int = 0
@@ -85,6 +86,7 @@ class Task:
     cause: str  # the doctor's diagnosis ("healthy": no finding)
     teacher: str  # the rules brain's answer: the playbook's first remedy for ``cause``
     known_fixes: tuple[str, ...]  # suite's fixes (canonical patch JSON), for ``suite_verified``
+    menu: tuple[str, ...] = (NO_ACTION,)  # the answers on offer, in menu (letter) order
 
 
 def remedy_catalog() -> dict[str, list[dict]]:
@@ -100,10 +102,17 @@ def remedy_catalog() -> dict[str, list[dict]]:
 
 
 def rules_answer(cause: str) -> str:
+    return cause_menu(cause)[0]
+
+
+def cause_menu(cause: str) -> tuple[str, ...]:
+    """What the supervisor's propose step offers for a diagnosis: the playbook's remedies for
+    the cause, in playbook order (the doctor's ranking), then ``no_action`` (leave the run)."""
     from scaffold.loader import load_scaffold
 
-    spec = load_scaffold(None).playbook.causes.get(cause)
-    return spec.remedies[0].id if spec is not None and spec.remedies else NO_ACTION
+    pb = load_scaffold(None).playbook
+    spec = pb.causes.get(cause) or (pb.unknown if cause == "unknown" else None)
+    return tuple(r.id for r in (spec.remedies if spec else [])) + (NO_ACTION,)
 
 
 def doctor_view(store: Path, cache: Path | None = None) -> dict[str, dict]:
@@ -125,13 +134,18 @@ def doctor_view(store: Path, cache: Path | None = None) -> dict[str, dict]:
 
 
 def load_tasks(
-    suite: str = "faults", view: dict[str, dict] | None = None
+    suite: str = "faults", view: dict[str, dict] | None = None, menu: str = "cause"
 ) -> tuple[list[Task], dict[str, list[dict]]]:
-    """(tasks, remedy catalog). ``view``: the doctor's verdicts; None uses the suite labels."""
+    """(tasks, remedy catalog). ``view``: the doctor's verdicts; None uses the suite labels.
+    ``menu``: ``cause`` offers the diagnosed cause's remedies (what the propose step sees),
+    ``all`` every playbook remedy (each answer then needs a measurement on every run)."""
     if suite != "faults":
         raise BadInputError(f"unknown suite {suite!r} (known: faults)")
+    if menu not in ("cause", "all"):
+        raise BadInputError(f"menu must be cause or all, not {menu!r}")
     from experiments.faults.suite import load_suite
 
+    catalog = remedy_catalog()
     tasks = []
     for sc in load_suite().scenarios:
         seen = (view or {}).get(sc.id) or {
@@ -146,9 +160,10 @@ def load_tasks(
                 cause=seen["cause"],
                 teacher=rules_answer(seen["cause"]),
                 known_fixes=tuple(canonical_patch(r.patch) for r in sc.remedies),
+                menu=cause_menu(seen["cause"]) if menu == "cause" else tuple(sorted(catalog)),
             )
         )
-    return tasks, remedy_catalog()
+    return tasks, catalog
 
 
 # ---------------------------------------------------------------------------- rewards
@@ -175,17 +190,16 @@ def fix_outcomes_measure(
 
     def measure(task: Task, patch: list[dict]) -> bool:
         if not patch:
-            sources["doctor"] += 1
-            return not task.findings
-        hit = fo.lookup(task.scenario, patch)
-        if hit is not None:
-            sources["cached"] += 1
-            return bool(hit.fixed)
-        if not measure_new:
-            sources["stand_in"] += 1
-            return suite_verified(task, patch)
-        sources["measured"] += 1
-        return bool(fo.outcome(task.scenario, patch).fixed)
+            src, ok = "doctor", not task.findings
+        elif (hit := fo.lookup(task.scenario, patch)) is not None:
+            src, ok = "cached", bool(hit.fixed)
+        elif not measure_new:
+            src, ok = "stand_in", suite_verified(task, patch)
+        else:
+            src, ok = "measured", bool(fo.outcome(task.scenario, patch).fixed)
+        sources[src] += 1
+        measure.last = src  # type: ignore[attr-defined]  (RemedyCache reads it under its lock)
+        return ok
 
     measure.sources = sources  # type: ignore[attr-defined]
     return measure
@@ -213,6 +227,9 @@ class RemedyCache:
         self.path, self.measure, self.catalog = path, measure, catalog
         self.data: dict[str, bool] = json.loads(path.read_text()) if path.exists() else {}
         self.measured = 0
+        # key -> where its answer came from (measure.last: measured / cached / stand_in /
+        # doctor; "stand_in" for the default suite_verified; "file" when read from ``path``)
+        self.sources: dict[str, str] = dict.fromkeys(self.data, "file")
         self._lock = threading.Lock()  # rollout threads share the cache
 
     def outcome(self, task: Task, remedy: str) -> bool:
@@ -220,22 +237,30 @@ class RemedyCache:
         with self._lock:
             if key not in self.data:
                 self.data[key] = bool(self.measure(task, self.catalog[remedy]))
+                self.sources[key] = getattr(self.measure, "last", "stand_in")
                 self.measured += 1
                 _write_json(self.path, self.data)
             return self.data[key]
 
-    def reward(self, task: Task, remedy: str | None) -> float:
-        """1 when the answer is a verified fix (or ``no_action`` on a run that needs none)."""
+    def judge(self, task: Task, remedy: str | None) -> tuple[float, str]:
+        """(reward, why): 1 when the answer is a verified fix (or ``no_action`` on a run that
+        needs none); ``why`` names the source of the verdict."""
         if remedy is None or remedy not in self.catalog:
-            return 0.0
+            return 0.0, "unparsable"
         already_ok = self.outcome(task, NO_ACTION)
         if remedy == NO_ACTION:
-            return float(already_ok)
-        if already_ok or not self.catalog[remedy]:  # false alarm / a code change, not a patch
-            return 0.0
+            return float(already_ok), self.sources[f"{task.scenario}::{NO_ACTION}"]
+        if already_ok:
+            return 0.0, "false_alarm"  # a patch for a run that needs none
+        if not self.catalog[remedy]:
+            return 0.0, "code_change"  # no config patch to rerun
         if touches_injection(self.catalog[remedy]):  # a benchmark artifact, not a fix
-            return 0.0
-        return float(self.outcome(task, remedy))
+            return 0.0, "guard"
+        ok = self.outcome(task, remedy)
+        return float(ok), self.sources[f"{task.scenario}::{remedy}"]
+
+    def reward(self, task: Task, remedy: str | None) -> float:
+        return self.judge(task, remedy)[0]
 
 
 def label(i: int) -> str:
@@ -330,14 +355,23 @@ def load_policy(path: Path, seed: int = 0):
     return model, tok
 
 
-def success_rate(policy: Policy, model, tasks: list[Task], actions, cache, max_new: int) -> float:
-    """Greedy decoding: the fraction of tasks whose answer verifies."""
+def greedy_answers(policy: Policy, model, tasks: list[Task], cache, max_new: int) -> dict:
+    """Greedy decoding on each task: scenario -> {answer, reward, source, patch}."""
     model.eval()
-    wins = 0.0
+    out = {}
     for t in tasks:
-        [(ids, _)] = policy.sample(model, policy.prompt_ids(t, actions), 1, 0.0, max_new, None)
-        wins += cache.reward(t, parse_action(policy.decode(ids), actions))
-    return wins / max(len(tasks), 1)
+        [(ids, _)] = policy.sample(model, policy.prompt_ids(t, t.menu), 1, 0.0, max_new, None)
+        act = parse_action(policy.decode(ids), t.menu)
+        reward, source = cache.judge(t, act)
+        patch = cache.catalog.get(act, []) if act else []
+        out[t.scenario] = {"answer": act or "?", "reward": reward, "source": source,
+                           "teacher": t.teacher, "patch": patch}  # fmt: skip
+    return out
+
+
+def success_rate(answers: dict[str, dict]) -> float:
+    """The fraction of tasks whose greedy answer verifies."""
+    return sum(a["reward"] for a in answers.values()) / max(len(answers), 1)
 
 
 # ---------------------------------------------------------------------------- rollouts
@@ -346,8 +380,8 @@ class InProcessRollouts:
 
     via = "inprocess"
 
-    def __init__(self, policy: Policy, model, actions, cfg: RLConfig, max_new: int) -> None:
-        self.policy, self.actions, self.cfg, self.max_new = policy, actions, cfg, max_new
+    def __init__(self, policy: Policy, model, cfg: RLConfig, max_new: int) -> None:
+        self.policy, self.cfg, self.max_new = policy, cfg, max_new
         self.served = copy.deepcopy(model).eval()
         self.version = 0
         self.gen = torch.Generator().manual_seed(cfg.seed)
@@ -355,7 +389,7 @@ class InProcessRollouts:
     def group(self, task: Task, n: int, session: str) -> tuple[list[tuple[list, list, list]], int]:
         """n rollouts of ``task``: [(prompt ids, completion ids, logprobs)], weights version."""
         served, version = self.served, self.version
-        prompt = self.policy.prompt_ids(task, self.actions)
+        prompt = self.policy.prompt_ids(task, task.menu)
         outs = self.policy.sample(served, prompt, n, self.cfg.temperature, self.max_new, self.gen)
         return [(prompt, ids, lps) for ids, lps in outs], version
 
@@ -375,11 +409,11 @@ class ServerRollouts:
 
     via = "server"
 
-    def __init__(self, ckpt: Path, sessions: Path, actions, cfg: RLConfig, max_new: int) -> None:
+    def __init__(self, ckpt: Path, sessions: Path, cfg: RLConfig, max_new: int) -> None:
         import subprocess
         import sys
 
-        self.actions, self.cfg, self.max_new = actions, cfg, max_new
+        self.cfg, self.max_new = cfg, max_new
         self.sessions = sessions
         self.server_port, self.gateway_port = _free_port(), _free_port()
         self.server = f"http://127.0.0.1:{self.server_port}"
@@ -449,7 +483,7 @@ class ServerRollouts:
 
         body = {
             "model": "policy",
-            "messages": prompt_messages(task, self.actions),
+            "messages": prompt_messages(task, task.menu),
             "n": n,
             "temperature": self.cfg.temperature,
             "max_tokens": self.max_new,
@@ -526,15 +560,16 @@ def run_rl(
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     view = doctor_view(Path(store), out / "doctor_view.json") if store else None
-    tasks, catalog = load_tasks(suite, view)
-    actions = sorted(catalog)
+    tasks, catalog = load_tasks(suite, view, cfg.menu)
     train = [t for t in tasks if t.split == "selection"]
     heldout = [t for t in tasks if t.split == "heldout"]
     cache = RemedyCache(out / "remedy_outcomes.json", measure, catalog)
     model, tok = load_policy(policy_dir, cfg.seed)
     model.set_moe_backend("grouped")
     policy = Policy(model, tok)
-    max_new = cfg.max_new_tokens or max(len(policy.answer_ids(a, actions)) for a in actions)
+    max_new = cfg.max_new_tokens or max(
+        len(policy.answer_ids(a, t.menu)) for t in tasks for a in t.menu
+    )
     tracker = _tracker(tracking_uri, cfg)
     teacher = {
         split: sum(cache.reward(t, t.teacher) for t in ts) / len(ts)
@@ -549,15 +584,13 @@ def run_rl(
     # keeps the alternatives within reach of sampling, which RL needs where the teacher is wrong.
     demos, weights = [], []
     for t in train:
-        prompt = policy.prompt_ids(t, actions)
-        for a in actions:
-            if a != t.teacher and cfg.sft_smoothing <= 0:
+        prompt = policy.prompt_ids(t, t.menu)
+        eps = cfg.sft_smoothing if len(t.menu) > 1 else 0.0
+        for a in t.menu:
+            if a != t.teacher and eps <= 0:
                 continue
-            demos.append(completion_sample(prompt, policy.answer_ids(a, actions)))
-            teach = a == t.teacher
-            weights.append(
-                1 - cfg.sft_smoothing if teach else cfg.sft_smoothing / (len(actions) - 1)
-            )
+            demos.append(completion_sample(prompt, policy.answer_ids(a, t.menu)))
+            weights.append(1 - eps if a == t.teacher else eps / (len(t.menu) - 1))
     # Stop as soon as greedy decoding reproduces the teacher on every selection task: a longer
     # warm start only makes the policy more certain of the teacher's mistakes (alternatives
     # fall to ~e^-8, out of reach of sampling).
@@ -566,13 +599,14 @@ def run_rl(
         s = sft_step(model, sft_opt, demos, ucfg, weights)
         tracker.log_metrics({"sft/loss": s["sft_loss"]}, step)
         sft_done = step + 1
-        if sft_done % 5 == 0 and _imitates(policy, model, train, actions, max_new):
+        if sft_done % 5 == 0 and _imitates(policy, model, train, max_new):
             break
     start = copy.deepcopy(model).eval()
     ev_held = heldout[: cfg.eval_tasks] if cfg.eval_tasks else heldout
     ev_train = train[: cfg.eval_tasks] if cfg.eval_tasks else train
-    sft_heldout = success_rate(policy, model, ev_held, actions, cache, max_new)
-    sft_train = success_rate(policy, model, ev_train, actions, cache, max_new)
+    sft_held_ans = greedy_answers(policy, model, ev_held, cache, max_new)
+    sft_train_ans = greedy_answers(policy, model, ev_train, cache, max_new)
+    sft_heldout, sft_train = success_rate(sft_held_ans), success_rate(sft_train_ans)
     progress(
         f"SFT ({sft_done} steps): held-out success {sft_heldout:.2f}, selection {sft_train:.2f}"
     )
@@ -581,9 +615,9 @@ def run_rl(
     ckpt0 = out / "iter-sft"
     _save(model, tok, ckpt0)
     if cfg.via == "server":
-        roll = ServerRollouts(ckpt0, out / "sessions", actions, cfg, max_new)
+        roll = ServerRollouts(ckpt0, out / "sessions", cfg, max_new)
     elif cfg.via == "inprocess":
-        roll = InProcessRollouts(policy, model, actions, cfg, max_new)
+        roll = InProcessRollouts(policy, model, cfg, max_new)
     else:
         raise BadInputError(f"via must be server or inprocess, not {cfg.via!r}")
     opt = make_optimizer(model, cfg.lr)
@@ -601,7 +635,7 @@ def run_rl(
                 outs, v = roll.group(task, n, f"it{it:03d}-{task.scenario}-{k}")
                 samples = []
                 for j, (prompt, ids, lps) in enumerate(outs):
-                    act = parse_action(policy.decode(ids), actions)
+                    act = parse_action(policy.decode(ids), task.menu)
                     samples.append(
                         completion_sample(
                             prompt, ids, lps, reward=cache.reward(task, act),
@@ -614,13 +648,16 @@ def run_rl(
             batch: list[Sample] = []
             stats: dict[str, float] = {}
             steps: list[dict[str, float]] = []
-            rewards, staleness = [], []
+            rewards, staleness, guarded = [], [], 0
             with RolloutPool(cfg.workers, kind="thread") as pool:
                 stream = windowed_rollouts(
                     pool, lambda i: (job, (i,)), len(jobs), cfg.window, cfg.max_pending
                 )
                 for _, group in stream:
                     rewards += [s.reward for s in group]
+                    guarded += sum(  # answers the injection guard refused (their reward: 0)
+                        touches_injection(catalog.get(s.meta["action"] or "", [])) for s in group
+                    )
                     staleness += [version - s.policy_version for s in group]
                     if len({s.reward for s in group}) == 1:
                         continue  # all equal: zero advantage, it would only dilute the batch
@@ -644,12 +681,13 @@ def run_rl(
             metrics = {
                 "reward": sum(rewards) / len(rewards),
                 "success_rate": sum(r > 0 for r in rewards) / len(rewards),
-                "kl_to_start": _kl(model, start, policy, train, actions),
+                "kl_to_start": _kl(model, start, policy, train),
                 "tokens_per_s": n_tok / dt_train if dt_train else 0.0,
                 "tree_compression": sum(s["tokens_unmerged"] for s in steps)
                 / max(sum(s["tokens_merged"] for s in steps), 1),
                 "staleness_mean": sum(staleness) / len(staleness),
                 "staleness_max": float(max(staleness)),
+                "injection_answers": guarded / len(rewards),
                 "updates": float(sum(s["tokens_merged"] > 0 for s in steps)),
                 "iteration_s": time.perf_counter() - t0,
             }
@@ -663,8 +701,16 @@ def run_rl(
             )
     finally:
         roll.close()
-    rl_heldout = success_rate(policy, model, ev_held, actions, cache, max_new)
-    rl_train = success_rate(policy, model, ev_train, actions, cache, max_new)
+    rl_held_ans = greedy_answers(policy, model, ev_held, cache, max_new)
+    rl_train_ans = greedy_answers(policy, model, ev_train, cache, max_new)
+    rl_heldout, rl_train = success_rate(rl_held_ans), success_rate(rl_train_ans)
+    teacher_held = {
+        t.scenario: {
+            "answer": t.teacher,
+            **dict(zip(("reward", "source"), cache.judge(t, t.teacher), strict=True)),
+        }
+        for t in heldout
+    }
     tracker.log_metrics(
         {"heldout_success_sft": sft_heldout, "heldout_success_rl": rl_heldout}, cfg.iterations
     )
@@ -681,9 +727,25 @@ def run_rl(
         "heldout_success_rl": rl_heldout,
         "train_success_sft": sft_train,
         "train_success_rl": rl_train,
-        "heldout_answers": _answers(policy, model, ev_held, actions, max_new),
+        "heldout_answers": {k: v["answer"] for k, v in rl_held_ans.items()},
+        "heldout_detail": {"teacher": teacher_held, "sft": sft_held_ans, "rl": rl_held_ans},
+        "train_detail": {"sft": sft_train_ans, "rl": rl_train_ans},
+        # greedy answers (any split, SFT start or RL) whose patch touches the injected fault
+        "answers_touching_faults": sorted(
+            f"{who}:{sc}:{a['answer']}"
+            for who, ans in (
+                ("sft", {**sft_held_ans, **sft_train_ans}),
+                ("rl", {**rl_held_ans, **rl_train_ans}),
+            )
+            for sc, a in ans.items()
+            if touches_injection(a["patch"])
+        ),  # fmt: skip
         "remedy_measurements": cache.measured,
-        "reward_sources": getattr(measure, "sources", {"suite_stand_in": cache.measured}),
+        "reward_sources": getattr(measure, "sources", {"stand_in": cache.measured}),
+        # every (scenario, remedy) verdict this run used, with where it came from
+        "remedy_outcomes": {
+            k: {"fixed": v, "source": cache.sources.get(k, "file")} for k, v in cache.data.items()
+        },
         "iterations": history,
     }
     _write_json(out / "rl_result.json", result)
@@ -702,26 +764,22 @@ def _save(model, tok, ckpt: Path) -> None:
     save_tokenizer(tok, ckpt)
 
 
-def _imitates(policy: Policy, model, tasks: list[Task], actions, max_new: int) -> bool:
-    answers = _answers(policy, model, tasks, actions, max_new)
-    return all(answers[t.scenario] == t.teacher for t in tasks)
-
-
-def _answers(policy: Policy, model, tasks: list[Task], actions, max_new: int) -> dict[str, str]:
-    out = {}
+def _imitates(policy: Policy, model, tasks: list[Task], max_new: int) -> bool:
+    model.eval()
     for t in tasks:
-        [(ids, _)] = policy.sample(model, policy.prompt_ids(t, actions), 1, 0.0, max_new, None)
-        out[t.scenario] = parse_action(policy.decode(ids), actions) or "?"
-    return out
+        [(ids, _)] = policy.sample(model, policy.prompt_ids(t, t.menu), 1, 0.0, max_new, None)
+        if parse_action(policy.decode(ids), t.menu) != t.teacher:
+            return False
+    return True
 
 
 @torch.no_grad()
-def _kl(model, start, policy: Policy, tasks: list[Task], actions: list[str]) -> float:
+def _kl(model, start, policy: Policy, tasks: list[Task]) -> float:
     """KL(current || start) of the first answer token's distribution, averaged over tasks."""
     model.eval()
     kls = []
     for t in tasks:
-        ids = torch.tensor([policy.prompt_ids(t, actions)])
+        ids = torch.tensor([policy.prompt_ids(t, t.menu)])
         p = torch.log_softmax(model(ids).logits[0, -1].float(), -1)
         q = torch.log_softmax(start(ids).logits[0, -1].float(), -1)
         kls.append(float((p.exp() * (p - q)).sum()))

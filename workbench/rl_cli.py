@@ -29,6 +29,16 @@ def add(train_app: typer.Typer) -> None:
             float, typer.Option("--temperature", help="Rollout sampling temperature.")
         ] = 1.0,
         group_size: Annotated[int, typer.Option("--group-size", help="Rollouts per task.")] = 8,
+        sft_smoothing: Annotated[
+            float,
+            typer.Option("--sft-smoothing", help="Warm start: the non-teacher answers' share."),
+        ] = 0.3,
+        menu: Annotated[
+            str,
+            typer.Option(
+                "--menu", help="cause: the diagnosed cause's remedies | all: every remedy."
+            ),
+        ] = "cause",
         via: Annotated[
             str, typer.Option("--via", help="server (serve + gateway) | inprocess (fast path).")
         ] = "server",
@@ -73,6 +83,8 @@ def add(train_app: typer.Typer) -> None:
             raise BadInputError(f"--via must be server or inprocess, got {via!r}")
         if not 0.0 <= temperature <= 2.0 or lr <= 0:
             raise BadInputError("--temperature must be in [0, 2] and --lr > 0")
+        if not 0.0 <= sft_smoothing < 1.0 or menu not in ("cause", "all"):
+            raise BadInputError("--sft-smoothing must be in [0, 1), --menu cause or all")
         import torch
 
         torch.set_num_threads(max(1, threads))
@@ -87,6 +99,7 @@ def add(train_app: typer.Typer) -> None:
         cfg = RLConfig(
             iterations=iterations, window=window, seed=seed, sft_steps=sft_steps, loss=loss,
             lr=lr, temperature=temperature, group_size=group_size, via=via,
+            sft_smoothing=sft_smoothing, menu=menu,
         )  # fmt: skip
         with err_console.status("RL: warm start, rollouts, CISPO updates..."):
             result = run_rl(

@@ -29,6 +29,14 @@ def test_tasks_rewards_and_action_parsing(tmp_path):
     assert parse_action(" lower_lr", actions) == "lower_lr"
     assert parse_action("nonsense", actions) is None
     by = {t.scenario: t for t in tasks}
+    # the menu is what the propose step offers: the diagnosed cause's remedies, then no_action
+    oom = by["digits-oom"]
+    assert oom.menu == ("halve_batch", "bf16_activations", NO_ACTION)
+    assert parse_action("B[e~[", oom.menu) == "bf16_activations"
+    assert parse_action("D", oom.menu) is None  # not on this menu
+    assert by["lm-healthy-a"].menu == (NO_ACTION,)
+    all_tasks, _ = load_tasks("faults", menu="all")
+    assert all(t.menu == tuple(actions) for t in all_tasks)
     cache = RemedyCache(tmp_path / "c.json", suite_verified, catalog)
     # the rules teacher's first remedy is right where its patch is a known fix ...
     assert by["digits-oom"].teacher == "halve_batch"
@@ -39,10 +47,11 @@ def test_tasks_rewards_and_action_parsing(tmp_path):
     # deleting the suite's injected fault would "fix" it, but no real run has that entry
     assert "remove_activation_scaling" in catalog
     assert cache.reward(by["lm-code-error"], "remove_activation_scaling") == 0.0
-    assert cache.reward(by["lm-fp-overflow"], "remove_activation_scaling") == 0.0
+    assert cache.judge(by["lm-fp-overflow"], "remove_activation_scaling") == (0.0, "guard")
+    assert cache.judge(by["lm-code-error"], "fix_code") == (0.0, "code_change")
     # healthy: doing nothing verifies, any patch is a false alarm; unparsable answers get 0
     assert cache.reward(by["lm-healthy-a"], NO_ACTION) == 1.0
-    assert cache.reward(by["lm-healthy-a"], "clip_grads") == 0.0
+    assert cache.judge(by["lm-healthy-a"], "clip_grads") == (0.0, "false_alarm")
     assert cache.reward(by["digits-oom"], NO_ACTION) == 0.0
     assert cache.reward(by["digits-oom"], None) == 0.0
     assert json.loads((tmp_path / "c.json").read_text())["digits-oom::halve_batch"] is True
@@ -60,6 +69,14 @@ def _check(res, out, measured):
     assert len(json.loads((out / "remedy_outcomes.json").read_text())) == len(measured)
     saved = json.loads((out / "rl_result.json").read_text())
     assert saved["heldout_success_sft"] == res["heldout_success_sft"]
+    # per-scenario greedy answers with their verdict's source; rates follow from them
+    rl = saved["heldout_detail"]["rl"]
+    assert sum(a["reward"] for a in rl.values()) / len(rl) == res["heldout_success_rl"]
+    assert {a["source"] for a in rl.values()} <= {
+        "stand_in", "false_alarm", "code_change", "guard", "unparsable"
+    }  # fmt: skip
+    assert all(v["source"] == "stand_in" for v in saved["remedy_outcomes"].values())
+    assert isinstance(saved["answers_touching_faults"], list)
 
 
 def test_rl_loop_inprocess_runs_and_checkpoints(tmp_path):
@@ -123,3 +140,6 @@ def test_fix_outcomes_rewards_read_the_shared_cache(tmp_path):
     assert cache.reward(by["lm-lr-too-high"], "clip_grads") == 0.0  # stand-in
     assert cache.reward(by["lm-healthy-a"], NO_ACTION) == 1.0  # the doctor found nothing
     assert measure.sources == {"measured": 0, "cached": 1, "stand_in": 1, "doctor": 2}
+    assert cache.judge(by["lm-lr-too-high"], "lower_lr") == (1.0, "cached")
+    assert cache.judge(by["lm-lr-too-high"], "clip_grads") == (0.0, "stand_in")
+    assert cache.judge(by["lm-healthy-a"], NO_ACTION) == (1.0, "doctor")
