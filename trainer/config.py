@@ -59,6 +59,11 @@ class _RunConfig(_Section):
     batch_size: int = Field(16, ge=1)
     eval_interval: int = Field(20, ge=1)
     eval_batches: int = Field(4, ge=1)
+    # Early stopping: end the run (FINISHED) after this many evals without a new best eval
+    # loss; 0 = off. With early_stop_restore the run ends on its best weights (kept in memory)
+    # and logs their eval at the stopping step, so its final model is the best one it saw.
+    early_stop_patience: int = Field(0, ge=0)
+    early_stop_restore: bool = True
     precision: Literal["fp32", "bf16"] = "fp32"
     checkpoint_interval: int = Field(0, ge=0)  # 0 = no checkpoints
     checkpoint_dir: str = "checkpoints"

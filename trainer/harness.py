@@ -40,6 +40,41 @@ def lr_at(step: int, total: int, opt: OptimizerConfig) -> float:
     return floor + 0.5 * (opt.lr - floor) * (1 + math.cos(math.pi * progress))
 
 
+# ---------------------------------------------------------------------------- early stopping
+
+
+@dataclass
+class EarlyStopping:
+    """Counts evals since the best eval loss; ``should_stop`` after ``patience`` of them.
+
+    ``patience`` 0 never stops.  A NaN eval is never a new best (it counts as a bad eval).
+    """
+
+    patience: int
+    best: float = math.inf
+    best_step: int | None = None
+    bad_evals: int = 0
+
+    def update(self, value: float, step: int) -> bool:
+        """Record one eval; True when it is a new best."""
+        if value < self.best:
+            self.best, self.best_step, self.bad_evals = value, step, 0
+            return True
+        self.bad_evals += 1
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        return self.patience > 0 and self.bad_evals >= self.patience
+
+    def reason(self, step: int) -> str:
+        return (
+            f"early stop at step {step}: eval loss has not improved on {self.best:.4f} "
+            f"(step {self.best_step}) for {self.bad_evals} evals (early_stop_patience "
+            f"{self.patience})"
+        )
+
+
 # ---------------------------------------------------------------------------- run context
 
 

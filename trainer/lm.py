@@ -21,7 +21,7 @@ import torch
 from trainer.config import LMConfig
 from trainer.data import BatchReader, is_corrupted
 from trainer.faults import BadData, FaultPlan, MemoryMeter, RouterImbalance
-from trainer.harness import RunContext, lr_at
+from trainer.harness import EarlyStopping, RunContext, lr_at
 
 DEAD_FRACTION = 0.05  # an expert with < 5% of its fair share of routed tokens counts as dead
 
@@ -159,6 +159,7 @@ def train(ctx: RunContext) -> None:
 
     # --- loop
     clip = cfg.optimizer.grad_clip or float("inf")
+    stopper, best_state = EarlyStopping(cfg.early_stop_patience), None
     for step in range(cfg.steps):
         t0 = time.perf_counter()
         lr = lr_at(step, cfg.steps, cfg.optimizer) * faults.lr_multiplier(step)
@@ -198,9 +199,20 @@ def train(ctx: RunContext) -> None:
                 f"tok/s {metrics['tokens_per_sec']:.0f}"
             )
             ctx.upload_log()
+            if stopper.update(metrics["eval/loss"], step) and cfg.early_stop_restore:
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         ctx.tracker.log_metrics(metrics, step)
         if cfg.checkpoint_interval and (step + 1) % cfg.checkpoint_interval == 0:
             save_checkpoint(model, opt, step + 1, cfg.checkpoint_dir)
+        if stopper.should_stop:
+            ctx.log(stopper.reason(step))
+            if best_state is not None:
+                # The run ends on its best weights; their eval is the run's final eval.
+                model.load_state_dict(best_state)
+                final = evaluate()
+                ctx.tracker.log_metrics({"eval/loss": final}, step)
+                ctx.log(f"restored the step-{stopper.best_step} weights: eval/loss {final:.4f}")
+            break
 
 
 def main(config_path, **kwargs):
