@@ -68,6 +68,7 @@ class RLConfig:
     lr: float = 3e-4
     sft_lr: float = 3e-3
     sft_smoothing: float = 0.3  # teacher 1 - eps, the other menu answers eps in total
+    sft_mass: float = 0.9  # warm start until menu answers hold this much probability
     menu: str = "cause"  # cause: the diagnosed cause's remedies (what propose sees) | all
     temperature: float = 1.0
     max_new_tokens: int = 0  # 0: the longest remedy id + end of turn
@@ -107,12 +108,14 @@ def rules_answer(cause: str) -> str:
 
 def cause_menu(cause: str) -> tuple[str, ...]:
     """What the supervisor's propose step offers for a diagnosis: the playbook's remedies for
-    the cause, in playbook order (the doctor's ranking), then ``no_action`` (leave the run)."""
+    the cause, in playbook order (the doctor's ranking), then ``no_action`` (leave the run).
+    Remedies that edit the suite's fault-injection entry are left out: no real run has one."""
     from scaffold.loader import load_scaffold
 
     pb = load_scaffold(None).playbook
     spec = pb.causes.get(cause) or (pb.unknown if cause == "unknown" else None)
-    return tuple(r.id for r in (spec.remedies if spec else [])) + (NO_ACTION,)
+    real = [r for r in (spec.remedies if spec else []) if not touches_injection(r.patch)]
+    return tuple(r.id for r in real) + (NO_ACTION,)
 
 
 def doctor_view(store: Path, cache: Path | None = None) -> dict[str, dict]:
@@ -211,8 +214,9 @@ def fix_outcomes_measure(
 INJECTION_KEY = "faults"
 
 
-def touches_injection(patch: list[dict]) -> bool:
-    return any(str(op["key"]).split(".")[0] == INJECTION_KEY for op in patch)
+def touches_injection(patch: list[Any]) -> bool:
+    keys = (op["key"] if isinstance(op, dict) else op.key for op in patch)
+    return any(str(k).split(".")[0] == INJECTION_KEY for k in keys)
 
 
 class RemedyCache:
@@ -591,16 +595,19 @@ def run_rl(
                 continue
             demos.append(completion_sample(prompt, policy.answer_ids(a, t.menu)))
             weights.append(1 - eps if a == t.teacher else eps / (len(t.menu) - 1))
-    # Stop as soon as greedy decoding reproduces the teacher on every selection task: a longer
-    # warm start only makes the policy more certain of the teacher's mistakes (alternatives
-    # fall to ~e^-8, out of reach of sampling).
-    sft_done = 0
+    # Stop as soon as greedy decoding reproduces the teacher on every selection task and
+    # sampling mostly gives well-formed answers (menu answers hold >= sft_mass of the
+    # probability): a longer warm start only makes the policy more certain of the teacher's
+    # mistakes (alternatives fall to ~e^-8, out of reach of sampling).
+    sft_done, mass = 0, 0.0
     for step in range(cfg.sft_steps):
         s = sft_step(model, sft_opt, demos, ucfg, weights)
         tracker.log_metrics({"sft/loss": s["sft_loss"]}, step)
         sft_done = step + 1
         if sft_done % 5 == 0 and _imitates(policy, model, train, max_new):
-            break
+            mass = _menu_mass(policy, model, train)
+            if mass >= cfg.sft_mass:
+                break
     start = copy.deepcopy(model).eval()
     ev_held = heldout[: cfg.eval_tasks] if cfg.eval_tasks else heldout
     ev_train = train[: cfg.eval_tasks] if cfg.eval_tasks else train
@@ -608,7 +615,8 @@ def run_rl(
     sft_train_ans = greedy_answers(policy, model, ev_train, cache, max_new)
     sft_heldout, sft_train = success_rate(sft_held_ans), success_rate(sft_train_ans)
     progress(
-        f"SFT ({sft_done} steps): held-out success {sft_heldout:.2f}, selection {sft_train:.2f}"
+        f"SFT ({sft_done} steps, menu mass {mass:.2f}): held-out success {sft_heldout:.2f}, "
+        f"selection {sft_train:.2f}"
     )
 
     # ---- RL iterations
@@ -723,6 +731,7 @@ def run_rl(
         "rollouts_via": roll.via,
         "teacher_success": teacher,
         "sft_steps_done": sft_done,
+        "sft_menu_mass": mass,
         "heldout_success_sft": sft_heldout,
         "heldout_success_rl": rl_heldout,
         "train_success_sft": sft_train,
@@ -771,6 +780,22 @@ def _imitates(policy: Policy, model, tasks: list[Task], max_new: int) -> bool:
         if parse_action(policy.decode(ids), t.menu) != t.teacher:
             return False
     return True
+
+
+@torch.no_grad()
+def _menu_mass(policy: Policy, model, tasks: list[Task]) -> float:
+    """Mean over tasks of the probability that a sample is one of the menu's answers."""
+    model.eval()
+    masses = []
+    for t in tasks:
+        prompt = policy.prompt_ids(t, t.menu)
+        total = 0.0
+        for a in t.menu:
+            ids = prompt + policy.answer_ids(a, t.menu)
+            lp = model.token_logprobs(torch.tensor([ids]), torch.tensor([ids[1:] + [-1]]))[0]
+            total += float(lp[len(prompt) - 1 : len(ids) - 1].sum().exp())
+        masses.append(total)
+    return sum(masses) / max(len(masses), 1)
 
 
 @torch.no_grad()

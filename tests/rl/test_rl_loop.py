@@ -35,6 +35,9 @@ def test_tasks_rewards_and_action_parsing(tmp_path):
     assert parse_action("B[e~[", oom.menu) == "bf16_activations"
     assert parse_action("D", oom.menu) is None  # not on this menu
     assert by["lm-healthy-a"].menu == (NO_ACTION,)
+    # remedies that edit the suite's fault injection are not offered (no real run has one)
+    assert by["lm-fp-overflow"].menu == ("fp32", "clip_grads", NO_ACTION)
+    assert by["lm-fp-overflow"].teacher == "fp32"
     all_tasks, _ = load_tasks("faults", menu="all")
     assert all(t.menu == tuple(actions) for t in all_tasks)
     cache = RemedyCache(tmp_path / "c.json", suite_verified, catalog)
