@@ -14,7 +14,7 @@ from scaffold.loader import load_scaffold
 from workbench.evolve import Archive, run_evolution
 from workbench.evolve import archive as A
 from workbench.evolve.propose import rules_proposal, validate
-from workbench.fix_outcomes import FixOutcome, FixOutcomes
+from workbench.fix_outcomes import FixOutcome, FixOutcomes, canonical_patch
 from workbench.review import ReviewQueue
 
 # lr_too_high names these runs' cause; its first remedy (lr × 0.1) is too weak for them.
@@ -152,3 +152,31 @@ def test_demo_seed_is_declared_weaker_and_episodes_become_recorded_outcomes(tmp_
     assert got is not None and got.fixed and "fix episode t1" in got.reason
     assert len(fo.all()) == 1  # a second attempt says nothing about the top remedy alone
     assert fo.measured == 0
+
+
+def test_a_lower_remedy_measured_to_fix_the_failed_run_is_promoted_for_sure(tmp_path):
+    root = _scaffold(tmp_path / "s")
+    files = {p.name: p.read_text() for p in root.glob("*.yaml")}
+    cache = _cache(tmp_path)
+    sc = load_scaffold(root)
+    clip = [{"key": "optimizer.grad_clip", "op": "set", "value": 1.0}]
+    # Known only on diverge-a (a selection run): clip_grads fixes it.
+    cache.fixes.record(FixOutcome("diverge-a", canonical_patch(clip), True, 0.5, "verified", 1.0))
+    fails = {f["scenario"]: f for f in cache.failures(cache.score(sc, "selection"))}
+    assert fails["diverge-a"]["alternatives"] == [
+        {"id": "clip_grads", "patch": clip, "fixed": True}
+    ]
+    assert fails["diverge-b"]["alternatives"][0]["fixed"] is None  # looked up, not measured
+    assert cache.fixes.lookup("diverge-b", clip) is None
+    for seed in range(8):
+        prop = rules_proposal(files, [fails["diverge-a"]], random.Random(seed))
+        assert prop.description.startswith(
+            "playbook.yaml: lr_too_high tries remedy clip_grads before lower_lr (measured"
+        )
+    # Known to fail: the ladder (or nothing better) instead of promoting it again and again.
+    fails["diverge-a"]["alternatives"][0]["fixed"] = False
+    seen = {
+        rules_proposal(files, [fails["diverge-a"]], random.Random(s)).description.split(" — ")[0]
+        for s in range(12)
+    }
+    assert any("lower_lr optimizer.lr mul" in d for d in seen)

@@ -322,7 +322,10 @@ def mutate_remedy(text: str, failure: dict[str, Any], rng: random.Random) -> tup
     """The right cause, but its first remedy did not fix the run: change that remedy.
 
     Either one numeric value of its patch moves a rung along its ladder (further when the
-    original findings recurred, else either way), or a lower-ranked remedy is promoted.
+    original findings recurred, else either way), or a lower-ranked remedy is promoted.  When
+    the failure says how the lower remedies did on this very run (``alternatives``, measured
+    outcomes on the selection run), one known to fix it is promoted for sure; otherwise
+    unmeasured ones are preferred over ones known to fail.
     """
     cause, rem = failure["expected_cause"], failure.get("remedy") or {}
     lines = text.splitlines(keepends=True)
@@ -335,16 +338,23 @@ def mutate_remedy(text: str, failure: dict[str, Any], rng: random.Random) -> tup
         if p.get("op") in ("mul", "set")
         and isinstance(p.get("value"), int | float) and not isinstance(p.get("value"), bool)
     ]  # fmt: skip
+    known = {a["id"]: a.get("fixed") for a in failure.get("alternatives") or []}
+    fixing = [blk for blk in blocks[1:] if known.get(blk[0]) is True]
+    untried = [blk for blk in blocks[1:] if known.get(blk[0]) is None]
+    pool = fixing or untried or blocks[1:]
     moves = (["scale"] * 2 if numeric else []) + (["promote"] if len(blocks) > 1 else [])
+    if fixing:
+        moves = ["promote"]  # a measured fix of this run beats any guess on the ladder
     if not moves:
         raise InvalidEdit(f"playbook.yaml: nothing to change in {cause}'s remedy {rem.get('id')}")
     rid, a, b = blocks[0]
     if rng.choice(moves) == "promote":
-        oid, c, d = rng.choice(blocks[1:])
+        oid, c, d = rng.choice(pool)
         body = lines[c:d]
         del lines[c:d]
         lines[a:a] = body
-        return "".join(lines), f"playbook.yaml: {cause} tries remedy {oid} before {rid}"
+        why = " (measured: it fixes this run)" if fixing else ""
+        return "".join(lines), f"playbook.yaml: {cause} tries remedy {oid} before {rid}{why}"
     p = rng.choice(numeric)
     recurred = "still finds" in str(failure.get("reason", ""))
     stronger = rng.random() < (0.75 if recurred else 0.5)

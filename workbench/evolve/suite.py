@@ -66,9 +66,8 @@ class SuiteCache:
     def brief(summary: dict[str, Any]) -> dict[str, Any]:
         return brief(summary)
 
-    @staticmethod
-    def failures(summary: dict[str, Any]) -> list[dict[str, Any]]:
-        return failures(summary)
+    def failures(self, summary: dict[str, Any]) -> list[dict[str, Any]]:
+        return failures(summary, self.fixes)
 
     @staticmethod
     def propose_rules(files: dict[str, str], fails: list[dict[str, Any]], rng: Any) -> Any:
@@ -94,7 +93,7 @@ class SuiteCache:
         chosen = set(only) if only is not None else None
         key = _detector_key(sc)
         scores: list[RunScore] = []
-        tops: list[Any] = []  # the verdict's first remedy per run (None: no remedy proposed)
+        rems: list[list[Any]] = []  # the verdict's remedies per run, first = the top one
         for r in self.runs:
             if (split != "all" and r.split != split) or (
                 chosen is not None and r.scenario not in chosen
@@ -107,25 +106,29 @@ class SuiteCache:
                 self, r.info, r.series, sc, now_ms=self.now_ms, metric_findings=self._memo[memo]
             )
             scores.append(score_run(v, r.scenario, r.split, r.expected, r.onset))
-            tops.append(v.remedies[0] if v.remedies else None)
+            rems.append(list(v.remedies))
         if not scores:
             raise BadInputError(f"no suite runs in split {split!r}")
         summary = summarize(scores)
         if self.fixes is not None:
-            add_fix_outcomes(summary, tops, self.fixes)
+            add_fix_outcomes(summary, rems, self.fixes)
         return with_fitness(summary)
 
 
-def add_fix_outcomes(summary: dict[str, Any], tops: list[Any], fixes: Any) -> None:
+def add_fix_outcomes(summary: dict[str, Any], rems: list[Any], fixes: Any) -> None:
     """Per run: was it fixed by the doctor's top remedy?  Adds ``fix_rate`` to ``summary``.
 
+    ``rems``: per run, the verdict's remedies (or just its top one, None when there is none).
     A faulty run counts as fixed only when the cause is right *and* its first remedy, rerun,
     verifies; a healthy run counts as fixed when nothing is proposed for it.  Outcomes of the
-    runs that need one are measured together (``fixes.jobs`` at a time), cached forever.
+    runs that need one are measured together (``fixes.jobs`` at a time), cached forever.  The
+    lower-ranked remedies are only named (``alternatives``), never measured here.
     """
     from workbench.fix_outcomes import canonical_patch
 
     scores = summary["scores"]
+    rems = [r if isinstance(r, list) else ([] if r is None else [r]) for r in rems]
+    tops = [r[0] if r else None for r in rems]
     need = [
         (s["scenario"], list(top.patch))
         for s, top in zip(scores, tops, strict=True)
@@ -134,7 +137,7 @@ def add_fix_outcomes(summary: dict[str, Any], tops: list[Any], fixes: Any) -> No
         and s["predicted_cause"] == s["expected_cause"]
     ]
     got = {(o.scenario, o.patch): o for o in fixes.outcomes(need)} if need else {}
-    for s, top in zip(scores, tops, strict=True):
+    for s, top, ranked in zip(scores, tops, rems, strict=True):
         if s["expected_cause"] == "healthy":
             s["fixed"], s["remedy"] = top is None, None
             continue
@@ -143,6 +146,9 @@ def add_fix_outcomes(summary: dict[str, Any], tops: list[Any], fixes: Any) -> No
             if top is None
             else {"id": top.id, "patch": [p.model_dump(mode="json") for p in top.patch]}
         )
+        s["alternatives"] = [
+            {"id": r.id, "patch": [p.model_dump(mode="json") for p in r.patch]} for r in ranked[1:]
+        ]
         o = got.get((s["scenario"], canonical_patch(top.patch))) if top is not None else None
         s["fixed"] = bool(o and o.fixed)
         if o is not None:
@@ -211,12 +217,15 @@ def brief(summary: dict[str, Any]) -> dict[str, Any]:
     return {k: summary.get(k) for k in keys}
 
 
-def failures(summary: dict[str, Any]) -> list[dict[str, Any]]:
+def failures(summary: dict[str, Any], fixes: Any = None) -> list[dict[str, Any]]:
     """Runs the doctor got wrong: the evidence a brain reads (selection split only).
 
     Wrong findings or cause; or — with remedy outcomes — the right cause whose top remedy did
     not fix the run (then with ``remedy``, ``fixed: false``, the rerun's ``best_eval``, the
-    original's ``original_best`` and the verifier's ``reason``).
+    original's ``original_best`` and the verifier's ``reason``, and the cause's lower-ranked
+    ``alternatives`` with ``fixed`` true/false where the outcome cache already holds a
+    measurement *on this same run*, else null — looked up, never measured).  Callers pass
+    only the selection summary, so no held-out outcome reaches a brain.
     """
     keys = ("scenario", "expected_kinds", "predicted_kinds", "expected_cause", "predicted_cause")
     out = []
@@ -241,9 +250,18 @@ def failures(summary: dict[str, Any]) -> list[dict[str, Any]]:
                 best_eval=fix.get("best_eval"),
                 original_best=fix.get("original_best"),
                 reason=fix.get("reason", "no remedy proposed"),
+                alternatives=[
+                    {**a, "fixed": _known(fixes, s["scenario"], a["patch"])}
+                    for a in s.get("alternatives") or []
+                ],
             )
         out.append(entry)
     return out
+
+
+def _known(fixes: Any, scenario: str, patch: list[dict[str, Any]]) -> bool | None:
+    hit = fixes.lookup(scenario, patch) if fixes is not None else None
+    return None if hit is None else bool(hit.fixed)
 
 
 def load_suite_cache(
