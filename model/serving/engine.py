@@ -264,32 +264,16 @@ class Engine:
         seqs = [s for s in seqs if s.params.max_new_tokens > 0]
         if not seqs:
             return
-        P = max(len(s.prompt_ids) for s in seqs)
-        ids = torch.zeros(len(seqs), P, dtype=torch.long)
-        mask = torch.zeros(len(seqs), P, dtype=torch.long)
-        for i, s in enumerate(seqs):
-            n = len(s.prompt_ids)
-            ids[i, P - n :] = torch.tensor(s.prompt_ids)
-            mask[i, P - n :] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        pos = (mask.cumsum(-1) - 1).clamp_min(0)
-        out = self.model(
-            ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1
-        )
+        # One forward for all of them, written straight into new rows of the running cache.
+        logits = self._decoder.prefill(self._cache, [s.prompt_ids for s in seqs])
         self.stats["prefills"] += 1
         self.stats["tokens"] += len(seqs)
-        toks, lps = self._sample(out.logits[:, -1], seqs)
-        keep = [i for i, s in enumerate(seqs) if not self._record(s, toks[i], lps[i])]
-        if not keep:
-            return
-        cache = out.past_key_values
-        keys, values = cache.keys, cache.values
-        if len(keep) < len(seqs):
-            index = torch.tensor(keep, device=self.device)
-            keys = [k.index_select(0, index) for k in keys]
-            values = [v.index_select(0, index) for v in values]
-        self._cache.add_rows(keys, values, [len(seqs[i].prompt_ids) for i in keep])
-        self._running = self._running + [seqs[i] for i in keep]
+        toks, lps = self._sample(logits, seqs)
+        first = len(self._running)
+        self._running = self._running + seqs
+        done = [first + i for i, s in enumerate(seqs) if self._record(s, toks[i], lps[i])]
+        if done:
+            self._retire(done)
 
     def _step(self) -> None:
         seqs = self._running

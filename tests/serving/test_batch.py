@@ -14,6 +14,7 @@ from model.serving.batch import (
     Decoder,
     _rms_fused,
     dense_decode_moe,
+    grouped_prefill_moe,
     move_last_into,
     sparse_decode_moe,
 )
@@ -67,9 +68,14 @@ def test_decode_step_matches_each_sequence_alone_as_rows_join_leave_and_the_cach
     prompts = [torch.randint(16, 2000, (n,), generator=g).tolist() for n in (5, 3, 12, 7)]
     rows: list[Solo] = []
 
-    def admit(ps: list[list[int]]) -> None:
-        kv, logits = _prefill(model, ps)
-        cache.add_rows(kv.keys, kv.values, [len(p) for p in ps])
+    def admit(ps: list[list[int]], lean: bool) -> None:
+        # Either the engine's own prefill, written straight into the cache, or the model's
+        # forward copied in with add_rows: both must match each prompt run alone.
+        if lean:
+            logits = dec.prefill(cache, ps)
+        else:
+            kv, logits = _prefill(model, ps)
+            cache.add_rows(kv.keys, kv.values, [len(p) for p in ps])
         for p, lg in zip(ps, logits, strict=True):
             rows.append(Solo(model, p))
             assert torch.allclose(rows[-1].logits, lg, atol=1e-5)
@@ -81,15 +87,15 @@ def test_decode_step_matches_each_sequence_alone_as_rows_join_leave_and_the_cach
         for r, t, lg in zip(rows, toks, got, strict=True):
             assert torch.allclose(r.feed(t), lg, atol=1e-5)
 
-    admit(prompts[:2])  # padded rows (5 and 3 tokens)
+    admit(prompts[:2], lean=True)  # padded rows (5 and 3 tokens)
     for _ in range(4):
         step()
-    admit([prompts[2]])  # longer than the live window: the cache shifts right to fit it
+    admit([prompts[2]], lean=False)  # longer than the live window: the cache shifts right to fit it
     for _ in range(3):
         step()
     cache.remove_rows([0])  # the last row moves into row 0
     rows = move_last_into(rows, [0])
-    admit([prompts[3]])
+    admit([prompts[3]], lean=True)
     for _ in range(12):  # past several capacity doublings
         step()
     assert cache.rows == len(rows) == 3 and cache.cap > 8
@@ -113,16 +119,32 @@ def test_dense_and_sparse_decode_moe_match_the_kernels():
     E, H, inter, k = 8, 32, 24, 2
     w_gu = torch.randn(E, 2 * inter, H, generator=g) * 0.2
     w_down = torch.randn(E, H, inter, generator=g) * 0.2
-    down_cat = w_down.permute(1, 0, 2).reshape(H, E * inter).contiguous()
+    down_t = w_down.transpose(1, 2).contiguous()
     for B in (1, 3, 8):
         h = torch.randn(B, H, generator=g)
         scores = torch.rand(B, E, generator=g)
         w, ids = scores.topk(k, dim=-1)
         w = w / w.sum(-1, keepdim=True)
         ref = fused_moe(h, w_gu, w_down, w, ids, backend="reference")
-        assert torch.allclose(dense_decode_moe(h, w_gu, down_cat, w, ids), ref, atol=1e-5)
+        assert torch.allclose(dense_decode_moe(h, w_gu, down_t, w, ids), ref, atol=1e-5)
         # The few-rows path (the decoder takes it while rows * k <= E / 2); any B is valid.
-        assert torch.allclose(sparse_decode_moe(h, w_gu, w_down, w, ids), ref, atol=1e-5)
+        assert torch.allclose(sparse_decode_moe(h, w_gu, down_t, w, ids), ref, atol=1e-5)
+        # With `out`: the residual added in place.
+        x = torch.randn(B, H, generator=g)
+        want = x + ref
+        assert torch.allclose(
+            dense_decode_moe(h, w_gu, down_t, w, ids, out=x.clone()), want, atol=1e-5
+        )
+        assert torch.allclose(
+            sparse_decode_moe(h, w_gu, down_t, w, ids, out=x.clone()), want, atol=1e-5
+        )
+    # The prefill path: many rows, per-expert GEMMs over rows sorted by expert.
+    h = torch.randn(40, H, generator=g)
+    w, ids = torch.rand(40, E, generator=g).topk(k, dim=-1)
+    w = w / w.sum(-1, keepdim=True)
+    ref = fused_moe(h, w_gu, w_down, w, ids, backend="reference")
+    gu_t = w_gu.transpose(1, 2).contiguous()
+    assert torch.allclose(grouped_prefill_moe(h, gu_t, down_t, w, ids), ref, atol=1e-5)
 
 
 def test_engine_streams_tokens_only_when_asked_and_late_arrivals_join_the_batch():
