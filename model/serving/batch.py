@@ -345,12 +345,9 @@ class Decoder:
         n, nh, nkv, D, H = len(prompts), self.n_heads, self.n_kv, self.head_dim, self.hidden
         lengths = [len(p) for p in prompts]
         P = max(lengths)
-        ids = torch.zeros(n, P, dtype=torch.long)
-        pos = torch.zeros(n, P, dtype=torch.long)
-        for j, p in enumerate(prompts):
-            ids[j, P - len(p) :] = torch.tensor(p)
-            pos[j, P - len(p) :] = torch.arange(len(p))
-        ids, pos = ids.to(self.device), pos.to(self.device)
+        # Left padding: pad id 0 at position 0 (hidden by the mask, as in the model's forward).
+        ids = torch.tensor([[0] * (P - len(p)) + p for p in prompts], device=self.device)
+        pos = torch.tensor([[0] * (P - m) + list(range(m)) for m in lengths], device=self.device)
         mask = None  # equal lengths: plain causal attention
         if min(lengths) < P:  # a query sees the real keys up to itself (and always itself)
             cols = torch.arange(P, device=self.device)
