@@ -185,3 +185,41 @@ def test_engine_streams_tokens_only_when_asked_and_late_arrivals_join_the_batch(
         assert engine.stats["max_batch_seen"] == 2
     finally:
         engine.shutdown()
+
+
+def test_engine_prefill_batch_where_some_finish_at_their_first_token():
+    """Requests admitted in one prefill, some done after one token: the rows left behind keep
+    decoding exactly as each request alone."""
+    with torch.inference_mode():
+        model = tiny_model(seed=3)
+    engine = Engine(model, max_batch=4)
+    prompts = [[5, 6, 7], [30, 31, 32, 33, 34, 35], [9] * 4, [40, 41]]
+    lengths = [1, 5, 1, 3]
+    greedy = dict(temperature=0.0, ignore_eos=True)
+
+    def run(idx: list[int]) -> list:
+        done = [threading.Event() for _ in idx]
+        seqs = [
+            engine.submit(
+                prompts[i],
+                SamplingParams(max_new_tokens=lengths[i], **greedy),
+                lambda e, d=d: d.set() if e[0] == "done" else None,
+                stream=False,
+            )
+            for i, d in zip(idx, done, strict=True)
+        ]
+        engine.start()
+        assert all(d.wait(60) for d in done)
+        return seqs
+
+    together = run([0, 1, 2, 3])  # queued before the engine starts: one prefill
+    try:
+        assert engine.stats["prefills"] == 1
+        for i, seq in enumerate(together):
+            alone = run([i])[0]
+            assert seq.out_ids == alone.out_ids and len(seq.out_ids) == lengths[i]
+            assert torch.allclose(
+                torch.tensor(seq.logprobs), torch.tensor(alone.logprobs), atol=1e-5
+            )
+    finally:
+        engine.shutdown()
