@@ -166,7 +166,7 @@ class LayerWeights:
     qkv: torch.Tensor  # (q_dim + 2 kv_dim, H), input_layernorm folded in
     qk_mean: torch.Tensor  # (q_dim + kv_dim, 2): column means of q^2 and of k^2
     qk_weight: torch.Tensor  # (2, q_dim + kv_dim): q_norm / k_norm weights spread per segment
-    o: torch.Tensor  # (H, q_dim)
+    o_t: torch.Tensor  # (q_dim, H), a transposed view of o_proj's weight
     gate: torch.Tensor  # (E, H) fp32 router, post_attention_layernorm folded in
     bias: torch.Tensor | None  # (E,) fp32 routing bias
     gate_up: torch.Tensor  # (E, 2I, H), post_attention_layernorm folded in
@@ -245,7 +245,7 @@ class Decoder:
             qkv=self._fold(qkv, layer.input_layernorm.weight),
             qk_mean=qk_mean,
             qk_weight=qk_weight,
-            o=attn.o_proj.weight,
+            o_t=attn.o_proj.weight.t(),
             gate=moe.gate.weight.float() * w_post.float(),
             bias=moe.e_score_correction_bias.float() if moe.config.use_routing_bias else None,
             gate_up=gate_up,
@@ -308,8 +308,10 @@ class Decoder:
         x = F.embedding(tokens, self.embed)  # (B, H)
         # This step's views of the cache, all layers at once: the column it writes, the window
         # it attends.
-        k_col, v_col = cache.k[:, :B, :, col], cache.v[:, :B, :, col]  # (L, B, n_kv, D)
-        k_win, v_win = cache.k[:, :B, :, lo : col + 1], cache.v[:, :B, :, lo : col + 1]
+        k_col = cache.k[:, :B, :, col].unbind(0)  # per layer (B, n_kv, D)
+        v_col = cache.v[:, :B, :, col].unbind(0)
+        k_win = cache.k[:, :B, :, lo : col + 1].unbind(0)  # per layer (B, n_kv, S, D)
+        v_win = cache.v[:, :B, :, lo : col + 1].unbind(0)
         qk_end = self.q_dim + self.kv_dim
         for i, lw in enumerate(self.layers):
             qkv = _linear(self._norm(x), lw.qkv)
@@ -322,7 +324,7 @@ class Decoder:
             y = F.scaled_dot_product_attention(
                 qk[:, :nh].view(B, nkv, nh // nkv, D), k_win[i], v_win[i], attn_mask=mask
             )  # (B, nkv, g, D) == (B, nh, D)
-            x = torch.addmm(x, y.view(B, nh * D), lw.o.t())  # x + o_proj(y)
+            x = torch.addmm(x, y.view(B, nh * D), lw.o_t)  # x + o_proj(y)
             x = self._decode_moe(self._norm(x), x, lw)
         cache.hi = col + 1
         return _linear(self._norm(x), self.lm_head)
@@ -362,7 +364,7 @@ class Decoder:
         r0, hi = cache.open_rows(lengths, P)
         rope = self._rope(pos.view(-1))
         x = F.embedding(ids.view(-1), self.embed)  # (n*P, H)
-        qk_end = self.q_dim + self.kv_dim
+        qk_end, last = self.q_dim + self.kv_dim, len(self.layers) - 1
         for i, lw in enumerate(self.layers):
             qkv = F.linear(self._norm(x), lw.qkv)
             qk = self._qk(qkv, lw, rope).view(n, P, nh + nkv, D).transpose(1, 2)
@@ -370,18 +372,22 @@ class Decoder:
             v = qkv[:, qk_end:].view(n, P, nkv, D).transpose(1, 2)
             cache.k[i, r0 : r0 + n, :, hi - P : hi] = k
             cache.v[i, r0 : r0 + n, :, hi - P : hi] = v
+            if i == last:
+                # Only each prompt's last position feeds the logits, and no later layer reads
+                # this one's outputs: the rest of the last layer runs on those n rows alone.
+                q, x = q[:, :, -1:], x.view(n, P, H)[:, -1]
+                mask = None if mask is None else mask[:, :, -1:]
             y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=nkv != nh
-            )  # (n, nh, P, D)
-            x = torch.addmm(x, y.transpose(1, 2).reshape(n * P, nh * D), lw.o.t())
+                q, k, v, attn_mask=mask, is_causal=mask is None and i != last, enable_gqa=nkv != nh
+            )  # (n, nh, P or 1, D)
+            x = torch.addmm(x, y.transpose(1, 2).reshape(x.shape[0], nh * D), lw.o_t)
             h = self._norm(x)
             weights, topk_ids = self._route(h, lw)
             if self._cpu:
                 x = grouped_prefill_moe(h, lw.gate_up_t, lw.down_t, weights, topk_ids, out=x)
             else:
                 x = x + fused_moe(h, lw.gate_up, lw.down, weights, topk_ids, backend=self.backend)
-        last = x.view(n, P, H)[:, -1]
-        return F.linear(self._norm(last), self.lm_head)
+        return F.linear(self._norm(x), self.lm_head)
 
 
 def dense_decode_moe(
