@@ -57,20 +57,21 @@ NO_ACTION = "no_action"
 
 @dataclass(frozen=True)
 class RLConfig:
-    iterations: int = 24
+    iterations: int = 32
     window: int = 4
-    group_size: int = 8  # rollouts per scenario (the group baseline)
+    group_size: int = 32  # rollouts per scenario (the group baseline)
     scenarios_per_iter: int = 16  # all of the selection split
     batch: int = 16  # consumed rollouts per update
     max_pending: int = 16
     sft_steps: int = 100  # at most: the warm start stops once it imitates the teacher
     eval_tasks: int | None = None  # cap on tasks per success-rate evaluation
-    lr: float = 3e-4
+    lr: float = 1e-4
     sft_lr: float = 3e-3
     sft_smoothing: float = 0.3  # teacher 1 - eps, the other menu answers eps in total
-    sft_mass: float = 0.9  # warm start until menu answers hold this much probability
+    sft_mass: float = 0.9  # warm start until menu answers hold this much probability ...
+    sft_tol: float = 0.1  # ... and each answer's probability is this close to its target
     menu: str = "cause"  # cause: the diagnosed cause's remedies (what propose sees) | all
-    temperature: float = 1.0
+    temperature: float = 1.5  # exploration: the rare right answer must keep being drawn
     max_new_tokens: int = 0  # 0: the longest remedy id + end of turn
     seed: int = 0
     workers: int = 4
@@ -103,19 +104,28 @@ def remedy_catalog() -> dict[str, list[dict]]:
 
 
 def rules_answer(cause: str) -> str:
-    return cause_menu(cause)[0]
+    """The playbook's first remedy for the cause that a real run can apply (no_action: none)."""
+    from scaffold.loader import load_scaffold
+
+    pb = load_scaffold(None).playbook
+    spec = pb.causes.get(cause) or (pb.unknown if cause == "unknown" else None)
+    real = [r.id for r in (spec.remedies if spec else []) if not touches_injection(r.patch)]
+    return real[0] if real else NO_ACTION
 
 
 def cause_menu(cause: str) -> tuple[str, ...]:
     """What the supervisor's propose step offers for a diagnosis: the playbook's remedies for
-    the cause, in playbook order (the doctor's ranking), then ``no_action`` (leave the run).
-    Remedies that edit the suite's fault-injection entry are left out: no real run has one."""
+    the cause and ``no_action`` (leave the run), sorted by id. Sorted, not in the playbook's
+    ranking: with the ranking the teacher's answer is always ``A``, the warm start never has to
+    read the prompt, and RL cannot learn one diagnosis apart from the others (tried: the tiny
+    policy collapsed to ``A`` everywhere). Remedies that edit the suite's fault-injection entry
+    are left out: no real run has one."""
     from scaffold.loader import load_scaffold
 
     pb = load_scaffold(None).playbook
     spec = pb.causes.get(cause) or (pb.unknown if cause == "unknown" else None)
     real = [r for r in (spec.remedies if spec else []) if not touches_injection(r.patch)]
-    return tuple(r.id for r in real) + (NO_ACTION,)
+    return tuple(sorted([r.id for r in real] + [NO_ACTION]))
 
 
 def doctor_view(store: Path, cache: Path | None = None) -> dict[str, dict]:
@@ -586,27 +596,30 @@ def run_rl(
     # Label smoothing over the menu: the teacher's answer gets 1 - eps, the other remedies share
     # eps. The policy learns that answers are menu letters (garbage tokens stay unlikely) and
     # keeps the alternatives within reach of sampling, which RL needs where the teacher is wrong.
-    demos, weights = [], []
+    demos, weights, targets = [], [], []  # targets: every menu answer's smoothed probability
     for t in train:
         prompt = policy.prompt_ids(t, t.menu)
         eps = cfg.sft_smoothing if len(t.menu) > 1 else 0.0
         for a in t.menu:
-            if a != t.teacher and eps <= 0:
-                continue
-            demos.append(completion_sample(prompt, policy.answer_ids(a, t.menu)))
-            weights.append(1 - eps if a == t.teacher else eps / (len(t.menu) - 1))
+            w = 1 - eps if a == t.teacher else eps / (len(t.menu) - 1)
+            targets.append(w)
+            if w > 0:
+                demos.append(completion_sample(prompt, policy.answer_ids(a, t.menu)))
+                weights.append(w)
     # Stop as soon as greedy decoding reproduces the teacher on every selection task and
     # sampling mostly gives well-formed answers (menu answers hold >= sft_mass of the
     # probability): a longer warm start only makes the policy more certain of the teacher's
     # mistakes (alternatives fall to ~e^-8, out of reach of sampling).
-    sft_done, mass = 0, 0.0
+    sft_done, mass, gap = 0, 0.0, 1.0
     for step in range(cfg.sft_steps):
         s = sft_step(model, sft_opt, demos, ucfg, weights)
         tracker.log_metrics({"sft/loss": s["sft_loss"]}, step)
         sft_done = step + 1
         if sft_done % 5 == 0 and _imitates(policy, model, train, max_new):
-            mass = _menu_mass(policy, model, train)
-            if mass >= cfg.sft_mass:
+            probs = _menu_probs(policy, model, train)
+            mass = sum(sum(p) for p in probs) / len(probs)
+            gap = max(abs(p - w) for p, w in zip(sum(probs, []), targets, strict=True))
+            if mass >= cfg.sft_mass and gap <= cfg.sft_tol:
                 break
     start = copy.deepcopy(model).eval()
     ev_held = heldout[: cfg.eval_tasks] if cfg.eval_tasks else heldout
@@ -615,7 +628,8 @@ def run_rl(
     sft_train_ans = greedy_answers(policy, model, ev_train, cache, max_new)
     sft_heldout, sft_train = success_rate(sft_held_ans), success_rate(sft_train_ans)
     progress(
-        f"SFT ({sft_done} steps, menu mass {mass:.2f}): held-out success {sft_heldout:.2f}, "
+        f"SFT ({sft_done} steps, menu mass {mass:.2f}, largest gap to target {gap:.2f}): "
+        f"held-out success {sft_heldout:.2f}, "
         f"selection {sft_train:.2f}"
     )
 
@@ -732,6 +746,7 @@ def run_rl(
         "teacher_success": teacher,
         "sft_steps_done": sft_done,
         "sft_menu_mass": mass,
+        "sft_target_gap": gap,
         "heldout_success_sft": sft_heldout,
         "heldout_success_rl": rl_heldout,
         "train_success_sft": sft_train,
@@ -783,19 +798,19 @@ def _imitates(policy: Policy, model, tasks: list[Task], max_new: int) -> bool:
 
 
 @torch.no_grad()
-def _menu_mass(policy: Policy, model, tasks: list[Task]) -> float:
-    """Mean over tasks of the probability that a sample is one of the menu's answers."""
+def _menu_probs(policy: Policy, model, tasks: list[Task]) -> list[list[float]]:
+    """Per task, the probability of sampling each menu answer (letter + end of turn)."""
     model.eval()
-    masses = []
+    out = []
     for t in tasks:
         prompt = policy.prompt_ids(t, t.menu)
-        total = 0.0
+        row = []
         for a in t.menu:
             ids = prompt + policy.answer_ids(a, t.menu)
             lp = model.token_logprobs(torch.tensor([ids]), torch.tensor([ids[1:] + [-1]]))[0]
-            total += float(lp[len(prompt) - 1 : len(ids) - 1].sum().exp())
-        masses.append(total)
-    return sum(masses) / max(len(masses), 1)
+            row.append(float(lp[len(prompt) - 1 : len(ids) - 1].sum().exp()))
+        out.append(row)
+    return out
 
 
 @torch.no_grad()

@@ -17,18 +17,18 @@ def add(train_app: typer.Typer) -> None:
             Path, typer.Option("--policy", help="Policy checkpoint folder (empty: fresh tiny).")
         ],
         suite: Annotated[str, typer.Option("--suite", help="Task suite.")] = "faults",
-        iterations: Annotated[int, typer.Option("--iterations", help="RL iterations.")] = 24,
+        iterations: Annotated[int, typer.Option("--iterations", help="RL iterations.")] = 32,
         window: Annotated[int, typer.Option("--window", help="Windowed-FIFO window W.")] = 4,
         seed: Annotated[int, typer.Option("--seed")] = 0,
         sft_steps: Annotated[
             int, typer.Option("--sft-steps", help="Most warm-start steps (stops on imitation).")
         ] = 100,
         loss: Annotated[str, typer.Option("--loss", help="cispo | ppo | grpo")] = "cispo",
-        lr: Annotated[float, typer.Option("--lr", help="RL learning rate (AdamW).")] = 3e-4,
+        lr: Annotated[float, typer.Option("--lr", help="RL learning rate (AdamW).")] = 1e-4,
         temperature: Annotated[
             float, typer.Option("--temperature", help="Rollout sampling temperature.")
-        ] = 1.0,
-        group_size: Annotated[int, typer.Option("--group-size", help="Rollouts per task.")] = 8,
+        ] = 1.5,
+        group_size: Annotated[int, typer.Option("--group-size", help="Rollouts per task.")] = 32,
         sft_smoothing: Annotated[
             float,
             typer.Option("--sft-smoothing", help="Warm start: the non-teacher answers' share."),

@@ -31,12 +31,12 @@ def test_tasks_rewards_and_action_parsing(tmp_path):
     by = {t.scenario: t for t in tasks}
     # the menu is what the propose step offers: the diagnosed cause's remedies, then no_action
     oom = by["digits-oom"]
-    assert oom.menu == ("halve_batch", "bf16_activations", NO_ACTION)
-    assert parse_action("B[e~[", oom.menu) == "bf16_activations"
+    assert oom.menu == ("bf16_activations", "halve_batch", NO_ACTION)  # sorted by id
+    assert parse_action("B[e~[", oom.menu) == "halve_batch"
     assert parse_action("D", oom.menu) is None  # not on this menu
     assert by["lm-healthy-a"].menu == (NO_ACTION,)
     # remedies that edit the suite's fault injection are not offered (no real run has one)
-    assert by["lm-fp-overflow"].menu == ("fp32", "clip_grads", NO_ACTION)
+    assert by["lm-fp-overflow"].menu == ("clip_grads", "fp32", NO_ACTION)
     assert by["lm-fp-overflow"].teacher == "fp32"
     all_tasks, _ = load_tasks("faults", menu="all")
     assert all(t.menu == tuple(actions) for t in all_tasks)
