@@ -422,6 +422,7 @@ class ServerRollouts:
     (exact token ids + the server's log-probs). ``publish`` = ``POST /admin/reload``."""
 
     via = "server"
+    MAX_N = 16  # choices per chat completion the server accepts
 
     def __init__(self, ckpt: Path, sessions: Path, cfg: RLConfig, max_new: int) -> None:
         import subprocess
@@ -495,26 +496,30 @@ class ServerRollouts:
 
         from trainer.rl.data import samples_from_session
 
-        body = {
-            "model": "policy",
-            "messages": prompt_messages(task, task.menu),
-            "n": n,
-            "temperature": self.cfg.temperature,
-            "max_tokens": self.max_new,
-            "chat_template_kwargs": {"enable_thinking": False},
-        }
-        r = httpx.post(
-            f"{self.gateway}/sessions/{session}/v1/chat/completions", json=body, timeout=300
-        )
-        r.raise_for_status()
-        samples = samples_from_session(self.sessions / f"{session}.jsonl")
-        out = []
-        for s in samples:
-            n_ctx = s.trainable.index(True)
-            comp = s.ids[n_ctx:]
-            out.append((s.ids[:n_ctx], comp, (s.old_logprobs or [0.0] * len(s.ids))[n_ctx:]))
-        v = samples[0].meta.get("weights_version") if samples else None
-        return out, self.versions.get(v, 0)
+        out, versions = [], []
+        for j, k in enumerate(range(0, n, self.MAX_N)):  # the server allows n <= 16 per call
+            name = session if j == 0 else f"{session}-{j}"
+            body = {
+                "model": "policy",
+                "messages": prompt_messages(task, task.menu),
+                "n": min(self.MAX_N, n - k),
+                "temperature": self.cfg.temperature,
+                "max_tokens": self.max_new,
+                "chat_template_kwargs": {"enable_thinking": False},
+            }
+            r = httpx.post(
+                f"{self.gateway}/sessions/{name}/v1/chat/completions", json=body, timeout=300
+            )
+            r.raise_for_status()
+            samples = samples_from_session(self.sessions / f"{name}.jsonl")
+            for s in samples:
+                n_ctx = s.trainable.index(True)
+                comp = s.ids[n_ctx:]
+                lps = (s.old_logprobs or [0.0] * len(s.ids))[n_ctx:]
+                out.append((s.ids[:n_ctx], comp, lps))
+            if samples:
+                versions.append(self.versions.get(samples[0].meta.get("weights_version"), 0))
+        return out, min(versions, default=0)  # the stalest weights of the group
 
     def publish(self, model, ckpt: Path, version: int) -> bool:
         import httpx

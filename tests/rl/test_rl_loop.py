@@ -109,16 +109,19 @@ def test_rl_loop_through_server_and_gateway(tmp_path):
         measured.append((task.scenario, json.dumps(patch)))
         return suite_verified(task, patch)
 
-    cfg = RLConfig(iterations=1, sft_steps=0, scenarios_per_iter=1, group_size=3, batch=3,
+    cfg = RLConfig(iterations=1, sft_steps=0, scenarios_per_iter=1, group_size=18, batch=3,
                    max_pending=2, window=1, eval_tasks=1, via="server", workers=1)  # fmt: skip
     out = tmp_path / "out"
     res = run_rl(tmp_path / "policy", cfg=cfg, out_dir=out, measure=measure)
     assert res["rollouts_via"] == "server"
     assert res["iterations"][0]["reloaded"] is True  # POST /admin/reload accepted
-    sessions = list((out / "sessions").glob("*.jsonl"))
-    assert len(sessions) == 1
-    rec = json.loads(sessions[0].read_text().splitlines()[0])
-    assert len(rec["completion_token_ids"]) == 3 and rec["prompt_token_ids"]
+    # a group of 18 is two chat completions (the server allows n <= 16), each its own session
+    sessions = sorted((out / "sessions").glob("*.jsonl"))
+    assert len(sessions) == 2
+    recs = [json.loads(f.read_text().splitlines()[0]) for f in sessions]
+    assert sorted(len(r["completion_token_ids"]) for r in recs) == [2, 16]
+    rec = recs[0]
+    assert rec["prompt_token_ids"]
     lps, ids = rec["logprobs"], rec["completion_token_ids"]
     assert [len(x) for x in lps] == [len(x) for x in ids]
     _check(res, out, measured)
