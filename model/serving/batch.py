@@ -170,6 +170,7 @@ class LayerWeights:
     gate: torch.Tensor  # (E, H) fp32 router, post_attention_layernorm folded in
     bias: torch.Tensor | None  # (E,) fp32 routing bias
     gate_up: torch.Tensor  # (E, 2I, H), post_attention_layernorm folded in
+    router_gate_up: torch.Tensor | None  # (E + E*2I, H): gate's rows then gate_up's (CPU fp32)
     down: torch.Tensor  # (E, H, I), as stored
     gate_up_t: torch.Tensor | None  # (E, H, 2I) contiguous (CPU torch path only)
     down_t: torch.Tensor | None  # (E, I, H) contiguous (CPU torch path only)
@@ -240,15 +241,24 @@ class Decoder:
         qk_weight[0, :qd], qk_weight[1, qd:] = attn.q_norm.weight, attn.k_norm.weight
         w_post = layer.post_attention_layernorm.weight
         gate_up = self._fold(moe.experts.gate_up_proj, w_post)
+        gate = moe.gate.weight.float() * w_post.float()
         down = moe.experts.down_proj
+        router_gate_up = None
+        if self._cpu and self.dtype == torch.float32:
+            # The dense decode path runs the router and every expert's gate/up on the same
+            # rows: one GEMM for both (gate and gate_up become views of it).
+            E = gate.shape[0]
+            router_gate_up = torch.cat([gate, gate_up.view(-1, gate_up.shape[-1])])
+            gate, gate_up = router_gate_up[:E], router_gate_up[E:].view(gate_up.shape)
         return LayerWeights(
             qkv=self._fold(qkv, layer.input_layernorm.weight),
             qk_mean=qk_mean,
             qk_weight=qk_weight,
             o_t=attn.o_proj.weight.t(),
-            gate=moe.gate.weight.float() * w_post.float(),
+            gate=gate,
             bias=moe.e_score_correction_bias.float() if moe.config.use_routing_bias else None,
             gate_up=gate_up,
+            router_gate_up=router_gate_up,
             down=down,
             gate_up_t=gate_up.transpose(1, 2).contiguous() if self._cpu else None,
             down_t=down.transpose(1, 2).contiguous() if self._cpu else None,
@@ -287,13 +297,21 @@ class Decoder:
 
     def _route(self, h: torch.Tensor, lw: LayerWeights) -> tuple[torch.Tensor, torch.Tensor]:
         """kernels.routing.sigmoid_topk_reference, op for op (without its dispatch)."""
-        scores = torch.sigmoid(F.linear(h.float(), lw.gate))
+        return self._route_logits(
+            F.linear(h if h.dtype == torch.float32 else h.float(), lw.gate), lw
+        )
+
+    def _route_logits(
+        self, logits: torch.Tensor, lw: LayerWeights
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        scores = torch.sigmoid(logits)
         if lw.bias is None:
             weights, ids = torch.topk(scores, self.top_k, dim=-1)
         else:
             ids = torch.topk(scores + lw.bias, self.top_k, dim=-1).indices
             weights = scores.gather(-1, ids)
-        return (weights / weights.sum(dim=-1, keepdim=True)).to(h.dtype), ids
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+        return (weights if weights.dtype == self.dtype else weights.to(self.dtype)), ids
 
     # ------------------------------------------------------------------ decode
     def step(self, cache: SlotCache, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -331,6 +349,12 @@ class Decoder:
 
     def _decode_moe(self, h: torch.Tensor, x: torch.Tensor, lw: LayerWeights) -> torch.Tensor:
         """x + modeling.SparseMoeBlock(h) without the training statistics."""
+        B, E = h.shape[0], lw.gate.shape[0]
+        if lw.router_gate_up is not None and B * self.top_k > E // 2:
+            both = _linear(h, lw.router_gate_up)  # (B, E + E*2I): router logits, then gate/up
+            weights, ids = self._route_logits(both[:, :E], lw)
+            gu = both[:, E:].view(B, E, -1)
+            return dense_experts(gu, lw.down_t, weights, ids, out=x)
         weights, ids = self._route(h, lw)
         if not self._cpu:  # Triton on CUDA, or another kernels backend: theirs
             return x + fused_moe(h, lw.gate_up, lw.down, weights, ids, backend=self.backend)
@@ -408,9 +432,21 @@ def dense_decode_moe(
     ``out``, returns out + experts(h) (the residual add fused into the GEMM)."""
     B = h.shape[0]
     E, two_i, H = w_gate_up.shape
-    inter = two_i // 2
     gu = _linear(h, w_gate_up.view(E * two_i, H)).view(B, E, two_i)
-    dense_w = h.new_zeros(B, E).scatter_(1, ids, weights)
+    return dense_experts(gu, w_down_t, weights, ids, out)
+
+
+def dense_experts(
+    gu: torch.Tensor,
+    w_down_t: torch.Tensor,
+    weights: torch.Tensor,
+    ids: torch.Tensor,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`dense_decode_moe` from its gate/up GEMM's output gu (B, E, 2I) on."""
+    B, E, two_i = gu.shape
+    inter, H = two_i // 2, w_down_t.shape[-1]
+    dense_w = gu.new_zeros(B, E).scatter_(1, ids, weights)
     act = F.silu(gu[..., :inter]).mul_(gu[..., inter:]).mul_(dense_w.unsqueeze(-1))
     w = w_down_t.view(E * inter, H)
     if out is None:
