@@ -8,10 +8,14 @@ joined later starts at a later column; the boolean mask (max_rows, cap) hides th
 its first token. So a step copies one column per layer, never the cache; a finished row is
 replaced by the last row (one row copied); the buffers are re-laid out only when they fill up.
 
-The decode step (`Decoder.step`) computes what `MiniMaxM2ForCausalLM.forward` computes for one
-new token per row against the cache (same ops, same order, within fp32 rounding of the batched
-GEMMs), with the per-call work hoisted out: RoPE tables are built once, the attention mask is a
-view of the cache's, and there are no modules, hooks or mask construction per step.
+`Decoder.prefill` (the admitted prompts in one forward, their keys/values written straight into
+new rows) and `Decoder.step` (one new token per row against the cache) compute what
+`MiniMaxM2ForCausalLM.forward` computes (within fp32 rounding: the RMSNorm weights are folded
+into the following projections and the GEMMs are batched differently), with the per-call work
+hoisted out: RoPE tables are built once, the attention mask is a view of the cache's, and
+there are no modules, hooks or mask construction per step. On the CPU a small op costs ~10x its
+hot-loop time inside a step (the weight-streaming GEMMs evict it from the caches), so the step
+is written for few ops.
 """
 
 from __future__ import annotations
@@ -179,11 +183,11 @@ class LayerWeights:
 class Decoder:
     """The engine's forwards over a model's weights: `prefill` (new prompts, written straight
     into free rows of a SlotCache) and `step` (one token for every row). Per layer a step is
-    ~25 tensor ops (the forward's module path is ~65): one fused q/k/v projection with the
-    input norm folded in, q/k norms as two tiny matmuls, RoPE for q and k as one small batched
-    matmul, the residual adds fused into the output GEMMs (addmm), the router inline and the
-    experts as two dense GEMMs. The folded and transposed weights are copies made here: a new
-    Decoder per weight swap."""
+    ~30 small tensor ops (the forward's module path is ~65): q/k/v as one GEMM with the input
+    norm folded in, q/k norms as two tiny matmuls, RoPE elementwise, the residual adds fused
+    into the output GEMMs (addmm), and on the CPU the router plus every expert's gate/up as one
+    GEMM and the down projections as another. The folded and transposed weights are copies
+    made here: a new Decoder per weight swap."""
 
     def __init__(self, model) -> None:
         cfg = model.config

@@ -1,8 +1,8 @@
 """Continuous-batching generation engine over one in-process checkpoint.
 
 One background thread owns the model. Each iteration it (1) admits waiting requests: their
-prompts are left-padded and prefilled together in one forward, and their keys/values are copied
-into free rows of the running batch's preallocated cache (`model.serving.batch.SlotCache`),
+prompts are left-padded and prefilled together in one forward (`Decoder.prefill`) that writes
+their keys/values into free rows of the running batch's preallocated cache (`SlotCache`),
 then (2) runs one decode step for every running sequence at once (`Decoder.step`: one forward,
 one column written per layer), and (3) retires the sequences that finished (the last row moves
 into the freed one). So requests that arrive while others are generating join the batch at the
