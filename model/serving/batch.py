@@ -189,6 +189,7 @@ class Decoder:
     GEMM and the down projections as another. The folded and transposed weights are copies
     made here: a new Decoder per weight swap."""
 
+    @torch.no_grad()  # the folded / transposed copies are plain tensors, not graph nodes
     def __init__(self, model) -> None:
         cfg = model.config
         self.model, self.config = model, cfg
