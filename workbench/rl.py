@@ -6,8 +6,9 @@ What one run does (trainer.rl holds the primitives; this module only wires them)
 
 1. **Task** (one per fault-suite scenario): the prompt is what the supervisor's propose step
    sees -- the run doctor's findings and diagnosis (``--store``: the doctor's real verdicts on
-   a built suite; without it the suite's labels stand in for them) and the playbook's remedy
-   ids. The policy answers with one remedy id (``no_action``: leave the run alone).
+   a built suite; without it the suite's labels stand in for them) and, as a lettered menu,
+   the diagnosed cause's remedies plus ``no_action`` (leave the run alone). The policy answers
+   with one letter.
 2. **Reward = verification.** A remedy counts when its *patch* fixes the run: measured once per
    (scenario, remedy) by ``measure(task, patch)`` and cached in ``<out>/remedy_outcomes.json``.
    ``no_action`` is the empty patch: it counts when the unpatched run already passes (a healthy
