@@ -47,6 +47,7 @@ import torch
 from model.checkpoint import atomic_write_text
 from trainer.rl.advantages import compute_advantages
 from trainer.rl.data import Sample, completion_sample
+from trainer.rl.forward import behaviour_logprobs
 from trainer.rl.rollout import RolloutPool, windowed_rollouts
 from trainer.rl.update import UpdateConfig, make_optimizer, rl_step, sft_step
 from workbench.errors import BadInputError
@@ -77,6 +78,11 @@ class RLConfig:
     seed: int = 0
     workers: int = 4
     loss: str = "cispo"
+    # CISPO's old policy: "behaviour" = mu = softmax(logits / T), the distribution the rollout
+    # was drawn from (recomputed from the sampling weights); "raw" = the untempered log-probs
+    # the server reports (then r = pi / pi_old ignores the temperature: rare answers, drawn
+    # more often at T > 1, are not down-weighted)
+    ratio: str = "behaviour"
     via: str = "server"  # server (serve + gateway) | inprocess (fast path for tests/sweeps)
 
 
@@ -337,14 +343,9 @@ class Policy:
             stop_token_ids=[self.eos],
             generator=gen,
         )[:, len(prompt) :].tolist()
-        res = []
-        for ids in out:
-            if self.eos in ids:
-                ids = ids[: ids.index(self.eos) + 1]
-            full = torch.tensor([prompt + ids])
-            lp = model.token_logprobs(full, torch.tensor([prompt[1:] + ids + [-1]]))[0]
-            res.append((ids, lp[len(prompt) - 1 : len(prompt) - 1 + len(ids)].tolist()))
-        return res
+        outs = [ids[: ids.index(self.eos) + 1] if self.eos in ids else ids for ids in out]
+        _, raw = behaviour_logprobs(model, prompt, outs, 0.0)  # each distinct answer once
+        return list(zip(outs, raw, strict=True))
 
 
 def load_policy(path: Path, seed: int = 0):
@@ -650,6 +651,43 @@ def run_rl(
         raise BadInputError(f"via must be server or inprocess, not {cfg.via!r}")
     opt = make_optimizer(model, cfg.lr)
     version, history = 0, []
+    if cfg.ratio not in ("behaviour", "raw"):
+        raise BadInputError(f"ratio must be behaviour or raw, not {cfg.ratio!r}")
+    # Frozen copies of the weights each published version had (update count -> model), to score
+    # a rollout under the behaviour policy that drew it; a version no longer held is loaded
+    # from its checkpoint.
+    weights = {0: (copy.deepcopy(model).eval(), ckpt0)}
+    lp_gap: list[float] = []  # |raw log-prob recomputed here - the one the sampler reported|
+
+    def behaviour(v: int):
+        held, path = weights[v]
+        if held is None:  # an old version (a reload the server refused): from its checkpoint
+            from model.modeling import MiniMaxM2ForCausalLM
+
+            held = MiniMaxM2ForCausalLM.from_pretrained(path).eval()
+            weights[v] = (held, path)
+        return held
+
+    def rescore(outs: list, v: int) -> list:
+        """Replace the reported (raw) log-probs by log mu of the sampling weights at T."""
+        if cfg.ratio == "raw":
+            return outs
+        res = []
+        by_prompt: dict[tuple, list[int]] = {}
+        for j, (prompt, _, _) in enumerate(outs):
+            by_prompt.setdefault(tuple(prompt), []).append(j)
+        mu: dict[int, list[float]] = {}
+        for prompt, js in by_prompt.items():
+            beh, raw = behaviour_logprobs(
+                behaviour(v), list(prompt), [outs[j][1] for j in js], cfg.temperature
+            )
+            for j, b, r in zip(js, beh, raw, strict=True):
+                mu[j] = b
+                lp_gap.extend(abs(x - y) for x, y in zip(r, outs[j][2], strict=True))
+        for j, (prompt, ids, _) in enumerate(outs):
+            res.append((prompt, ids, mu[j]))
+        return res
+
     try:
         for it in range(cfg.iterations):
             t0 = time.perf_counter()
@@ -661,6 +699,7 @@ def run_rl(
                 task, k = jobs[i]
                 n = min(per, cfg.group_size - k)
                 outs, v = roll.group(task, n, f"it{it:03d}-{task.scenario}-{k}")
+                outs = rescore(outs, v)
                 samples = []
                 for j, (prompt, ids, lps) in enumerate(outs):
                     act = parse_action(policy.decode(ids), task.menu)
@@ -674,6 +713,7 @@ def run_rl(
                 return samples
 
             batch: list[Sample] = []
+            lp_gap.clear()
             stats: dict[str, float] = {}
             steps: list[dict[str, float]] = []
             rewards, staleness, guarded = [], [], 0
@@ -702,6 +742,10 @@ def run_rl(
             ckpt = out / f"iter-{it:03d}"
             _save(model, tok, ckpt)
             reloaded = roll.publish(model, ckpt, version)
+            if reloaded or roll.via == "inprocess":
+                weights[version] = (copy.deepcopy(model).eval(), ckpt)
+                for old in sorted(weights)[:-3]:  # rollouts are at most one version stale
+                    weights[old] = (None, weights[old][1])
             if not steps:  # no informative group this iteration: nothing to learn from
                 steps = [{"tokens_unmerged": 0, "tokens_merged": 0, "step_time_s": 0.0}]
             n_tok = sum(s["tokens_unmerged"] for s in steps)
@@ -717,6 +761,11 @@ def run_rl(
                 "staleness_max": float(max(staleness)),
                 "injection_answers": guarded / len(rewards),
                 "updates": float(sum(s["tokens_merged"] > 0 for s in steps)),
+                # CISPO's IS ratio pi_theta / pi_old over the update tokens (mean of updates)
+                "is_ratio_mean": sum(s.get("ratio_mean", 1.0) for s in steps) / len(steps),
+                "is_clip_frac": sum(s.get("clip_frac", 0.0) for s in steps) / len(steps),
+                # the sampling weights recomputed here vs what the sampler reported (raw log-p)
+                "behaviour_lp_gap": sum(lp_gap) / len(lp_gap) if lp_gap else 0.0,
                 "iteration_s": time.perf_counter() - t0,
             }
             tracker.log_metrics(metrics, it)

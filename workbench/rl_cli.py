@@ -39,6 +39,13 @@ def add(train_app: typer.Typer) -> None:
                 "--menu", help="cause: the diagnosed cause's remedies | all: every remedy."
             ),
         ] = "cause",
+        ratio: Annotated[
+            str,
+            typer.Option(
+                "--ratio",
+                help="CISPO's old policy: behaviour (tempered, what sampled) | raw (untempered).",
+            ),
+        ] = "behaviour",
         via: Annotated[
             str, typer.Option("--via", help="server (serve + gateway) | inprocess (fast path).")
         ] = "server",
@@ -79,6 +86,8 @@ def add(train_app: typer.Typer) -> None:
             )
         if loss not in ("cispo", "ppo", "grpo"):
             raise BadInputError(f"--loss must be cispo, ppo or grpo, got {loss!r}")
+        if ratio not in ("behaviour", "raw"):
+            raise BadInputError(f"--ratio must be behaviour or raw, got {ratio!r}")
         if via not in ("server", "inprocess"):
             raise BadInputError(f"--via must be server or inprocess, got {via!r}")
         if not 0.0 <= temperature <= 2.0 or lr <= 0:
@@ -99,7 +108,7 @@ def add(train_app: typer.Typer) -> None:
         cfg = RLConfig(
             iterations=iterations, window=window, seed=seed, sft_steps=sft_steps, loss=loss,
             lr=lr, temperature=temperature, group_size=group_size, via=via,
-            sft_smoothing=sft_smoothing, menu=menu,
+            sft_smoothing=sft_smoothing, menu=menu, ratio=ratio,
         )  # fmt: skip
         with err_console.status("RL: warm start, rollouts, CISPO updates..."):
             result = run_rl(

@@ -143,3 +143,31 @@ def unmerged_logprobs(
             out[b] = lp[k : k + n_targets[b]]
             k += n_targets[b]
     return torch.cat(out)
+
+
+@torch.no_grad()
+def behaviour_logprobs(
+    model, prompt: Sequence[int], completions: Sequence[Sequence[int]], temperature: float
+) -> tuple[list[list[float]], list[list[float]]]:
+    """Per completion token of ``prompt + completion``: (log mu, log pi) under ``model``, where
+    pi is the raw policy and mu = softmax(logits / T) the behaviour policy that sampled at
+    temperature T (T <= 0: greedy, scored as pi). CISPO's ratio r = pi_theta / pi_old must use
+    mu as pi_old -- the distribution the tokens were actually drawn from. Identical completions
+    (a group of G samples of a short answer repeats a few) are scored once."""
+    model.eval()
+    uniq = {tuple(int(t) for t in c) for c in completions}
+    scored: dict[tuple[int, ...], tuple[list[float], list[float]]] = {}
+    n = len(prompt)
+    for c in uniq:
+        if not c:
+            scored[c] = ([], [])
+            continue
+        ids = torch.tensor([list(prompt) + list(c)])
+        logits = model(ids).logits[0, n - 1 : n - 1 + len(c)].float()
+        tgt = torch.tensor(c).unsqueeze(-1)
+        raw = torch.log_softmax(logits, -1).gather(-1, tgt).squeeze(-1)
+        beh = raw if temperature <= 0 else torch.log_softmax(logits / temperature, -1)
+        beh = beh.gather(-1, tgt).squeeze(-1) if temperature > 0 else raw
+        scored[c] = (beh.tolist(), raw.tolist())
+    out = [scored[tuple(int(t) for t in c)] for c in completions]
+    return [b for b, _ in out], [r for _, r in out]
