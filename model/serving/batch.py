@@ -495,6 +495,17 @@ def sparse_decode_moe(
     return out
 
 
+def _segment_mm(x: torch.Tensor, w: torch.Tensor, counts: list[int]) -> torch.Tensor:
+    """Rows of ``x`` grouped by expert (``counts[e]`` consecutive rows each) times ``w[e]``."""
+    y = x.new_empty(x.shape[0], w.shape[-1])
+    start = 0
+    for e, c in enumerate(counts):
+        if c:
+            torch.mm(x[start : start + c], w[e], out=y[start : start + c])
+        start += c
+    return y
+
+
 def grouped_prefill_moe(
     h: torch.Tensor,
     w_gate_up_t: torch.Tensor,
@@ -517,18 +528,8 @@ def grouped_prefill_moe(
     counts = torch.bincount(flat, minlength=E).tolist()
     token = order // k
     xs = h.index_select(0, token)
-    gu = h.new_empty(N * k, two_i)
-    start = 0
-    for e, c in enumerate(counts):
-        if c:
-            torch.mm(xs[start : start + c], w_gate_up_t[e], out=gu[start : start + c])
-        start += c
+    gu = _segment_mm(xs, w_gate_up_t, counts)
     act = F.silu(gu[:, :inter]).mul_(gu[:, inter:]).mul_(weights.reshape(-1)[order][:, None])
-    y = h.new_empty(N * k, H)
-    start = 0
-    for e, c in enumerate(counts):
-        if c:
-            torch.mm(act[start : start + c], w_down_t[e], out=y[start : start + c])
-        start += c
+    y = _segment_mm(act, w_down_t, counts)
     out = torch.zeros_like(h) if out is None else out
     return out.index_add_(0, token, y)
