@@ -83,6 +83,11 @@ class RLConfig:
     # the server reports (then r = pi / pi_old ignores the temperature: rare answers, drawn
     # more often at T > 1, are not down-weighted)
     ratio: str = "behaviour"
+    adv_norm: bool = True  # divide each group's advantages by its reward std (GRPO's scaling)
+    # Training reward of a remedy that verifies while a remedy the playbook ranks higher also
+    # verifies on that run: 1 - tie_penalty (among working fixes, prefer the playbook's
+    # choice). Success rates always count plain verification.
+    tie_penalty: float = 0.1
     via: str = "server"  # server (serve + gateway) | inprocess (fast path for tests/sweeps)
 
 
@@ -118,6 +123,15 @@ def rules_answer(cause: str) -> str:
     spec = pb.causes.get(cause) or (pb.unknown if cause == "unknown" else None)
     real = [r.id for r in (spec.remedies if spec else []) if not touches_injection(r.patch)]
     return real[0] if real else NO_ACTION
+
+
+def playbook_order(cause: str) -> tuple[str, ...]:
+    """The cause's remedies in the playbook's ranking (its preference), injection-free."""
+    from scaffold.loader import load_scaffold
+
+    pb = load_scaffold(None).playbook
+    spec = pb.causes.get(cause) or (pb.unknown if cause == "unknown" else None)
+    return tuple(r.id for r in (spec.remedies if spec else []) if not touches_injection(r.patch))
 
 
 def cause_menu(cause: str) -> tuple[str, ...]:
@@ -282,6 +296,26 @@ class RemedyCache:
 
     def reward(self, task: Task, remedy: str | None) -> float:
         return self.judge(task, remedy)[0]
+
+    def preferred(self, task: Task) -> str | None:
+        """The playbook's highest-ranked remedy on ``task``'s menu that verifies (None: none)."""
+        return next(
+            (a for a in playbook_order(task.cause) if a in task.menu and self.reward(task, a) > 0),
+            None,
+        )
+
+    def train_reward(self, task: Task, remedy: str | None, tie_penalty: float = 0.0) -> float:
+        """The RL reward: verification, minus ``tie_penalty`` for a working fix when a remedy
+        the playbook ranks higher also works on that run. Where the selection runs cannot tell
+        two fixes apart, the playbook's preference (its ranking: the less invasive change first)
+        decides, instead of drift (measured: a tie left alone drifted to the other fix, which
+        then failed on a run where only the preferred one works)."""
+        r = self.reward(task, remedy)
+        if tie_penalty and r > 0 and remedy != NO_ACTION:
+            best = self.preferred(task)
+            if best is not None and remedy != best:
+                r -= tie_penalty
+        return r
 
 
 def label(i: int) -> str:
@@ -705,7 +739,7 @@ def run_rl(
                     act = parse_action(policy.decode(ids), task.menu)
                     samples.append(
                         completion_sample(
-                            prompt, ids, lps, reward=cache.reward(task, act),
+                            prompt, ids, lps, reward=cache.train_reward(task, act, cfg.tie_penalty),
                             episode=f"{it}-{i}-{j}", group=task.scenario, policy_version=v,
                             meta={"action": act},
                         )
@@ -731,12 +765,20 @@ def run_rl(
                         continue  # all equal: zero advantage, it would only dilute the batch
                     batch += group
                     if len(batch) >= cfg.batch:
-                        stats = rl_step(model, opt, batch, compute_advantages(batch), ucfg)
+                        stats = rl_step(
+                            model,
+                            opt,
+                            batch,
+                            compute_advantages(batch, normalize=cfg.adv_norm),
+                            ucfg,
+                        )
                         steps.append(stats)
                         version += 1
                         batch = []
             if batch:
-                stats = rl_step(model, opt, batch, compute_advantages(batch), ucfg)
+                stats = rl_step(
+                    model, opt, batch, compute_advantages(batch, normalize=cfg.adv_norm), ucfg
+                )
                 steps.append(stats)
                 version += 1
             ckpt = out / f"iter-{it:03d}"
@@ -820,6 +862,8 @@ def run_rl(
             if touches_injection(a["patch"])
         ),  # fmt: skip
         "remedy_measurements": cache.measured,
+        # tie-break: per selection task, the playbook's highest-ranked remedy that verifies
+        "preferred_fix": {t.scenario: cache.preferred(t) for t in train} if cfg.tie_penalty else {},
         "reward_sources": getattr(measure, "sources", {"stand_in": cache.measured}),
         # every (scenario, remedy) verdict this run used, with where it came from
         "remedy_outcomes": {

@@ -46,6 +46,19 @@ def add(train_app: typer.Typer) -> None:
                 help="CISPO's old policy: behaviour (tempered, what sampled) | raw (untempered).",
             ),
         ] = "behaviour",
+        adv_norm: Annotated[
+            bool,
+            typer.Option(
+                "--adv-norm/--no-adv-norm", help="Scale each group's advantages by 1 / reward std."
+            ),
+        ] = True,
+        tie_penalty: Annotated[
+            float,
+            typer.Option(
+                "--tie-penalty",
+                help="Reward cut for a working fix when the playbook's higher-ranked one works.",
+            ),
+        ] = 0.1,
         via: Annotated[
             str, typer.Option("--via", help="server (serve + gateway) | inprocess (fast path).")
         ] = "server",
@@ -109,6 +122,7 @@ def add(train_app: typer.Typer) -> None:
             iterations=iterations, window=window, seed=seed, sft_steps=sft_steps, loss=loss,
             lr=lr, temperature=temperature, group_size=group_size, via=via,
             sft_smoothing=sft_smoothing, menu=menu, ratio=ratio,
+            adv_norm=adv_norm, tie_penalty=tie_penalty,
         )  # fmt: skip
         with err_console.status("RL: warm start, rollouts, CISPO updates..."):
             result = run_rl(

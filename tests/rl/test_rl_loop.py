@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from workbench.rl import (
@@ -66,6 +67,9 @@ def _check(res, out, measured):
     assert set(it) >= {"reward", "success_rate", "kl_to_start", "tokens_per_s",
                        "tree_compression", "staleness_max"}  # fmt: skip
     assert it["kl_to_start"] >= 0.0 and it["staleness_max"] <= 1
+    # CISPO's old log-probs are recomputed from the sampling weights (tempered): the raw ones
+    # recomputed there agree with what the sampler (in-process copy or server) reported
+    assert it["behaviour_lp_gap"] < 1e-3
     assert 0.0 <= res["heldout_success_rl"] <= 1.0
     # each (scenario, remedy) outcome measured once, then cached on disk
     assert len(measured) == len(set(measured)) == res["remedy_measurements"]
@@ -149,3 +153,27 @@ def test_fix_outcomes_rewards_read_the_shared_cache(tmp_path):
     assert cache.judge(by["lm-lr-too-high"], "lower_lr") == (1.0, "cached")
     assert cache.judge(by["lm-lr-too-high"], "clip_grads") == (0.0, "stand_in")
     assert cache.judge(by["lm-healthy-a"], NO_ACTION) == (1.0, "doctor")
+
+
+def test_tie_penalty_prefers_the_playbooks_fix_among_working_ones(tmp_path):
+    """Two remedies both verify on digits-oom: the training reward breaks the tie by the
+    playbook's ranking (halve_batch first); a lone working fix keeps its full reward, and
+    success (plain verification) is unchanged."""
+    tasks, catalog = load_tasks("faults")
+    by = {t.scenario: t for t in tasks}
+    works = {"digits-oom": ("halve_batch", "bf16_activations"), "digits-overfit": ("early_stop",)}
+
+    def measure(task, patch):
+        return any(patch == catalog[a] for a in works.get(task.scenario, ()))
+
+    cache = RemedyCache(tmp_path / "c.json", measure, catalog)
+    oom, overfit = by["digits-oom"], by["digits-overfit"]
+    assert cache.preferred(oom) == "halve_batch" and cache.preferred(overfit) == "early_stop"
+    assert cache.train_reward(oom, "halve_batch", 0.1) == 1.0
+    assert cache.train_reward(oom, "bf16_activations", 0.1) == pytest.approx(0.9)
+    assert cache.train_reward(oom, "bf16_activations", 0.0) == 1.0  # off by default
+    assert cache.reward(oom, "bf16_activations") == 1.0  # success still counts it
+    assert cache.train_reward(oom, NO_ACTION, 0.1) == 0.0
+    # early_stop is ranked last by the playbook but is the only fix that works: full reward
+    assert cache.train_reward(overfit, "early_stop", 0.1) == 1.0
+    assert cache.train_reward(overfit, "more_data", 0.1) == 0.0
