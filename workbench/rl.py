@@ -834,6 +834,7 @@ def run_rl(
         {"heldout_success_sft": sft_heldout, "heldout_success_rl": rl_heldout}, cfg.iterations
     )
     tracker.finish("FINISHED")
+    preferred = {t.scenario: cache.preferred(t) for t in train} if cfg.tie_penalty else {}
     result = {
         "policy": str(policy_dir),
         "out": str(out),
@@ -863,7 +864,7 @@ def run_rl(
         ),  # fmt: skip
         "remedy_measurements": cache.measured,
         # tie-break: per selection task, the playbook's highest-ranked remedy that verifies
-        "preferred_fix": {t.scenario: cache.preferred(t) for t in train} if cfg.tie_penalty else {},
+        "preferred_fix": preferred,
         "reward_sources": getattr(measure, "sources", {"stand_in": cache.measured}),
         # every (scenario, remedy) verdict this run used, with where it came from
         "remedy_outcomes": {
