@@ -88,6 +88,9 @@ class RLConfig:
     # verifies on that run: 1 - tie_penalty (among working fixes, prefer the playbook's
     # choice). Success rates always count plain verification.
     tie_penalty: float = 0.1
+    # Training reward of no_action on a run the doctor found broken: -miss_penalty (leaving a
+    # diagnosed failure alone is worse than trying the playbook's fix, even one that fails).
+    miss_penalty: float = 0.1
     via: str = "server"  # server (serve + gateway) | inprocess (fast path for tests/sweeps)
 
 
@@ -304,13 +307,21 @@ class RemedyCache:
             None,
         )
 
-    def train_reward(self, task: Task, remedy: str | None, tie_penalty: float = 0.0) -> float:
+    def train_reward(
+        self, task: Task, remedy: str | None, tie_penalty: float = 0.0, miss_penalty: float = 0.0
+    ) -> float:
         """The RL reward: verification, minus ``tie_penalty`` for a working fix when a remedy
-        the playbook ranks higher also works on that run. Where the selection runs cannot tell
+        the playbook ranks higher also works on that run, and ``-miss_penalty`` for
+        ``no_action`` on a run that needs a fix (a miss; a failed fix attempt scores 0). Both
+        give a direction where verification alone gives none (measured: such zero-signal
+        tasks drifted, e.g. to ``no_action`` on a hung run whose selection twin no remedy
+        fixes). Where the selection runs cannot tell
         two fixes apart, the playbook's preference (its ranking: the less invasive change first)
         decides, instead of drift (measured: a tie left alone drifted to the other fix, which
         then failed on a run where only the preferred one works)."""
         r = self.reward(task, remedy)
+        if remedy == NO_ACTION and r == 0:
+            return -miss_penalty
         if tie_penalty and r > 0 and remedy != NO_ACTION:
             best = self.preferred(task)
             if best is not None and remedy != best:
@@ -739,7 +750,7 @@ def run_rl(
                     act = parse_action(policy.decode(ids), task.menu)
                     samples.append(
                         completion_sample(
-                            prompt, ids, lps, reward=cache.train_reward(task, act, cfg.tie_penalty),
+                            prompt, ids, lps, reward=cache.train_reward(task, act, cfg.tie_penalty, cfg.miss_penalty),
                             episode=f"{it}-{i}-{j}", group=task.scenario, policy_version=v,
                             meta={"action": act},
                         )

@@ -59,6 +59,12 @@ def add(train_app: typer.Typer) -> None:
                 help="Reward cut for a working fix when the playbook's higher-ranked one works.",
             ),
         ] = 0.1,
+        miss_penalty: Annotated[
+            float,
+            typer.Option(
+                "--miss-penalty", help="Reward of no_action on a broken run: -this (training)."
+            ),
+        ] = 0.1,
         via: Annotated[
             str, typer.Option("--via", help="server (serve + gateway) | inprocess (fast path).")
         ] = "server",
@@ -123,6 +129,7 @@ def add(train_app: typer.Typer) -> None:
             lr=lr, temperature=temperature, group_size=group_size, via=via,
             sft_smoothing=sft_smoothing, menu=menu, ratio=ratio,
             adv_norm=adv_norm, tie_penalty=tie_penalty,
+            miss_penalty=miss_penalty,
         )  # fmt: skip
         with err_console.status("RL: warm start, rollouts, CISPO updates..."):
             result = run_rl(

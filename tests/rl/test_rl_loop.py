@@ -155,10 +155,10 @@ def test_fix_outcomes_rewards_read_the_shared_cache(tmp_path):
     assert cache.judge(by["lm-healthy-a"], NO_ACTION) == (1.0, "doctor")
 
 
-def test_tie_penalty_prefers_the_playbooks_fix_among_working_ones(tmp_path):
+def test_training_reward_tie_break_and_miss_penalty(tmp_path):
     """Two remedies both verify on digits-oom: the training reward breaks the tie by the
     playbook's ranking (halve_batch first); a lone working fix keeps its full reward, and
-    success (plain verification) is unchanged."""
+    success (plain verification) is unchanged. no_action on a broken run can be penalised."""
     tasks, catalog = load_tasks("faults")
     by = {t.scenario: t for t in tasks}
     works = {"digits-oom": ("halve_batch", "bf16_activations"), "digits-overfit": ("early_stop",)}
@@ -173,7 +173,11 @@ def test_tie_penalty_prefers_the_playbooks_fix_among_working_ones(tmp_path):
     assert cache.train_reward(oom, "bf16_activations", 0.1) == pytest.approx(0.9)
     assert cache.train_reward(oom, "bf16_activations", 0.0) == 1.0  # off by default
     assert cache.reward(oom, "bf16_activations") == 1.0  # success still counts it
+    # no_action on a broken run is a miss: below a failed fix attempt (0) when penalised
     assert cache.train_reward(oom, NO_ACTION, 0.1) == 0.0
+    assert cache.train_reward(oom, NO_ACTION, 0.1, miss_penalty=0.1) == pytest.approx(-0.1)
+    assert cache.train_reward(overfit, "more_data", 0.1, miss_penalty=0.1) == 0.0
+    assert cache.train_reward(by["lm-healthy-a"], NO_ACTION, 0.1, miss_penalty=0.1) == 1.0
     # early_stop is ranked last by the playbook but is the only fix that works: full reward
     assert cache.train_reward(overfit, "early_stop", 0.1) == 1.0
     assert cache.train_reward(overfit, "more_data", 0.1) == 0.0
