@@ -1,7 +1,7 @@
 """Generation throughput: our server (continuous batching, KV cache, HTTP included) vs
 transformers' `generate` on the same tiny checkpoint, at batch 1 and 8, side by side.
 
-    python -m bench.serving [--new-tokens 32] [--prompt-len 32] [--threads N] [--repeats 5]
+    python -m bench.serving [--new-tokens 32] [--prompt-len 32] [--threads N] [--repeats 15]
 
 Batch B for our server means B concurrent HTTP requests (each its own prompt, one client with
 a kept-alive connection per worker, as the `openai` client keeps them); for transformers it is
@@ -149,7 +149,7 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--prompt-len", type=int, default=32)
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: default)")
-    ap.add_argument("--repeats", type=int, default=5, help="alternating rounds; best kept")
+    ap.add_argument("--repeats", type=int, default=15, help="alternating rounds; best kept")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
