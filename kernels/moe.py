@@ -116,10 +116,9 @@ def _grouped_ok(*tensors: torch.Tensor) -> bool:
     return True
 
 
-def _gmm(a: torch.Tensor, b: torch.Tensor, offs: torch.Tensor, counts: list[int]) -> torch.Tensor:
-    """Rows of a [M, K] grouped by offs, times b[g] [K, N] -> [M, N]."""
-    if _grouped_ok(a, b):
-        return F.grouped_mm(a, b, offs=offs)
+def segment_mm(a: torch.Tensor, b: torch.Tensor, counts: list[int]) -> torch.Tensor:
+    """Rows of a [M, K] in consecutive groups of counts[g] rows, times b[g] [K, N] -> [M, N]:
+    one plain GEMM per non-empty group."""
     out = a.new_empty(a.shape[0], b.shape[-1])
     start = 0
     for g, n in enumerate(counts):
@@ -127,6 +126,13 @@ def _gmm(a: torch.Tensor, b: torch.Tensor, offs: torch.Tensor, counts: list[int]
             torch.mm(a[start : start + n], b[g], out=out[start : start + n])
         start += n
     return out
+
+
+def _gmm(a: torch.Tensor, b: torch.Tensor, offs: torch.Tensor, counts: list[int]) -> torch.Tensor:
+    """Rows of a [M, K] grouped by offs, times b[g] [K, N] -> [M, N]."""
+    if _grouped_ok(a, b):
+        return F.grouped_mm(a, b, offs=offs)
+    return segment_mm(a, b, counts)
 
 
 def _gmm_wgrad(

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from kernels import fused_moe
 from kernels.dispatch import resolve_backend
+from kernels.moe import segment_mm
 from model.modeling import KERNEL_BACKEND
 
 
@@ -495,17 +496,6 @@ def sparse_decode_moe(
     return out
 
 
-def _segment_mm(x: torch.Tensor, w: torch.Tensor, counts: list[int]) -> torch.Tensor:
-    """Rows of ``x`` grouped by expert (``counts[e]`` consecutive rows each) times ``w[e]``."""
-    y = x.new_empty(x.shape[0], w.shape[-1])
-    start = 0
-    for e, c in enumerate(counts):
-        if c:
-            torch.mm(x[start : start + c], w[e], out=y[start : start + c])
-        start += c
-    return y
-
-
 def grouped_prefill_moe(
     h: torch.Tensor,
     w_gate_up_t: torch.Tensor,
@@ -528,8 +518,8 @@ def grouped_prefill_moe(
     counts = torch.bincount(flat, minlength=E).tolist()
     token = order // k
     xs = h.index_select(0, token)
-    gu = _segment_mm(xs, w_gate_up_t, counts)
+    gu = segment_mm(xs, w_gate_up_t, counts)
     act = F.silu(gu[:, :inter]).mul_(gu[:, inter:]).mul_(weights.reshape(-1)[order][:, None])
-    y = _segment_mm(act, w_down_t, counts)
+    y = segment_mm(act, w_down_t, counts)
     out = torch.zeros_like(h) if out is None else out
     return out.index_add_(0, token, y)
