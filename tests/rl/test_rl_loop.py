@@ -86,14 +86,20 @@ def _check(res, out, measured):
     assert isinstance(saved["answers_touching_faults"], list)
 
 
-def test_rl_loop_inprocess_runs_and_checkpoints(tmp_path):
-    torch.set_num_threads(1)
-    measured = []
+def _recording_measure():
+    """A suite stand-in measure that records each (scenario, patch) it was asked about."""
+    measured: list[tuple[str, str]] = []
 
     def measure(task, patch):
         measured.append((task.scenario, json.dumps(patch)))
         return suite_verified(task, patch)
 
+    return measure, measured
+
+
+def test_rl_loop_inprocess_runs_and_checkpoints(tmp_path):
+    torch.set_num_threads(1)
+    measure, measured = _recording_measure()
     cfg = RLConfig(iterations=1, sft_steps=2, scenarios_per_iter=3, group_size=4, batch=4,
                    max_pending=4, window=2, eval_tasks=2, via="inprocess")  # fmt: skip
     out = tmp_path / "out"
@@ -107,12 +113,7 @@ def test_rl_loop_through_server_and_gateway(tmp_path):
     """The real path once: `workbench serve` + `workbench gateway` subprocesses, rollouts as
     chat completions recorded in gateway sessions, samples read back, hot reload."""
     torch.set_num_threads(1)
-    measured = []
-
-    def measure(task, patch):
-        measured.append((task.scenario, json.dumps(patch)))
-        return suite_verified(task, patch)
-
+    measure, measured = _recording_measure()
     cfg = RLConfig(iterations=1, sft_steps=0, scenarios_per_iter=1, group_size=18, batch=3,
                    max_pending=2, window=1, eval_tasks=1, via="server", workers=1)  # fmt: skip
     out = tmp_path / "out"
