@@ -134,7 +134,7 @@ def train(ctx: RunContext) -> None:
     # --- loop
     seen = 0
     clip = cfg.optimizer.grad_clip or float("inf")
-    stopper, best_state = EarlyStopping(cfg.early_stop_patience), None
+    stopper = EarlyStopping(cfg.early_stop_patience, restore=cfg.early_stop_restore)
     for step in range(cfg.steps):
         t0 = time.perf_counter()
         lr = lr_at(step, cfg.steps, cfg.optimizer) * faults.lr_multiplier(step)
@@ -170,14 +170,12 @@ def train(ctx: RunContext) -> None:
                 f"acc {metrics['eval_accuracy']:.3f} lr {lr:.2e}"
             )
             ctx.upload_log()
-            if stopper.update(metrics["eval_loss"], step) and cfg.early_stop_restore:
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            stopper.update(metrics["eval_loss"], step, model)
         ctx.tracker.log_metrics(metrics, step)
         if stopper.should_stop:
             ctx.log(stopper.reason(step))
-            if best_state is not None:
+            if stopper.restore_best(model):
                 # The run ends on its best weights; their eval is the run's final eval.
-                model.load_state_dict(best_state)
                 final, acc = evaluate()
                 ctx.tracker.log_metrics({"eval_loss": final, "eval_accuracy": acc}, step)
                 ctx.log(f"restored the step-{stopper.best_step} weights: eval_loss {final:.4f}")

@@ -51,17 +51,29 @@ class EarlyStopping:
     """
 
     patience: int
+    restore: bool = False  # keep a copy of the best weights (``update`` with the model)
     best: float = math.inf
     best_step: int | None = None
     bad_evals: int = 0
+    best_state: dict | None = None
 
-    def update(self, value: float, step: int) -> bool:
-        """Record one eval; True when it is a new best."""
+    def update(self, value: float, step: int, model=None) -> bool:
+        """Record one eval; True when it is a new best (then, with ``restore`` and ``model``,
+        the model's weights are copied)."""
         if value < self.best:
             self.best, self.best_step, self.bad_evals = value, step, 0
+            if self.restore and model is not None:
+                self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             return True
         self.bad_evals += 1
         return False
+
+    def restore_best(self, model) -> bool:
+        """Load the kept best weights into ``model``; False when none were kept."""
+        if self.best_state is None:
+            return False
+        model.load_state_dict(self.best_state)
+        return True
 
     @property
     def should_stop(self) -> bool:

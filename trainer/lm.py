@@ -159,7 +159,7 @@ def train(ctx: RunContext) -> None:
 
     # --- loop
     clip = cfg.optimizer.grad_clip or float("inf")
-    stopper, best_state = EarlyStopping(cfg.early_stop_patience), None
+    stopper = EarlyStopping(cfg.early_stop_patience, restore=cfg.early_stop_restore)
     for step in range(cfg.steps):
         t0 = time.perf_counter()
         lr = lr_at(step, cfg.steps, cfg.optimizer) * faults.lr_multiplier(step)
@@ -199,16 +199,14 @@ def train(ctx: RunContext) -> None:
                 f"tok/s {metrics['tokens_per_sec']:.0f}"
             )
             ctx.upload_log()
-            if stopper.update(metrics["eval/loss"], step) and cfg.early_stop_restore:
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            stopper.update(metrics["eval/loss"], step, model)
         ctx.tracker.log_metrics(metrics, step)
         if cfg.checkpoint_interval and (step + 1) % cfg.checkpoint_interval == 0:
             save_checkpoint(model, opt, step + 1, cfg.checkpoint_dir)
         if stopper.should_stop:
             ctx.log(stopper.reason(step))
-            if best_state is not None:
+            if stopper.restore_best(model):
                 # The run ends on its best weights; their eval is the run's final eval.
-                model.load_state_dict(best_state)
                 final = evaluate()
                 ctx.tracker.log_metrics({"eval/loss": final}, step)
                 ctx.log(f"restored the step-{stopper.best_step} weights: eval/loss {final:.4f}")
