@@ -139,16 +139,8 @@ def move_last_into(items: list, gone: list[int]) -> list:
     return items
 
 
-def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """modeling.RMSNorm.forward, op for op."""
-    dtype = x.dtype
-    x32 = x.float()
-    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * x32.to(dtype)
-
-
 def _rms_fused(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """The same in one op; bit-identical to `_rms` for fp32 (checked in tests/serving)."""
+    """modeling.RMSNorm.forward in one op; bit-identical for fp32 (checked in tests/serving)."""
     return F.rms_norm(x, weight.shape, weight, eps)
 
 
