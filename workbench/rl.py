@@ -33,6 +33,7 @@ What one run does (trainer.rl holds the primitives; this module only wires them)
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import random
 import threading
@@ -118,23 +119,21 @@ def remedy_catalog() -> dict[str, list[dict]]:
     return cat
 
 
-def rules_answer(cause: str) -> str:
-    """The playbook's first remedy for the cause that a real run can apply (no_action: none)."""
-    from scaffold.loader import load_scaffold
-
-    pb = load_scaffold(None).playbook
-    spec = pb.causes.get(cause) or (pb.unknown if cause == "unknown" else None)
-    real = [r.id for r in (spec.remedies if spec else []) if not touches_injection(r.patch)]
-    return real[0] if real else NO_ACTION
-
-
+@functools.cache
 def playbook_order(cause: str) -> tuple[str, ...]:
-    """The cause's remedies in the playbook's ranking (its preference), injection-free."""
+    """The cause's remedies in the playbook's ranking (its preference), injection-free.
+    Cached: the packaged playbook does not change while a run trains, and the tie-break asks
+    for it on every rollout."""
     from scaffold.loader import load_scaffold
 
     pb = load_scaffold(None).playbook
     spec = pb.causes.get(cause) or (pb.unknown if cause == "unknown" else None)
     return tuple(r.id for r in (spec.remedies if spec else []) if not touches_injection(r.patch))
+
+
+def rules_answer(cause: str) -> str:
+    """The playbook's first remedy for the cause that a real run can apply (no_action: none)."""
+    return (playbook_order(cause) or (NO_ACTION,))[0]
 
 
 def cause_menu(cause: str) -> tuple[str, ...]:
@@ -144,12 +143,7 @@ def cause_menu(cause: str) -> tuple[str, ...]:
     read the prompt, and RL cannot learn one diagnosis apart from the others (tried: the tiny
     policy collapsed to ``A`` everywhere). Remedies that edit the suite's fault-injection entry
     are left out: no real run has one."""
-    from scaffold.loader import load_scaffold
-
-    pb = load_scaffold(None).playbook
-    spec = pb.causes.get(cause) or (pb.unknown if cause == "unknown" else None)
-    real = [r for r in (spec.remedies if spec else []) if not touches_injection(r.patch)]
-    return tuple(sorted([r.id for r in real] + [NO_ACTION]))
+    return tuple(sorted((*playbook_order(cause), NO_ACTION)))
 
 
 def doctor_view(store: Path, cache: Path | None = None) -> dict[str, dict]:
