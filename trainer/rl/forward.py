@@ -166,8 +166,9 @@ def behaviour_logprobs(
         logits = model(ids).logits[0, n - 1 : n - 1 + len(c)].float()
         tgt = torch.tensor(c).unsqueeze(-1)
         raw = torch.log_softmax(logits, -1).gather(-1, tgt).squeeze(-1)
-        beh = raw if temperature <= 0 else torch.log_softmax(logits / temperature, -1)
-        beh = beh.gather(-1, tgt).squeeze(-1) if temperature > 0 else raw
+        beh = raw
+        if temperature > 0:
+            beh = torch.log_softmax(logits / temperature, -1).gather(-1, tgt).squeeze(-1)
         scored[c] = (beh.tolist(), raw.tolist())
     out = [scored[tuple(int(t) for t in c)] for c in completions]
     return [b for b, _ in out], [r for _, r in out]
