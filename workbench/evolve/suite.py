@@ -115,10 +115,10 @@ class SuiteCache:
         return with_fitness(summary)
 
 
-def add_fix_outcomes(summary: dict[str, Any], rems: list[Any], fixes: Any) -> None:
+def add_fix_outcomes(summary: dict[str, Any], rems: list[list[Any]], fixes: Any) -> None:
     """Per run: was it fixed by the doctor's top remedy?  Adds ``fix_rate`` to ``summary``.
 
-    ``rems``: per run, the verdict's remedies (or just its top one, None when there is none).
+    ``rems``: per run, the verdict's remedies (first = its top one; empty: none proposed).
     A faulty run counts as fixed only when the cause is right *and* its first remedy, rerun,
     verifies; a healthy run counts as fixed when nothing is proposed for it.  Outcomes of the
     runs that need one are measured together (``fixes.jobs`` at a time), cached forever.  The
@@ -127,7 +127,6 @@ def add_fix_outcomes(summary: dict[str, Any], rems: list[Any], fixes: Any) -> No
     from workbench.fix_outcomes import canonical_patch
 
     scores = summary["scores"]
-    rems = [r if isinstance(r, list) else ([] if r is None else [r]) for r in rems]
     tops = [r[0] if r else None for r in rems]
     need = [
         (s["scenario"], list(top.patch))
