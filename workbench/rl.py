@@ -38,7 +38,7 @@ import json
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -54,7 +54,12 @@ from trainer.rl.update import UpdateConfig, make_optimizer, rl_step, sft_step
 from workbench.errors import BadInputError
 from workbench.fix_outcomes import canonical_patch
 
-SYSTEM = "You fix failed training runs. Answer with the letter of exactly one remedy."
+_LETTER = "You fix failed training runs. Answer with the letter of exactly one remedy."
+SYSTEM = {
+    "code": _LETTER,
+    "letter": _LETTER,
+    "id": "You fix failed training runs. Answer with the id of exactly one remedy.",
+}
 NO_ACTION = "no_action"
 
 
@@ -66,7 +71,7 @@ class RLConfig:
     scenarios_per_iter: int = 16  # all of the selection split
     batch: int = 16  # consumed rollouts per update
     max_pending: int = 16
-    sft_steps: int = 100  # at most: the warm start stops once it imitates the teacher
+    sft_steps: int = 200  # at most: the warm start stops once it imitates the teacher
     eval_tasks: int | None = None  # cap on tasks per success-rate evaluation
     lr: float = 1e-4
     sft_lr: float = 3e-3
@@ -93,6 +98,13 @@ class RLConfig:
     # diagnosed failure alone is worse than trying the playbook's fix, even one that fails).
     miss_penalty: float = 0.1
     via: str = "server"  # server (serve + gateway) | inprocess (fast path for tests/sweeps)
+    # How the policy names its remedy (one decision token, so sampling can explore):
+    # "code": the remedy's own letter in the playbook catalog, the same on every menu;
+    # "letter": letters by position on this menu (ablation: a tiny policy learns letter
+    # preferences shared across tasks, e.g. the many tasks whose teacher is B pushed A down on
+    # the one task where A was right); "id": the remedy id (up to 12 tokens: subword tokens
+    # shared between ids, e.g. "more_", carried preferences across tasks; docs/rl.md).
+    answer: str = "code"
 
 
 # ---------------------------------------------------------------------------- the task
@@ -306,7 +318,9 @@ class RemedyCache:
     ) -> float:
         """The RL reward: verification, minus ``tie_penalty`` for a working fix when a remedy
         the playbook ranks higher also works on that run, and ``-miss_penalty`` for
-        ``no_action`` on a run that needs a fix (a miss; a failed fix attempt scores 0). Both
+        ``no_action`` on a run that needs a fix or an answer that names no remedy (a miss; a
+        failed fix attempt scores 0; measured: with remedy ids as answers, tasks that no
+        remedy fixes drifted to malformed answers). Both
         give a direction where verification alone gives none (measured: such zero-signal
         tasks drifted, e.g. to ``no_action`` on a hung run whose selection twin no remedy
         fixes). Where the selection runs cannot tell
@@ -314,6 +328,8 @@ class RemedyCache:
         decides, instead of drift (measured: a tie left alone drifted to the other fix, which
         then failed on a run where only the preferred one works)."""
         r = self.reward(task, remedy)
+        if remedy is None or remedy not in self.catalog:
+            return -miss_penalty  # names no remedy: a miss on any run, never a fix
         if remedy == NO_ACTION and r == 0:
             return -miss_penalty
         if tie_penalty and r > 0 and remedy != NO_ACTION:
@@ -327,20 +343,40 @@ def label(i: int) -> str:
     return chr(ord("A") + i) if i < 26 else f"R{i}"
 
 
-def prompt_messages(task: Task, actions: list[str]) -> list[dict[str, str]]:
-    """The remedy menu is lettered: an answer is one decision token, so sampling can explore
-    other remedies (a 14-token id after SFT has probability ~e^-20 unless it is the teacher's)."""
+@functools.cache
+def _catalog_ids() -> tuple[str, ...]:
+    return tuple(sorted(remedy_catalog()))
+
+
+def answer_name(remedy: str, actions: Sequence[str], answer: str = "code") -> str:
+    """What the policy writes for ``remedy``: its catalog letter (``code``: one letter per
+    remedy, the same on every menu), its letter on this menu (``letter``) or its id."""
+    if answer == "code":
+        return label(_catalog_ids().index(remedy))
+    if answer == "letter":
+        return label(list(actions).index(remedy))
+    return remedy
+
+
+def prompt_messages(task: Task, actions: list[str], answer: str = "code") -> list[dict[str, str]]:
+    """What the policy sees: the doctor's findings and diagnosis and the remedies on offer,
+    each after its letter (``code``, ``letter``) or by id alone (``id``)."""
+    if answer not in SYSTEM:
+        raise BadInputError(f"answer must be code, letter or id, not {answer!r}")
     findings = ", ".join(task.findings) if task.findings else "none"
-    menu = ", ".join(f"{label(i)} {a}" for i, a in enumerate(actions))
+    if answer == "id":
+        menu = ", ".join(actions)
+    else:
+        menu = ", ".join(f"{answer_name(a, actions, answer)} {a}" for a in actions)
     user = f"Remedies: {menu}\nFindings: {findings}\nDiagnosis: {task.cause}"
-    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
+    return [{"role": "system", "content": SYSTEM[answer]}, {"role": "user", "content": user}]
 
 
-def parse_action(text: str, actions: list[str]) -> str | None:
-    """The remedy an answer names: its menu letter or its id, alone on the answer."""
+def parse_action(text: str, actions: Sequence[str], answer: str = "code") -> str | None:
+    """The remedy an answer names: its letter (see ``answer_name``) or its id, alone."""
     text = text.strip().removesuffix("[e~[").strip()
-    for i, a in enumerate(actions):
-        if text in (label(i), a):
+    for a in actions:
+        if text in (answer_name(a, actions, answer), a):
             return a
     return None
 
@@ -349,10 +385,10 @@ def parse_action(text: str, actions: list[str]) -> str | None:
 class Policy:
     """The policy checkpoint + tokenizer, with rendering and sampling helpers."""
 
-    def __init__(self, model, tokenizer) -> None:
+    def __init__(self, model, tokenizer, answer: str = "code") -> None:
         from model.chat import END_OF_TURN
 
-        self.model, self.tok = model, tokenizer
+        self.model, self.tok, self.answer = model, tokenizer, answer
         self.eos = tokenizer.token_to_id(END_OF_TURN)
 
     def encode(self, text: str) -> list[int]:
@@ -362,11 +398,11 @@ class Policy:
         """Exactly what the server renders for a chat request with thinking off."""
         from model.chat import render_messages
 
-        text = render_messages(prompt_messages(task, actions), enable_thinking=False)
+        text = render_messages(prompt_messages(task, actions, self.answer), enable_thinking=False)
         return self.encode(text)
 
     def answer_ids(self, action: str, actions: list[str]) -> list[int]:
-        return self.encode(label(actions.index(action))) + [self.eos]
+        return self.encode(answer_name(action, actions, self.answer)) + [self.eos]
 
     def decode(self, ids: list[int]) -> str:
         return self.tok.decode([i for i in ids if i != self.eos])
@@ -416,7 +452,7 @@ def greedy_answers(policy: Policy, model, tasks: list[Task], cache, max_new: int
     out = {}
     for t in tasks:
         [(ids, _)] = policy.sample(model, policy.prompt_ids(t, t.menu), 1, 0.0, max_new, None)
-        act = parse_action(policy.decode(ids), t.menu)
+        act = parse_action(policy.decode(ids), t.menu, policy.answer)
         reward, source = cache.judge(t, act)
         patch = cache.catalog.get(act, []) if act else []
         out[t.scenario] = {"answer": act or "?", "reward": reward, "source": source,
@@ -542,7 +578,7 @@ class ServerRollouts:
             name = session if j == 0 else f"{session}-{j}"
             body = {
                 "model": "policy",
-                "messages": prompt_messages(task, task.menu),
+                "messages": prompt_messages(task, task.menu, self.cfg.answer),
                 "n": min(self.MAX_N, n - k),
                 "temperature": self.cfg.temperature,
                 "max_tokens": self.max_new,
@@ -626,7 +662,7 @@ def run_rl(
     cache = RemedyCache(out / "remedy_outcomes.json", measure, catalog)
     model, tok = load_policy(policy_dir, cfg.seed)
     model.set_moe_backend("grouped")
-    policy = Policy(model, tok)
+    policy = Policy(model, tok, cfg.answer)
     max_new = cfg.max_new_tokens or max(
         len(policy.answer_ids(a, t.menu)) for t in tasks for a in t.menu
     )
@@ -741,7 +777,7 @@ def run_rl(
                 outs = rescore(outs, v)
                 samples = []
                 for j, (prompt, ids, lps) in enumerate(outs):
-                    act = parse_action(policy.decode(ids), task.menu)
+                    act = parse_action(policy.decode(ids), task.menu, policy.answer)
                     samples.append(
                         completion_sample(
                             prompt, ids, lps, reward=cache.train_reward(task, act, cfg.tie_penalty, cfg.miss_penalty),
@@ -897,7 +933,7 @@ def _imitates(policy: Policy, model, tasks: list[Task], max_new: int) -> bool:
     model.eval()
     for t in tasks:
         [(ids, _)] = policy.sample(model, policy.prompt_ids(t, t.menu), 1, 0.0, max_new, None)
-        if parse_action(policy.decode(ids), t.menu) != t.teacher:
+        if parse_action(policy.decode(ids), t.menu, policy.answer) != t.teacher:
             return False
     return True
 

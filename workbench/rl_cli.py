@@ -22,7 +22,7 @@ def add(train_app: typer.Typer) -> None:
         seed: Annotated[int, typer.Option("--seed")] = 0,
         sft_steps: Annotated[
             int, typer.Option("--sft-steps", help="Most warm-start steps (stops on imitation).")
-        ] = 100,
+        ] = 200,
         loss: Annotated[str, typer.Option("--loss", help="cispo | ppo | grpo")] = "cispo",
         lr: Annotated[float, typer.Option("--lr", help="RL learning rate (AdamW).")] = 1e-4,
         temperature: Annotated[
@@ -39,6 +39,13 @@ def add(train_app: typer.Typer) -> None:
                 "--menu", help="cause: the diagnosed cause's remedies | all: every remedy."
             ),
         ] = "cause",
+        answer: Annotated[
+            str,
+            typer.Option(
+                "--answer",
+                help="code: remedy letter (fixed per remedy) | letter: menu position | id: remedy id.",
+            ),
+        ] = "code",
         ratio: Annotated[
             str,
             typer.Option(
@@ -62,7 +69,8 @@ def add(train_app: typer.Typer) -> None:
         miss_penalty: Annotated[
             float,
             typer.Option(
-                "--miss-penalty", help="Reward of no_action on a broken run: -this (training)."
+                "--miss-penalty",
+                help="Reward of no_action on a broken run, or of no remedy named: -this.",
             ),
         ] = 0.1,
         via: Annotated[
@@ -113,6 +121,8 @@ def add(train_app: typer.Typer) -> None:
             raise BadInputError("--temperature must be in [0, 2] and --lr > 0")
         if not 0.0 <= sft_smoothing < 1.0 or menu not in ("cause", "all"):
             raise BadInputError("--sft-smoothing must be in [0, 1), --menu cause or all")
+        if answer not in ("code", "letter", "id"):
+            raise BadInputError(f"--answer must be code, letter or id, got {answer!r}")
         import torch
 
         torch.set_num_threads(max(1, threads))
@@ -129,7 +139,7 @@ def add(train_app: typer.Typer) -> None:
             lr=lr, temperature=temperature, group_size=group_size, via=via,
             sft_smoothing=sft_smoothing, menu=menu, ratio=ratio,
             adv_norm=adv_norm, tie_penalty=tie_penalty,
-            miss_penalty=miss_penalty,
+            miss_penalty=miss_penalty, answer=answer,
         )  # fmt: skip
         with err_console.status("RL: warm start, rollouts, CISPO updates..."):
             result = run_rl(

@@ -33,8 +33,11 @@ def test_tasks_rewards_and_action_parsing(tmp_path):
     # the menu is what the propose step offers: the diagnosed cause's remedies, then no_action
     oom = by["digits-oom"]
     assert oom.menu == ("bf16_activations", "halve_batch", NO_ACTION)  # sorted by id
-    assert parse_action("B[e~[", oom.menu) == "halve_batch"
-    assert parse_action("D", oom.menu) is None  # not on this menu
+    # a remedy's letter is its place in the whole catalog, the same on every menu ...
+    assert parse_action("F[e~[", oom.menu) == "halve_batch"
+    assert parse_action("B", oom.menu) is None  # clip_grads: not on this menu
+    # ... or, as an ablation, its place on this menu
+    assert parse_action("B[e~[", oom.menu, "letter") == "halve_batch"
     assert by["lm-healthy-a"].menu == (NO_ACTION,)
     # remedies that edit the suite's fault injection are not offered (no real run has one)
     assert by["lm-fp-overflow"].menu == ("clip_grads", "fp32", NO_ACTION)
@@ -181,6 +184,43 @@ def test_training_reward_tie_break_and_miss_penalty(tmp_path):
     assert cache.train_reward(oom, NO_ACTION, 0.1, miss_penalty=0.1) == pytest.approx(-0.1)
     assert cache.train_reward(overfit, "more_data", 0.1, miss_penalty=0.1) == 0.0
     assert cache.train_reward(by["lm-healthy-a"], NO_ACTION, 0.1, miss_penalty=0.1) == 1.0
+    # an answer that names no remedy is a miss on any run, healthy or broken
+    assert cache.train_reward(oom, None, 0.1, miss_penalty=0.1) == pytest.approx(-0.1)
+    healthy = by["lm-healthy-a"]
+    assert cache.train_reward(healthy, "not_a_remedy", 0.1, miss_penalty=0.1) == pytest.approx(-0.1)
+    assert cache.reward(healthy, None) == 0.0  # success: plain verification
     # early_stop is ranked last by the playbook but is the only fix that works: full reward
     assert cache.train_reward(overfit, "early_stop", 0.1) == 1.0
     assert cache.train_reward(overfit, "more_data", 0.1) == 0.0
+
+
+def test_answers_name_the_remedy_by_code_letter_or_id():
+    """By default a remedy's letter is its place in the playbook catalog (the same letter on
+    every menu); by-menu-position letters and bare ids are the ablations. Either way the answer
+    tokens decode to what parse_action reads back."""
+    from model.tokenizer import default_tokenizer
+    from workbench.rl import Policy, prompt_messages
+
+    tasks, catalog = load_tasks("faults")
+    by = {t.scenario: t for t in tasks}
+    overfit, oom = by["digits-overfit"], by["digits-oom"]
+    menu = list(overfit.menu)
+    code = prompt_messages(overfit, menu)[1]["content"]
+    assert code.startswith(
+        "Remedies: C early_stop, H more_data, I more_weight_decay, K no_action\n"
+    )
+    # no_action keeps its letter on every menu; a menu position would not
+    assert "K no_action" in prompt_messages(oom, list(oom.menu))[1]["content"]
+    assert sorted(catalog).index(NO_ACTION) == ord("K") - ord("A")
+    by_letter = prompt_messages(overfit, menu, "letter")[1]["content"]
+    assert by_letter.startswith("Remedies: A early_stop, B more_data, C more_weight_decay,")
+    by_id = prompt_messages(overfit, menu, "id")[1]["content"]
+    assert by_id.startswith("Remedies: early_stop, more_data, more_weight_decay, no_action\n")
+    tok = default_tokenizer()
+    for answer, want in (("code", "C"), ("letter", "A"), ("id", "early_stop")):
+        pol = Policy(None, tok, answer)
+        ids = pol.answer_ids("early_stop", menu)
+        assert ids[-1] == pol.eos and pol.decode(ids) == want
+        assert parse_action(pol.decode(ids), overfit.menu, answer) == "early_stop"
+    with pytest.raises(Exception, match="answer must be code, letter or id"):
+        prompt_messages(overfit, menu, "emoji")
