@@ -6,9 +6,10 @@ What one run does (trainer.rl holds the primitives; this module only wires them)
 
 1. **Task** (one per fault-suite scenario): the prompt is what the supervisor's propose step
    sees -- the run doctor's findings and diagnosis (``--store``: the doctor's real verdicts on
-   a built suite; without it the suite's labels stand in for them) and, as a lettered menu,
-   the diagnosed cause's remedies plus ``no_action`` (leave the run alone). The policy answers
-   with one letter.
+   a built suite; without it the suite's labels stand in for them) and the diagnosed cause's
+   remedies plus ``no_action`` (leave the run alone), each after its letter. A remedy's letter
+   is its place in the playbook catalog, the same on every menu. The policy answers with one
+   letter.
 2. **Reward = verification.** A remedy counts when its *patch* fixes the run: measured once per
    (scenario, remedy) by ``measure(task, patch)`` and cached in ``<out>/remedy_outcomes.json``.
    ``no_action`` is the empty patch: it counts when the unpatched run already passes (a healthy
@@ -151,9 +152,10 @@ def rules_answer(cause: str) -> str:
 def cause_menu(cause: str) -> tuple[str, ...]:
     """What the supervisor's propose step offers for a diagnosis: the playbook's remedies for
     the cause and ``no_action`` (leave the run), sorted by id. Sorted, not in the playbook's
-    ranking: with the ranking the teacher's answer is always ``A``, the warm start never has to
-    read the prompt, and RL cannot learn one diagnosis apart from the others (tried: the tiny
-    policy collapsed to ``A`` everywhere). Remedies that edit the suite's fault-injection entry
+    ranking: with menu-position letters (``answer="letter"``) the ranking would make the
+    teacher's answer always ``A``, the warm start would never have to read the prompt, and RL
+    could not learn one diagnosis apart from the others (tried: the tiny policy collapsed to
+    ``A`` everywhere). Remedies that edit the suite's fault-injection entry
     are left out: no real run has one."""
     return tuple(sorted((*playbook_order(cause), NO_ACTION)))
 
