@@ -105,7 +105,7 @@ def add(train_app: typer.Typer) -> None:
     ) -> None:
         """CISPO updates of the local policy from its own fault-suite episodes."""
         from workbench.errors import BadInputError
-        from workbench.rl import RLConfig, fix_outcomes_measure, run_rl, suite_verified
+        from workbench.rl import SYSTEM, RLConfig, fix_outcomes_measure, run_rl, suite_verified
 
         if iterations < 1 or window < 1 or sft_steps < 0 or group_size < 1:
             raise BadInputError(
@@ -121,8 +121,8 @@ def add(train_app: typer.Typer) -> None:
             raise BadInputError("--temperature must be in [0, 2] and --lr > 0")
         if not 0.0 <= sft_smoothing < 1.0 or menu not in ("cause", "all"):
             raise BadInputError("--sft-smoothing must be in [0, 1), --menu cause or all")
-        if answer not in ("code", "letter", "id"):
-            raise BadInputError(f"--answer must be code, letter or id, got {answer!r}")
+        if answer not in SYSTEM:  # one system prompt per answer format
+            raise BadInputError(f"--answer must be one of {', '.join(SYSTEM)}, got {answer!r}")
         import torch
 
         torch.set_num_threads(max(1, threads))

@@ -41,3 +41,16 @@ def test_prefix_tree_bench_json():
 def test_prefix_tree_bench_bad_input_is_a_bad_input_error():
     res = _run("--episodes", "0")
     assert isinstance(res.exception, BadInputError) and ">= 1" in str(res.exception)
+
+
+def test_train_rl_rejects_an_unknown_answer_format_before_any_work(tmp_path):
+    from workbench.cli import train
+
+    tapp = typer.Typer()
+    train.register(tapp)
+    res = CliRunner().invoke(
+        tapp, ["train", "rl", "--policy", str(tmp_path / "p"), "--answer", "emoji"]
+    )
+    assert isinstance(res.exception, BadInputError)
+    assert "--answer must be one of code, letter, id" in str(res.exception)
+    assert not (tmp_path / "p").exists()  # no fresh policy written for a bad command
