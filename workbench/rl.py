@@ -107,6 +107,25 @@ class RLConfig:
     # shared between ids, e.g. "more_", carried preferences across tasks; docs/rl.md).
     answer: str = "code"
 
+    def __post_init__(self) -> None:
+        """Bad settings fail here, before any work (they used to surface after the warm start)."""
+        choices = {"loss": ("cispo", "ppo", "grpo"), "ratio": ("behaviour", "raw"),
+                   "via": ("server", "inprocess"), "menu": ("cause", "all"),
+                   "answer": tuple(SYSTEM)}  # fmt: skip
+        for name, ok in choices.items():
+            if getattr(self, name) not in ok:
+                raise BadInputError(
+                    f"--{name} must be one of {', '.join(ok)}, got {getattr(self, name)!r}"
+                )
+        if min(self.iterations, self.window, self.group_size) < 1 or self.sft_steps < 0:
+            raise BadInputError(
+                "--iterations, --window and --group-size must be >= 1, --sft-steps >= 0"
+            )
+        if not 0.0 <= self.temperature <= 2.0 or self.lr <= 0:
+            raise BadInputError("--temperature must be in [0, 2] and --lr > 0")
+        if not 0.0 <= self.sft_smoothing < 1.0:
+            raise BadInputError("--sft-smoothing must be in [0, 1)")
+
 
 # ---------------------------------------------------------------------------- the task
 @dataclass(frozen=True)
@@ -722,14 +741,10 @@ def run_rl(
     _save(model, tok, ckpt0)
     if cfg.via == "server":
         roll = ServerRollouts(ckpt0, out / "sessions", cfg, max_new)
-    elif cfg.via == "inprocess":
+    else:  # RLConfig admits only server and inprocess
         roll = InProcessRollouts(policy, model, cfg, max_new)
-    else:
-        raise BadInputError(f"via must be server or inprocess, not {cfg.via!r}")
     opt = make_optimizer(model, cfg.lr)
     version, history = 0, []
-    if cfg.ratio not in ("behaviour", "raw"):
-        raise BadInputError(f"ratio must be behaviour or raw, not {cfg.ratio!r}")
     # Frozen copies of the weights each published version had (update count -> model), to score
     # a rollout under the behaviour policy that drew it; a version no longer held is loaded
     # from its checkpoint.

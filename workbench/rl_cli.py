@@ -105,24 +105,15 @@ def add(train_app: typer.Typer) -> None:
     ) -> None:
         """CISPO updates of the local policy from its own fault-suite episodes."""
         from workbench.errors import BadInputError
-        from workbench.rl import SYSTEM, RLConfig, fix_outcomes_measure, run_rl, suite_verified
+        from workbench.rl import RLConfig, fix_outcomes_measure, run_rl, suite_verified
 
-        if iterations < 1 or window < 1 or sft_steps < 0 or group_size < 1:
-            raise BadInputError(
-                "--iterations, --window and --group-size must be >= 1, --sft-steps >= 0"
-            )
-        if loss not in ("cispo", "ppo", "grpo"):
-            raise BadInputError(f"--loss must be cispo, ppo or grpo, got {loss!r}")
-        if ratio not in ("behaviour", "raw"):
-            raise BadInputError(f"--ratio must be behaviour or raw, got {ratio!r}")
-        if via not in ("server", "inprocess"):
-            raise BadInputError(f"--via must be server or inprocess, got {via!r}")
-        if not 0.0 <= temperature <= 2.0 or lr <= 0:
-            raise BadInputError("--temperature must be in [0, 2] and --lr > 0")
-        if not 0.0 <= sft_smoothing < 1.0 or menu not in ("cause", "all"):
-            raise BadInputError("--sft-smoothing must be in [0, 1), --menu cause or all")
-        if answer not in SYSTEM:  # one system prompt per answer format
-            raise BadInputError(f"--answer must be one of {', '.join(SYSTEM)}, got {answer!r}")
+        cfg = RLConfig(  # checks every setting (one-line BadInputError) before any work
+            iterations=iterations, window=window, seed=seed, sft_steps=sft_steps, loss=loss,
+            lr=lr, temperature=temperature, group_size=group_size, via=via,
+            sft_smoothing=sft_smoothing, menu=menu, ratio=ratio,
+            adv_norm=adv_norm, tie_penalty=tie_penalty,
+            miss_penalty=miss_penalty, answer=answer,
+        )  # fmt: skip
         import torch
 
         torch.set_num_threads(max(1, threads))
@@ -134,13 +125,6 @@ def add(train_app: typer.Typer) -> None:
                 )
             except ImportError as exc:
                 raise BadInputError(f"--fix-cache needs workbench.fix_outcomes: {exc}") from None
-        cfg = RLConfig(
-            iterations=iterations, window=window, seed=seed, sft_steps=sft_steps, loss=loss,
-            lr=lr, temperature=temperature, group_size=group_size, via=via,
-            sft_smoothing=sft_smoothing, menu=menu, ratio=ratio,
-            adv_norm=adv_norm, tie_penalty=tie_penalty,
-            miss_penalty=miss_penalty, answer=answer,
-        )  # fmt: skip
         with err_console.status("RL: warm start, rollouts, CISPO updates..."):
             result = run_rl(
                 policy,
