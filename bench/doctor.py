@@ -146,7 +146,7 @@ def main(argv: list[str]) -> None:
 
     from scaffold.loader import load_scaffold
     from workbench.doctor.watch import Watcher
-    from workbench.tracking import TrackingClient
+    from workbench.runs.tracking import TrackingClient
 
     folder = args.keep or tempfile.mkdtemp(prefix="bench-doctor-")
     os.makedirs(folder, exist_ok=True)

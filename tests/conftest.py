@@ -5,6 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+# Tiny checkpoints and a served model, used by tests in several packages.
+pytest_plugins = ["tests.model_fixtures"]
+
 
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():

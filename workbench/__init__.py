@@ -1,3 +1,8 @@
-"""m2-workbench: a self-evolving agent workbench for debugging ML training runs."""
+"""m2-workbench: a self-evolving agent workbench for debugging ML training runs.
+
+Packages in loop order: ``runs`` (MLflow, git, launch, sandbox), ``doctor`` (findings and
+diagnosis), ``supervisor`` (the fix graph), ``rl`` (episodes into policy updates), ``evolve``
+(scaffold evolution), ``mle`` (MLE-Bench-style agent), ``cli`` (the ``workbench`` command).
+"""
 
 __version__ = "0.1.0"

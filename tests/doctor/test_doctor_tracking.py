@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from workbench.errors import BadInputError, WorkbenchError
-from workbench.tracking import TrackingClient
+from workbench.runs.tracking import TrackingClient
 
 
 def test_runs_page_through_all(store):
@@ -135,7 +135,7 @@ def _awkward_store(store) -> list[str]:
 def test_bulk_scan_equals_per_run_and_mlflow_api_reads(store, adbc, monkeypatch):
     """The columnar scan (ADBC, or sqlite3 without it), the per-run SQL reads and MLflow's
     own ``get_metric_history`` give the same arrays, point for point."""
-    import workbench.tracking as T
+    import workbench.runs.tracking as T
 
     if not adbc:
         monkeypatch.setattr(T, "_scan_columns", lambda *a, **k: None)

@@ -13,7 +13,7 @@ import numpy as np
 from scaffold.loader import PACKAGED
 from workbench.doctor.core import series_of
 from workbench.evolve.suite import SuiteCache, SuiteRun
-from workbench.tracking import RunInfo
+from workbench.runs.tracking import RunInfo
 
 T0 = 1_700_000_000_000
 
@@ -159,7 +159,7 @@ def copy_scaffold(dest: Path) -> Path:
 
 def pinned_home(home: Path) -> Path:
     """A workbench home whose scaffold repo starts from the pinned scaffold."""
-    from workbench.scaffold_home import init_scaffold
+    from workbench.evolve.home import init_scaffold
 
     src = copy_scaffold(home.parent / f"{home.name}-src")
     init_scaffold(home / "scaffold", src)

@@ -12,12 +12,12 @@ from langchain_core.language_models.fake_chat_models import FakeListChatModel
 from typer.testing import CliRunner
 
 from scaffold.loader import load_scaffold
-from workbench import gitops
 from workbench.evolve import Archive, run_evolution
 from workbench.evolve import archive as A
 from workbench.evolve.loop import Evolution
 from workbench.evolve.propose import Proposal
-from workbench.review import ReviewQueue
+from workbench.runs import gitops
+from workbench.supervisor.review import ReviewQueue
 
 
 def _branches(repo: Path) -> set[str]:

@@ -14,8 +14,8 @@ from scaffold.loader import load_scaffold
 from workbench.evolve import Archive, run_evolution
 from workbench.evolve import archive as A
 from workbench.evolve.propose import rules_proposal, validate
-from workbench.fix_outcomes import FixOutcome, FixOutcomes, canonical_patch
-from workbench.review import ReviewQueue
+from workbench.rl.outcomes import FixOutcome, FixOutcomes, canonical_patch
+from workbench.supervisor.review import ReviewQueue
 
 # lr_too_high names these runs' cause; its first remedy (lr × 0.1) is too weak for them.
 FIX_PLAYBOOK = PLAYBOOK.replace(
@@ -112,7 +112,7 @@ def test_rules_brain_turns_an_unfixed_remedy_into_a_ladder_step_or_a_promotion(t
 
 
 def test_evolution_wins_by_a_stronger_remedy_and_queues_its_diff(tmp_path):
-    from workbench.scaffold_home import init_scaffold
+    from workbench.evolve.home import init_scaffold
 
     home = tmp_path / "wb"
     init_scaffold(home / "scaffold", _scaffold(tmp_path / "src"))

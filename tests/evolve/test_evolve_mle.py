@@ -8,14 +8,14 @@ import random
 import pytest
 import yaml
 
-from workbench import gitops
 from workbench.errors import BadInputError
 from workbench.evolve import Archive, run_evolution
 from workbench.evolve import archive as A
+from workbench.evolve.home import read_files
 from workbench.evolve.mle_suite import SPLIT, mle_rules_proposal
 from workbench.evolve.propose import InvalidEdit, Proposal, validate
 from workbench.mle.config import PACKAGED, load_mle_scaffold
-from workbench.scaffold_home import read_files
+from workbench.runs import gitops
 
 FAILS = [
     {"scenario": "diabetes-progression", "kind": "regression", "mean_percentile": 0.4,

@@ -9,15 +9,10 @@ import json
 import pytest
 import torch
 
-from workbench.rl import (
-    NO_ACTION,
-    RemedyCache,
-    RLConfig,
-    load_tasks,
-    parse_action,
-    run_rl,
-    suite_verified,
-)
+from workbench.rl.config import RLConfig
+from workbench.rl.loop import run_rl
+from workbench.rl.reward import RemedyCache, suite_verified
+from workbench.rl.tasks import NO_ACTION, load_tasks, parse_action
 
 
 def test_tasks_rewards_and_action_parsing(tmp_path):
@@ -138,9 +133,9 @@ def test_rl_loop_through_server_and_gateway(tmp_path):
 def test_fix_outcomes_rewards_read_the_shared_cache(tmp_path):
     """Measured outcomes come from the FixOutcomes cache (filled here by hand, so nothing is
     rerun); with measure_new=False an unmeasured fix falls back to the suite stand-in."""
-    from workbench.fix_outcomes import FixOutcome, FixOutcomes
-    from workbench.fix_outcomes import canonical_patch as fo_patch
-    from workbench.rl import fix_outcomes_measure
+    from workbench.rl.outcomes import FixOutcome, FixOutcomes
+    from workbench.rl.outcomes import canonical_patch as fo_patch
+    from workbench.rl.reward import fix_outcomes_measure
 
     tasks, catalog = load_tasks("faults")
     by = {t.scenario: t for t in tasks}
@@ -199,7 +194,8 @@ def test_answers_name_the_remedy_by_code_letter_or_id():
     every menu); by-menu-position letters and bare ids are the ablations. Either way the answer
     tokens decode to what parse_action reads back."""
     from model.tokenizer import default_tokenizer
-    from workbench.rl import Policy, prompt_messages
+    from workbench.rl.policy import Policy
+    from workbench.rl.tasks import prompt_messages
 
     tasks, catalog = load_tasks("faults")
     by = {t.scenario: t for t in tasks}

@@ -19,8 +19,7 @@ from model.serving.batch import (
     sparse_decode_moe,
 )
 from model.serving.engine import Engine, SamplingParams
-
-from .conftest import tiny_model
+from tests.model_fixtures import tiny_model
 
 
 class Solo:

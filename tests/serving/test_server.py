@@ -14,8 +14,7 @@ from openai import OpenAI
 from model import MiniMaxM2ForCausalLM
 from model.chat import parse_tool_calls, render_messages
 from model.tokenizer import load_tokenizer
-
-from .conftest import TOOL_COMPLETION, TOOL_MESSAGES, TOOLS
+from tests.model_fixtures import TOOL_COMPLETION, TOOL_MESSAGES, TOOLS
 
 HELLO = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello there"}]
 
@@ -27,8 +26,7 @@ def client(server) -> OpenAI:
 @pytest.fixture(scope="module")
 def server_a(ckpts):
     from model.serving import build_app
-
-    from .conftest import RunningServer
+    from tests.model_fixtures import RunningServer
 
     s = RunningServer(build_app(ckpts["a"], model_name="tiny", max_batch=8))
     yield s

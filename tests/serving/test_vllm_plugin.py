@@ -14,8 +14,7 @@ import torch
 
 from model import vllm_plugin
 from model.chat import CHAT_TEMPLATE, render_messages
-
-from .conftest import TOOLS, tiny_model
+from tests.model_fixtures import TOOLS, tiny_model
 
 
 def test_entry_point_is_declared_and_importable_without_vllm():

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from workbench.brains import make_brain
-from workbench.brains.base import decide, load_prompts, start_messages
 from workbench.errors import BadInputError
-from workbench.tools import DIAGNOSE_TOOLS, PROPOSE_TOOLS, EpisodeContext
-from workbench.trajectory import Trajectory
+from workbench.supervisor.brains import make_brain
+from workbench.supervisor.brains.base import decide, load_prompts, start_messages
+from workbench.supervisor.tools import DIAGNOSE_TOOLS, PROPOSE_TOOLS, EpisodeContext
+from workbench.supervisor.trajectory import Trajectory
 
 FINDINGS = [
     {"kind": "divergence", "metric": "loss", "step": 15, "severity": 1.0, "evidence": "loss rose"}

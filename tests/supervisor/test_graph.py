@@ -9,8 +9,8 @@ from langchain_core.messages import AIMessage, ToolMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 
 from tests.supervisor.conftest import git
-from workbench.episode import fix_run, load_trajectory
-from workbench.review import ReviewQueue
+from workbench.supervisor.episode import fix_run, load_trajectory
+from workbench.supervisor.review import ReviewQueue
 
 
 def _branches(repo) -> list[str]:

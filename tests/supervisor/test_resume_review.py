@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from tests.supervisor.conftest import git
 from workbench.cli.main import app
-from workbench.episode import fix_run
-from workbench.review import ReviewQueue
+from workbench.supervisor.episode import fix_run
+from workbench.supervisor.review import ReviewQueue
 
 
 def _branches(repo) -> list[str]:

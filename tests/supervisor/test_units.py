@@ -11,19 +11,19 @@ import pytest
 import yaml
 
 from tests.supervisor.conftest import git, make_repo
-from workbench import gitops, sandbox
 from workbench.doctor.types import PatchOp
 from workbench.errors import BadInputError
-from workbench.launch import launch_argv, read_repo_spec
-from workbench.patches import (
+from workbench.runs import gitops, sandbox
+from workbench.runs.launch import launch_argv, read_repo_spec
+from workbench.supervisor.patches import (
     PatchError,
     apply_blocks,
     check_repo_path,
     parse_blocks,
     patch_config_text,
 )
-from workbench.tools import PROPOSE_TOOLS, ToolCallError, validate_call
-from workbench.trajectory import Trajectory
+from workbench.supervisor.tools import PROPOSE_TOOLS, ToolCallError, validate_call
+from workbench.supervisor.trajectory import Trajectory
 
 EVIL_PATHS = ["../../etc/passwd", "--upload-pack=touch x", "/etc/passwd", "~/.bashrc", ".git/config",
               "a/../../b", "-rf", "a b; rm -rf ~", ""]  # fmt: skip

@@ -94,7 +94,7 @@ def make_repo(repo: Path) -> dict[str, str]:
             'launch: "workbench train lm --config {config} --no-system-metrics"\n'
             "config: configs/train.yaml\ntimeout: 600\nenv: {OMP_NUM_THREADS: '1'}\n"
         )
-    from workbench.launch import read_repo_spec
+    from workbench.runs.launch import read_repo_spec
 
     spec = read_repo_spec(repo)
     base = yaml.safe_load((repo / spec.config).read_text()) or {}
@@ -118,8 +118,8 @@ def run_original(repo: Path, config: str, uri: str, experiment_id: str, logs: Pa
     """One training run of the untouched repo, sandboxed like every launch; returns its run id."""
     from mlflow.tracking import MlflowClient
 
-    from workbench import sandbox
-    from workbench.launch import launch_argv, read_repo_spec
+    from workbench.runs import sandbox
+    from workbench.runs.launch import launch_argv, read_repo_spec
 
     spec = read_repo_spec(repo)
     box = sandbox.SandboxSpec(
@@ -150,8 +150,8 @@ def demo_cmd(
     from mlflow.tracking import MlflowClient
 
     from workbench.doctor import diagnose_run
-    from workbench.episode import fix_run
-    from workbench.review import ReviewQueue
+    from workbench.supervisor.episode import fix_run
+    from workbench.supervisor.review import ReviewQueue
 
     t0 = time.monotonic()
     root = dir.resolve()

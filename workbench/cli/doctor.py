@@ -32,7 +32,7 @@ def _scaffold(path: Path | None):
 
 
 def _client(uri: str | None):
-    from workbench.tracking import TrackingClient
+    from workbench.runs.tracking import TrackingClient
 
     return TrackingClient(uri)
 

@@ -176,7 +176,7 @@ def init_cmd(
     as_json: Json = False,
 ) -> None:
     """Create the scaffold home: a git repo seeded from the packaged scaffold."""
-    from workbench.scaffold_home import init_scaffold
+    from workbench.evolve.home import init_scaffold
 
     path, sha, created = init_scaffold(scaffold or home / "scaffold", source)
     if as_json:

@@ -53,7 +53,7 @@ def fix_episode(
     run_id, *, as_json: bool = False, base_url=None, model=None, thread=None, **kw
 ) -> dict:
     """``fix_run`` with progress on stderr and an interactive approval prompt (for watch --fix)."""
-    from workbench.episode import fix_run
+    from workbench.supervisor.episode import fix_run
 
     def progress(msg: str) -> None:
         err_console.print(f"[dim]·[/] {msg}", highlight=False)
@@ -77,8 +77,8 @@ def fix_failing(
     Runs that are themselves fixes (tagged ``workbench.parent_run``) are left to the episode
     that launched them, so the watcher never fixes a fix.
     """
-    from workbench.launch import absolute_tracking_uri
-    from workbench.tracking import TrackingClient
+    from workbench.runs.launch import absolute_tracking_uri
+    from workbench.runs.tracking import TrackingClient
 
     client = TrackingClient(absolute_tracking_uri(tracking_uri))
     out = []

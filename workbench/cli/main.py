@@ -23,6 +23,7 @@ app = typer.Typer(
 COMMAND_MODULES = [
     "model",
     "train",
+    "rl",  # `train rl`: after `train`, whose sub-app it joins
     "suite",
     "doctor",
     "fix",

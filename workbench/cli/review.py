@@ -19,7 +19,7 @@ Json = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 def _queue(home: Path):
     from workbench.errors import BadInputError
-    from workbench.review import ReviewQueue
+    from workbench.supervisor.review import ReviewQueue
 
     if not (home / "review.db").exists():
         raise BadInputError(f"no review queue in {home} (run `workbench fix` first)")
@@ -54,7 +54,7 @@ def list_cmd(
 @review_app.command("show")
 def show_cmd(item_id: int, home: Home = Path(".workbench"), as_json: Json = False) -> None:
     """Show one item: diff, diagnosis, evidence, before/after numbers, report and plots."""
-    from workbench import gitops
+    from workbench.runs import gitops
 
     item = _queue(home).get(item_id)
     diff = ""
@@ -96,7 +96,7 @@ def approve_cmd(
     as_json: Json = False,
 ) -> None:
     """Merge the item's branch into the repo's current branch (asks first unless --yes)."""
-    from workbench import gitops
+    from workbench.runs import gitops
 
     queue = _queue(home)
     item = queue.get(item_id)

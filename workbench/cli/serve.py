@@ -65,7 +65,7 @@ def gateway(
     ] = True,
 ) -> None:
     """Record every model call: agents use http://HOST:PORT/sessions/{id}/v1 as base URL."""
-    from workbench.gateway import serve_gateway
+    from workbench.rl.gateway import serve_gateway
 
     if not upstream.startswith(("http://", "https://")):
         raise BadInputError(f"--upstream must be an http(s) URL, not {upstream!r}")

@@ -102,5 +102,4 @@ for _program, _doc in PROGRAMS.items():  # the two programs take exactly the sam
 
 
 def register(app: typer.Typer) -> None:
-    __import__("workbench.rl_cli", fromlist=["add"]).add(train_app)  # `train rl`: see rl_cli
     app.add_typer(train_app, name="train")

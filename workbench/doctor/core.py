@@ -366,7 +366,7 @@ def diagnose_run(
     now_ms: int | None = None,
 ) -> RunVerdict:
     """Read one run from MLflow and judge it.  ``client_or_uri``: a ``TrackingClient`` or a URI."""
-    from workbench.tracking import TrackingClient
+    from workbench.runs.tracking import TrackingClient
 
     sc = _scaffold(scaffold)
     client = (

@@ -123,7 +123,7 @@ def evaluate_suite(
     from experiments.faults.suite import SUITE_FILE, load_suite
     from scaffold.loader import load_scaffold
     from workbench.doctor.watch import diagnose_experiment
-    from workbench.tracking import TrackingClient
+    from workbench.runs.tracking import TrackingClient
 
     store = Path(store)
     db = store / "mlflow.db"

@@ -12,7 +12,7 @@ from scaffold.loader import Scaffold
 from workbench.doctor.core import judge, series_of
 from workbench.doctor.series import Series, resolve_roles
 from workbench.doctor.types import RunVerdict
-from workbench.tracking import RunInfo, TrackingClient
+from workbench.runs.tracking import RunInfo, TrackingClient
 
 
 def _safe(name: str) -> str:

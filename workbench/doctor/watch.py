@@ -43,7 +43,7 @@ from workbench.doctor.core import (
 from workbench.doctor.series import Series, normalize, resolve_roles
 from workbench.doctor.types import Finding, RunVerdict
 from workbench.errors import BadInputError
-from workbench.tracking import Cursor, History, RunInfo, TrackingClient
+from workbench.runs.tracking import Cursor, History, RunInfo, TrackingClient
 
 # Points re-judged before the new ones: a run of `persist` points may straddle two polls.
 _LOOKBACK = 32

@@ -9,7 +9,7 @@ demo therefore starts evolution from a declared weaker variant — the shipped s
 playbook ``min_score`` of 6.0 instead of 2.0, committed as branch ``workbench/evolve/0-0`` —
 under which the divergence and the expert-collapse runs are left "unknown" (no cause, no
 remedy).  Fitness includes the remedy term: the fix episodes' verified outcomes are recorded
-in the outcome cache, and anything else is measured by rerunning (``workbench.fix_outcomes``).
+in the outcome cache, and anything else is measured by rerunning (``workbench.rl.outcomes``).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def cache_from_runs(tracking_uri: str, runs: dict[str, str]) -> SuiteCache:
     """A suite cache over named runs (demo name → run id) labelled from the fault suite."""
     from experiments.faults.suite import load_suite
     from workbench.doctor.core import series_of
-    from workbench.tracking import TrackingClient
+    from workbench.runs.tracking import TrackingClient
 
     scen = {s.id: s for s in load_suite().scenarios}
     client = TrackingClient(tracking_uri)
@@ -86,7 +86,7 @@ def demo_fixes(
     """Remedy outcomes for the demo's runs: the fix episodes' first attempts, recorded as
     measured; any other (run, patch) is rerun from the run's config in the demo repo."""
     from scaffold.loader import load_scaffold
-    from workbench.fix_outcomes import FixOutcome, FixOutcomes, canonical_patch
+    from workbench.rl.outcomes import FixOutcome, FixOutcomes, canonical_patch
 
     fo = FixOutcomes(
         folder,

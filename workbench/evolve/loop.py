@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from scaffold.loader import Scaffold, ScaffoldError
-from workbench import gitops
 from workbench.errors import BadInputError
 from workbench.evolve import archive as A
 from workbench.evolve.archive import Archive, Node
+from workbench.evolve.home import init_scaffold, materialise, read_files
 from workbench.evolve.mle_suite import SPLIT as MLE_SPLIT
 from workbench.evolve.mle_suite import MleSuite
 from workbench.evolve.propose import (
@@ -42,7 +42,7 @@ from workbench.evolve.propose import (
     validate,
 )
 from workbench.evolve.suite import SuiteCache, load_suite_cache
-from workbench.scaffold_home import init_scaffold, materialise, read_files
+from workbench.runs import gitops
 
 Log = Callable[[str], None]
 BRANCH = "workbench/evolve/{g}-{k}"
@@ -83,7 +83,7 @@ def cached_suite(store: Path, home: Path, log: Log) -> SuiteCache:
 
 def fix_outcomes(folder: str | Path, store: Path, jobs: int, log: Log) -> Any:
     """The shared remedy-outcome cache, logging every real rerun it has to do."""
-    from workbench.fix_outcomes import FixOutcomes
+    from workbench.rl.outcomes import FixOutcomes
 
     fo = FixOutcomes(Path(folder), original_store=store, jobs=jobs)
     fo.on_measured = lambda o: log(
@@ -300,7 +300,7 @@ class Evolution:
         return self.archive.put(node)
 
     def queue_review(self, node: Node, parent: Node) -> int:
-        from workbench.review import ReviewItem, ReviewQueue
+        from workbench.supervisor.review import ReviewItem, ReviewQueue
 
         ps, pf = parent.scores, node.scores
         item = ReviewItem(
@@ -411,7 +411,7 @@ def summary(archive: Archive) -> dict[str, Any]:
 
 def _restart(home: Path, repo: Path, path: Path, log: Log) -> None:
     """Discard an earlier run: its branches go, its pending review items are rejected."""
-    from workbench.review import ReviewQueue
+    from workbench.supervisor.review import ReviewQueue
 
     old = Archive.load(path)
     queue = ReviewQueue(home / "review.db") if (home / "review.db").exists() else None
@@ -524,7 +524,7 @@ def run_evolution(
             )
 
     if isinstance(brain, str):
-        from workbench.brains import make_brain
+        from workbench.supervisor.brains import make_brain
 
         model = make_brain(brain_name, **(brain_opts or {})) if brain_name != "rules" else None
     else:

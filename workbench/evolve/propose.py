@@ -5,7 +5,7 @@
   looser; a wrong cause → a signal weight of the expected or the predicted cause in the
   playbook, or a new signal).  Edits are made on the text, so comments and layout survive and
   the diff a reviewer reads is one or two lines.  A run whose cause was right but whose first
-  remedy did not fix it (measured by rerunning, ``workbench.fix_outcomes``) changes that
+  remedy did not fix it (measured by rerunning, ``workbench.rl.outcomes``) changes that
   remedy: one numeric value a rung along a discrete ladder, or a lower-ranked remedy first.
 * any chat-model brain — the same evidence rendered into a prompt; the answer's SEARCH/REPLACE
   blocks are applied and validated (retried once with the error shown; then the rules brain).
@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 
 from scaffold.loader import ScaffoldError, load_scaffold
-from workbench.patches import PatchError, apply_blocks, parse_blocks
+from workbench.supervisor.patches import PatchError, apply_blocks, parse_blocks
 
 EDITABLE = ("detectors.yaml", "playbook.yaml", "metrics.yaml", "prompts/*.yaml", "mle.yaml")
 PROMPTS = Path(__file__).with_name("prompts.yaml")
@@ -265,7 +265,7 @@ def mutate_playbook(text: str, failure: dict[str, Any], rng: random.Random) -> t
 
 # ------------------------------------------------------------------ playbook remedies
 # Discrete ladders: a value moves one rung at a time, so different seeds propose the same
-# patches and the measured outcomes (workbench.fix_outcomes) are reused, not rerun.
+# patches and the measured outcomes (workbench.rl.outcomes) are reused, not rerun.
 MUL_LADDER = (0.01, 0.03, 0.1, 0.3, 0.5, 2.0, 3.0, 10.0, 30.0, 100.0)
 SET_LADDER = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
 _REMEDY = re.compile(r"^(?P<ind>\s+)- id:\s*(?P<id>[\w.-]+)\s*$")
@@ -437,7 +437,7 @@ def llm_proposal(
     """Ask a chat model for SEARCH/REPLACE blocks; one retry with the error shown."""
     from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
-    from workbench.brains.base import render
+    from workbench.supervisor.brains.base import render
 
     p = _prompts()
     files = {k: v for k, v in parent_files.items() if editable(k)}

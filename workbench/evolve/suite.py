@@ -54,7 +54,7 @@ class SuiteCache:
     now_ms: int = field(default_factory=lambda: int(time.time() * 1000))
     _memo: dict[tuple[str, str], list] = field(default_factory=dict, repr=False)
     subset_extra: int = 2  # the loop's stage 1 adds this many runs the parent gets right
-    fixes: Any = None  # a workbench.fix_outcomes.FixOutcomes (not pickled): adds ``fix_rate``
+    fixes: Any = None  # a workbench.rl.outcomes.FixOutcomes (not pickled): adds ``fix_rate``
 
     name = "faults"
 
@@ -124,7 +124,7 @@ def add_fix_outcomes(summary: dict[str, Any], rems: list[list[Any]], fixes: Any)
     runs that need one are measured together (``fixes.jobs`` at a time), cached forever.  The
     lower-ranked remedies are only named (``alternatives``), never measured here.
     """
-    from workbench.fix_outcomes import canonical_patch
+    from workbench.rl.outcomes import canonical_patch
 
     scores = summary["scores"]
     tops = [r[0] if r else None for r in rems]
@@ -272,7 +272,7 @@ def load_suite_cache(
     """Read every scenario run of a built fault suite (the newest run per scenario) once."""
     from experiments.faults.builder import EXPERIMENT
     from experiments.faults.suite import SUITE_FILE, load_suite
-    from workbench.tracking import TrackingClient
+    from workbench.runs.tracking import TrackingClient
 
     db = Path(store) / "mlflow.db"
     if not db.is_file():

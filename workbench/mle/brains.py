@@ -317,9 +317,9 @@ class LlmBrain:
 
 
 def make_mle_brain(name: str, seed: int = 0, **opts: Any) -> Brain:
-    """``rules`` → RulesBrain; anything else → an LLM brain over ``workbench.brains.make_brain``."""
+    """``rules`` → RulesBrain; anything else → an LLM brain over ``workbench.supervisor.brains.make_brain``."""
     if name == "rules":
         return RulesBrain(seed)
-    from workbench.brains import make_brain
+    from workbench.supervisor.brains import make_brain
 
     return LlmBrain(make_brain(name, **opts), seed=seed, name=name)

@@ -1,6 +1,6 @@
 """Run one solution script in the sandbox, with the competition's private files out of reach.
 
-Built on ``workbench.sandbox`` (scrubbed environment, rlimits incl. address space, own process
+Built on ``workbench.runs.sandbox`` (scrubbed environment, rlimits incl. address space, own process
 group killed at the timeout, ``unshare -n`` so there is no network). On top of it, per node:
 
 * the script runs in a fresh work dir that holds only copies of the *public* files
@@ -29,7 +29,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from workbench import sandbox
+from workbench.runs import sandbox
 
 NOBODY = 65534
 HIDE_EXIT = 97  # the wrapper's exit code when a path could not be hidden

@@ -18,8 +18,9 @@ import jinja2
 import yaml
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage, ToolMessage
 
-from workbench.tools import EpisodeContext, Tool, ToolCallError, run_tool, validate_call
-from workbench.trajectory import Trajectory, message_event
+from scaffold.loader import PACKAGED
+from workbench.supervisor.tools import EpisodeContext, Tool, ToolCallError, run_tool, validate_call
+from workbench.supervisor.trajectory import Trajectory, message_event
 
 _ENV = jinja2.Environment(
     undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True
@@ -29,7 +30,7 @@ _ENV.filters["tojson"] = lambda v: json.dumps(v, default=str, sort_keys=True)
 
 def load_prompts(scaffold_dir: str | Path | None = None) -> dict[str, str]:
     """``scaffold/prompts/supervisor.yaml`` (or the one in a scaffold copy) as name → template."""
-    root = Path(scaffold_dir) if scaffold_dir else Path(__file__).resolve().parents[2] / "scaffold"
+    root = Path(scaffold_dir) if scaffold_dir else PACKAGED
     data = yaml.safe_load((root / "prompts" / "supervisor.yaml").read_text())
     return {str(k): str(v) for k, v in data.items()}
 

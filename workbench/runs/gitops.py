@@ -17,7 +17,7 @@ from pathlib import Path
 import git
 
 from workbench.errors import BadInputError, WorkbenchError
-from workbench.patches import check_repo_path
+from workbench.supervisor.patches import check_repo_path
 
 BRANCH_PREFIX = "workbench/"
 _REF_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")

@@ -3,7 +3,7 @@
     monitor → diagnose → propose → patch → [approve] → relaunch → verify → report
                             ↑________ next remedy (bounded) ________|
 
-The brain decides through tool calls (``workbench.brains.base.decide``); the nodes do the side
+The brain decides through tool calls (``workbench.supervisor.brains.base.decide``); the nodes do the side
 effects, each idempotent so a resumed node (after ``kill -9``) repeats nothing: the fix branch
 is claimed by episode key before it is created, the relaunch adopts a run it already started,
 the review item is keyed by episode. State is plain JSON, checkpointed after every node.
@@ -22,15 +22,15 @@ from typing import Any, TypedDict
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import interrupt
 
-from workbench import gitops, launch
-from workbench.brains.base import decide, load_prompts, start_messages
-from workbench.brains.rules import RulesChatModel
 from workbench.doctor.types import PatchOp
 from workbench.errors import WorkbenchError
-from workbench.patches import PatchError, apply_blocks, parse_blocks, patch_config_text
-from workbench.tools import DIAGNOSE_TOOLS, PROPOSE_TOOLS, EpisodeContext, ToolCallError
-from workbench.trajectory import Trajectory
-from workbench.verify import judge, run_summary
+from workbench.runs import gitops, launch
+from workbench.supervisor.brains.base import decide, load_prompts, start_messages
+from workbench.supervisor.brains.rules import RulesChatModel
+from workbench.supervisor.patches import PatchError, apply_blocks, parse_blocks, patch_config_text
+from workbench.supervisor.tools import DIAGNOSE_TOOLS, PROPOSE_TOOLS, EpisodeContext, ToolCallError
+from workbench.supervisor.trajectory import Trajectory
+from workbench.supervisor.verify import judge, run_summary
 
 
 class EpisodeState(TypedDict, total=False):
@@ -74,7 +74,7 @@ class Deps:
 
 
 def _tracking(uri: str):
-    from workbench.tracking import TrackingClient
+    from workbench.runs.tracking import TrackingClient
 
     return TrackingClient(launch.absolute_tracking_uri(uri))
 
@@ -348,8 +348,8 @@ def verify(state: EpisodeState, deps: Deps) -> dict:
 
 
 def report(state: EpisodeState, deps: Deps) -> dict:
-    from workbench.episode import write_report
-    from workbench.review import ReviewItem, ReviewQueue
+    from workbench.supervisor.episode import write_report
+    from workbench.supervisor.review import ReviewItem, ReviewQueue
 
     cur = state.get("current")
     status = state.get("status", "failed")

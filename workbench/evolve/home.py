@@ -15,7 +15,7 @@ import git
 
 from scaffold.loader import PACKAGED, ScaffoldError, load_scaffold
 from workbench.errors import BadInputError
-from workbench.gitops import _IDENTITY, open_repo
+from workbench.runs.gitops import _IDENTITY, open_repo
 
 DEFAULT_HOME = Path(".workbench")
 CODE_SUFFIXES = (".py", ".pyc", ".so")

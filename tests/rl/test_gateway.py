@@ -8,9 +8,10 @@ import threading
 import pytest
 from openai import OpenAI
 
-from workbench.gateway import SessionLog, create_app, read_session
+from tests.model_fixtures import TOOL_MESSAGES, TOOLS, RunningServer
+from workbench.rl.gateway import SessionLog, create_app, read_session
 
-from .conftest import TOOL_MESSAGES, TOOLS, RunningServer
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +75,7 @@ def test_supervisor_brain_through_the_gateway(stack):
     """The supervisor's `openai` brain (LangChain ChatOpenAI + bind_tools) pointed at a session."""
     from langchain_core.messages import HumanMessage
 
-    from workbench.brains import make_brain
+    from workbench.supervisor.brains import make_brain
 
     _, gateway, out = stack
     brain = make_brain("openai", base_url=f"{gateway.url}/sessions/sup-7/v1", model="tiny")

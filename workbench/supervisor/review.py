@@ -14,8 +14,8 @@ from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from workbench import gitops
 from workbench.errors import BadInputError, WorkbenchError
+from workbench.runs import gitops
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (

@@ -9,7 +9,7 @@ import yaml
 
 from experiments.faults.builder import build
 from experiments.faults.suite import load_suite
-from workbench.fix_outcomes import FixOutcomes, canonical_patch
+from workbench.rl.outcomes import FixOutcomes, canonical_patch
 
 SUITE = {
     "name": "tiny",

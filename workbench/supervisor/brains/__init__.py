@@ -15,11 +15,11 @@ BRAINS = ("rules", "openai", "local")
 
 def make_brain(name: str = "rules", **opts: Any):
     if name == "rules":
-        from workbench.brains.rules import RulesChatModel
+        from workbench.supervisor.brains.rules import RulesChatModel
 
         return RulesChatModel()
     if name == "openai":
-        from workbench.brains.openai import make_openai_brain
+        from workbench.supervisor.brains.openai import make_openai_brain
 
         return make_openai_brain(
             base_url=opts.get("base_url"), model=opts.get("model"), api_key=opts.get("api_key")
@@ -29,7 +29,7 @@ def make_brain(name: str = "rules", **opts: Any):
         if not model_dir:
             raise BadInputError("--brain local needs --model DIR (a checkpoint folder)")
         try:
-            from workbench.brains.local import LocalChatModel
+            from workbench.supervisor.brains.local import LocalChatModel
         except ModuleNotFoundError as exc:
             raise BadInputError(f"the local brain is not available: {exc}") from None
         return LocalChatModel(model_dir)

@@ -5,7 +5,7 @@ suite's ``scenario_config``, or one given explicitly), applies the config patch 
 ``set``/``mul``/``add``/``delete`` edits, the playbook's remedy format), trains it as a
 subprocess exactly like ``workbench suite make`` does (same command, same hung-run watchdog,
 a scratch MLflow store under the cache folder), and verifies the new run against the
-scenario's original run with ``workbench.verify.judge`` (finished past the failure step, the
+scenario's original run with ``workbench.supervisor.verify.judge`` (finished past the failure step, the
 original finding kinds gone, the original best eval reached).
 
 The answer is cached per (scenario, canonical patch JSON) in ``CACHE/outcomes.json``: written
@@ -291,8 +291,8 @@ class FixOutcomes:
     ) -> FixOutcome:
         from scaffold.loader import load_scaffold
         from workbench.doctor import diagnose_run
-        from workbench.tracking import TrackingClient
-        from workbench.verify import judge, run_summary
+        from workbench.runs.tracking import TrackingClient
+        from workbench.supervisor.verify import judge, run_summary
 
         sc = self._scaffold or load_scaffold(None)
         orig = TrackingClient(self._uri())

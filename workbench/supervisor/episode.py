@@ -43,9 +43,9 @@ def fix_run(
     from langgraph.checkpoint.sqlite import SqliteSaver
     from langgraph.types import Command
 
-    from workbench.brains import make_brain
-    from workbench.gitops import check_ref_part
-    from workbench.graph import Deps, build_graph
+    from workbench.runs.gitops import check_ref_part
+    from workbench.supervisor.brains import make_brain
+    from workbench.supervisor.graph import Deps, build_graph
 
     home = Path(home).resolve()
     home.mkdir(parents=True, exist_ok=True)
@@ -180,8 +180,8 @@ def _plot(state: dict, path: Path) -> Path | None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        from workbench.launch import absolute_tracking_uri
-        from workbench.tracking import TrackingClient
+        from workbench.runs.launch import absolute_tracking_uri
+        from workbench.runs.tracking import TrackingClient
 
         tc = TrackingClient(absolute_tracking_uri(state["tracking_uri"]))
         fig, ax = plt.subplots(figsize=(6, 3.5))

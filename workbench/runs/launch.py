@@ -7,7 +7,7 @@
     timeout: 600
     env: {OMP_NUM_THREADS: "1"}
 
-The child runs in its own process group (``workbench.sandbox``); its run is found by the
+The child runs in its own process group (``workbench.runs.sandbox``); its run is found by the
 ``workbench.repo`` tag the trainer sets (the worktree path, unique per attempt) and then tagged
 with its parent run, branch and episode. A launch record (pid, start time) is written as soon as
 the child starts: a supervisor killed mid-run finds it on resume, waits for the still-running
@@ -28,9 +28,9 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from workbench import sandbox
 from workbench.errors import BadInputError, WorkbenchError
-from workbench.patches import check_repo_path
+from workbench.runs import sandbox
+from workbench.supervisor.patches import check_repo_path
 
 EPISODE_TAG = "workbench.episode"
 TERMINAL = ("FINISHED", "FAILED", "KILLED")

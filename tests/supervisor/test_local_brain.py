@@ -7,10 +7,11 @@ import torch
 from langchain_core.messages import HumanMessage, ToolMessage
 
 from model import MiniMaxM2ForCausalLM
-from workbench.brains.local import LocalChatModel
+from tests.model_fixtures import TOOL_MESSAGES, TOOLS
 from workbench.errors import BadInputError
+from workbench.supervisor.brains.local import LocalChatModel
 
-from .conftest import TOOL_MESSAGES, TOOLS
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def test_bind_tools_and_parse_a_generated_call(ckpts):
@@ -47,7 +48,7 @@ def test_bind_tools_and_parse_a_generated_call(ckpts):
 
 
 def test_plain_answer_and_make_brain(ckpts):
-    from workbench.brains import make_brain
+    from workbench.supervisor.brains import make_brain
 
     brain = make_brain("local", model=str(ckpts["a"]))
     assert isinstance(brain, LocalChatModel)

@@ -1,0 +1,4 @@
+"""The fix loop: a LangGraph graph (``graph``) that monitors a run, lets a brain (``brains``)
+diagnose it and propose remedies through tools (``tools``), patches a worktree (``patches``),
+relaunches, judges the rerun (``verify``), reports and queues a review item (``review``).
+``episode`` runs one episode end to end; ``trajectory`` records everything it did."""
