@@ -8,7 +8,8 @@
   remedy did not fix it (measured by rerunning, ``workbench.rl.outcomes``) changes that
   remedy: one numeric value a rung along a discrete ladder, or a lower-ranked remedy first.
 * any chat-model brain — the same evidence rendered into a prompt; the answer's SEARCH/REPLACE
-  blocks are applied and validated (retried once with the error shown; then the rules brain).
+  blocks are applied and validated (``workbench.supervisor.query``: retried once with the error
+  shown; then the rules brain).
 
 Every proposal is validated before any branch exists: only data files may change (no code can
 enter the scaffold) and the result must load with ``scaffold.loader``.
@@ -435,9 +436,10 @@ def llm_proposal(
     brain: Any, parent_files: dict[str, str], failures: list[dict[str, Any]], name: str = "llm"
 ) -> Proposal:
     """Ask a chat model for SEARCH/REPLACE blocks; one retry with the error shown."""
-    from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+    from langchain_core.messages import HumanMessage, SystemMessage
 
     from workbench.supervisor.brains.base import render
+    from workbench.supervisor.query import FormatError, NoAnswer, query
 
     p = _prompts()
     files = {k: v for k, v in parent_files.items() if editable(k)}
@@ -452,12 +454,8 @@ def llm_proposal(
             )
         ),
     ]
-    error = "no answer"
-    for _ in range(2):
-        try:
-            ai = brain.invoke(messages)
-        except Exception as exc:  # an endpoint down is not a crash: the caller falls back
-            raise InvalidEdit(f"brain failed: {type(exc).__name__}: {str(exc)[:200]}") from None
+
+    def step(ai: Any) -> Proposal:
         text = ai.content if isinstance(ai.content, str) else json.dumps(ai.content)
         try:
             blocks = parse_blocks(text)
@@ -470,9 +468,12 @@ def llm_proposal(
             validate(parent_files, prop)
             return prop
         except (PatchError, InvalidEdit) as exc:
-            error = str(exc)
-            messages += [AIMessage(text), HumanMessage(render(p["retry"], error=error))]
-    raise InvalidEdit(f"the {name} brain gave no valid edit: {error}")
+            raise FormatError(str(exc)) from None
+
+    try:
+        return query(brain, messages, step, retry=lambda error: render(p["retry"], error=error))
+    except NoAnswer as exc:  # the caller falls back to the rules brain
+        raise InvalidEdit(f"the {name} brain {exc}") from None
 
 
 def _summary(text: str) -> str:

@@ -8,14 +8,17 @@
 * ``LlmBrain`` renders the scaffold's prompts, asks any LangChain chat model (the supervisor's
   ``make_brain("openai"|"local")``) and takes the ```python block of the answer as the script.
   A malformed answer is asked again once; a second failure (or an endpoint error) falls back
-  to the rules brain for that step, so a run never crashes on a model.
+  to the rules brain for that step (``workbench.supervisor.query``), so a run never crashes
+  on a model.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -244,8 +247,12 @@ class LlmBrain:
         self.fallback = RulesBrain(seed)
         self.events: list[dict] = []  # what happened per call (for the journal)
 
-    def _ask(self, ctx: TaskContext, prompt_name: str, **values: Any) -> tuple[str, str] | None:
-        from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+    def _ask(
+        self, ctx: TaskContext, prompt_name: str, fallback: Callable[[], Proposal], **values: Any
+    ) -> Proposal:
+        from langchain_core.messages import HumanMessage, SystemMessage
+
+        from workbench.supervisor.query import FormatError, query
 
         p = ctx.scaffold.prompts
         sb = ctx.scaffold.sandbox
@@ -262,27 +269,24 @@ class LlmBrain:
             metric=ctx.info.metric,
             **values,
         )
-        messages = [SystemMessage(system), HumanMessage(user)]
-        for attempt in range(2):
-            try:
-                answer = self.model.invoke(messages)
-            except Exception as exc:  # noqa: BLE001 — endpoint down, bad JSON: fall back
-                self.events.append(
-                    {"prompt": prompt_name, "error": f"{type(exc).__name__}: {exc}"[:300]}
-                )
-                return None
+        answers = itertools.count()
+
+        def step(answer: Any) -> Proposal:
             text = answer.content if isinstance(answer.content, str) else str(answer.content)
             parsed = parse_answer(text)
             self.events.append(
-                {"prompt": prompt_name, "attempt": attempt, "parsed": parsed is not None}
+                {"prompt": prompt_name, "attempt": next(answers), "parsed": parsed is not None}
             )
-            if parsed:
-                return parsed
-            messages += [AIMessage(text), HumanMessage(p.format_retry)]
-        return None
+            if not parsed:
+                raise FormatError("no ```python block in the answer")
+            plan, code = parsed
+            return Proposal(plan=plan or "(no plan given)", code=code, spec=None, brain=self.name)
 
-    def _result(self, parsed: tuple[str, str] | None, fallback) -> Proposal:
-        if parsed is None:
+        def log(event: str, **data: Any) -> None:
+            if event == "brain_error":
+                self.events.append({"prompt": prompt_name, "error": data["error"]})
+
+        def rules(_: Exception) -> Proposal:
             prop = fallback()
             return Proposal(
                 plan=f"(model answer unusable; rules fallback) {prop.plan}",
@@ -290,8 +294,15 @@ class LlmBrain:
                 spec=prop.spec,
                 brain="rules",
             )
-        plan, code = parsed
-        return Proposal(plan=plan or "(no plan given)", code=code, spec=None, brain=self.name)
+
+        return query(
+            self.model,
+            [SystemMessage(system), HumanMessage(user)],
+            step,
+            retry=lambda error: p.format_retry,
+            fallback=rules,
+            log=log,
+        )
 
     @staticmethod
     def _memory(memory: list[NodeView]) -> list[str]:
@@ -302,18 +313,28 @@ class LlmBrain:
         return out
 
     def draft(self, ctx: TaskContext, memory: list[NodeView]) -> Proposal:
-        parsed = self._ask(ctx, "draft", memory=self._memory(memory))
-        return self._result(parsed, lambda: self.fallback.draft(ctx, memory))
+        return self._ask(
+            ctx, "draft", lambda: self.fallback.draft(ctx, memory), memory=self._memory(memory)
+        )
 
     def improve(self, ctx: TaskContext, node: NodeView, memory: list[NodeView]) -> Proposal:
-        parsed = self._ask(
-            ctx, "improve", code=node.code, score=node.score, memory=self._memory(memory)
+        return self._ask(
+            ctx,
+            "improve",
+            lambda: self.fallback.improve(ctx, node, memory),
+            code=node.code,
+            score=node.score,
+            memory=self._memory(memory),
         )
-        return self._result(parsed, lambda: self.fallback.improve(ctx, node, memory))
 
     def debug(self, ctx: TaskContext, node: NodeView) -> Proposal:
-        parsed = self._ask(ctx, "debug", code=node.code, log=node.log_tail[-3000:])
-        return self._result(parsed, lambda: self.fallback.debug(ctx, node))
+        return self._ask(
+            ctx,
+            "debug",
+            lambda: self.fallback.debug(ctx, node),
+            code=node.code,
+            log=node.log_tail[-3000:],
+        )
 
 
 def make_mle_brain(name: str, seed: int = 0, **opts: Any) -> Brain:

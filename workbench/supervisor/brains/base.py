@@ -3,8 +3,9 @@
 A brain is any LangChain chat model with ``bind_tools``. ``decide`` sends the conversation,
 runs the read tools the brain calls (their JSON results go back as tool messages) and returns
 the first *decision* tool call (``submit_diagnosis``, ``propose_*``, ``give_up``). A malformed
-answer gets the error shown once; a second one (or an exception from the endpoint) returns
-``None`` and the caller falls back to the ``rules`` brain — an episode never crashes on a model.
+answer gets the error shown once (``workbench.supervisor.query``); a second one (or an exception
+from the endpoint) returns ``None`` and the caller falls back to the ``rules`` brain — an episode
+never crashes on a model.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import yaml
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage, ToolMessage
 
 from scaffold.loader import PACKAGED
+from workbench.supervisor.query import FormatError, NoAnswer, query
 from workbench.supervisor.tools import EpisodeContext, Tool, ToolCallError, run_tool, validate_call
 from workbench.supervisor.trajectory import Trajectory, message_event
 
@@ -51,15 +53,8 @@ def decide(
     max_steps: int = 10,
 ) -> tuple[str, Any] | None:
     """Run the brain until it makes a decision; None when it failed twice (→ fall back)."""
-    llm = brain.bind_tools([t.spec() for t in tools])
-    errors = 0
-    for _ in range(max_steps):
-        try:
-            ai = llm.invoke(messages)
-        except Exception as exc:  # endpoint down, bad JSON from the server, …
-            traj.add("brain_error", error=f"{type(exc).__name__}: {str(exc)[:300]}")
-            return None
-        messages.append(ai)
+
+    def step(ai) -> tuple[str, Any] | None:
         traj.add("message", **message_event(ai))
         problem = None
         for bad in getattr(ai, "invalid_tool_calls", None) or []:
@@ -86,13 +81,20 @@ def decide(
             )
             traj.add("tool", name=call["name"], args=call["args"], result=result[:4000])
         if problem:
-            errors += 1
-            traj.add("brain_mistake", error=problem, count=errors)
-            if errors >= 2:
-                return None
-            messages.append(HumanMessage(render(retry_template, error=problem)))
-    traj.add("brain_mistake", error=f"no decision in {max_steps} steps", count=errors + 1)
-    return None
+            raise FormatError(problem)
+        return None
+
+    try:
+        return query(
+            brain.bind_tools([t.spec() for t in tools]),
+            messages,
+            step,
+            retry=lambda error: render(retry_template, error=error),
+            log=traj.add,
+            max_steps=max_steps,
+        )
+    except NoAnswer:
+        return None
 
 
 def _tool_msg(data: dict, call_id: str, name: str | None) -> ToolMessage:
