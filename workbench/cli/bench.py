@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from workbench.cli.options import Json
 from workbench.cli.output import err_console, print_json, print_table
 from workbench.errors import BadInputError
 
@@ -25,7 +26,7 @@ def prefix_tree(
     preset: Annotated[str, typer.Option(help="Model preset (tiny | small).")] = "tiny",
     repeats: Annotated[int, typer.Option(help="Timed steps per variant (median).")] = 2,
     threads: Annotated[int | None, typer.Option(help="torch intra-op threads.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    as_json: Json = False,
 ) -> None:
     """One CISPO training step on multi-turn agent trajectories: prefix-tree merged vs
     unmerged (tokens, step times, their ratio and the ratio's limit)."""

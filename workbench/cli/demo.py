@@ -19,6 +19,7 @@ from typing import Annotated
 import typer
 import yaml
 
+from workbench.cli.options import Json
 from workbench.cli.output import console, err_console, print_json, print_table
 from workbench.errors import BadInputError
 
@@ -144,7 +145,7 @@ def demo_cmd(
         Path, typer.Option("--dir", help="A new (or empty) folder for the demo.")
     ] = Path("workbench-demo"),
     workers: Annotated[int, typer.Option("--workers", min=1, max=8, help="Runs in parallel.")] = 2,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    as_json: Json = False,
 ) -> None:
     """Fresh repo → healthy + failing runs → verified fixes on branches → review queue."""
     from mlflow.tracking import MlflowClient

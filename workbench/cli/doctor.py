@@ -8,18 +8,14 @@ from typing import Annotated
 
 import typer
 
+from workbench.cli.options import DEFAULT_HOME, DEFAULT_TRACKING_URI, Home, Json, TrackingUri
 from workbench.cli.output import console, err_console, error, print_json, print_table
 from workbench.errors import BadInputError, WorkbenchError
 
-TrackingUri = Annotated[
-    str | None,
-    typer.Option("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI)."),
-]
 ScaffoldPath = Annotated[
     Path | None,
     typer.Option("--scaffold", help="A scaffold folder to use instead of the packaged one."),
 ]
-Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
 def _scaffold(path: Path | None):
@@ -31,7 +27,7 @@ def _scaffold(path: Path | None):
         raise BadInputError(str(exc)) from exc
 
 
-def _client(uri: str | None):
+def _client(uri: str):
     from workbench.runs.tracking import TrackingClient
 
     return TrackingClient(uri)
@@ -81,7 +77,7 @@ def diagnose_cmd(
     experiment: Annotated[
         str | None, typer.Option("--experiment", "-e", help="Every run of this experiment.")
     ] = None,
-    tracking_uri: TrackingUri = None,
+    tracking_uri: TrackingUri = DEFAULT_TRACKING_URI,
     scaffold: ScaffoldPath = None,
     json_out: Json = False,
 ) -> None:
@@ -170,16 +166,14 @@ def watch_cmd(
         Path | None,
         typer.Option("--state", help="Keep the incremental state in this file between runs."),
     ] = None,
-    tracking_uri: TrackingUri = None,
+    tracking_uri: TrackingUri = DEFAULT_TRACKING_URI,
     scaffold: ScaffoldPath = None,
     json_out: Json = False,
     fix: Annotated[
         bool, typer.Option("--fix", help="Fix failing runs (see `workbench fix`).")
     ] = False,
     repo: Annotated[Path, typer.Option("--repo", help="Training repo for --fix.")] = Path("."),
-    home: Annotated[Path, typer.Option("--home", help="Workbench folder for --fix.")] = Path(
-        ".workbench"
-    ),
+    home: Home = DEFAULT_HOME,
 ) -> None:
     """Poll an experiment incrementally and show every run's health (a live table)."""
     from rich.live import Live
@@ -250,7 +244,7 @@ def report_cmd(
     log_to_mlflow: Annotated[
         bool, typer.Option("--log-to-mlflow", help="Attach the report to the run.")
     ] = False,
-    tracking_uri: TrackingUri = None,
+    tracking_uri: TrackingUri = DEFAULT_TRACKING_URI,
     scaffold: ScaffoldPath = None,
     json_out: Json = False,
 ) -> None:

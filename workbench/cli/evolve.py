@@ -8,14 +8,13 @@ from typing import Annotated
 
 import typer
 
+from workbench.cli.options import DEFAULT_HOME, Home, Json
 from workbench.cli.output import console, err_console, print_json, print_table
 
 evolve_app = typer.Typer(
     help="Let the agent improve its own scaffold: edits on branches, proven on held-out runs.",
     invoke_without_command=True,
 )
-Home = Annotated[Path, typer.Option("--home", help="Workbench state folder.")]
-Json = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 
 def _f(x) -> str:
@@ -78,7 +77,7 @@ def evolve(
         ),
     ] = None,
     fix_jobs: Annotated[int, typer.Option("--fix-jobs", min=1, help="Reruns in parallel.")] = 1,
-    home: Home = Path(".workbench"),
+    home: Home = DEFAULT_HOME,
     as_json: Json = False,
 ) -> None:
     """Evolve the scaffold on a suite; winners go to `workbench review`."""
@@ -136,13 +135,15 @@ class _null:
 @evolve_app.command("archive")
 def archive_cmd(
     ctx: typer.Context,
-    home: Annotated[Path | None, typer.Option("--home", help="Workbench state folder.")] = None,
+    home: Home = DEFAULT_HOME,
     as_json: Json = False,
 ) -> None:
     """The tree of scaffold variants with their scores."""
     from workbench.evolve import Archive
 
-    home = home or (ctx.obj or {}).get("home") or Path(".workbench")
+    given = getattr(ctx.get_parameter_source("home"), "name", None) == "COMMANDLINE"
+    if ctx.obj and not given:
+        home = ctx.obj["home"]  # `evolve --home X archive`: the group's --home (or its env)
     arch = Archive.load(home / "evolve" / "archive.json")
     if as_json:
         print_json({"config": arch.config, "nodes": [n.__dict__ for _, n in arch.tree()]})
@@ -166,7 +167,7 @@ def archive_cmd(
 
 
 def init_cmd(
-    home: Home = Path(".workbench"),
+    home: Home = DEFAULT_HOME,
     scaffold: Annotated[
         Path | None, typer.Option("--scaffold", help="Where (default HOME/scaffold).")
     ] = None,

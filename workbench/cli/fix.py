@@ -7,20 +7,15 @@ from typing import Annotated
 
 import typer
 
+from workbench.cli.options import DEFAULT_HOME, DEFAULT_TRACKING_URI, Home, Json, TrackingUri
 from workbench.cli.output import console, err_console, print_json, print_table
-
-Home = Annotated[Path, typer.Option("--home", help="Workbench state folder (checkpoints, queue).")]
-Tracking = Annotated[
-    str,
-    typer.Option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", help="MLflow tracking URI."),
-]
 
 
 def fix_cmd(
     run_id: Annotated[str | None, typer.Argument(help="The failing run's id.")] = None,
     repo: Annotated[Path, typer.Option("--repo", help="The training repo (git).")] = Path("."),
-    tracking_uri: Tracking = "sqlite:///mlflow.db",
-    home: Home = Path(".workbench"),
+    tracking_uri: TrackingUri = DEFAULT_TRACKING_URI,
+    home: Home = DEFAULT_HOME,
     brain: Annotated[str, typer.Option("--brain", help="rules | openai | local")] = "rules",
     base_url: Annotated[
         str | None, typer.Option("--base-url", help="OpenAI-compatible URL.")
@@ -38,7 +33,7 @@ def fix_cmd(
     thread: Annotated[str | None, typer.Option("--thread", help="Id for a new episode.")] = None,
     max_attempts: Annotated[int, typer.Option("--max-attempts", min=1, max=10)] = 3,
     backend: Annotated[str, typer.Option("--backend", help="local | docker")] = "local",
-    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    as_json: Json = False,
 ) -> None:
     """Fix a failing run on a workbench/fix branch, verify the fix, and queue it for review."""
     out = fix_episode(

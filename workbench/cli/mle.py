@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from workbench.cli.options import DEFAULT_TRACKING_URI, Json, TrackingUri
 from workbench.cli.output import console, err_console, print_json, print_table
 from workbench.errors import BadInputError
 
@@ -14,14 +15,6 @@ DataDir = Annotated[
     Path | None,
     typer.Option(
         "--data-dir", help="Prepared data (default: $WORKBENCH_MLE_DATA or .workbench/mle/data)."
-    ),
-]
-Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-TrackingUri = Annotated[
-    str | None,
-    typer.Option(
-        "--tracking-uri",
-        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db).",
     ),
 ]
 NoTrack = Annotated[bool, typer.Option("--no-track", help="Do not log runs to MLflow.")]
@@ -110,7 +103,7 @@ def run_cmd(
     ] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     scaffold: ScaffoldPath = None,
-    tracking_uri: TrackingUri = None,
+    tracking_uri: TrackingUri = DEFAULT_TRACKING_URI,
     no_track: NoTrack = False,
     out: Annotated[Path | None, typer.Option("--out", help="Run directory.")] = None,
     base_url: BaseUrl = None,
@@ -212,7 +205,7 @@ def eval_cmd(
     ] = 75,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Runs at once.")] = 2,
     scaffold: ScaffoldPath = None,
-    tracking_uri: TrackingUri = None,
+    tracking_uri: TrackingUri = DEFAULT_TRACKING_URI,
     no_track: NoTrack = False,
     base_url: BaseUrl = None,
     model: Model = None,

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from workbench.cli.options import Json
 from workbench.cli.output import console, print_json, print_table
 from workbench.errors import BadInputError
 
@@ -19,7 +20,6 @@ PresetOpt = Annotated[
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", help="A config.json (or a checkpoint directory).")
 ]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 # Initialising more than this on a CPU machine would only exhaust memory.
 MAX_INIT_PARAMS = 5_000_000_000
@@ -54,7 +54,7 @@ def resolve_config(preset: str | None, config: Path | None):
 
 
 @model_app.command("info")
-def info(preset: PresetOpt = None, config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
+def info(preset: PresetOpt = None, config: ConfigOpt = None, json_out: Json = False) -> None:
     """Total, active and MTP parameter counts, with a per-component table."""
     from model.params import count_params, human
 
@@ -82,7 +82,7 @@ def init(
     preset: PresetOpt = None,
     config: ConfigOpt = None,
     seed: Annotated[int, typer.Option("--seed", help="Random seed of the weights.")] = 0,
-    json_out: JsonOpt = False,
+    json_out: Json = False,
 ) -> None:
     """Write a randomly initialised checkpoint (config, weights, tokenizer.json)."""
     import torch

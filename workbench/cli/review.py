@@ -8,13 +8,10 @@ from typing import Annotated
 import typer
 from rich.syntax import Syntax
 
+from workbench.cli.options import DEFAULT_HOME, Home, Json
 from workbench.cli.output import console, print_json, print_table
 
 review_app = typer.Typer(help="Review the fixes the supervisor proposed.", no_args_is_help=True)
-Home = Annotated[
-    Path, typer.Option("--home", envvar="WORKBENCH_HOME", help="Workbench state folder.")
-]
-Json = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 
 def _queue(home: Path):
@@ -28,7 +25,7 @@ def _queue(home: Path):
 
 @review_app.command("list")
 def list_cmd(
-    home: Home = Path(".workbench"),
+    home: Home = DEFAULT_HOME,
     status: Annotated[
         str | None, typer.Option("--status", help="pending|approved|rejected")
     ] = None,
@@ -52,7 +49,7 @@ def list_cmd(
 
 
 @review_app.command("show")
-def show_cmd(item_id: int, home: Home = Path(".workbench"), as_json: Json = False) -> None:
+def show_cmd(item_id: int, home: Home = DEFAULT_HOME, as_json: Json = False) -> None:
     """Show one item: diff, diagnosis, evidence, before/after numbers, report and plots."""
     from workbench.runs import gitops
 
@@ -91,7 +88,7 @@ def show_cmd(item_id: int, home: Home = Path(".workbench"), as_json: Json = Fals
 @review_app.command("approve")
 def approve_cmd(
     item_id: int,
-    home: Home = Path(".workbench"),
+    home: Home = DEFAULT_HOME,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     as_json: Json = False,
 ) -> None:
@@ -114,7 +111,7 @@ def approve_cmd(
 @review_app.command("reject")
 def reject_cmd(
     item_id: int,
-    home: Home = Path(".workbench"),
+    home: Home = DEFAULT_HOME,
     reason: Annotated[
         str | None, typer.Option("--reason", help="Why (kept with the record).")
     ] = None,

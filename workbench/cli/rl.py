@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from workbench.cli.options import Json, LogTo
 from workbench.cli.output import err_console, print_json, print_table
 
 
@@ -94,10 +95,8 @@ def train_rl(
         typer.Option("--threads", help="Torch intra-op threads (tiny policy: 1 is fastest)."),
     ] = 1,
     out: Annotated[Path | None, typer.Option("--out", help="Checkpoints + results.")] = None,
-    tracking_uri: Annotated[
-        str | None, typer.Option("--tracking-uri", help="MLflow URI (default: no logging).")
-    ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    tracking_uri: LogTo = None,
+    as_json: Json = False,
 ) -> None:
     """CISPO updates of the local policy from its own fault-suite episodes."""
     from workbench.errors import BadInputError

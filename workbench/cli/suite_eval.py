@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from workbench.cli.options import Json
 from workbench.cli.output import console, print_json, print_table
 from workbench.errors import BadInputError
 
@@ -29,7 +30,7 @@ def eval_cmd(
     scaffold: Annotated[
         Path | None, typer.Option("--scaffold", help="A scaffold folder to evaluate.")
     ] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    json_out: Json = False,
 ) -> None:
     """Per-kind precision/recall/F1, false alarms, cause accuracy and detection delay."""
     from scaffold.loader import ScaffoldError, load_scaffold

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from workbench.cli.options import Json
 from workbench.cli.output import console, err_console, print_json, print_table
 from workbench.errors import BadInputError
 
@@ -20,9 +21,7 @@ def make(
         str | None, typer.Option("--only", help="Comma-separated scenario ids.")
     ] = None,
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Parallel runs.")] = 2,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print the created runs as JSON.")
-    ] = False,
+    as_json: Json = False,
     suite_file: Annotated[
         Path | None, typer.Option("--suite-file", help="A suite YAML other than the shipped one.")
     ] = None,

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from workbench.cli.options import DEFAULT_TRACKING_URI, Json, TrackingUri
 from workbench.cli.output import err_console, print_json
 from workbench.errors import BadInputError, WorkbenchError
 
@@ -15,14 +16,6 @@ train_app = typer.Typer(help="Run MLflow-tracked training (with optional fault i
 ConfigOpt = Annotated[
     Path, typer.Option("--config", "-c", help="Training config (YAML).", show_default=False)
 ]
-TrackingOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--tracking-uri",
-        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db).",
-    ),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print the run's id and status as JSON.")]
 TagOpt = Annotated[
     list[str] | None,
     typer.Option("--tag", help="Extra run tag KEY=VALUE (repeatable).", show_default=False),
@@ -85,8 +78,8 @@ PROGRAMS = {
 def _program_command(program: str, doc: str):
     def command(
         config: ConfigOpt,
-        tracking_uri: TrackingOpt = None,
-        as_json: JsonOpt = False,
+        tracking_uri: TrackingUri = DEFAULT_TRACKING_URI,
+        as_json: Json = False,
         no_system_metrics: NoSysOpt = False,
         tag: TagOpt = None,
     ) -> None:

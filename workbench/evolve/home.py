@@ -14,10 +14,10 @@ from pathlib import Path
 import git
 
 from scaffold.loader import PACKAGED, ScaffoldError, load_scaffold
+from workbench import DEFAULT_HOME
 from workbench.errors import BadInputError
 from workbench.runs.gitops import _IDENTITY, open_repo
 
-DEFAULT_HOME = Path(".workbench")
 CODE_SUFFIXES = (".py", ".pyc", ".so")
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from scaffold.loader import Scaffold, ScaffoldError
+from workbench import DEFAULT_HOME
 from workbench.errors import BadInputError
 from workbench.evolve import archive as A
 from workbench.evolve.archive import Archive, Node
@@ -429,7 +430,7 @@ def _restart(home: Path, repo: Path, path: Path, log: Log) -> None:
 
 def run_evolution(
     *,
-    home: str | Path = ".workbench",
+    home: str | Path = DEFAULT_HOME,
     store: str | Path | None = None,
     suite: str = "faults",
     generations: int = 5,

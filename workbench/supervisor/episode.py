@@ -14,16 +14,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from trainer.tracking import DEFAULT_TRACKING_URI
+from workbench import DEFAULT_HOME
 from workbench.errors import BadInputError
-
-DEFAULT_HOME = Path(".workbench")
 
 
 def fix_run(
     run_id: str | None,
     *,
     repo: str | Path = ".",
-    tracking_uri: str = "sqlite:///mlflow.db",
+    tracking_uri: str = DEFAULT_TRACKING_URI,
     home: str | Path = DEFAULT_HOME,
     brain: str = "rules",
     brain_opts: dict[str, Any] | None = None,
