@@ -52,6 +52,8 @@ def test_shared_options_mean_the_same_on_every_command():
         if where == "workbench train rl":  # logs only when asked
             assert opt.default is None and not opt.envvar, where
         else:
-            assert (opt.envvar, opt.default) == ("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"), where
+            assert (opt.envvar, opt.default) == ("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"), (
+                where
+            )
     helps = {opt.help for _, opt in jsons + _options("json_out")}
     assert len(helps) == 1 and len(jsons) >= 5
