@@ -173,7 +173,7 @@ class MiniMaxM2Config:
         return cls(**kwargs)
 
     def save(self, path: str | Path) -> None:
-        from model.checkpoint import atomic_write_text
+        from model.files import atomic_write_text
 
         atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
 

@@ -54,7 +54,7 @@ def special_token_ids(tok: Tokenizer) -> dict[str, int]:
 
 def save_tokenizer(tok: Tokenizer, directory: str | Path) -> None:
     """tokenizer.json plus a small tokenizer_config.json naming bos/eos/pad."""
-    from model.checkpoint import atomic_write_text
+    from model.files import atomic_write_text
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

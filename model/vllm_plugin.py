@@ -60,12 +60,9 @@ def to_vllm_weights(
 def write_chat_template(checkpoint: str | Path) -> Path:
     """Write our MiniMax-M2 chat template next to a checkpoint (for ``--chat-template``)."""
     from model.chat import CHAT_TEMPLATE
+    from model.files import atomic_write_text
 
-    path = Path(checkpoint) / "chat_template.jinja"
-    tmp = path.with_suffix(".jinja.tmp")
-    tmp.write_text(CHAT_TEMPLATE + "\n", encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return atomic_write_text(Path(checkpoint) / "chat_template.jinja", CHAT_TEMPLATE + "\n")
 
 
 def _build_class():

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from model.files import atomic_path
 from trainer.config import LMConfig
 from trainer.data import BatchReader, is_corrupted
 from trainer.faults import BadData, FaultPlan, MemoryMeter, RouterImbalance
@@ -58,10 +59,8 @@ def moe_health(router_stats: list[dict]) -> dict[str, float]:
 
 def save_checkpoint(model, opt, step: int, directory: str) -> Path:
     path = Path(directory) / f"step_{step:06d}.pt"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".pt.tmp")
-    torch.save({"step": step, "model": model.state_dict(), "optimizer": opt.state_dict()}, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save({"step": step, "model": model.state_dict(), "optimizer": opt.state_dict()}, tmp)
     return path
 
 

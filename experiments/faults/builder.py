@@ -23,6 +23,7 @@ from pathlib import Path
 import yaml
 
 from experiments.faults.suite import Scenario, Suite, scenario_config
+from model.files import atomic_write_text
 
 EXPERIMENT = "faults"
 
@@ -63,11 +64,7 @@ def prepare_store(out: Path) -> str:
 
 def write_config(out: Path, suite: Suite, sc: Scenario) -> Path:
     path = out / "configs" / f"{sc.id}.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text(yaml.safe_dump(scenario_config(suite, sc), sort_keys=False))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, yaml.safe_dump(scenario_config(suite, sc), sort_keys=False))
 
 
 def train_command(program: str, config: Path, uri: str, tags: dict[str, str]) -> list[str]:

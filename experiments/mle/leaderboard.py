@@ -13,7 +13,6 @@ Rows are written best first (MLE-Bench reads the order to tell whether lower is 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 from collections.abc import Callable
@@ -43,6 +42,7 @@ from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
 
 from experiments.mle.competition import LITE, Competition, load_competition, prepare
 from experiments.mle.taskinfo import TaskInfo, infer_task
+from model.files import atomic_path
 
 
 def _scaled(model):
@@ -177,10 +177,8 @@ def baseline_scores(comp: Competition, log: Callable[[str], None] = lambda s: No
 
 
 def write_leaderboard(board: pd.DataFrame, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".leaderboard-", suffix=".csv", dir=Path(path).parent)
-    os.close(fd)
-    board.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        board.to_csv(tmp, index=False)
 
 
 def main(argv: list[str] | None = None) -> None:

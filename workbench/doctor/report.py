@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from model.files import atomic_path, atomic_write_text
 from scaffold.loader import Scaffold
 from workbench.doctor.core import judge, series_of
 from workbench.doctor.series import Series, resolve_roles
@@ -59,7 +58,7 @@ def plot_metric(s: Series, onsets: list[tuple[int, str]], path: Path) -> None:
     ax.set_title(s.name, fontsize=10)
     ax.legend(fontsize=8, loc="upper right")
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, format="png")
     plt.close(fig)
 
 
@@ -112,19 +111,6 @@ def render_markdown(info: RunInfo, v: RunVerdict, plots: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _atomic(path: Path, write) -> None:
-    """Write via a temp file in the same folder, then rename: never a half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_report(
     client: TrackingClient,
     run_id: str,
@@ -156,12 +142,11 @@ def write_report(
     plots = []
     for name in names:
         fname = f"{_safe(name)}.png"
-        _atomic(
-            out / fname, lambda p, name=name: plot_metric(series[name], onsets.get(name, []), p)
-        )
+        with atomic_path(out / fname) as tmp:
+            plot_metric(series[name], onsets.get(name, []), tmp)
         plots.append(fname)
     text = render_markdown(info, v, plots)
-    _atomic(out / "report.md", lambda p: p.write_text(text))
+    atomic_write_text(out / "report.md", text)
     if log_to_mlflow:
         client.log_artifacts(run_id, str(out), "doctor_report")
     return out / "report.md", v

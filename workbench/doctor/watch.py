@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from model.files import atomic_write_bytes
 from scaffold.loader import Scaffold
 from workbench.doctor.core import (
     _last_point,
@@ -112,23 +112,13 @@ class Watcher:
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> None:
         """Write the state atomically (temp file + rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         blob = {
             "version": _STATE_VERSION,
             "uri": self.client.uri,
             "experiment": self.experiment,
             "runs": self.runs,
         }
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".watch-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                pickle.dump(blob, f, protocol=pickle.HIGHEST_PROTOCOL)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_write_bytes(path, pickle.dumps(blob, protocol=pickle.HIGHEST_PROTOCOL))
 
     def load(self, path: str | Path) -> bool:
         """Restore a saved state for the same store and experiment (False if none/other)."""

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from model.files import atomic_write_text
 from workbench.errors import BadInputError
 
 # A node's status.  Only nodes with a full selection score can become parents.
@@ -82,12 +81,7 @@ class Archive:
             "config": self.config,
             "nodes": [asdict(n) for n in self.nodes.values()],
         }
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".archive-", suffix=".json")
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, default=str)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, json.dumps(data, indent=1, default=str), fsync=True)
 
     def put(self, node: Node) -> Node:
         self.nodes[node.id] = node

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from model.files import atomic_write_bytes
 from scaffold.loader import Scaffold, ScaffoldError
 from workbench import DEFAULT_HOME
 from workbench.errors import BadInputError
@@ -74,11 +75,7 @@ def cached_suite(store: Path, home: Path, log: Log) -> SuiteCache:
             return pickle.load(f)
     log(f"reading the suite store {store} (once)")
     cache = load_suite_cache(store)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as f:
-        pickle.dump(cache, f)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, pickle.dumps(cache))
     return cache
 
 

@@ -17,7 +17,6 @@ import os
 import random
 import re
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -34,6 +33,7 @@ from experiments.mle.competition import (
     prepare,
 )
 from experiments.mle.taskinfo import TaskInfoError, infer_task
+from model.files import atomic_write_text
 from workbench.errors import BadInputError
 from workbench.mle.brains import Brain, NodeView, Proposal, TaskContext, last_error, make_mle_brain
 from workbench.mle.config import MleScaffold, load_mle_scaffold
@@ -242,10 +242,7 @@ class _MlflowRun:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".journal-", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=1, default=str)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=1, default=str))
 
 
 # ------------------------------------------------------------------------------------ the run

@@ -44,7 +44,7 @@ from typing import Any
 
 import torch
 
-from model.checkpoint import atomic_write_text
+from model.files import atomic_write_text
 from trainer.rl.advantages import compute_advantages
 from trainer.rl.data import Sample, completion_sample
 from trainer.rl.forward import behaviour_logprobs

@@ -21,8 +21,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-import os
-import tempfile
 import threading
 import time
 import uuid
@@ -35,6 +33,7 @@ from typing import Any
 
 import yaml
 
+from model.files import atomic_write_text
 from workbench.errors import BadInputError
 
 TAG = "workbench.fix_outcome"  # unique per rerun: finds the run in the scratch store
@@ -129,10 +128,7 @@ class FixOutcomes:
         with self._flock("outcomes.lock"):  # read-modify-write: another process may add too
             data = self._read()
             data[_key(out.scenario, out.patch)] = out.to_json()
-            fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".outcomes-", suffix=".json")
-            with os.fdopen(fd, "w") as f:
-                json.dump(data, f, indent=1, sort_keys=True)
-            os.replace(tmp, self.path)
+            atomic_write_text(self.path, json.dumps(data, indent=1, sort_keys=True))
 
     def record(self, out: FixOutcome) -> None:
         """Keep an outcome measured elsewhere (e.g. a supervisor episode's verified fix)."""
@@ -265,10 +261,7 @@ class FixOutcomes:
             uri = prepare_store(runs)
         token = f"{digest}-{uuid.uuid4().hex[:8]}"
         config = runs / "configs" / f"{scenario}-{digest}.yaml"
-        config.parent.mkdir(parents=True, exist_ok=True)
-        tmp = config.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(yaml.safe_dump(cfg, sort_keys=False))
-        os.replace(tmp, config)
+        atomic_write_text(config, yaml.safe_dump(cfg, sort_keys=False))
         suite = self._suite_obj()
         hung, _ = run_watched(
             train_command(program, config, uri, {SCENARIO_TAG: scenario, TAG: token}),

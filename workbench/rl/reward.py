@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from model.checkpoint import atomic_write_text
+from model.files import atomic_write_text
 from workbench.rl.outcomes import canonical_patch
 from workbench.rl.tasks import NO_ACTION, Task, playbook_order, touches_injection
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from model.checkpoint import atomic_write_text
+from model.files import atomic_write_text
 from workbench.errors import BadInputError
 from workbench.rl.outcomes import canonical_patch
 

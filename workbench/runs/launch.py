@@ -17,7 +17,6 @@ child and adopts its run — it never starts a second one.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import sys
@@ -28,6 +27,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from model.files import atomic_write_text
 from workbench.errors import BadInputError, WorkbenchError
 from workbench.runs import sandbox
 from workbench.supervisor.patches import check_repo_path
@@ -222,6 +222,4 @@ def _finish(client, run_id, rc, timed_out, log, tags, reused) -> LaunchResult:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data))

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from model.files import atomic_path, atomic_write_text
 from trainer.tracking import DEFAULT_TRACKING_URI
 from workbench import DEFAULT_HOME
 from workbench.errors import BadInputError
@@ -162,11 +163,7 @@ def write_report(state: dict) -> Path:
     png = _plot(state, reports / f"{tid}.png")
     if png:
         lines += ["", f"![eval metric]({png.name})"]
-    path = reports / f"{tid}.md"
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(path)
-    return path
+    return atomic_write_text(reports / f"{tid}.md", "\n".join(lines) + "\n")
 
 
 def _plot(state: dict, path: Path) -> Path | None:
@@ -193,10 +190,9 @@ def _plot(state: dict, path: Path) -> Path | None:
         ax.set_ylabel(metric)
         ax.legend()
         fig.tight_layout()
-        tmp = path.with_name(path.stem + ".tmp.png")
-        fig.savefig(tmp, dpi=80)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=80, format="png")
         plt.close(fig)
-        tmp.replace(path)
         return path
     except Exception:  # a plot is a nicety; the report stands without it
         return None

@@ -9,10 +9,11 @@ episode leaves a complete file up to its last event; a resumed one appends to it
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
+
+from model.files import atomic_write_text
 
 
 class Trajectory:
@@ -28,12 +29,10 @@ class Trajectory:
         self._write()
 
     def _write(self) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
         text = "".join(
             json.dumps(e, default=str, allow_nan=False) + "\n" for e in _clean(self.events)
         )
-        tmp.write_text(text)
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, text)
 
     def of_type(self, type_: str) -> list[dict]:
         return [e for e in self.events if e["type"] == type_]
