@@ -22,6 +22,7 @@ from pathlib import Path
 
 from trainer.config import OptimizerConfig, _RunConfig, params_for_tracking
 from trainer.faults import FaultPlan
+from trainer.tags import Tag
 from trainer.tracking import MlflowTracker, NullTracker, Tracker
 
 LOG_UPLOAD_EVERY_S = 2.0
@@ -147,23 +148,23 @@ def _git(args: list[str], cwd: Path) -> str | None:
 
 def run_tags(program: str, config_path: Path | None, launch: str | None = None) -> dict[str, str]:
     """``workbench.launch`` (a command that reproduces the run), config path, git commit."""
-    tags: dict[str, str] = {"workbench.program": program}
+    tags: dict[str, str] = {Tag.PROGRAM: program}
     if config_path is None:
         return tags
     config_path = config_path.resolve()
     root = _git(["rev-parse", "--show-toplevel"], config_path.parent)
     if root:
         rel = os.path.relpath(config_path, root)
-        tags["workbench.config"] = rel
+        tags[Tag.CONFIG] = rel
         commit = _git(["rev-parse", "HEAD"], Path(root))
         if commit:
             tags["mlflow.source.git.commit"] = commit
-            tags["workbench.git_commit"] = commit
-        tags["workbench.repo"] = root
+            tags[Tag.GIT_COMMIT] = commit
+        tags[Tag.REPO] = root
     else:
         rel = str(config_path)
-        tags["workbench.config"] = rel
-    tags["workbench.launch"] = launch or f"workbench train {program} --config {shlex.quote(rel)}"
+        tags[Tag.CONFIG] = rel
+    tags[Tag.LAUNCH] = launch or f"workbench train {program} --config {shlex.quote(rel)}"
     return tags
 
 

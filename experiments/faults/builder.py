@@ -24,6 +24,7 @@ import yaml
 
 from experiments.faults.suite import Scenario, Suite, scenario_config
 from model.files import atomic_write_text
+from trainer.tags import Tag
 
 EXPERIMENT = "faults"
 
@@ -79,9 +80,9 @@ def train_command(program: str, config: Path, uri: str, tags: dict[str, str]) ->
 def _command(sc: Scenario, config: Path, uri: str) -> list[str]:
     expected = json.dumps(sc.expected.model_dump(), sort_keys=True)
     tags = {
-        "workbench.scenario": sc.id,
-        "workbench.expected": expected,
-        "workbench.split": sc.split,
+        Tag.SCENARIO: sc.id,
+        Tag.EXPECTED: expected,
+        Tag.SPLIT: sc.split,
     }
     return train_command(sc.program, config, uri, tags)
 
@@ -164,7 +165,7 @@ def _resolve(uri: str, runs: list[BuiltRun]) -> None:
     for r in runs:
         found = client.search_runs(
             [exp.experiment_id],
-            filter_string=f"tags.`workbench.scenario` = '{r.scenario}'",
+            filter_string=f"tags.`{Tag.SCENARIO}` = '{r.scenario}'",
             order_by=["attributes.start_time DESC"],
             max_results=1,
         )

@@ -19,6 +19,7 @@ from typing import Annotated
 import typer
 import yaml
 
+from trainer.tags import Tag
 from workbench.cli.options import Json
 from workbench.cli.output import console, err_console, print_json, print_table
 from workbench.errors import BadInputError
@@ -131,7 +132,7 @@ def run_original(repo: Path, config: str, uri: str, experiment_id: str, logs: Pa
     sandbox.run_local(box)
     runs = MlflowClient(uri).search_runs(
         [experiment_id],
-        filter_string=f"tags.`workbench.config` = '{config}'",
+        filter_string=f"tags.`{Tag.CONFIG}` = '{config}'",
         order_by=["attributes.start_time DESC"],
         max_results=1,
     )

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from trainer.tags import Tag
 from workbench.cli.options import DEFAULT_HOME, DEFAULT_TRACKING_URI, Home, Json, TrackingUri
 from workbench.cli.output import console, err_console, error, print_json, print_table
 from workbench.errors import BadInputError, WorkbenchError
@@ -127,8 +128,8 @@ def _tag(client, v, written: dict[str, tuple[str, str]]) -> None:
     text = v.diagnosis.summary if v.diagnosis else "healthy"
     if written.get(v.run_id) == (text, cause):
         return
-    client.set_tag(v.run_id, "workbench.diagnosis", text[:5000])
-    client.set_tag(v.run_id, "workbench.cause", cause)
+    client.set_tag(v.run_id, Tag.DIAGNOSIS, text[:5000])
+    client.set_tag(v.run_id, Tag.CAUSE, cause)
     written[v.run_id] = (text, cause)
 
 

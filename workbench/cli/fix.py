@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from trainer.tags import Tag
 from workbench.cli.options import DEFAULT_HOME, DEFAULT_TRACKING_URI, Home, Json, TrackingUri
 from workbench.cli.output import console, err_console, print_json, print_table
 
@@ -81,7 +82,7 @@ def fix_failing(
         if v.status != "failing" or v.run_id in done:
             continue
         done.add(v.run_id)
-        if "workbench.parent_run" in client.tags(v.run_id):
+        if Tag.PARENT_RUN in client.tags(v.run_id):
             continue
         out.append(
             fix_episode(

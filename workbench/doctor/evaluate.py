@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from scaffold.loader import Scaffold
+from trainer.tags import Tag
 from workbench.doctor.types import FINDING_KINDS, RunVerdict
 from workbench.errors import BadInputError
 
-EXPECTED_TAG = "workbench.expected"
-SCENARIO_TAG = "workbench.scenario"
 Split = Literal["selection", "heldout", "all"]
 
 TARGETS = {"f1": 0.95, "false_alarm_rate": 0.02, "cause_accuracy": 0.90, "median_delay": 10.0}
@@ -141,7 +140,7 @@ def evaluate_suite(
     newest: dict[str, tuple[int, RunVerdict]] = {}
     for v in verdicts:
         info = infos.get(v.run_id)
-        sid = info.tags.get(SCENARIO_TAG) if info else None
+        sid = info.tags.get(Tag.SCENARIO) if info else None
         if sid in scenarios and (sid not in newest or (info.start_time or 0) > newest[sid][0]):
             newest[sid] = (info.start_time or 0, v)  # a rebuilt scenario: the newest run counts
     scores = []
@@ -150,7 +149,7 @@ def evaluate_suite(
         if split != "all" and sc.split != split:
             continue
         expected = (
-            json.loads(infos[v.run_id].tags.get(EXPECTED_TAG) or "{}") or sc.expected.model_dump()
+            json.loads(infos[v.run_id].tags.get(Tag.EXPECTED) or "{}") or sc.expected.model_dump()
         )
         onset = int((sc.fault or {}).get("start_step", 0)) if sc.fault else None
         scores.append(score_run(v, sid, sc.split, expected, onset))

@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from scaffold.loader import Scaffold, load_scaffold
+from trainer.tags import Tag
 from workbench.doctor.core import detect_metrics, judge, series_of
-from workbench.doctor.evaluate import EXPECTED_TAG, SCENARIO_TAG, RunScore, score_run, summarize
+from workbench.doctor.evaluate import RunScore, score_run, summarize
 from workbench.doctor.series import Series
 from workbench.errors import BadInputError
 
@@ -284,7 +285,7 @@ def load_suite_cache(
     client = TrackingClient(f"sqlite:///{db.resolve()}")
     newest: dict[str, Any] = {}
     for info in client.runs(EXPERIMENT):
-        sid = info.tags.get(SCENARIO_TAG)
+        sid = info.tags.get(Tag.SCENARIO)
         if sid in scenarios and (
             sid not in newest or (info.start_time or 0) > (newest[sid].start_time or 0)
         ):
@@ -294,7 +295,7 @@ def load_suite_cache(
     runs = []
     for i, (sid, info) in enumerate(sorted(newest.items())):
         sc = scenarios[sid]
-        expected = json.loads(info.tags.get(EXPECTED_TAG) or "{}") or sc.expected.model_dump()
+        expected = json.loads(info.tags.get(Tag.EXPECTED) or "{}") or sc.expected.model_dump()
         onset = int((sc.fault or {}).get("start_step", 0)) if sc.fault else None
         runs.append(
             SuiteRun(

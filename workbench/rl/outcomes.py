@@ -34,10 +34,8 @@ from typing import Any
 import yaml
 
 from model.files import atomic_write_text
+from trainer.tags import Tag
 from workbench.errors import BadInputError
-
-TAG = "workbench.fix_outcome"  # unique per rerun: finds the run in the scratch store
-SCENARIO_TAG = "workbench.fix_scenario"  # not workbench.scenario: a rerun is no suite run
 
 
 @dataclass(frozen=True)
@@ -212,7 +210,7 @@ class FixOutcomes:
         found = (
             client.search_runs(
                 [exp.experiment_id],
-                filter_string=f"tags.`workbench.scenario` = '{scenario}'",
+                filter_string=f"tags.`{Tag.SCENARIO}` = '{scenario}'",
                 order_by=["attributes.start_time DESC"],
                 max_results=1,
             )
@@ -264,7 +262,9 @@ class FixOutcomes:
         atomic_write_text(config, yaml.safe_dump(cfg, sort_keys=False))
         suite = self._suite_obj()
         hung, _ = run_watched(
-            train_command(program, config, uri, {SCENARIO_TAG: scenario, TAG: token}),
+            train_command(
+                program, config, uri, {Tag.FIX_SCENARIO: scenario, Tag.FIX_OUTCOME: token}
+            ),
             runs / "logs" / f"{scenario}-{digest}.log",
             runs,
             self._stall or suite.stall_timeout_s,
@@ -275,7 +275,9 @@ class FixOutcomes:
         client = MlflowClient(uri)
         exp = client.get_experiment_by_name(EXPERIMENT)
         found = client.search_runs(
-            [exp.experiment_id], filter_string=f"tags.`{TAG}` = '{token}'", max_results=1
+            [exp.experiment_id],
+            filter_string=f"tags.`{Tag.FIX_OUTCOME}` = '{token}'",
+            max_results=1,
         )
         return (found[0].info.run_id if found else None), hung
 

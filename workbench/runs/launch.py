@@ -28,11 +28,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from model.files import atomic_write_text
+from trainer.tags import Tag
 from workbench.errors import BadInputError, WorkbenchError
 from workbench.runs import sandbox
 from workbench.supervisor.patches import check_repo_path
 
-EPISODE_TAG = "workbench.episode"
 TERMINAL = ("FINISHED", "FAILED", "KILLED")
 
 
@@ -104,7 +104,7 @@ def find_episode_run(client, experiment_id: str, episode_key: str):
     """A run already tagged with this episode (a finished, earlier launch of the same step)."""
     runs = client.search_runs(
         [experiment_id],
-        filter_string=f"tags.`{EPISODE_TAG}` = '{episode_key}'",
+        filter_string=f"tags.`{Tag.EPISODE}` = '{episode_key}'",
         order_by=["attributes.start_time DESC"],
         max_results=1,
     )
@@ -116,7 +116,7 @@ def find_child_run(client, experiment_id: str, worktree: Path, started_ms: int):
     its config, which is the worktree — unique per attempt."""
     runs = client.search_runs(
         [experiment_id],
-        filter_string=f"tags.`workbench.repo` = '{Path(worktree).resolve()}' "
+        filter_string=f"tags.`{Tag.REPO}` = '{Path(worktree).resolve()}' "
         f"and attributes.start_time >= {int(started_ms) - 2000}",
         order_by=["attributes.start_time DESC"],
         max_results=1,
@@ -150,7 +150,7 @@ def relaunch(
     launches.mkdir(parents=True, exist_ok=True)
     record_path = launches / f"{_slug(episode_key)}.json"
     record = json.loads(record_path.read_text()) if record_path.exists() else {}
-    tags = {**tags, EPISODE_TAG: episode_key}
+    tags = {**tags, Tag.EPISODE: episode_key}
     timeout = timeout_s or spec.timeout
 
     run = find_episode_run(client, experiment_id, episode_key)

@@ -22,6 +22,7 @@ from typing import Any, TypedDict
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import interrupt
 
+from trainer.tags import Tag
 from workbench.doctor.types import PatchOp
 from workbench.errors import WorkbenchError
 from workbench.runs import gitops, launch
@@ -138,8 +139,8 @@ def monitor(state: EpisodeState, deps: Deps) -> dict:
             break
         time.sleep(2.0)
     tags = info.tags
-    config_rel = tags.get("workbench.config") or launch.read_repo_spec(Path(state["repo"])).config
-    base_sha = tags.get("workbench.git_commit") or gitops.head_sha(Path(state["repo"]))
+    config_rel = tags.get(Tag.CONFIG) or launch.read_repo_spec(Path(state["repo"])).config
+    base_sha = tags.get(Tag.GIT_COMMIT) or gitops.head_sha(Path(state["repo"]))
     exp = tc.mlflow.get_experiment(info.experiment_id)
     findings = [f.model_dump() for f in verdict.findings]
     doctor = {
@@ -314,7 +315,7 @@ def relaunch(state: EpisodeState, deps: Deps) -> dict:
             experiment_id=state["experiment_id"],
             experiment_name=state["experiment_name"],
             episode_key=key,
-            tags={"workbench.parent_run": state["run_id"], "workbench.branch": cur["branch"]},
+            tags={Tag.PARENT_RUN: state["run_id"], Tag.BRANCH: cur["branch"]},
             home=Path(state["home"]),
             backend=deps.backend,
             timeout_s=deps.run_timeout_s,
@@ -381,8 +382,8 @@ def report(state: EpisodeState, deps: Deps) -> dict:
         )
         review_id = ReviewQueue(Path(state["home"]) / "review.db").upsert(item)
         tc = _tracking(state["tracking_uri"])
-        tc.set_tag(cur["new_run_id"], "workbench.verified", str(bool(cur.get("passed"))).lower())
-        tc.set_tag(cur["new_run_id"], "workbench.review_id", str(review_id))
+        tc.set_tag(cur["new_run_id"], Tag.VERIFIED, str(bool(cur.get("passed"))).lower())
+        tc.set_tag(cur["new_run_id"], Tag.REVIEW_ID, str(review_id))
     reward = float(state.get("reward", 0.0))
     _traj(state).add("end", status=status, reward=reward, review_id=review_id, report=str(path))
     deps.progress(
