@@ -30,14 +30,22 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+# The special tokens, spelled here only (``model.tokenizer`` gives them their fixed ids).
 BOS = "]~!b["
-END_OF_TURN = "[e~["
-ROLE_MARK = "]~b]"
+END_OF_TURN = "[e~["  # also the eos
+ROLE_MARK = "]~b]"  # opens a turn: ]~b]system, ]~b]user, ]~b]ai, ]~b]tool
+PAD = "]!p~["  # ours: the released tokenizer has no padding token
+NAME_MARK = "]<]minimax[>["
 THINK_BEGIN = "<think>"
 THINK_END = "</think>"
 TOOL_CALL_BEGIN = "<minimax:tool_call>"
 TOOL_CALL_END = "</minimax:tool_call>"
-SPECIAL_TOKENS = (BOS, END_OF_TURN, ROLE_MARK)
+RESPONSE_BEGIN = "<response>"
+RESPONSE_END = "</response>"
+SPECIAL_TOKENS = (
+    BOS, END_OF_TURN, ROLE_MARK, PAD, NAME_MARK, THINK_BEGIN, THINK_END,
+    TOOL_CALL_BEGIN, TOOL_CALL_END, RESPONSE_BEGIN, RESPONSE_END,
+)  # fmt: skip
 DEFAULT_SYSTEM = "You are a helpful assistant. Your name is MiniMax-M2 and is built by MiniMax."
 
 # Wire role names (OpenAI) -> template role names.
@@ -167,7 +175,7 @@ def _split_reasoning(message: Mapping[str, Any]) -> tuple[str, str]:
 
 def _tool_results(content: Any) -> str:
     if content is None or isinstance(content, str):
-        return f"\n<response>{content or ''}</response>"
+        return f"\n{RESPONSE_BEGIN}{content or ''}{RESPONSE_END}"
     out = []
     for item in content:
         if isinstance(item, Mapping) and "output" in item:
@@ -176,7 +184,7 @@ def _tool_results(content: Any) -> str:
             text = item["text"]
         else:
             text = item
-        out.append(f"\n<response>{text}\n</response>")
+        out.append(f"\n{RESPONSE_BEGIN}{text}\n{RESPONSE_END}")
     return "".join(out)
 
 

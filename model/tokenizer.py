@@ -12,22 +12,10 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from model import chat
 from model.errors import BadInputError
 
-BOS, EOS, TURN, PAD = "]~!b[", "[e~[", "]~b]", "]!p~["
-SPECIAL_TOKENS = [
-    BOS,
-    EOS,
-    TURN,
-    PAD,  # our padding token (the released tokenizer has none)
-    "]<]minimax[>[",
-    "<think>",
-    "</think>",
-    "<minimax:tool_call>",
-    "</minimax:tool_call>",
-    "<response>",
-    "</response>",
-]
+SPECIAL_TOKENS = list(chat.SPECIAL_TOKENS)  # ids 0.. in this order
 TOKENIZER_FILE = "tokenizer.json"
 
 
@@ -61,9 +49,9 @@ def save_tokenizer(tok: Tokenizer, directory: str | Path) -> None:
     atomic_write_text(directory / TOKENIZER_FILE, tok.to_str())
     cfg = {
         "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": BOS,
-        "eos_token": EOS,
-        "pad_token": PAD,
+        "bos_token": chat.BOS,
+        "eos_token": chat.END_OF_TURN,
+        "pad_token": chat.PAD,
         "added_tokens": SPECIAL_TOKENS,
         "model_max_length": 196608,
     }

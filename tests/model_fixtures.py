@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from model import MiniMaxM2Config, MiniMaxM2ForCausalLM
-from model.chat import render_messages
+from model.chat import END_OF_TURN, render_messages
 from model.serving import ThreadedServer
 from model.tokenizer import default_tokenizer, save_tokenizer
 
@@ -61,7 +61,9 @@ def fit_tool_head(model: MiniMaxM2ForCausalLM) -> MiniMaxM2ForCausalLM:
     and parses it on its normal output path."""
     tok = default_tokenizer()
     prompt = tok.encode(render_messages(TOOL_MESSAGES, tools=TOOLS), add_special_tokens=False).ids
-    target = tok.encode(TOOL_COMPLETION, add_special_tokens=False).ids + [tok.token_to_id("[e~[")]
+    target = tok.encode(TOOL_COMPLETION, add_special_tokens=False).ids + [
+        tok.token_to_id(END_OF_TURN)
+    ]
     h = model(torch.tensor([prompt + target[:-1]])).hidden_states[0, len(prompt) - 1 :]
     feats = model.model.norm(h).double()
     wanted = torch.nn.functional.one_hot(torch.tensor(target), model.config.vocab_size) * 20.0

@@ -9,6 +9,7 @@ import json
 import pytest
 import torch
 
+from model.chat import END_OF_TURN
 from workbench.rl.config import RLConfig
 from workbench.rl.loop import run_rl
 from workbench.rl.reward import RemedyCache, suite_verified
@@ -21,7 +22,7 @@ def test_tasks_rewards_and_action_parsing(tmp_path):
     assert NO_ACTION in actions and "lower_lr" in actions and catalog[NO_ACTION] == []
     assert {t.split for t in tasks} == {"selection", "heldout"}
     a = actions.index("lower_lr")
-    assert parse_action(chr(65 + a) + "[e~[", actions) == "lower_lr"
+    assert parse_action(chr(65 + a) + END_OF_TURN, actions) == "lower_lr"
     assert parse_action(" lower_lr", actions) == "lower_lr"
     assert parse_action("nonsense", actions) is None
     by = {t.scenario: t for t in tasks}
@@ -29,10 +30,10 @@ def test_tasks_rewards_and_action_parsing(tmp_path):
     oom = by["digits-oom"]
     assert oom.menu == ("bf16_activations", "halve_batch", NO_ACTION)  # sorted by id
     # a remedy's letter is its place in the whole catalog, the same on every menu ...
-    assert parse_action("F[e~[", oom.menu) == "halve_batch"
+    assert parse_action("F" + END_OF_TURN, oom.menu) == "halve_batch"
     assert parse_action("B", oom.menu) is None  # clip_grads: not on this menu
     # ... or, as an ablation, its place on this menu
-    assert parse_action("B[e~[", oom.menu, "letter") == "halve_batch"
+    assert parse_action("B" + END_OF_TURN, oom.menu, "letter") == "halve_batch"
     assert by["lm-healthy-a"].menu == (NO_ACTION,)
     # remedies that edit the suite's fault injection are not offered (no real run has one)
     assert by["lm-fp-overflow"].menu == ("clip_grads", "fp32", NO_ACTION)

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 import jinja2
 
 from experiments.mle.taskinfo import TaskInfo
+from model.chat import THINK_BEGIN, THINK_END
 from workbench.mle.config import MleScaffold
 
 _ENV = jinja2.Environment(
@@ -234,7 +235,8 @@ def parse_answer(text: str) -> tuple[str, str] | None:
         return None
     code = max(blocks, key=len).strip() + "\n"
     plan = text[: text.find("```")].strip()
-    plan = re.sub(r"<think>.*?</think>", "", plan, flags=re.DOTALL).strip()
+    thought = f"{re.escape(THINK_BEGIN)}.*?{re.escape(THINK_END)}"
+    plan = re.sub(thought, "", plan, flags=re.DOTALL).strip()
     return plan[:2000], code
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from model.chat import END_OF_TURN
 from model.files import atomic_write_text
 from workbench.errors import BadInputError
 from workbench.rl.outcomes import canonical_patch
@@ -171,7 +172,7 @@ def prompt_messages(task: Task, actions: list[str], answer: str = "code") -> lis
 
 def parse_action(text: str, actions: Sequence[str], answer: str = "code") -> str | None:
     """The remedy an answer names: its letter (see ``answer_name``) or its id, alone."""
-    text = text.strip().removesuffix("[e~[").strip()
+    text = text.strip().removesuffix(END_OF_TURN).strip()
     for a in actions:
         if text in (answer_name(a, actions, answer), a):
             return a

@@ -25,7 +25,7 @@ from langchain_core.runnables import Runnable
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict
 
-from model.chat import END_OF_TURN, as_content, parse_output, render_messages
+from model.chat import END_OF_TURN, TOOL_CALL_BEGIN, as_content, parse_output, render_messages
 
 _ENGINES: dict[str, tuple[Any, Any]] = {}
 _LOCK = threading.Lock()
@@ -123,7 +123,7 @@ class LocalChatModel(BaseChatModel):
                 text = text[: text.find(s)]
         parsed = parse_output(text, tools=tools or None)
         # Content as the server returns it (thought included), so later turns replay it.
-        body = text.split("<minimax:tool_call>")[0] if parsed.tool_calls else text
+        body = text.split(TOOL_CALL_BEGIN)[0] if parsed.tool_calls else text
         message = AIMessage(
             content=as_content(body),
             tool_calls=[
