@@ -35,6 +35,7 @@ class Tracker(Protocol):
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
     def flush(self) -> None: ...
     def finish(self, status: str) -> None: ...
+    def child(self, run_name: str, tags: dict[str, str]) -> Tracker: ...
 
 
 class NullTracker:
@@ -62,6 +63,9 @@ class NullTracker:
 
     def finish(self, status: str) -> None:
         pass
+
+    def child(self, run_name: str, tags: dict[str, str]) -> NullTracker:
+        return self
 
 
 def _connect(uri: str, attempts: int = 4, first_delay_s: float = 0.5):
@@ -105,6 +109,7 @@ class MlflowTracker:
         # MLflow's own INFO chatter would otherwise land in every run's log.
         logging.getLogger("mlflow").setLevel(logging.WARNING)
         self.uri = resolve_tracking_uri(tracking_uri)
+        self.experiment = experiment
         self.client = _connect(self.uri)
         exp = self.client.get_experiment_by_name(experiment)
         if exp is None:
@@ -176,6 +181,17 @@ class MlflowTracker:
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def child(self, run_name: str, tags: dict[str, str]) -> MlflowTracker:
+        """A nested run in the same experiment (MLflow's ``mlflow.parentRunId``)."""
+        return MlflowTracker(
+            self.uri,
+            self.experiment,
+            run_name=run_name,
+            tags={**tags, "mlflow.parentRunId": self.run_id},
+            system_metrics=False,
+            flush_every_s=self.flush_every_s,
+        )
 
     def finish(self, status: str) -> None:
         self._stop.set()

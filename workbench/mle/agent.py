@@ -34,6 +34,7 @@ from experiments.mle.competition import (
 )
 from experiments.mle.taskinfo import TaskInfoError, infer_task
 from model.files import atomic_write_text
+from trainer.tracking import MlflowTracker, NullTracker, Tracker, TrackingError
 from workbench.errors import BadInputError
 from workbench.mle.brains import Brain, NodeView, Proposal, TaskContext, last_error, make_mle_brain
 from workbench.mle.config import MleScaffold, load_mle_scaffold
@@ -194,51 +195,15 @@ def data_preview(public_dir: Path, max_cols: int = 20) -> str:
 # ------------------------------------------------------------------------------------ tracking
 
 
-class _NoTrack:
-    run_id = None
-
-    def child(self, name: str, tags: dict) -> _NoTrack:
-        return self
-
-    def log_params(self, params: dict) -> None: ...
-    def log_metrics(self, metrics: dict, step: int = 0) -> None: ...
-    def set_tags(self, tags: dict) -> None: ...
-    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
-    def finish(self, status: str) -> None: ...
-
-
-class _MlflowRun:
-    """A thin wrapper over the trainer's MLflow tracker that can open nested child runs."""
-
-    def __init__(self, uri: str | None, experiment: str, name: str, tags: dict) -> None:
-        from trainer.tracking import MlflowTracker, TrackingError
-
-        try:
-            self.t = MlflowTracker(uri, experiment, run_name=name, tags=tags, system_metrics=False)
-        except TrackingError as exc:
-            raise BadInputError(str(exc)) from None
-        self.uri, self.experiment, self.run_id = uri, experiment, self.t.run_id
-
-    def child(self, name: str, tags: dict) -> _MlflowRun:
-        return _MlflowRun(
-            self.uri, self.experiment, name, {**tags, "mlflow.parentRunId": self.run_id}
-        )
-
-    def log_params(self, params: dict) -> None:
-        self.t.log_params(params)
-
-    def log_metrics(self, metrics: dict, step: int = 0) -> None:
-        self.t.log_metrics(metrics, step)
-        self.t.flush()
-
-    def set_tags(self, tags: dict) -> None:
-        self.t.set_tags(tags)
-
-    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
-        self.t.log_artifact(path, artifact_path)
-
-    def finish(self, status: str) -> None:
-        self.t.finish(status)
+def _tracker(track: bool, uri: str | None, name: str, tags: dict[str, str]) -> Tracker:
+    """The trainer's tracker (one metrics path into MLflow), experiment ``mle``; nodes are its
+    child runs."""
+    if not track:
+        return NullTracker()
+    try:
+        return MlflowTracker(uri, "mle", run_name=name, tags=tags, system_metrics=False)
+    except TrackingError as exc:
+        raise BadInputError(str(exc)) from None
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -307,15 +272,11 @@ def run_task(
     )
     limits_base = sc.sandbox
     rng = random.Random(seed)
-    tracker: Any = (
-        _MlflowRun(
-            tracking_uri,
-            "mle",
-            f"{comp.id}-s{seed}",
-            {"mle.task": comp.id, "mle.brain": the_brain.name},
-        )
-        if track
-        else _NoTrack()
+    tracker = _tracker(
+        track,
+        tracking_uri,
+        f"{comp.id}-s{seed}",
+        {"mle.task": comp.id, "mle.brain": the_brain.name},
     )
     tracker.log_params(
         {
@@ -440,7 +401,7 @@ def run_task(
         metrics["test_score"] = result.score
     if result.validation_score is not None:
         metrics["validation_score"] = result.validation_score
-    tracker.log_metrics(metrics)
+    tracker.log_metrics(metrics, step=0)
     tracker.set_tags({"mle.medal": result.medal, "mle.best_node": str(result.best_node)})
     _write_json(run_dir / "result.json", {**result.to_dict(), "grade": report.to_dict()})
     journal()
@@ -451,7 +412,7 @@ def run_task(
     return result
 
 
-def _log_node(tracker: Any, node: Node, node_dir: Path) -> None:
+def _log_node(tracker: Tracker, node: Node, node_dir: Path) -> None:
     child = tracker.child(
         f"node-{node.id:03d}-{node.stage}",
         {
@@ -474,7 +435,7 @@ def _log_node(tracker: Any, node: Node, node_dir: Path) -> None:
     metrics = {"wall_s": node.wall_s}
     if node.score is not None:
         metrics["validation_score"] = node.score
-    child.log_metrics(metrics)
+    child.log_metrics(metrics, step=0)
     if node.error:
         child.set_tags({"mle.error": node.error[:500]})
     child.log_artifact(node_dir / "solution.py", "code")
