@@ -4,7 +4,7 @@ under random completion times, and the driver over real thread/process pools."""
 from __future__ import annotations
 
 import random
-import time
+import threading
 
 import pytest
 
@@ -86,15 +86,24 @@ def test_larger_window_lets_fast_rollouts_through():
         s.complete(0)  # never launched
 
 
-def _sleepy(rid: int, delay: float) -> tuple[int, float]:
-    time.sleep(delay)
-    return rid, delay
+def _echo(rid: int) -> tuple[int, int]:
+    return rid, rid
 
 
 def test_driver_over_a_thread_pool_respects_the_window():
-    delays = [0.3, 0.01, 0.01, 0.01, 0.2, 0.01, 0.01, 0.01]
+    one_consumed = threading.Event()
+
+    def rollout(rid: int) -> tuple[int, int]:
+        if rid == 0:  # the slow one: it finishes only once rollout 1 has been consumed
+            assert one_consumed.wait(timeout=60), "rollout 1 was not consumed before 0 finished"
+        return rid, rid
+
+    got = []
     with RolloutPool(workers=4, kind="thread") as pool:
-        got = list(windowed_rollouts(pool, lambda i: (_sleepy, (i, delays[i])), len(delays), 2, 4))
+        for rid, res in windowed_rollouts(pool, lambda i: (rollout, (i,)), 8, 2, 4):
+            got.append((rid, res))
+            if rid == 1:
+                one_consumed.set()
     ids = [rid for rid, _ in got]
     assert sorted(ids) == list(range(8)) and [r for _, (r, _) in got] == ids
     order = {rid: k for k, rid in enumerate(ids)}
@@ -105,14 +114,14 @@ def test_driver_over_a_thread_pool_respects_the_window():
 
 def test_process_pool_runs_rollouts():
     with RolloutPool(workers=2, kind="process") as pool:
-        got = list(windowed_rollouts(pool, lambda i: (_sleepy, (i, 0.0)), 4, 4, 4))
+        got = list(windowed_rollouts(pool, lambda i: (_echo, (i,)), 4, 4, 4))
     assert sorted(r for r, _ in got) == [0, 1, 2, 3]
 
 
 def test_ray_pool_without_ray_is_a_clear_error():
     if ray_available():
         with RolloutPool(workers=2, kind="ray") as pool:
-            got = list(windowed_rollouts(pool, lambda i: (_sleepy, (i, 0.0)), 3, 3, 3))
+            got = list(windowed_rollouts(pool, lambda i: (_echo, (i,)), 3, 3, 3))
         assert sorted(r for r, _ in got) == [0, 1, 2]
     else:
         with pytest.raises(RuntimeError, match="ray"):

@@ -7,13 +7,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import yaml
 from trainer_helpers import history, log_text
 
 from experiments.faults.builder import prepare_store, run_one
 from experiments.faults.suite import Suite
+from tests.waiting import blocked_on_a_lock, wait_until
 
 
 def _cli(*args, **kw):
@@ -89,10 +89,14 @@ def test_sigterm_marks_the_run_killed_and_uploads_its_log(tmp_path):
             stderr=subprocess.STDOUT,
             env=env,
         )
-        deadline = time.monotonic() + 180
-        while b"step 5:" not in log.read_bytes() and time.monotonic() < deadline:
-            time.sleep(0.5)
-        time.sleep(2.0)  # now blocked in the stuck read
+        run_id = wait_until(lambda: _the_run(uri, proc, log), 180, "the run")
+        # Step 9 (the last before the hang) has reached the store, flushed after the step, and
+        # the trainer's main thread waits on a lock: it is blocked in the stuck read of step 10.
+        wait_until(
+            lambda: _logged_to(uri, run_id, 9) and blocked_on_a_lock(proc.pid),
+            180,
+            "the stuck read",
+        )
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 130
     exp = _client(uri).get_experiment_by_name("faults")
@@ -100,6 +104,17 @@ def test_sigterm_marks_the_run_killed_and_uploads_its_log(tmp_path):
     assert found.info.status == "KILLED"
     assert "run killed" in log_text(uri, found.info.run_id, tmp_path)
     assert found.data.tags["workbench.launch"].startswith("workbench train digits --config ")
+
+
+def _the_run(uri: str, proc: subprocess.Popen, log) -> str | None:
+    assert proc.poll() is None, log.read_text()  # died before it hung
+    exp = _client(uri).get_experiment_by_name("faults")
+    runs = _client(uri).search_runs([exp.experiment_id])
+    return runs[0].info.run_id if runs else None
+
+
+def _logged_to(uri: str, run_id: str, step: int) -> bool:
+    return any(s >= step for s, _ in history(uri, run_id, "loss"))
 
 
 def test_invalid_config_is_one_line_naming_key_and_value(tmp_path):
