@@ -80,9 +80,9 @@ def judge(
         reasons.append("doctor still finds " + ", ".join(recurring))
     goal = target if target is not None else before.get("best_eval")
     got = after.get("best_eval")
-    if got is None:
+    if got is None or not math.isfinite(got):  # a NaN would pass every comparison below
         reasons.append("patched run has no finite eval metric")
-    elif goal is not None and got > goal + abs(goal) * tolerance:
+    elif goal is not None and math.isfinite(goal) and got > goal + abs(goal) * tolerance:
         reasons.append(f"best eval {got:.4g} does not reach {goal:.4g}")
     passed = not reasons
     return Outcome(
