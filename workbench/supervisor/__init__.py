@@ -1,4 +1,5 @@
 """The fix loop: a LangGraph graph (``graph``) that monitors a run, lets a brain (``brains``)
 diagnose it and propose remedies through tools (``tools``), patches a worktree (``patches``),
 relaunches, judges the rerun (``verify``), reports and queues a review item (``review``).
-``episode`` runs one episode end to end; ``trajectory`` records everything it did."""
+``episode`` runs one episode end to end; ``trajectory`` records everything it did; ``query`` is
+the one ask-retry-fall-back loop every brain call goes through (here, in evolve and in mle)."""
