@@ -127,8 +127,8 @@ def diagnose_cmd(
 
 
 def _tag(client, v, written: dict[str, tuple[str, str]]) -> None:
-    cause = v.diagnosis.cause if v.diagnosis else "healthy"
-    text = v.diagnosis.summary if v.diagnosis else "healthy"
+    cause = v.diagnosis.cause if v.diagnosis else v.status  # healthy | no_data
+    text = v.diagnosis.summary if v.diagnosis else v.status
     if written.get(v.run_id) == (text, cause):
         return
     client.set_tag(v.run_id, "workbench.diagnosis", text[:5000])
@@ -146,7 +146,7 @@ def _watch_table(verdicts, experiment: str, polls: int):
         newest = (
             max(v.findings, key=lambda f: (f.step is not None, f.step or 0)) if v.findings else None
         )
-        style = "red" if v.status == "failing" else "green"
+        style = {"failing": "red", "no_data": "yellow"}.get(v.status, "green")
         t.add_row(
             v.run_id[:12],
             f"[{style}]{v.status}[/]",
