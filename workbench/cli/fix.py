@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from workbench.cli.output import console, err_console, print_json, print_table
+from workbench.cli.output import cancelled, console, err_console, print_json, print_table
 
 Home = Annotated[Path, typer.Option("--home", help="Workbench state folder (checkpoints, queue).")]
 Tracking = Annotated[
@@ -47,6 +47,8 @@ def fix_cmd(
         max_attempts=max_attempts, backend=backend, as_json=as_json,
     )  # fmt: skip
     show_summary([out], as_json)
+    if out["status"] == "declined":
+        cancelled()
 
 
 def fix_episode(
@@ -109,6 +111,8 @@ def show_summary(rows: list[dict], as_json: bool) -> None:
             for r in rows
         ],
     )  # fmt: skip
+    for r in rows:  # in full, on a line of its own: the table may cut it, --resume needs it
+        console.print(f"thread {r['thread_id']}", highlight=False, soft_wrap=True)
 
 
 def _fmt(v) -> str:

@@ -118,6 +118,9 @@ def _atomic(path: Path, write) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        from model.checkpoint import umask_file_mode  # mkstemp's 0600 must not leak
+
+        os.chmod(tmp, umask_file_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
