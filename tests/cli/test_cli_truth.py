@@ -56,6 +56,12 @@ def test_fix_refuses_a_non_repo_before_any_work(tmp_path):
     ])  # fmt: skip
     assert isinstance(res.exception, BadInputError) and "not a git repository" in str(res.exception)
     assert not home.exists()  # no episode state, no monitoring was done
+    res = CliRunner().invoke(app, [
+        "watch", "-e", "nope", "--once", "--fix", "--repo", str(tmp_path / "plain"),
+        "--home", str(home), "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}",
+    ])  # fmt: skip
+    assert isinstance(res.exception, BadInputError) and "not a git repository" in str(res.exception)
+    assert not (tmp_path / "m.db").exists()  # refused before the store was even opened
 
 
 @pytest.fixture

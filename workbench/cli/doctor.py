@@ -186,6 +186,10 @@ def watch_cmd(
 
     from workbench.doctor.watch import Watcher
 
+    if fix:  # --repo is checked before any polling
+        from workbench.runs.gitops import check_repo
+
+        check_repo(repo)
     sc = _scaffold(scaffold)
     client = _client(tracking_uri)
     w = Watcher(client, experiment, sc)
