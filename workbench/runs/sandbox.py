@@ -229,8 +229,8 @@ def _resolve(path: Path) -> tuple[list[tuple[str, str]], Path]:
 def _python_runtime(executable: str) -> tuple[tuple[Path, ...], tuple[Path, ...]]:
     """(paths to show, paths to hide) for a Python interpreter to start and import its packages.
 
-    Shown: the interpreter, its prefix (venv), its stdlib and import path, and the folders of
-    the shared libraries it links. Hidden: the base install's ``site-packages`` when the
+    Shown: a venv's ``pyvenv.cfg``, the stdlib and import path, and the folders of the shared
+    libraries the interpreter links. Hidden: the base install's ``site-packages`` when the
     interpreter does not import from it (another install's packages and their data files).
     """
     code = (
@@ -245,7 +245,9 @@ def _python_runtime(executable: str) -> tuple[tuple[Path, ...], tuple[Path, ...]
         info = json.loads(out)
     except (OSError, subprocess.SubprocessError, ValueError):
         return (), ()
-    shown = {Path(info["prefix"])}
+    # Not the whole prefix (for a system Python that is all of /usr): a venv needs its
+    # pyvenv.cfg; the interpreter's link chain is added by the caller.
+    shown = {Path(info["prefix"]) / "pyvenv.cfg"}
     shown.update(Path(p) for p in info["path"])
     shown.update(Path(info["paths"][k]) for k in ("stdlib", "platstdlib", "purelib", "platlib"))
     libs = _linked_library_dirs(str(_resolve(Path(executable))[1]))
