@@ -10,6 +10,7 @@ PYTEST_ARGS ?=
 .PHONY: setup demo test bench bench-gpu lint format clean
 
 setup: $(STAMP)
+	@scripts/ensure_bwrap.sh
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -6,7 +6,13 @@ import importlib
 import sys
 
 # Each module exposes ``main(argv: list[str]) -> None``.
-BENCHMARKS = ["bench.model_step", "bench.kernels", "bench.serving", "bench.doctor"]
+BENCHMARKS = [
+    "bench.model_step",
+    "bench.kernels",
+    "bench.serving",
+    "bench.doctor",
+    "bench.sandbox",
+]
 
 
 def main() -> None:

@@ -30,6 +30,7 @@ def atomic_path(path: str | Path, *, fsync: bool = False) -> Iterator[Path]:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+        os.chmod(tmp, _new_file_mode())  # a writer that recreated the file (safetensors) got 0600
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -46,6 +47,18 @@ def atomic_write_bytes(path: str | Path, data: bytes, *, fsync: bool = False) ->
     with atomic_path(path, fsync=fsync) as tmp:
         tmp.write_bytes(data)
     return Path(path)
+
+
+def _new_file_mode() -> int:
+    """The mode ``open()`` gives a new file: 0666 less the umask (read without changing it,
+    which ``os.umask`` cannot do thread-safely)."""
+    try:
+        with open("/proc/self/status") as fh:
+            mask = next(int(ln.split()[1], 8) for ln in fh if ln.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return 0o666 & ~mask
 
 
 def _new_temp(path: Path) -> Path:

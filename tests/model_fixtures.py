@@ -109,8 +109,9 @@ def serve_model():
 
     servers = []
 
-    def start(path: Path, name: str = "tiny") -> RunningServer:
-        servers.append(RunningServer(build_app(path, model_name=name, max_batch=8)))
+    def start(path: Path, name: str = "tiny", admin_token: str | None = None) -> RunningServer:
+        app = build_app(path, model_name=name, max_batch=8, admin_token=admin_token)
+        servers.append(RunningServer(app))
         return servers[-1]
 
     yield start

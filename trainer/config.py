@@ -134,9 +134,11 @@ def load_config(path: str | Path, program: str) -> _RunConfig:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise ConfigError(f"invalid {path}: not YAML ({str(err).splitlines()[0]})") from None
+    if data is None:  # never a silent full default run
+        raise ConfigError(f"invalid {path}: the config is empty")
     if not isinstance(data, dict):
         raise ConfigError(f"invalid {path}: the top level must be a mapping")
     return parse_config(program, data, source=str(path))

@@ -50,16 +50,22 @@ def load_engine(
     return engine, load_tokenizer(path)
 
 
+ADMIN_TOKEN_ENV = "WORKBENCH_ADMIN_TOKEN"
+
+
 def build_app(
     model_dir: str | Path,
     model_name: str | None = None,
     device: str | None = None,
     max_batch: int = 32,
+    admin_token: str | None = None,
 ):
+    """The server app; ``/admin/*`` is on only with an ``admin_token``."""
     from model.serving.api import create_app
 
     engine, tokenizer = load_engine(model_dir, device=device, max_batch=max_batch)
-    return create_app(engine, tokenizer, model_name or Path(model_dir).resolve().name)
+    name = model_name or Path(model_dir).resolve().name
+    return create_app(engine, tokenizer, name, admin_token=admin_token or None)
 
 
 def serve(
@@ -68,10 +74,13 @@ def serve(
     port: int = 8000,
     model_name: str | None = None,
     max_batch: int = 32,
+    admin_token: str | None = None,
 ) -> None:
+    """Serve until stopped; the admin token defaults to ``$WORKBENCH_ADMIN_TOKEN``."""
     import uvicorn
 
-    app = build_app(model_dir, model_name=model_name, max_batch=max_batch)
+    token = admin_token or os.environ.get(ADMIN_TOKEN_ENV) or None
+    app = build_app(model_dir, model_name=model_name, max_batch=max_batch, admin_token=token)
     try:
         uvicorn.run(app, host=host, port=port, log_level="warning")
     finally:

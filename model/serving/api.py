@@ -1,7 +1,12 @@
 """OpenAI-compatible HTTP API over the batching engine (FastAPI).
 
 Endpoints: ``/v1/chat/completions`` and ``/v1/completions`` (streamed as SSE or not),
-``/v1/models``, ``/health``, ``POST /admin/reload {"path": DIR}``.
+``/v1/models``, ``/health``, ``POST /admin/reload {"path": DIR}``. The admin endpoint exists
+only when the app is given an admin token, and then answers only ``Authorization: Bearer
+TOKEN``; its errors never say whether a path exists. Requests are checked as OpenAI / vLLM
+check them (``model.serving.validation``): an unknown model is 404 ``model_not_found``, a
+message needs a known role and text content, ``tool_choice`` is honoured (``required`` and a
+named function force a call of an allowed tool).
 
 Chat follows vLLM serving MiniMax-M2 with ``--tool-call-parser minimax_m2 --reasoning-parser
 minimax_m2_append_think``: the prompt is MiniMax-M2's template (it opens ``<think>``), the
@@ -18,7 +23,9 @@ prompt. Responses carry ``weights_version`` (bumped by each reload), for RL book
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
+import logging
 import threading
 import time
 import uuid
@@ -36,16 +43,21 @@ from model.chat import (
     safe_stream_prefix,
 )
 from model.serving.engine import Engine, SamplingParams, Sequence
+from model.serving.validation import (
+    APIError,
+    ToolCallForcer,
+    check_messages,
+    check_model,
+    check_tool_choice,
+    close_forced_call,
+)
+
+log = logging.getLogger(__name__)
 
 
-class APIError(Exception):
-    def __init__(self, message: str, status: int = 400, kind: str = "invalid_request_error"):
-        super().__init__(message)
-        self.status, self.kind = status, kind
-
-
-def _error(message: str, status: int, kind: str) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status)
+def _error(message: str, status: int, kind: str, code: str | int | None = None) -> JSONResponse:
+    body = {"message": message, "type": kind, "code": status if code is None else code}
+    return JSONResponse({"error": body}, status)
 
 
 class Detokenizer:
@@ -113,7 +125,10 @@ def _cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
     return (text[: min(hits)], True) if hits else (text, False)
 
 
-def create_app(engine: Engine, tokenizer, model_name: str = "m2-workbench") -> FastAPI:
+def create_app(
+    engine: Engine, tokenizer, model_name: str = "m2-workbench", admin_token: str | None = None
+) -> FastAPI:
+    """The app; ``admin_token`` turns ``/admin/*`` on (off, i.e. 404, without one)."""
     app = FastAPI(title="m2-workbench server")
     app.state.engine = engine
     detok = Detokenizer(tokenizer)
@@ -122,7 +137,7 @@ def create_app(engine: Engine, tokenizer, model_name: str = "m2-workbench") -> F
 
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
-        return _error(str(exc), exc.status, exc.kind)
+        return _error(str(exc), exc.status, exc.kind, exc.code)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -138,18 +153,30 @@ def create_app(engine: Engine, tokenizer, model_name: str = "m2-workbench") -> F
         card = {"id": model_name, "object": "model", "created": 0, "owned_by": "m2-workbench"}
         return {"object": "list", "data": [card]}
 
+    def _admin(request: Request) -> None:
+        if not admin_token:
+            raise APIError("Not Found", 404, "not_found_error")  # the endpoint is off
+        given = request.headers.get("authorization", "")
+        scheme, _, token = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            token.strip().encode(), admin_token.encode()
+        ):
+            raise APIError("a valid admin token is required", 401, "authentication_error")
+
     @app.post("/admin/reload")
     async def reload(request: Request) -> dict[str, Any]:
+        _admin(request)
         body = await _json(request)
         path = body.get("path")
         if not isinstance(path, str) or not path:
             raise APIError("'path' (a checkpoint directory) is required")
         try:
             version = await asyncio.to_thread(engine.reload, path)
-        except (OSError, ValueError) as exc:
-            raise APIError(f"cannot reload from {path}: {exc}") from exc
-        except Exception as exc:  # BadInputError and friends from the loader
-            raise APIError(f"cannot reload from {path}: {exc}") from exc
+        except Exception as exc:  # missing, unreadable or invalid: one answer for all
+            # The reason stays in the server's log: the answer must not tell a caller whether
+            # (or what) a path holds.
+            log.warning("admin reload from %r failed: %s: %s", path, type(exc).__name__, exc)
+            raise APIError("cannot reload: no loadable checkpoint at that path") from None
         return {"status": "ok", "weights_version": version, "path": path}
 
     async def _json(request: Request) -> dict[str, Any]:
@@ -161,7 +188,7 @@ def create_app(engine: Engine, tokenizer, model_name: str = "m2-workbench") -> F
             raise APIError("request body must be a JSON object")
         return body
 
-    def _params(body: dict, default_max: int = 256) -> SamplingParams:
+    def _params(body: dict, default_max: int = 256, processor=None) -> SamplingParams:
         max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
         if max_tokens is None:
             max_tokens = default_max
@@ -177,6 +204,7 @@ def create_app(engine: Engine, tokenizer, model_name: str = "m2-workbench") -> F
             seed=seed,
             stop_token_ids=stop_ids,
             ignore_eos=bool(body.get("ignore_eos", False)),
+            logits_processor=processor,
         )
 
     def _submit(
@@ -252,25 +280,22 @@ def create_app(engine: Engine, tokenizer, model_name: str = "m2-workbench") -> F
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         body = await _json(request)
-        messages = body.get("messages")
-        if (
-            not isinstance(messages, list)
-            or not messages
-            or not all(isinstance(m, dict) for m in messages)
-        ):
-            raise APIError("'messages' must be a non-empty list of message objects")
+        check_model(body, model_name)
+        messages = check_messages(body.get("messages"))
         tools = body.get("tools") or None
-        if tools is not None and not isinstance(tools, list):
-            raise APIError("'tools' must be a list")
-        use_tools = tools if body.get("tool_choice") != "none" else None
+        choice = check_tool_choice(body.get("tool_choice"), tools)
+        use_tools = tools if choice.mode != "none" else None
         kwargs = body.get("chat_template_kwargs") or {}
+        if not isinstance(kwargs, dict):
+            raise APIError("'chat_template_kwargs' must be an object")
         thinking = bool(kwargs.get("enable_thinking", True))
+        forcer = ToolCallForcer(tokenizer, choice.names, thinking) if choice.forced else None
         try:
             prompt = render_messages(messages, tools=tools, enable_thinking=thinking)
         except (ValueError, TypeError, AttributeError) as exc:
             raise APIError(f"cannot render messages: {exc}") from exc
         prompt_ids = tokenizer.encode(prompt, add_special_tokens=False).ids
-        params = _params(body)
+        params = _params(body, processor=forcer)
         stops = _stops(body)
         # Per-token events only where they are read: streaming, or stop strings to watch.
         runs = _submit(prompt_ids, body, params, stream=bool(body.get("stream") or stops))
@@ -278,10 +303,16 @@ def create_app(engine: Engine, tokenizer, model_name: str = "m2-workbench") -> F
         created = int(time.time())
         want_ids, want_lp = bool(body.get("return_token_ids")), bool(body.get("logprobs"))
 
-        def finish(text: str, reason: str) -> tuple[dict[str, Any], str]:
+        def finish(seq: Sequence, text: str, reason: str) -> tuple[dict[str, Any], str]:
+            if forcer is not None:  # the call the constraint opened, closed if it ran short
+                name = forcer.chosen(seq.out_ids)
+                text = close_forced_call(text, name, thinking)
             rest, calls, _errors = (
                 parse_tool_calls(text, use_tools) if use_tools else (text, [], [])
             )
+            if forcer is not None:
+                calls = [c for c in calls if c.name in forcer.names]
+                reason = "stop" if reason == "length" and calls else reason
             msg: dict[str, Any] = {"role": "assistant", "content": as_content(rest, thinking)}
             if calls:
                 msg["tool_calls"] = [c.to_openai() for c in calls]
@@ -296,12 +327,12 @@ def create_app(engine: Engine, tokenizer, model_name: str = "m2-workbench") -> F
                 for s, _ in runs:
                     s.cancel()
             for i, ((seq, _), (text, reason)) in enumerate(zip(runs, results, strict=True)):
-                msg, reason = finish(text, reason)
-                choice: dict[str, Any] = {"index": i, "message": msg, "finish_reason": reason}
-                choice["logprobs"] = _logprobs_chat(seq) if want_lp else None
+                msg, reason = finish(seq, text, reason)
+                c: dict[str, Any] = {"index": i, "message": msg, "finish_reason": reason}
+                c["logprobs"] = _logprobs_chat(seq) if want_lp else None
                 if want_ids:
-                    choice["token_ids"] = list(seq.out_ids)
-                choices.append(choice)
+                    c["token_ids"] = list(seq.out_ids)
+                choices.append(c)
             return _response("chat.completion", rid, created, choices, prompt_ids, runs, want_ids)
 
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
@@ -356,7 +387,7 @@ def create_app(engine: Engine, tokenizer, model_name: str = "m2-workbench") -> F
                 sent_toks = len(seq.out_ids)
                 if delta or want_ids or want_lp:
                     await out.put([c])
-            msg, reason = finish(text, reason)
+            msg, reason = finish(seq, text, reason)
             delta = {}
             if msg["content"].startswith(sent) and len(msg["content"]) > len(sent):
                 delta["content"] = msg["content"][len(sent) :]
@@ -409,6 +440,7 @@ def create_app(engine: Engine, tokenizer, model_name: str = "m2-workbench") -> F
     @app.post("/v1/completions")
     async def completions(request: Request):
         body = await _json(request)
+        check_model(body, model_name)
         prompt = body.get("prompt")
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
             prompt = prompt[0]

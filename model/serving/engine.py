@@ -39,6 +39,10 @@ from model.serving.batch import Decoder, SlotCache, move_last_into
 Emit = Callable[[tuple], None]  # ("token", id, logprob) | ("done", reason) | ("error", message)
 
 
+# (tokens generated so far, next-token logits (V,)) -> logits to sample from
+LogitsProcessor = Callable[[list[int], torch.Tensor], torch.Tensor]
+
+
 @dataclass
 class SamplingParams:
     max_new_tokens: int = 256
@@ -47,6 +51,7 @@ class SamplingParams:
     seed: int | None = None
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
+    logits_processor: LogitsProcessor | None = None  # constrains sampling (forced tool calls)
 
 
 @dataclass
@@ -224,7 +229,12 @@ class Engine:
     def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> tuple[list[int], list[float]]:
         """One token per row with each request's own settings; logprobs are of the raw model
         distribution (temperature 1), the quantity RL needs for importance ratios."""
-        logits = logits.float()
+        logits = raw = logits.float()
+        constrained = [i for i, s in enumerate(seqs) if s.params.logits_processor is not None]
+        if constrained:
+            logits = logits.clone()
+            for i in constrained:
+                logits[i] = seqs[i].params.logits_processor(seqs[i].out_ids, logits[i])
         ids = logits.argmax(-1)
         sampled = [i for i, s in enumerate(seqs) if s.params.temperature > 0]
         if sampled:  # each request has its own generator (seed), so these go one by one
@@ -234,7 +244,7 @@ class Engine:
                 ids[i] = sample_next(logits[i : i + 1], p.temperature, p.top_p, seqs[i].generator)[
                     0
                 ]
-        lps = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, None])[:, 0]
+        lps = torch.log_softmax(raw, dim=-1).gather(-1, ids[:, None])[:, 0]
         return ids.tolist(), lps.tolist()
 
     def _record(self, seq: Sequence, tok: int, lp: float) -> bool:

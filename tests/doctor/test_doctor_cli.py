@@ -181,3 +181,31 @@ def test_report_writes_markdown_and_plots(runs, tmp_path):
     assert pngs and all((out / p).read_bytes()[:4] == b"\x89PNG" for p in pngs)
     arts = [a.path for a in store.client.list_artifacts(ids["nan"], "doctor_report")]
     assert "doctor_report/report.md" in arts
+
+
+def _console(*args: str) -> subprocess.CompletedProcess:
+    """Through the console script's own entry point (its exit-code mapping included)."""
+    return subprocess.run(
+        [sys.executable, "-m", "workbench.cli.main", *args], capture_output=True, text=True
+    )
+
+
+def test_a_missing_run_before_a_good_one_still_exits_2_from_the_console_script(runs):
+    store, ids = runs
+    missing = "ffffffffffffffffffffffffffffffff"
+    res = _console("diagnose", missing, ids["healthy"], "--tracking-uri", store.uri, "--json")
+    assert res.returncode == 2, (res.stdout, res.stderr)
+    assert [v["run_id"] for v in json.loads(res.stdout)] == [ids["healthy"]]
+    assert f"run {missing}" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_a_run_without_any_metric_is_no_data_not_healthy(store):
+    empty = store.log_run({})
+    crashed = store.log_run({}, status="FAILED", log="Traceback (most recent call last):\nboom\n")
+    res = cli("diagnose", empty, crashed, "--tracking-uri", store.uri, "--json")
+    assert res.exit_code == 0, res.output
+    verdicts = json.loads(res.stdout)
+    assert [v["status"] for v in verdicts] == ["no_data", "failing"]
+    assert verdicts[0]["findings"] == [] and verdicts[0]["diagnosis"] is None
+    res = cli("watch", "--experiment", "exp", "--once", "--tracking-uri", store.uri, "--json")
+    assert {v["run_id"]: v["status"] for v in json.loads(res.stdout)}[empty] == "no_data"

@@ -248,3 +248,54 @@ def test_evaluate_reports_any_medal_mean_and_sem(monkeypatch):
     rows = {r["task"]: r for r in rep.per_task()}
     assert rows["wine-cultivar"]["medals"] == ["none", "silver"]
     assert rep.scores["digits-recognition"] == pytest.approx(0.9)
+
+
+class ProbeBrain:
+    """Every node tries to rebuild the answers from the competition's raw labelled data."""
+
+    name = "probe"
+
+    def __init__(self, raw: str) -> None:
+        self.code = (
+            "import os, shutil\n"
+            f"raw = {raw!r}\n"
+            "try:\n"
+            "    print('RAW-LEAK', sorted(os.listdir(raw)))\n"
+            "except OSError as exc:\n"
+            "    print('raw hidden', type(exc).__name__)\n" + GOOD
+        )
+
+    def draft(self, ctx, memory):
+        return Proposal("probe", self.code, brain=self.name)
+
+    debug = improve = lambda self, ctx, node, *memory: self.draft(ctx, memory)  # noqa: E731
+
+
+@pytest.mark.parametrize("backend", ["local", "unshare"])
+def test_raw_data_is_never_visible_and_the_record_says_what_is_not_covered(
+    data_dir, tmp_path, backend
+):
+    import json
+
+    from workbench.mle.config import load_mle_scaffold
+    from workbench.mle.isolation import GAPS
+
+    comp = load_competition("wine-cultivar", data_dir)
+    (comp.raw_dir / "labels.csv").write_text("id,y\n1,SECRET\n")
+    sc = load_mle_scaffold(None).with_search(num_drafts=1, steps=1)
+    sc = sc.model_copy(update={"sandbox": sc.sandbox.model_copy(update={"backend": backend})})
+    res = run_task(
+        "wine-cultivar", data_dir=data_dir, brain=ProbeBrain(str(comp.raw_dir)), scaffold=sc,
+        track=False, out_dir=tmp_path / "run",
+    )  # fmt: skip
+    log = (tmp_path / "run" / "nodes" / "000" / "run.log").read_text()
+    assert "raw hidden" in log and "RAW-LEAK" not in log, log
+    record = json.loads((tmp_path / "run" / "result.json").read_text())
+    journal = json.loads((tmp_path / "run" / "journal.json").read_text())
+    assert journal["sandbox"]["backend"] == res.hiding == record["hiding"]
+    if res.hiding == "bwrap":
+        assert record["sandbox_uncovered"] == {} == journal["sandbox"]["uncovered"]
+    else:  # the fallback names, in words, every gap it leaves
+        assert set(record["sandbox_uncovered"]) >= {"filesystem", "unix_sockets", "proc", "tmp"}
+        assert record["sandbox_uncovered"]["proc"] == GAPS["proc"]
+        assert journal["sandbox"]["uncovered"] == record["sandbox_uncovered"]

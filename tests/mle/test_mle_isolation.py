@@ -56,7 +56,7 @@ def test_public_inputs_visible_and_answers_hidden(layout):
     assert "hidden:" in res.log and "SECRET" not in res.log and "LEAKED" not in res.log
     assert "home: True" in res.log
     assert "MLFLOW" not in res.log and "API_KEY" not in res.log  # scrubbed environment
-    assert res.hiding in ("mount-namespace", "workdir-only")
+    assert res.hiding in ("bwrap", "mount-namespace", "workdir-only")
 
 
 def test_child_cannot_unmount_the_cover(layout):
@@ -64,8 +64,11 @@ def test_child_cannot_unmount_the_cover(layout):
         layout,
         f"""
         import subprocess
-        r = subprocess.run(["umount", {str(layout["private"])!r}], capture_output=True)
-        print("umount rc", r.returncode)
+        try:  # under bwrap there is no umount binary at all (nothing outside the view)
+            r = subprocess.run(["umount", {str(layout["private"])!r}], capture_output=True)
+            print("umount rc", r.returncode)
+        except OSError as exc:
+            print("no umount", exc)
         caps = [ln for ln in open("/proc/self/status") if ln.startswith("CapEff")][0]
         print("caps", caps.split()[1])
         try:

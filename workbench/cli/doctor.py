@@ -124,8 +124,8 @@ def diagnose_cmd(
 
 
 def _tag(client, v, written: dict[str, tuple[str, str]]) -> None:
-    cause = v.diagnosis.cause if v.diagnosis else "healthy"
-    text = v.diagnosis.summary if v.diagnosis else "healthy"
+    cause = v.diagnosis.cause if v.diagnosis else v.status  # healthy | no_data
+    text = v.diagnosis.summary if v.diagnosis else v.status
     if written.get(v.run_id) == (text, cause):
         return
     client.set_tag(v.run_id, Tag.DIAGNOSIS, text[:5000])
@@ -143,7 +143,7 @@ def _watch_table(verdicts, experiment: str, polls: int):
         newest = (
             max(v.findings, key=lambda f: (f.step is not None, f.step or 0)) if v.findings else None
         )
-        style = "red" if v.status == "failing" else "green"
+        style = {"failing": "red", "no_data": "yellow"}.get(v.status, "green")
         t.add_row(
             v.run_id[:12],
             f"[{style}]{v.status}[/]",
@@ -181,6 +181,10 @@ def watch_cmd(
 
     from workbench.doctor.watch import Watcher
 
+    if fix:  # --repo is checked before any polling
+        from workbench.runs.gitops import check_repo
+
+        check_repo(repo)
     sc = _scaffold(scaffold)
     client = _client(tracking_uri)
     w = Watcher(client, experiment, sc)

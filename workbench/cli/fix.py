@@ -9,7 +9,7 @@ import typer
 
 from trainer.tags import Tag
 from workbench.cli.options import DEFAULT_HOME, DEFAULT_TRACKING_URI, Home, Json, TrackingUri
-from workbench.cli.output import console, err_console, print_json, print_table
+from workbench.cli.output import cancelled, console, err_console, print_json, print_table
 
 
 def fix_cmd(
@@ -43,6 +43,8 @@ def fix_cmd(
         max_attempts=max_attempts, backend=backend, as_json=as_json,
     )  # fmt: skip
     show_summary([out], as_json)
+    if out["status"] == "declined":
+        cancelled()
 
 
 def fix_episode(
@@ -105,6 +107,8 @@ def show_summary(rows: list[dict], as_json: bool) -> None:
             for r in rows
         ],
     )  # fmt: skip
+    for r in rows:  # in full, on a line of its own: the table may cut it, --resume needs it
+        console.print(f"thread {r['thread_id']}", highlight=False, soft_wrap=True)
 
 
 def _fmt(v) -> str:

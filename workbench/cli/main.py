@@ -68,13 +68,17 @@ _register_all()
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        # Without standalone mode click *returns* a command's `typer.Exit(code)` as its exit
+        # code instead of raising it: pass it on, or `diagnose MISSING GOOD` would exit 0.
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and not isinstance(code, bool) and code:
+            sys.exit(code)
     except WorkbenchError as exc:
         error(str(exc))
         sys.exit(exc.exit_code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except typer.Abort:
+    except typer.Abort:  # Ctrl-C or end of input at a prompt (a typed "no" is `cancelled`)
         error("aborted")
         sys.exit(130)
     except KeyboardInterrupt:

@@ -154,6 +154,12 @@ def run_cmd(
             )
         ],
     )
+    gaps = ", ".join(res.sandbox_uncovered)
+    console.print(
+        f"sandbox: {res.hiding}" + (f" (fallback; not covered: {gaps})" if gaps else ""),
+        highlight=False,
+        soft_wrap=True,
+    )
     if res.grade_error:
         console.print(f"[yellow]grading:[/] {res.grade_error}")
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
+import typer
 from rich.console import Console
 from rich.table import Table
 
@@ -38,6 +39,23 @@ def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]
     for row in rows:
         table.add_row(*[str(v) for v in row])
     console.print(table)
+
+
+def print_diff(diff: str) -> None:
+    """A diff, never cut: coloured and wrapped on a terminal, the exact text when piped."""
+    if not console.is_terminal:
+        sys.stdout.write(diff if diff.endswith("\n") else diff + "\n")
+        sys.stdout.flush()
+        return
+    from rich.syntax import Syntax
+
+    console.print(Syntax(diff, "diff", theme="ansi_dark", word_wrap=True))
+
+
+def cancelled() -> NoReturn:
+    """A person answered no: say so, exit 1 (130 is Ctrl-C's code, not a "no")."""
+    err_console.print("cancelled", highlight=False)
+    raise typer.Exit(1)
 
 
 def error(message: str) -> None:

@@ -6,10 +6,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.syntax import Syntax
 
 from workbench.cli.options import DEFAULT_HOME, Home, Json
-from workbench.cli.output import console, print_json, print_table
+from workbench.cli.output import cancelled, console, print_diff, print_json, print_table
 
 review_app = typer.Typer(help="Review the fixes the supervisor proposed.", no_args_is_help=True)
 
@@ -27,7 +26,7 @@ def _queue(home: Path):
 def list_cmd(
     home: Home = DEFAULT_HOME,
     status: Annotated[
-        str | None, typer.Option("--status", help="pending|approved|rejected")
+        str | None, typer.Option("--status", help="pending|unverified|approved|rejected")
     ] = None,
     as_json: Json = False,
 ) -> None:
@@ -55,7 +54,7 @@ def show_cmd(item_id: int, home: Home = DEFAULT_HOME, as_json: Json = False) -> 
 
     item = _queue(home).get(item_id)
     diff = ""
-    if item.branch and item.base_sha and item.status == "pending":
+    if item.branch and item.base_sha and item.status in ("pending", "unverified"):
         diff = gitops.diff(Path(item.repo), item.base_sha, item.branch)
     if as_json:
         print_json({**item.to_json(), "diff": diff})
@@ -67,6 +66,7 @@ def show_cmd(item_id: int, home: Home = DEFAULT_HOME, as_json: Json = False) -> 
     console.print(
         f"diagnosis: {diag.get('cause')} ({diag.get('confidence', 0):.2f}) {diag.get('summary', '')}",
         markup=False,
+        soft_wrap=True,
     )
     for f in d.get("findings", []):
         console.print(
@@ -77,12 +77,13 @@ def show_cmd(item_id: int, home: Home = DEFAULT_HOME, as_json: Json = False) -> 
     b, a = d.get("before") or {}, d.get("after") or {}
     console.print(f"best {b.get('eval_metric')}: {b.get('best_eval')} → {a.get('best_eval')}; "
                   f"last step {b.get('last_step')} → {a.get('last_step')}")  # fmt: skip
-    console.print(f"checks: {'; '.join(d.get('reasons') or [])}", markup=False)
-    console.print(f"report: {d.get('report')}  plots: {', '.join(d.get('plots') or []) or '-'}")
+    console.print(f"checks: {'; '.join(d.get('reasons') or [])}", markup=False, soft_wrap=True)
+    plots = ", ".join(d.get("plots") or []) or "-"
+    console.print(f"report: {d.get('report')}  plots: {plots}", markup=False, soft_wrap=True)
     if item.reason:
-        console.print(f"reason: {item.reason}", markup=False)
+        console.print(f"reason: {item.reason}", markup=False, soft_wrap=True)
     if diff:
-        console.print(Syntax(diff, "diff", theme="ansi_dark"))
+        print_diff(diff)
 
 
 @review_app.command("approve")
@@ -91,17 +92,23 @@ def approve_cmd(
     home: Home = DEFAULT_HOME,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     as_json: Json = False,
+    unverified: Annotated[
+        bool, typer.Option("--unverified", help="Merge even though the fix did not verify.")
+    ] = False,
 ) -> None:
     """Merge the item's branch into the repo's current branch (asks first unless --yes)."""
     from workbench.runs import gitops
 
     queue = _queue(home)
     item = queue.get(item_id)
+    queue.check_approvable(item, unverified)  # before asking anything
     if not yes:
         target = gitops.current_branch(Path(item.repo))
-        if not typer.confirm(f"merge {item.branch} into {target} of {item.repo}?", default=False):
-            raise typer.Abort()
-    sha = queue.approve(item_id)
+        what = "the NOT VERIFIED fix " if item.status == "unverified" else ""
+        question = f"merge {what}{item.branch} into {target} of {item.repo}?"
+        if not typer.confirm(question, default=False):
+            cancelled()
+    sha = queue.approve(item_id, unverified=unverified)
     if as_json:
         print_json({"id": item_id, "status": "approved", "merge_commit": sha})
     else:
@@ -122,7 +129,7 @@ def reject_cmd(
     queue = _queue(home)
     item = queue.get(item_id)
     if not yes and not typer.confirm(f"delete branch {item.branch}?", default=False):
-        raise typer.Abort()
+        cancelled()
     queue.reject(item_id, reason)
     if as_json:
         print_json({"id": item_id, "status": "rejected", "reason": reason})

@@ -32,6 +32,14 @@ def serve(
     max_batch: Annotated[
         int, typer.Option("--max-batch", help="Most sequences decoded together (native).")
     ] = 32,
+    admin_token: Annotated[
+        str | None,
+        typer.Option(
+            "--admin-token",
+            envvar="WORKBENCH_ADMIN_TOKEN",
+            help="Bearer token for /admin/reload (native); without one /admin is off.",
+        ),
+    ] = None,
 ) -> None:
     """Serve a checkpoint with /v1/chat/completions, /v1/completions, /v1/models, /health."""
     from model.serving import check_model_dir, exec_vllm
@@ -46,7 +54,9 @@ def serve(
         exec_vllm(model, host, port, name)
         return
     err_console.print(f"serving {model} on http://{host}:{port}/v1 (Ctrl-C to stop)")
-    serve_native(model, host=host, port=port, model_name=name, max_batch=max_batch)
+    serve_native(
+        model, host=host, port=port, model_name=name, max_batch=max_batch, admin_token=admin_token
+    )
 
 
 def gateway(

@@ -339,14 +339,16 @@ def verdict(
     log_text: str | None,
     scaffold: Scaffold,
     status: str | None = None,
+    has_data: bool = True,
 ) -> RunVerdict:
+    """``has_data=False``: the run has no metric point; without findings that is ``no_data``."""
     findings = _order(consolidate(list(findings)))
     diag, remedies = diagnose(
         findings, params, log_text, scaffold.playbook, aliases=scaffold.metrics, status=status
     )
     return RunVerdict(
         run_id=run_id,
-        status="failing" if findings else "healthy",
+        status="failing" if findings else ("healthy" if has_data else "no_data"),
         findings=tuple(findings),
         diagnosis=diag,
         remedies=tuple(remedies),
@@ -398,4 +400,5 @@ def judge(
     pre = found + detect_status(series, info, None, sc.detectors, now_ms)
     log = client.log_text(info.run_id) if needs_log(status, pre) else ""
     found = _order(found + detect_status(series, info, log, sc.detectors, now_ms))
-    return verdict(info.run_id, found, info.params, log, sc, status)
+    has_data = any(len(s) for s in series.values())
+    return verdict(info.run_id, found, info.params, log, sc, status, has_data=has_data)

@@ -13,6 +13,8 @@ from scaffold.loader import FINDING_KINDS
 # `unknown`, the cause of a failing run that no playbook entry explains.
 CAUSES = (*_PLAYBOOK_CAUSES, "unknown")
 HEALTHY = "healthy"
+# A verdict, not a finding kind: the run logged no metric point at all, so nothing can be judged.
+NO_DATA = "no_data"
 
 FindingKind = Literal[FINDING_KINDS]  # type: ignore[valid-type]
 Cause = Literal[CAUSES]  # type: ignore[valid-type]
@@ -55,7 +57,7 @@ class RunVerdict(_Frozen):
     """What ``workbench diagnose --json`` prints for one run."""
 
     run_id: str
-    status: Literal["healthy", "failing"]
+    status: Literal["healthy", "failing", "no_data"]
     findings: tuple[Finding, ...]
     diagnosis: Diagnosis | None
     remedies: tuple[Remedy, ...]

@@ -283,8 +283,9 @@ class Watcher:
             st.series, st.info, st.log_text, th, now_ms, last
         )
         found.sort(key=lambda f: (f.step is None, f.step or 0, f.kind))
+        has_data = any(len(x) for x in st.series.values())
         st.verdict = verdict(
-            st.info.run_id, found, st.info.params, st.log_text, self.scaffold, status
+            st.info.run_id, found, st.info.params, st.log_text, self.scaffold, status, has_data
         )
 
 

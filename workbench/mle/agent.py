@@ -39,7 +39,9 @@ from workbench.errors import BadInputError
 from workbench.mle.brains import Brain, NodeView, Proposal, TaskContext, last_error, make_mle_brain
 from workbench.mle.config import MleScaffold, load_mle_scaffold
 from workbench.mle.isolation import (
+    GAPS,
     NodeLimits,
+    choose_level,
     copy_public,
     prepare_workdir,
     run_solution,
@@ -102,9 +104,24 @@ class RunResult:
     mlflow_run_id: str | None
     hiding: str
     grade_error: str | None = None
+    sandbox_uncovered: dict[str, str] = field(default_factory=dict)  # GAPS the sandbox left
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def hidden_paths(comp: Competition, run_dir: Path) -> list[Path]:
+    """What a solution must never read: every competition's data (raw, prepared, answers),
+    every task folder (``grade.py``, ``prepare.py``), scikit-learn's bundled datasets. The
+    run's own copy of the public files lives in ``run_dir``, outside all of these."""
+    data = comp.data_dir
+    try:
+        run_dir.resolve().relative_to(data.resolve())
+        data = comp.data_dir / comp.id  # a run kept under the data dir: hide this task's only
+    except ValueError:
+        pass
+    dirs = [data, comp.raw_dir, comp.private_dir, comp.answers, comp.comp_dir, TASKS_DIR]
+    return [*dict.fromkeys(dirs), *sklearn_data_dirs()]
 
 
 # ------------------------------------------------------------------------------------ policy
@@ -261,7 +278,8 @@ def run_task(
     run_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(run_dir, 0o755)
     input_dir = copy_public(comp.public_dir, run_dir / "input")
-    hide = [comp.private_dir, comp.answers, comp.comp_dir, *sklearn_data_dirs()]
+    hide = hidden_paths(comp, run_dir)
+    level = choose_level(sc.sandbox.backend)  # docker mounts only the work dir: copy inputs
     sample = pd.read_csv(comp.sample_submission)
     ctx = TaskContext(
         info=info,
@@ -291,6 +309,7 @@ def run_task(
     )
     nodes: list[Node] = []
     hiding = "n/a"
+    uncovered: tuple[str, ...] = ()
 
     def journal() -> None:
         _write_json(
@@ -301,6 +320,7 @@ def run_task(
                 "brain": the_brain.name,
                 "metric": info.metric,
                 "lower_is_better": lower,
+                "sandbox": {"backend": hiding, "uncovered": {k: GAPS[k] for k in uncovered}},
                 "nodes": [asdict(n) for n in nodes],
             },
         )
@@ -332,7 +352,7 @@ def run_task(
         if target is not None:
             target.children.append(node.id)
         node_dir = run_dir / "nodes" / f"{step:03d}"
-        prepare_workdir(node_dir, input_dir, prop.code, link_inputs=limits_base.backend == "local")
+        prepare_workdir(node_dir, input_dir, prop.code, link_inputs=level != "docker")
         limits = NodeLimits(
             timeout_s=max(1.0, min(limits_base.node_timeout_s, remaining)),
             cpu_s=limits_base.cpu_s,
@@ -342,7 +362,7 @@ def run_task(
             image=limits_base.image,
         )
         res = run_solution(node_dir, hide, limits)
-        hiding = res.hiding
+        hiding, uncovered = res.hiding, res.uncovered
         node.wall_s = round(res.wall_s, 3)
         node.log_tail = res.log[-4000:]
         problem = None
@@ -389,6 +409,7 @@ def run_task(
         mlflow_run_id=tracker.run_id,
         hiding=hiding,
         grade_error=report.error,
+        sandbox_uncovered={k: GAPS[k] for k in uncovered},
     )
     metrics = {
         "nodes": result.nodes,
@@ -402,7 +423,14 @@ def run_task(
     if result.validation_score is not None:
         metrics["validation_score"] = result.validation_score
     tracker.log_metrics(metrics, step=0)
-    tracker.set_tags({"mle.medal": result.medal, "mle.best_node": str(result.best_node)})
+    tracker.set_tags(
+        {
+            "mle.medal": result.medal,
+            "mle.best_node": str(result.best_node),
+            "mle.sandbox": hiding,
+            "mle.sandbox.uncovered": ",".join(uncovered) or "none",
+        }
+    )
     _write_json(run_dir / "result.json", {**result.to_dict(), "grade": report.to_dict()})
     journal()
     if sub_path.is_file():

@@ -38,7 +38,9 @@ class SandboxKnobs(_Strict):
     cpu_s: int = Field(180, ge=1)
     memory_mb: int = Field(4096, ge=256)
     threads: int = Field(1, ge=1, le=64)
-    backend: Literal["local", "docker"] = "local"
+    # local: bubblewrap when it works here, else the unshare fallback (which records what it
+    # does not cover); auto: also tries Docker before falling back; bwrap / unshare / docker: only
+    backend: Literal["local", "auto", "bwrap", "unshare", "docker"] = "local"
     image: str = "python:3.11-slim"
 
 

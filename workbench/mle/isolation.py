@@ -1,7 +1,15 @@
 """Run one solution script in the sandbox, with the competition's private files out of reach.
 
-Built on ``workbench.runs.sandbox`` (scrubbed environment, rlimits incl. address space, own process
-group killed at the timeout, ``unshare -n`` so there is no network). On top of it, per node:
+Built on ``workbench.runs.sandbox`` (scrubbed environment, rlimits incl. address space and CPU
+seconds, own process group killed at the timeout). The strong path is bubblewrap: the script
+sees its work folder (read-write), the run's copy of the public data (read-only), the
+interpreter and its libraries (read-only; scikit-learn's bundled datasets and any other
+install's packages covered), a private ``/tmp``, ``/dev`` and ``/proc`` of its own PID
+namespace, no network and no host socket. Docker, when asked for, mounts the work folder only.
+
+The fallback (no usable bwrap) is the ``unshare`` path below; it does not give a fresh
+filesystem view, so a run that falls back records, key by key, what it does not cover
+(``GAPS``; ``NodeRun.uncovered``). Per node:
 
 * the script runs in a fresh work dir that holds only copies of the *public* files
   (``input/``), with ``cwd``, ``HOME`` and ``TMPDIR`` inside it; the private answers are never
@@ -29,6 +37,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from workbench.errors import BadInputError
 from workbench.runs import sandbox
 
 NOBODY = 65534
@@ -51,6 +60,54 @@ shift
 ulimit -t "$cpu" || exit 97
 exec "$@"
 """
+
+
+# What the unshare fallback leaves open, by key (a probe in tests/mle checks each one).
+GAPS = {
+    "hidden_paths": "the private answers, raw data and competition folders are only kept out "
+    "of the work dir; they stay readable by path",
+    "filesystem": "every other file the user can read is readable: other Python installs' "
+    "data, other runs' folders, home directories",
+    "unix_sockets": "Unix sockets on the host filesystem (Docker, agents, local daemons) can be "
+    "connected to",
+    "proc": "the host's PID namespace: /proc and ps show the host's processes",
+    "tmp": "/tmp is the host's, shared with other programs",
+    "network": "the network is reachable (unshare -n is not allowed here)",
+}
+
+
+def gaps(level: str) -> tuple[str, ...]:
+    """The ``GAPS`` keys a hiding level leaves open (none for bwrap and docker)."""
+    if level in ("bwrap", "docker"):
+        return ()
+    keys = ["filesystem", "unix_sockets", "proc", "tmp"]
+    if level != "mount-namespace":
+        keys.insert(0, "hidden_paths")
+    if not sandbox.can_unshare_net():
+        keys.append("network")
+    return tuple(keys)
+
+
+def choose_level(backend: str) -> str:
+    """``bwrap`` | ``docker`` | ``mount-namespace`` | ``workdir-only`` for a scaffold backend.
+
+    ``local`` and ``auto`` take bwrap when it works here (``auto`` then tries Docker); the
+    ``unshare`` backend forces the fallback; asking for ``bwrap`` where it does not work is an
+    error rather than a silent downgrade.
+    """
+    if backend == "docker":
+        return "docker"
+    if backend == "bwrap":
+        if not sandbox.bwrap_available():
+            raise BadInputError(
+                "sandbox backend bwrap: bubblewrap is missing or cannot create namespaces here"
+            )
+        return "bwrap"
+    if backend in ("local", "auto") and sandbox.bwrap_available():
+        return "bwrap"
+    if backend == "auto" and sandbox.docker_available():
+        return "docker"
+    return hiding_level()
 
 
 @functools.cache
@@ -88,7 +145,7 @@ class NodeLimits:
     cpu_s: int = 180
     memory_mb: int = 4096
     threads: int = 1
-    backend: str = "local"
+    backend: str = "local"  # local | auto | bwrap | unshare | docker
     image: str = "python:3.11-slim"
 
 
@@ -98,7 +155,8 @@ class NodeRun:
     timed_out: bool
     wall_s: float
     log: str
-    hiding: str
+    hiding: str  # bwrap | docker | mount-namespace | workdir-only
+    uncovered: tuple[str, ...] = ()  # GAPS keys the sandbox did not cover
 
 
 def world_traversable(path: Path) -> bool:
@@ -184,7 +242,7 @@ def run_solution(
         "MKL_NUM_THREADS": threads,
         "LOKY_MAX_CPU_COUNT": threads,
     }
-    level = hiding_level() if limits.backend == "local" else "docker"
+    level = choose_level(limits.backend)
     argv = [python, script_name]
     if level == "mount-namespace":
         # Drop every capability (no unmounting the covers, no bypassing file modes) and, when
@@ -211,6 +269,7 @@ def run_solution(
         ]
     if level == "docker":  # only the work dir is mounted; the image must carry sklearn
         argv = ["python", script_name]
+    public = (node_dir / "input").resolve()
     spec = sandbox.SandboxSpec(
         argv=argv,
         cwd=node_dir,
@@ -220,8 +279,12 @@ def run_solution(
         cpus=float(limits.threads),
         log_path=log_path,
         image=limits.image,
+        cpu_s=limits.cpu_s if level != "mount-namespace" else None,  # the wrapper sets it there
+        ro_paths=(public,) if public.is_dir() and not _is_under(public, node_dir) else (),
+        hidden=tuple(hide),
     )
-    res = sandbox.run(spec, backend=limits.backend)
+    backend = {"bwrap": "bwrap", "docker": "docker"}.get(level, "local")
+    res = sandbox.run(spec, backend=backend)
     log = log_path.read_text(errors="replace") if log_path.exists() else ""
     if res.timed_out:
         log += (
@@ -229,4 +292,4 @@ def run_solution(
         )
     elif res.returncode in (-9, 137, 152, -24):  # SIGKILL / SIGXCPU
         log += f"\nKilled: the script hit a resource limit (exit {res.returncode})\n"
-    return NodeRun(res.returncode, res.timed_out, res.wall_s, log, level)
+    return NodeRun(res.returncode, res.timed_out, res.wall_s, log, level, gaps(level))

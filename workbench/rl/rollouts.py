@@ -4,11 +4,14 @@ frozen in-process copy (tests, sweeps). Both return (prompt ids, completion ids,
 from __future__ import annotations
 
 import copy
+import os
+import secrets
 import time
 from pathlib import Path
 
 import torch
 
+from model.serving import ADMIN_TOKEN_ENV
 from workbench.errors import BadInputError
 from workbench.rl.config import RLConfig
 from workbench.rl.policy import Policy
@@ -58,6 +61,9 @@ class ServerRollouts:
         self.sessions = sessions
         self.server_port, self.gateway_port = _free_port(), _free_port()
         self.server = f"http://127.0.0.1:{self.server_port}"
+        # The server's /admin/reload answers only this token (handed over in the environment,
+        # not argv, so other users' `ps` does not show it).
+        self.admin_token = secrets.token_urlsafe(24)
         self.gateway = f"http://127.0.0.1:{self.gateway_port}"
         # The functions behind `workbench serve` / `workbench gateway`, without importing the
         # whole CLI (seconds saved per start on a busy machine).
@@ -81,6 +87,9 @@ class ServerRollouts:
                 (
                     subprocess.Popen(
                         [sys.executable, "-c", *args],
+                        env={**os.environ, ADMIN_TOKEN_ENV: self.admin_token}
+                        if name == "serve"
+                        else None,
                         stdout=log,
                         stderr=subprocess.STDOUT,
                         preexec_fn=_die_with_parent,
@@ -150,7 +159,12 @@ class ServerRollouts:
     def publish(self, model, ckpt: Path, version: int) -> bool:
         import httpx
 
-        r = httpx.post(f"{self.server}/admin/reload", json={"path": str(ckpt)}, timeout=300)
+        r = httpx.post(
+            f"{self.server}/admin/reload",
+            json={"path": str(ckpt)},
+            headers={"Authorization": f"Bearer {self.admin_token}"},
+            timeout=300,
+        )
         if r.status_code != 200:
             return False
         self.versions[r.json()["weights_version"]] = version

@@ -78,6 +78,14 @@ def head_sha(repo_path: Path) -> str:
         return repo.head.commit.hexsha
 
 
+def check_repo(repo_path: Path) -> str:
+    """The HEAD commit of a repository to branch fixes from; one clear error otherwise."""
+    try:
+        return head_sha(repo_path)
+    except ValueError:  # a repository without a commit
+        raise BadInputError(f"{repo_path}: the repository has no commit to branch from") from None
+
+
 def current_branch(repo_path: Path) -> str | None:
     with open_repo(repo_path) as repo:
         return None if repo.head.is_detached else repo.active_branch.name

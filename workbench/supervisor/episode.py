@@ -44,10 +44,14 @@ def fix_run(
     from langgraph.checkpoint.sqlite import SqliteSaver
     from langgraph.types import Command
 
-    from workbench.runs.gitops import check_ref_part
+    from workbench.runs.gitops import check_ref_part, check_repo
     from workbench.supervisor.brains import make_brain
     from workbench.supervisor.graph import Deps, build_graph
 
+    if not resume:  # checked before any work: no monitoring, no episode state for a bad repo
+        if not run_id:
+            raise BadInputError("give a RUN_ID to fix, or --resume THREAD_ID")
+        check_repo(Path(repo))
     home = Path(home).resolve()
     home.mkdir(parents=True, exist_ok=True)
     deps = Deps(

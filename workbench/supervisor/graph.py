@@ -28,7 +28,13 @@ from workbench.errors import WorkbenchError
 from workbench.runs import gitops, launch
 from workbench.supervisor.brains.base import decide, load_prompts, start_messages
 from workbench.supervisor.brains.rules import RulesChatModel
-from workbench.supervisor.patches import PatchError, apply_blocks, parse_blocks, patch_config_text
+from workbench.supervisor.patches import (
+    PatchError,
+    apply_blocks,
+    config_changes,
+    parse_blocks,
+    patch_config_text,
+)
 from workbench.supervisor.tools import DIAGNOSE_TOOLS, PROPOSE_TOOLS, EpisodeContext, ToolCallError
 from workbench.supervisor.trajectory import Trajectory
 from workbench.supervisor.verify import judge, run_summary
@@ -55,7 +61,7 @@ class EpisodeState(TypedDict, total=False):
     diagnosis: dict | None
     attempts: list[dict]  # finished attempts (failed ones; the last may be the fix)
     current: dict | None  # the attempt in flight
-    status: str  # running | healthy | fixed | failed | declined
+    status: str  # running | healthy | no_data | fixed | failed | declined
     review_id: int | None
     reward: float
 
@@ -163,7 +169,8 @@ def monitor(state: EpisodeState, deps: Deps) -> dict:
         "doctor": doctor,
         "before": run_summary(tc, state["run_id"]),
         "attempts": state.get("attempts", []),
-        "status": "healthy" if verdict.status == "healthy" else "running",
+        # healthy / no_data: nothing to fix (no metric point at all is not a failure to fix)
+        "status": verdict.status if verdict.status in ("healthy", "no_data") else "running",
     }
 
 
@@ -267,14 +274,35 @@ def _fail(state: EpisodeState, cur: dict, error: str, cleanup: bool = True) -> d
     return {"attempts": [*state.get("attempts", []), failed], "current": None}
 
 
+def _changes(state: EpisodeState, cur: dict, files: dict[str, str]) -> list[str]:
+    """What the patch really changes in this config / these files (empty: a no-op)."""
+    repo, sha = Path(state["repo"]), state["base_sha"]
+    if cur["kind"] == "config":
+        rel = state["config_rel"]
+        original = gitops.show_file(repo, sha, rel)
+        return config_changes(original, files[rel], defaults=state.get("params"))
+    return [p for p, text in files.items() if gitops.show_file(repo, sha, p) != text]
+
+
 def patch(state: EpisodeState, deps: Deps) -> dict:
     cur = dict(state["current"])
     key = f"{state['thread_id']}/{cur['n']}"
     try:
         files = _patched_files(state, cur)  # checked before any branch exists
+        changes = _changes(state, cur, files)
     except PatchError as exc:
         deps.progress(f"attempt {cur['n']}: patch does not apply: {exc}")
         return _fail(state, cur, f"patch does not apply: {exc}")
+    if not changes:  # e.g. the value is already set: relaunching would only cost time
+        deps.progress(f"attempt {cur['n']}: {cur['remedy_id']} changes nothing here; skipped")
+        _traj(state).add("no_op", n=cur["n"], remedy_id=cur["remedy_id"], kind=cur["kind"])
+        skipped = {
+            **cur,
+            "no_op": True,
+            "passed": False,
+            "error": "no_op: the patch changes nothing",
+        }
+        return {"attempts": [*state.get("attempts", []), skipped], "current": None}
     branch, worktree = claim_branch(state, key)
     cur.update(branch=branch, worktree=str(worktree.resolve()))
     try:
@@ -367,6 +395,7 @@ def report(state: EpisodeState, deps: Deps) -> dict:
             worktree=cur["worktree"],
             new_run_id=cur["new_run_id"],
             verified=bool(cur.get("passed")),
+            status="pending" if cur.get("passed") else "unverified",
             data={
                 "findings": state["findings"],
                 "diagnosis": state.get("diagnosis"),
@@ -396,7 +425,7 @@ def report(state: EpisodeState, deps: Deps) -> dict:
 
 
 def _after_monitor(s: EpisodeState) -> str:
-    return "report" if s["status"] == "healthy" else "diagnose"
+    return "report" if s["status"] in ("healthy", "no_data") else "diagnose"
 
 
 def _after_propose(s: EpisodeState) -> str:

@@ -108,14 +108,50 @@ def _parse_number(v):
     return v
 
 
-def patch_config_text(text: str, ops: Iterable[PatchOp], defaults: dict | None = None) -> str:
+def _load_mapping(text: str) -> dict:
     try:
         config = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise PatchError(f"config is not valid YAML: {exc}") from None
     if not isinstance(config, dict):
         raise PatchError("config is not a mapping")
-    return yaml.safe_dump(apply_ops(config, ops, defaults), sort_keys=False)
+    return config
+
+
+def patch_config_text(text: str, ops: Iterable[PatchOp], defaults: dict | None = None) -> str:
+    return yaml.safe_dump(apply_ops(_load_mapping(text), list(ops), defaults), sort_keys=False)
+
+
+def _flat(data, prefix: str = "") -> dict[str, object]:
+    if isinstance(data, dict) and data:
+        out: dict[str, object] = {}
+        for k, v in data.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: data} if prefix else {}
+
+
+def _same(a, b) -> bool:
+    a, b = _parse_number(a), _parse_number(b)
+    if isinstance(a, int | float) and isinstance(b, int | float) and not isinstance(a, bool):
+        return not isinstance(b, bool) and math.isclose(a, b, rel_tol=1e-12, abs_tol=0.0)
+    return a == b or (a is not None and b is not None and str(a) == str(b))
+
+
+def config_changes(before: str, after: str, defaults: dict | None = None) -> list[str]:
+    """The dotted keys whose *effective* value differs between two config texts.
+
+    A key a text leaves out takes the run's logged value (``defaults``), so setting a key to
+    the value the run already used is no change; re-formatting the file is none either.
+    """
+    defaults = defaults or {}
+    old, new = _flat(_load_mapping(before)), _flat(_load_mapping(after))
+    changed = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key, defaults.get(key)), new.get(key, defaults.get(key))
+        if not _same(a, b):
+            changed.append(key)
+    return changed
 
 
 # ----------------------------------------------------------------------------- SEARCH/REPLACE

@@ -3,6 +3,9 @@
 Each write is one transaction (atomic). Items are keyed by episode, so a resumed episode that
 reports twice updates its item instead of adding a second one. ``approve`` merges the branch
 into the repo's current branch; ``reject`` deletes branch and worktree but keeps the record.
+
+A fix whose patched run did not verify is queued as ``unverified``, not ``pending``: it is
+listed and can be reviewed, but ``approve`` merges it only when asked to explicitly.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ class ReviewItem:
     new_run_id: str | None = None
     verified: bool = False
     kind: str = "fix"
-    status: str = "pending"  # pending | approved | rejected
+    status: str = "pending"  # pending | unverified | approved | rejected
     data: dict = field(default_factory=dict)  # diagnosis, findings, remedy, numbers, report
     reason: str | None = None
     id: int | None = None
@@ -85,7 +88,9 @@ class ReviewQueue:
                    ON CONFLICT(episode) DO UPDATE SET new_run_id=excluded.new_run_id,
                        branch=excluded.branch, base_sha=excluded.base_sha,
                        worktree=excluded.worktree, verified=excluded.verified,
-                       data=excluded.data, updated=excluded.updated""",
+                       data=excluded.data, updated=excluded.updated,
+                       status=CASE WHEN items.status IN ('pending', 'unverified')
+                                   THEN excluded.status ELSE items.status END""",
                 (
                     item.episode,
                     item.kind,
@@ -139,11 +144,21 @@ class ReviewQueue:
                 (status, reason, time.time(), int(item_id)),
             )
 
-    def approve(self, item_id: int) -> str:
+    @staticmethod
+    def check_approvable(item: ReviewItem, unverified: bool = False) -> None:
+        """An ``unverified`` item (its fix did not verify) is merged only with ``unverified``."""
+        if item.status == "unverified" and not unverified:
+            raise BadInputError(
+                f"review item {item.id} is NOT verified (its patched run did not pass); "
+                "approve it with --unverified to merge it anyway"
+            )
+        if item.status not in ("pending", "unverified"):
+            raise BadInputError(f"review item {item.id} is already {item.status}")
+
+    def approve(self, item_id: int, unverified: bool = False) -> str:
         """Merge the item's branch into the repo's current branch; returns the merge commit."""
         item = self.get(item_id)
-        if item.status != "pending":
-            raise BadInputError(f"review item {item_id} is already {item.status}")
+        self.check_approvable(item, unverified)
         if not item.branch:
             raise WorkbenchError(f"review item {item_id} has no branch to merge")
         message = f"Merge {item.branch}: workbench fix for run {item.run_id} (review #{item.id})"
@@ -156,7 +171,7 @@ class ReviewQueue:
     def reject(self, item_id: int, reason: str | None = None) -> None:
         """Delete the branch and worktree; the record stays, with its reason."""
         item = self.get(item_id)
-        if item.status != "pending":
+        if item.status not in ("pending", "unverified"):
             raise BadInputError(f"review item {item_id} is already {item.status}")
         if item.branch:
             wt = Path(item.worktree) if item.worktree else None
