@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from kernels import fused_moe
 from kernels.dispatch import resolve_backend
-from kernels.moe import segment_mm
+from kernels.torch_moe import segment_mm
 from model.modeling import KERNEL_BACKEND
 
 
