@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kernels import fused_moe, sigmoid_topk
+from model import checkpoint
 from model.config import MiniMaxM2Config
 
 # Our expert-path names -> the kernels package's backend names.
@@ -357,8 +358,14 @@ class MiniMaxM2ForCausalLM(nn.Module):
         for mod in self.modules():
             if isinstance(mod, SparseMoeBlock):
                 mod.e_score_correction_bias.zero_()
+        self.init_buffers()
+
+    def init_buffers(self) -> None:
+        """The RoPE inverse frequencies, in fp32 (not in checkpoints: a model built on the meta
+        device or cast to another dtype gets them from here)."""
+        for mod in self.modules():
             if isinstance(mod, RotaryEmbedding):
-                mod.inv_freq.copy_(RotaryEmbedding.compute_inv_freq(self.config))
+                mod.inv_freq = RotaryEmbedding.compute_inv_freq(self.config, mod.inv_freq.device)
 
     # -------------------------------------------------------------- config helpers
     def set_moe_backend(self, backend: str) -> None:
@@ -506,14 +513,10 @@ class MiniMaxM2ForCausalLM(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path, dtype: torch.dtype = torch.float32, **overrides):
-        from model.checkpoint import load_pretrained
-
-        return load_pretrained(path, dtype=dtype, **overrides)
+        return checkpoint.load_pretrained(cls, path, dtype=dtype, **overrides)
 
     def save_pretrained(self, path, max_shard_bytes: int = 2 * 1024**3) -> None:
-        from model.checkpoint import save_pretrained
-
-        save_pretrained(self, path, max_shard_bytes=max_shard_bytes)
+        checkpoint.save_pretrained(self, path, max_shard_bytes=max_shard_bytes)
 
     def num_parameters(self, exclude_mtp: bool = True) -> int:
         return sum(
