@@ -12,8 +12,9 @@ This package imports nothing else of ours. See docs/kernels.md.
 """
 
 from kernels.attention import tree_attention
-from kernels.moe import dequant_block_fp8, fused_moe, quant_block_fp8
+from kernels.moe import fused_moe
 from kernels.routing import sigmoid_topk
+from kernels.torch_moe import dequant_block_fp8, quant_block_fp8
 from kernels.tree import PrefixTree
 
 __all__ = [

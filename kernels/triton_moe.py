@@ -7,7 +7,7 @@
 3. GEMM 2: inter @ W_down[e]^T, multiplied by the pair's routing weight  -> [T*k, H],
    then the k copies of each token are summed.
 FP8 e4m3 weights are dequantised tile by tile in the kernel (w * scale[128x128 block]).
-The backward pass recomputes through the grouped-matmul ``torch`` path (kernels/moe.py):
+The backward pass recomputes through the grouped-matmul ``torch`` path (kernels/torch_moe.py):
 the Triton kernels are forward-only, which is where serving and rollouts spend their time.
 """
 
@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.moe import GroupedMoE, dequant_block_fp8
+from kernels.torch_moe import GroupedMoE, dequant_block_fp8
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 

@@ -140,7 +140,7 @@ def save_pretrained(model, path: str | Path, max_shard_bytes: int = 2 * 1024**3)
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         atomic_write_text(path / INDEX_FILE, json.dumps(index, indent=2) + "\n")
         (path / SINGLE_FILE).unlink(missing_ok=True)
-    model.config.save(path / CONFIG_FILE)
+    atomic_write_text(path / CONFIG_FILE, model.config.to_json_string())
 
 
 # ---------------------------------------------------------------------------- loading
@@ -212,11 +212,10 @@ def expected_shape(param: torch.Tensor, target: Target) -> tuple[int, ...]:
     return (param.shape[1] // 2, param.shape[2])
 
 
-def load_pretrained(path: str | Path, dtype: torch.dtype = torch.float32, **overrides):
-    """Build on meta, fill shard by shard, check coverage. Returns the model; the set of
-    checkpoint keys it loaded is ``model.loaded_keys`` (skipped MTP keys: ``model.skipped_keys``)."""
-    from model.modeling import MiniMaxM2ForCausalLM, RotaryEmbedding
-
+def load_pretrained(model_cls, path: str | Path, dtype: torch.dtype = torch.float32, **overrides):
+    """Build ``model_cls(config)`` on meta, fill it shard by shard, check coverage (the causal LM's
+    ``from_pretrained`` calls this with its class). Returns the model; the set of checkpoint keys
+    it loaded is ``model.loaded_keys`` (skipped MTP keys: ``model.skipped_keys``)."""
     path = Path(path)
     config, raw = read_config(path)
     qcfg = raw.get("quantization_config") or {}
@@ -229,7 +228,7 @@ def load_pretrained(path: str | Path, dtype: torch.dtype = torch.float32, **over
     entries = list(iter_checkpoint(path))  # validates the index and shard files first
 
     with torch.device("meta"):
-        model = MiniMaxM2ForCausalLM(config)
+        model = model_cls(config)
     model.to(dtype)
     model.to_empty(device="cpu")
     for blk in model.moe_blocks:  # the router and its bias stay fp32
@@ -237,9 +236,7 @@ def load_pretrained(path: str | Path, dtype: torch.dtype = torch.float32, **over
         blk.e_score_correction_bias = torch.zeros_like(
             blk.e_score_correction_bias, dtype=torch.float32
         )
-    for mod in model.modules():
-        if isinstance(mod, RotaryEmbedding):
-            mod.inv_freq = RotaryEmbedding.compute_inv_freq(config)
+    model.init_buffers()
 
     params = dict(model.state_dict(keep_vars=True))
     # slots still to fill: name -> set of (expert, part) or {None} for whole tensors

@@ -172,10 +172,9 @@ class MiniMaxM2Config:
                 kwargs[k] = float(kwargs[k])
         return cls(**kwargs)
 
-    def save(self, path: str | Path) -> None:
-        from model.files import atomic_write_text
-
-        atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
+    def to_json_string(self) -> str:
+        """config.json's text (model.checkpoint writes it beside the weights)."""
+        return json.dumps(self.to_dict(), indent=2) + "\n"
 
     @classmethod
     def load(cls, path: str | Path) -> MiniMaxM2Config:

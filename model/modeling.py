@@ -8,13 +8,16 @@ Shapes: B batch, T new tokens, S keys (past + new), H hidden, E experts, k exper
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from kernels import fused_moe, sigmoid_topk
+from model import checkpoint
 from model.config import MiniMaxM2Config
 
 # Our expert-path names -> the kernels package's backend names.
@@ -130,8 +133,25 @@ class KVCache:
 
 
 # ---------------------------------------------------------------------------- attention
+# The attention backend: softmax(q k^T / sqrt(D)) v under some visibility rule, as
+# attention_fn(q, k, v) -> y with q (B, nh, T, D), k and v (B, n_kv, S, D) (GQA: nh % n_kv == 0),
+# y (B, nh, T, D). The model's forward uses `sdpa_attention` under the mask it builds from
+# `attention_mask`; a caller may pass its own (the RL prefix-tree forward passes tree attention).
+AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def sdpa_attention(q, k, v, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The default backend. mask None: plain causal over T == S (training), or decode of one
+    token against the cache; else a boolean (B, 1, T, S) mask (see build_attention_mask)."""
+    is_causal = mask is None and q.shape[2] > 1
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=k.shape[1] != q.shape[1]
+    )
+
+
 class Attention(nn.Module):
-    """GQA with QK-norm over all heads together (before RoPE) and partial RoPE."""
+    """GQA with QK-norm over all heads together (before RoPE) and partial RoPE; the score
+    computation itself is the backend ``attend`` the forward is handed."""
 
     def __init__(self, config: MiniMaxM2Config, layer_idx: int) -> None:
         super().__init__()
@@ -147,7 +167,7 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(config.q_dim, config.rms_norm_eps)
         self.k_norm = RMSNorm(config.kv_dim, config.rms_norm_eps)
 
-    def forward(self, x, cos, sin, mask: torch.Tensor | None, cache: KVCache | None):
+    def forward(self, x, cos, sin, attend: AttentionFn, cache: KVCache | None):
         B, T, _ = x.shape
         q = self.q_norm(self.q_proj(x)).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_norm(self.k_proj(x)).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
@@ -155,11 +175,7 @@ class Attention(nn.Module):
         q, k = apply_partial_rope(q, cos, sin), apply_partial_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)
-        # mask None: plain causal over T == S (training), or decode of 1 token against the cache.
-        is_causal = mask is None and T > 1
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=self.n_kv != self.n_heads
-        )  # (B, nh, T, D)
+        y = attend(q, k, v)  # (B, nh, T, D)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
 
@@ -250,8 +266,8 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, x, cos, sin, mask, cache, token_mask=None, stats: bool = True):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache)
+    def forward(self, x, cos, sin, attend, cache, token_mask=None, stats: bool = True):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, attend, cache)
         return x + self.mlp(self.post_attention_layernorm(x), token_mask, stats)
 
 
@@ -268,9 +284,9 @@ class MTPModule(nn.Module):
         self.layer = DecoderLayer(config, layer_idx)
         self.final_norm = RMSNorm(H, config.rms_norm_eps)
 
-    def forward(self, h, emb, cos, sin, mask):
+    def forward(self, h, emb, cos, sin, attend):
         x = self.eh_proj(torch.cat([self.hnorm(h), self.enorm(emb)], dim=-1))
-        return self.layer(x, cos, sin, mask, None)
+        return self.layer(x, cos, sin, attend, None)
 
 
 def build_attention_mask(
@@ -313,6 +329,23 @@ class MiniMaxM2Model(nn.Module):
             )
         else:
             self.mtp = None
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        attention_fn: AttentionFn = sdpa_attention,
+        cache: KVCache | None = None,
+        token_mask: torch.Tensor | None = None,
+        stats: bool = True,
+    ) -> torch.Tensor:
+        """The decoder: embeddings -> layers -> the residual stream (B, T, H), before the final
+        norm. ``attention_fn`` is every layer's attention backend (default: plain causal SDPA)."""
+        x = self.embed_tokens(input_ids)
+        cos, sin = self.rotary_emb(position_ids, x.dtype)
+        for layer in self.layers:
+            x = layer(x, cos, sin, attention_fn, cache, token_mask, stats)
+        return x
 
 
 @dataclass
@@ -357,8 +390,14 @@ class MiniMaxM2ForCausalLM(nn.Module):
         for mod in self.modules():
             if isinstance(mod, SparseMoeBlock):
                 mod.e_score_correction_bias.zero_()
+        self.init_buffers()
+
+    def init_buffers(self) -> None:
+        """The RoPE inverse frequencies, in fp32 (not in checkpoints: a model built on the meta
+        device or cast to another dtype gets them from here)."""
+        for mod in self.modules():
             if isinstance(mod, RotaryEmbedding):
-                mod.inv_freq.copy_(RotaryEmbedding.compute_inv_freq(self.config))
+                mod.inv_freq = RotaryEmbedding.compute_inv_freq(self.config, mod.inv_freq.device)
 
     # -------------------------------------------------------------- config helpers
     def set_moe_backend(self, backend: str) -> None:
@@ -383,10 +422,17 @@ class MiniMaxM2ForCausalLM(nn.Module):
         use_cache: bool = False,
         labels: torch.Tensor | None = None,
         logits_to_keep: int = 0,
+        attention_fn: AttentionFn | None = None,
     ) -> CausalLMOutput:
         """``logits_to_keep`` > 0: compute the LM head on the last that many positions only
-        (generation needs the last one); ignored when ``labels`` asks for the loss."""
+        (generation needs the last one); ignored when ``labels`` asks for the loss.
+        ``attention_fn``: an attention backend replacing the causal / ``attention_mask`` one
+        (e.g. tree attention over packed sequences: pass the ``position_ids`` that go with it;
+        no ``attention_mask``, no cache, and the MTP modules, causal by design, are skipped)."""
         B, T = input_ids.shape
+        custom = attention_fn is not None
+        if custom and (attention_mask is not None or past_key_values is not None or use_cache):
+            raise ValueError("attention_fn replaces attention_mask and the KV cache; pass neither")
         cache = past_key_values
         if use_cache and cache is None:
             cache = KVCache(self.config.num_hidden_layers)
@@ -408,14 +454,15 @@ class MiniMaxM2ForCausalLM(nn.Module):
                 position_ids = torch.arange(past, past + T, device=input_ids.device)[None]
                 position_ids = position_ids.expand(B, T)
 
-        x = self.model.embed_tokens(input_ids)
-        cos, sin = self.model.rotary_emb(position_ids, x.dtype)
-        mask = build_attention_mask(attention_mask, T, past)
+        if attention_fn is None:
+            attention_fn = partial(
+                sdpa_attention, mask=build_attention_mask(attention_mask, T, past)
+            )
         token_mask = None if attention_mask is None else attention_mask[:, -T:].reshape(-1)
         # Router stats are training metrics: skip them when decoding against a KV cache.
-        stats = cache is None
-        for layer in self.model.layers:
-            x = layer(x, cos, sin, mask, cache, token_mask, stats)
+        x = self.model(
+            input_ids, position_ids, attention_fn, cache, token_mask, stats=cache is None
+        )
         h = x if logits_to_keep <= 0 or labels is not None else x[:, -logits_to_keep:]
         logits = self.lm_head(self.model.norm(h))
 
@@ -427,7 +474,7 @@ class MiniMaxM2ForCausalLM(nn.Module):
         )
         if labels is not None:
             out.loss = shifted_cross_entropy(logits, labels)
-        if self.model.mtp is not None and cache is None and past == 0:
+        if self.model.mtp is not None and cache is None and past == 0 and not custom:
             self._mtp_forward(out, input_ids, position_ids, attention_mask, labels)
         return out
 
@@ -444,8 +491,8 @@ class MiniMaxM2ForCausalLM(nn.Module):
             pos = position_ids[:, : T - k]
             cos, sin = self.model.rotary_emb(pos, h.dtype)
             am = None if attention_mask is None else attention_mask[:, : T - k]
-            mask = build_attention_mask(am, T - k, 0)
-            h = mod(h[:, : T - k], emb, cos, sin, mask)
+            attend = partial(sdpa_attention, mask=build_attention_mask(am, T - k, 0))
+            h = mod(h[:, : T - k], emb, cos, sin, attend)
             logits = self.lm_head(mod.final_norm(h))
             out.mtp_logits.append(logits)
             if labels is not None:
@@ -506,14 +553,10 @@ class MiniMaxM2ForCausalLM(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path, dtype: torch.dtype = torch.float32, **overrides):
-        from model.checkpoint import load_pretrained
-
-        return load_pretrained(path, dtype=dtype, **overrides)
+        return checkpoint.load_pretrained(cls, path, dtype=dtype, **overrides)
 
     def save_pretrained(self, path, max_shard_bytes: int = 2 * 1024**3) -> None:
-        from model.checkpoint import save_pretrained
-
-        save_pretrained(self, path, max_shard_bytes=max_shard_bytes)
+        checkpoint.save_pretrained(self, path, max_shard_bytes=max_shard_bytes)
 
     def num_parameters(self, exclude_mtp: bool = True) -> int:
         return sum(

@@ -10,9 +10,11 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
+import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from model import chat
+from model.data import DEFAULT_VOCAB_SIZE, corpus_paragraphs, load_corpus, tokenizer_path
 from model.errors import BadInputError
 
 SPECIAL_TOKENS = list(chat.SPECIAL_TOKENS)  # ids 0.. in this order
@@ -72,6 +74,17 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
 
 def default_tokenizer() -> Tokenizer:
     """The tokenizer shipped with the corpus (vocab 2048), the one the tiny preset uses."""
-    from model.data import tokenizer_path
-
     return Tokenizer.from_file(str(tokenizer_path()))
+
+
+def tokenize_corpus(tokenizer=None) -> torch.Tensor:
+    """The whole corpus as one 1-D LongTensor of token ids (shipped tokenizer by default)."""
+    tok = tokenizer if tokenizer is not None else default_tokenizer()
+    return torch.tensor(tok.encode(load_corpus()).ids, dtype=torch.long)
+
+
+def build_shipped_tokenizer() -> None:
+    """Retrain tokenizer.json from corpus.txt (after regenerating the corpus):
+    ``python -c "from model.tokenizer import build_shipped_tokenizer as b; b()"``."""
+    tok = train_tokenizer(corpus_paragraphs(), DEFAULT_VOCAB_SIZE)
+    tokenizer_path().write_text(tok.to_str(), encoding="utf-8")

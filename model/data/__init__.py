@@ -1,4 +1,6 @@
-"""The shipped English training corpus (written for this project) and its tokenizer."""
+"""The shipped English training corpus (written for this project) and its tokenizer file.
+Plain data: the code that reads and trains tokenizers (``default_tokenizer``,
+``tokenize_corpus``, ``build_shipped_tokenizer``) is model.tokenizer."""
 
 from __future__ import annotations
 
@@ -26,24 +28,7 @@ def corpus_paragraphs() -> list[str]:
     return [p.strip() + "\n" for p in load_corpus().split("\n\n") if p.strip()]
 
 
-def tokenize_corpus(tokenizer=None) -> torch.Tensor:
-    """The whole corpus as one 1-D LongTensor of token ids (shipped tokenizer by default)."""
-    from model.tokenizer import default_tokenizer
-
-    tok = tokenizer if tokenizer is not None else default_tokenizer()
-    return torch.tensor(tok.encode(load_corpus()).ids, dtype=torch.long)
-
-
 def train_val_split(ids: torch.Tensor, val_fraction: float = 0.1):
     """Contiguous split: the last ``val_fraction`` of the tokens is validation."""
     n = int(len(ids) * (1 - val_fraction))
     return ids[:n], ids[n:]
-
-
-def build_shipped_tokenizer() -> None:
-    """Retrain tokenizer.json from corpus.txt (after regenerating the corpus):
-    ``python -c "from model.data import build_shipped_tokenizer as b; b()"``."""
-    from model.tokenizer import train_tokenizer
-
-    tok = train_tokenizer(corpus_paragraphs(), DEFAULT_VOCAB_SIZE)
-    tokenizer_path().write_text(tok.to_str(), encoding="utf-8")

@@ -1,6 +1,11 @@
 """The engine's batch: a preallocated KV cache with one row per running sequence, and the decode
 step that advances every row by one token in a single forward.
 
+Why a second decoder forward (the model's is `MiniMaxM2ForCausalLM.forward`): speed -- serving
+decode is a hot loop of tiny ops, written here with folded weights and no per-step modules or
+masks. What keeps it equal: tests/serving/test_batch.py checks `prefill` and `step` against the
+model's own forward and KV cache, token by token (`test_decode_step_matches_each_sequence_...`).
+
 Layout: per layer, keys and values live in buffers (max_rows, n_kv, cap, D); row i is the i-th
 running sequence. All rows share the column clock: each decode step writes every row's new
 key/value at column ``hi`` and then attends over columns [lo, hi] (a view, no copy). A row that
@@ -27,7 +32,7 @@ import torch.nn.functional as F
 
 from kernels import fused_moe
 from kernels.dispatch import resolve_backend
-from kernels.moe import segment_mm
+from kernels.torch_moe import segment_mm
 from model.modeling import KERNEL_BACKEND
 
 

@@ -7,7 +7,7 @@ import torch
 from kernels_testlib import moe_inputs
 
 from kernels import PrefixTree, fused_moe, sigmoid_topk, tree_attention
-from kernels.moe import quant_block_fp8
+from kernels.torch_moe import quant_block_fp8
 
 pytestmark = pytest.mark.gpu
 

@@ -7,7 +7,7 @@ import torch
 from kernels_testlib import moe_inputs
 
 from kernels import fused_moe
-from kernels.moe import dequant_block_fp8, quant_block_fp8
+from kernels.torch_moe import dequant_block_fp8, quant_block_fp8
 
 
 def _run(backend, x, w_gate_up, w_down, weights, ids, **kw):

@@ -7,7 +7,7 @@ import torch
 from kernels_testlib import moe_inputs
 
 from kernels import fused_moe
-from kernels.moe import quant_block_fp8
+from kernels.torch_moe import quant_block_fp8
 from kernels.triton_moe import align_to_blocks
 
 

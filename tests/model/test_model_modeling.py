@@ -194,6 +194,37 @@ def test_bias_changes_selection_but_not_weights():
     assert not torch.allclose(y0, y1)
 
 
+def test_attention_hook_runs_tree_attention_inside_the_models_own_forward():
+    """The attention backend is swappable through forward: a packed prefix tree (shared prefix,
+    two branches, position ids continuing from the parent) with tree attention gives every
+    token the logits it gets in its own sequence; the default backend is what forward uses."""
+    from kernels import PrefixTree, tree_attention
+    from model.modeling import sdpa_attention
+
+    m = _model().eval()
+    prefix, a, b = _ids(1, 6, seed=2)[0], _ids(1, 4, seed=3)[0], _ids(1, 3, seed=4)[0]
+    tree = PrefixTree(parent=(-1, 0, 0), lengths=(6, 4, 3))
+    packed = torch.cat([prefix, a, b])[None]
+    calls = []
+
+    def attend(q, k, v):
+        calls.append(q.shape)
+        return tree_attention(q, k, v, tree, backend="torch")
+
+    with torch.no_grad():
+        got = m(packed, position_ids=tree.position_ids()[None], attention_fn=attend).logits[0]
+        seq_a = m(torch.cat([prefix, a])[None]).logits[0]
+        seq_b = m(torch.cat([prefix, b])[None]).logits[0]
+        default = m(packed, attention_fn=sdpa_attention).logits
+        plain = m(packed).logits
+    assert len(calls) == m.config.num_hidden_layers
+    assert (got[:10] - seq_a).abs().max() <= 1e-5
+    assert (got[10:] - seq_b[6:]).abs().max() <= 1e-5
+    assert torch.equal(default, plain)
+    with pytest.raises(ValueError, match="attention_fn"):
+        m(packed, attention_mask=torch.ones_like(packed), attention_fn=attend)
+
+
 def test_mtp_modules_predict_further_tokens_and_train():
     m = _model(use_mtp=True, num_mtp_modules=2)
     ids = _ids(2, 10, seed=11)

@@ -11,12 +11,13 @@ import torch
 from typer.testing import CliRunner
 
 from model import MiniMaxM2Config, MiniMaxM2ForCausalLM
-from model.data import corpus_path, tokenize_corpus
+from model.data import corpus_path
 from model.params import count_params
 from model.tokenizer import (
     SPECIAL_TOKENS,
     load_tokenizer,
     special_token_ids,
+    tokenize_corpus,
     train_tokenizer,
 )
 from workbench.cli.main import app, main

@@ -1,54 +1,30 @@
 """Per-token log-probs of RL samples from the policy model: merged (one pass over the prefix
 tree) or unmerged (each sample on its own), with the LM head in fp32.
 
-Both paths run the same decoder code and differ only in attention: causal per sample, or the
-tree mask (dense, or the block-skipping version in ``trainer.rl.tree``). Only the positions that
-predict a trainable token go through the LM head -- in RL most tokens are context, and the
+Both paths run the model's own decoder forward (``MiniMaxM2Model.forward``) and differ only in
+the attention backend handed to it: causal per sample, or the tree mask (dense, the
+block-skipping version in ``trainer.rl.tree``, or ``kernels.tree_attention``). Only the positions
+that predict a trainable token go through the LM head -- in RL most tokens are context, and the
 vocabulary projection is a large share of a small model's cost.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
-from model.modeling import apply_partial_rope
+from model.modeling import AttentionFn, sdpa_attention
 from trainer.rl.tree import PackedTree, tree_attention_blocked, tree_mask
-
-AttnFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def _attention(attn, x: torch.Tensor, cos, sin, attend: AttnFn) -> torch.Tensor:
-    """The model's attention block (QK-norm over all heads, partial RoPE, GQA) with the score
-    computation swapped for ``attend(q, k, v)``."""
-    B, T, _ = x.shape
-    q = attn.q_norm(attn.q_proj(x)).view(B, T, attn.n_heads, attn.head_dim).transpose(1, 2)
-    k = attn.k_norm(attn.k_proj(x)).view(B, T, attn.n_kv, attn.head_dim).transpose(1, 2)
-    v = attn.v_proj(x).view(B, T, attn.n_kv, attn.head_dim).transpose(1, 2)
-    q, k = apply_partial_rope(q, cos, sin), apply_partial_rope(k, cos, sin)
-    y = attend(q, k, v)
-    return attn.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
 
 def hidden_states(
-    model, input_ids: torch.Tensor, position_ids: torch.Tensor, attend: AttnFn
+    model, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_fn: AttentionFn
 ) -> torch.Tensor:
-    """Final-normed hidden states [B, T, H] of ``model`` (a MiniMaxM2ForCausalLM)."""
-    m = model.model
-    x = m.embed_tokens(input_ids)
-    cos, sin = m.rotary_emb(position_ids, x.dtype)
-    for layer in m.layers:
-        x = x + _attention(layer.self_attn, layer.input_layernorm(x), cos, sin, attend)
-        x = x + layer.mlp(layer.post_attention_layernorm(x))
-    return m.norm(x)
-
-
-def _causal(q, k, v):
-    return F.scaled_dot_product_attention(
-        q, k, v, is_causal=True, enable_gqa=k.shape[1] != q.shape[1]
-    )
+    """Final-normed hidden states [B, T, H] of ``model`` (a MiniMaxM2ForCausalLM), its decoder
+    run with ``attention_fn`` as the attention backend."""
+    return model.model.norm(model.model(input_ids, position_ids, attention_fn))
 
 
 def head_logprobs(model, hidden: torch.Tensor, pred_index: torch.Tensor, targets: torch.Tensor):
@@ -134,7 +110,7 @@ def unmerged_logprobs(
         if not pred:
             continue
         pos = torch.arange(L)[None].expand(len(batch), L)
-        hidden = hidden_states(model, ids.to(device), pos.to(device), _causal)
+        hidden = hidden_states(model, ids.to(device), pos.to(device), sdpa_attention)
         lp = head_logprobs(
             model, hidden, torch.tensor(pred, device=device), torch.tensor(tgt, device=device)
         )

@@ -377,7 +377,7 @@ def verify(state: EpisodeState, deps: Deps) -> dict:
 
 
 def report(state: EpisodeState, deps: Deps) -> dict:
-    from workbench.supervisor.episode import write_report
+    from workbench.supervisor.report import write_report
     from workbench.supervisor.review import ReviewItem, ReviewQueue
 
     cur = state.get("current")
