@@ -7,15 +7,20 @@ running max", runs of ``persist`` consecutive points so one noisy point is not a
 
 ``since`` (an index into the series) restricts where an onset may be found; the incremental
 watcher passes the first index it has not judged yet, so windowed detectors cost O(new points).
+
+Each metric detector is registered (``@detector``) with the roles it reads; its series-level
+work is a private function of the same name, so tests and tools can call it on arrays.
 """
 
 from __future__ import annotations
 
 import re
+from functools import partial
 from typing import Any
 
 import numpy as np
 
+from workbench.doctor.registry import RunView, detector
 from workbench.doctor.series import Series
 from workbench.doctor.types import Finding
 
@@ -130,7 +135,7 @@ def _row_median(a: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------------- metric detectors
 
 
-def nan_inf(s: Series, th: dict[str, Any], since: int = 0) -> Finding | None:
+def _nan_inf(s: Series, th: dict[str, Any], since: int = 0) -> Finding | None:
     if np.isfinite(s.values[since:]).all():
         return None  # (the common case, judged on the new points only)
     bad = ~np.isfinite(s.values)
@@ -151,7 +156,7 @@ def nan_inf(s: Series, th: dict[str, Any], since: int = 0) -> Finding | None:
     )
 
 
-def divergence(
+def _divergence(
     s: Series, th: dict[str, Any], since: int = 0, *, eval_loss: Series | None = None
 ) -> Finding | None:
     """The loss leaves its best value: ``persist`` points above ratio × running min (and
@@ -159,7 +164,7 @@ def divergence(
 
     When the run has an eval loss, it must agree: the model got worse, not just the training
     batches (corrupted batches raise the training loss while held-out loss stays put)."""
-    f = _divergence(s, th, since)
+    f = _divergence_of_loss(s, th, since)
     if f is None or eval_loss is None or len(eval_loss) < 2 or f.step is None:
         return f
     ev = eval_loss.values
@@ -174,7 +179,7 @@ def divergence(
     return f
 
 
-def _divergence(s: Series, th: dict[str, Any], since: int = 0) -> Finding | None:
+def _divergence_of_loss(s: Series, th: dict[str, Any], since: int = 0) -> Finding | None:
     x = s.values
     fin = np.isfinite(x)
     if fin.sum() < 3:
@@ -235,7 +240,7 @@ def _divergence(s: Series, th: dict[str, Any], since: int = 0) -> Finding | None
     )
 
 
-def loss_spike(s: Series, th: dict[str, Any], since: int = 0) -> Finding | None:
+def _loss_spike(s: Series, th: dict[str, Any], since: int = 0) -> Finding | None:
     """A point far above the robust baseline of the preceding window."""
     x = _finite_prefix(s.values)
     if len(x) <= th.get("min_history", 16):
@@ -265,7 +270,7 @@ def loss_spike(s: Series, th: dict[str, Any], since: int = 0) -> Finding | None:
     )
 
 
-def plateau(s: Series, th: dict[str, Any], since: int = 0) -> Finding | None:
+def _plateau(s: Series, th: dict[str, Any], since: int = 0) -> Finding | None:
     """The loss did not improve over the whole run (a relative gain below min_improvement)."""
     if not np.all(np.isfinite(s.values)):
         return None  # a run that went non-finite did not "plateau" (nan_inf's business)
@@ -290,7 +295,7 @@ def plateau(s: Series, th: dict[str, Any], since: int = 0) -> Finding | None:
     )
 
 
-def exploding_gradients(
+def _exploding_gradients(
     s: Series, th: dict[str, Any], since: int = 0, *, clipped: bool = False
 ) -> Finding | None:
     """A grad norm far above its robust baseline.  With gradient clipping on, the logged
@@ -338,7 +343,7 @@ def exploding_gradients(
     )
 
 
-def vanishing_gradients(
+def _vanishing_gradients(
     s: Series, th: dict[str, Any], since: int = 0, *, loss: Series | None = None
 ) -> Finding | None:
     """The grad norm collapses while the loss is still high (tiny gradients at a near-zero
@@ -375,7 +380,7 @@ def vanishing_gradients(
     )
 
 
-def overfitting(ev: Series, tr: Series | None, th: dict[str, Any]) -> Finding | None:
+def _overfitting(ev: Series, tr: Series | None, th: dict[str, Any]) -> Finding | None:
     """Eval loss turned up from its minimum (for the last ``persist`` evals) while the train
     loss kept at or below its value at that minimum."""
     x = _finite_prefix(ev.values)
@@ -425,7 +430,7 @@ def overfitting(ev: Series, tr: Series | None, th: dict[str, Any]) -> Finding | 
     )
 
 
-def expert_collapse(
+def _expert_collapse(
     load: Series | None,
     dead: Series | None,
     entropy: Series | None,
@@ -474,7 +479,7 @@ def expert_collapse(
     )
 
 
-def throughput_drop(
+def _throughput_drop(
     s: Series, th: dict[str, Any], since: int = 0, *, higher_is_worse: bool = False
 ) -> Finding | None:
     """Throughput falls below ``drop`` × its rolling median and stays there.
@@ -530,6 +535,109 @@ def throughput_drop(
         severity=float(min(1.0, max(0.0, 1 - fwd[i] / base))) if base > 0 else 0.5,
         evidence=f"{s.name} median {_fmt(shown(fwd[i]))} from step {s.steps[j]} vs {_fmt(shown(base))} before ({100 * (1 - fwd[i] / base):.0f}% slower), still {_fmt(shown(tail))} at the end",
     )
+
+
+# ------------------------------------------------------------------------- the registered detectors
+# Each reads its roles from the run view; ``stable`` ones judge only from ``run.start``.
+
+
+def _tail(s: Series, since: int, th: dict[str, Any]) -> tuple[Series, int]:
+    """The last points of ``s`` a rolling-baseline detector needs to judge from ``since`` on:
+    whole windows before the first baseline block it evaluates, cut on the block grid, so
+    every baseline, z-score and count it reports is the very same number (and it costs
+    O(new points), not O(run))."""
+    window, stride = int(th.get("window", 128)), int(th.get("stride", 4))
+    min_history = int(th.get("min_history", 16))
+    if since <= min_history:
+        return s, since
+    first_block = min_history + (since - min_history) // stride * stride
+    lo = (first_block - window) // stride * stride
+    if lo <= 0:
+        return s, since
+    return Series(s.name, s.steps[lo:], s.values[lo:], s.timestamps[lo:]), since - lo
+
+
+@detector(
+    "nan_inf", reads=("train_loss", "eval_loss", "grad_norm"), stable=True, roles_from="roles"
+)
+def nan_inf(run: RunView, th: dict[str, Any]) -> list[Finding]:
+    """A non-finite value in any metric it reads (one finding per metric)."""
+    out, seen = [], set()
+    for s in run.series.values():
+        if s.name not in seen:
+            seen.add(s.name)
+            f = _nan_inf(s, th, run.start("nan_inf", s))
+            if f:
+                out.append(f)
+    return out
+
+
+@detector("divergence", reads=("train_loss", "eval_loss"), stable=True, precursor=True)
+def divergence(run: RunView, th: dict[str, Any]) -> Finding | None:
+    loss, ev = run["train_loss"], run["eval_loss"]
+    if loss is None:
+        return None
+    # With an eval loss, a divergence found earlier may be confirmed only now: judged whole.
+    since = run.start("divergence", loss) if ev is None else 0
+    return _divergence(loss, th, since, eval_loss=ev)
+
+
+def _windowed(run: RunView, kind: str, role: str, th: dict[str, Any], fn: Any) -> Finding | None:
+    """``fn(series, th, since)`` on the tail a rolling-baseline detector needs."""
+    s = run[role]
+    if s is None:
+        return None
+    tail, at = _tail(s, run.start(kind, s), th)
+    return fn(tail, th, at)
+
+
+@detector("loss_spike", reads=("train_loss",), stable=True, precursor=True)
+def loss_spike(run: RunView, th: dict[str, Any]) -> Finding | None:
+    return _windowed(run, "loss_spike", "train_loss", th, _loss_spike)
+
+
+@detector("plateau", reads=("train_loss",), precursor=True)
+def plateau(run: RunView, th: dict[str, Any]) -> Finding | None:
+    s = run["train_loss"]
+    return _plateau(s, th) if s is not None else None
+
+
+@detector("exploding_gradients", reads=("grad_norm",), stable=True, precursor=True)
+def exploding_gradients(run: RunView, th: dict[str, Any]) -> Finding | None:
+    fn = partial(_exploding_gradients, clipped=run.clipped)
+    return _windowed(run, "exploding_gradients", "grad_norm", th, fn)
+
+
+@detector("vanishing_gradients", reads=("grad_norm", "train_loss"), precursor=True)
+def vanishing_gradients(run: RunView, th: dict[str, Any]) -> Finding | None:
+    # Its reference (the early median) grows with the run: always the whole series.
+    s = run["grad_norm"]
+    return _vanishing_gradients(s, th, 0, loss=run["train_loss"]) if s is not None else None
+
+
+@detector("overfitting", reads=("eval_loss", "train_loss"))
+def overfitting(run: RunView, th: dict[str, Any]) -> Finding | None:
+    ev = run["eval_loss"]
+    return _overfitting(ev, run["train_loss"], th) if ev is not None else None
+
+
+@detector("expert_collapse", reads=("moe_load", "moe_dead", "moe_entropy"))
+def expert_collapse(run: RunView, th: dict[str, Any]) -> Finding | None:
+    # Warm-up and "still collapsed at the end" move with the run: the whole series.
+    return _expert_collapse(run["moe_load"], run["moe_dead"], run["moe_entropy"], th, 0)
+
+
+@detector("throughput_drop", reads=("throughput", "step_time"))
+def throughput_drop(run: RunView, th: dict[str, Any]) -> Finding | None:
+    """The earlier of a throughput drop and a step-time rise ("slow until the end" is judged
+    on the run's end: the whole series)."""
+    tp, st = run["throughput"], run["step_time"]
+    drops = [
+        tp is not None and _throughput_drop(tp, th, 0),
+        st is not None and _throughput_drop(st, th, 0, higher_is_worse=True),
+    ]
+    found = [d for d in drops if d]
+    return min(found, key=lambda f: f.step or 0) if found else None
 
 
 # ------------------------------------------------------------------------- status & log
