@@ -2,8 +2,9 @@
 
 Plain PyTorch + the plain ``mlflow`` API.  torchtitan's names: ``loss_metrics/global_avg_loss``,
 ``loss_metrics/global_max_loss``, ``grad_norm``, ``lr``, ``tps`` (tokens per second),
-``time_metrics/end_to_end(s)``, ``time_metrics/data_loading(s)``,
-``memory/max_active(GiB)``; params are the job TOML flattened with dots
+``time_metrics/end_to_end_s``, ``time_metrics/data_loading_s``,
+``memory/max_active_GiB`` (torchtitan's ``(s)``/``(GiB)`` suffixes spelled the way MLflow
+accepts names); params are the job TOML flattened with dots
 (``optimizer.lr``, ``training.max_norm``, ``training.steps``, ``lr_scheduler.warmup_steps``).
 Written without looking at the doctor.
 
@@ -159,9 +160,9 @@ with mlflow.start_run():
                     "grad_norm": gn.item(),
                     "lr": lr_at(step),
                     "tps": args.bs * args.seq / dt,
-                    "time_metrics/end_to_end(s)": dt,
-                    "time_metrics/data_loading(s)": t_data,
-                    "memory/max_active(GiB)": 0.01,
+                    "time_metrics/end_to_end_s": dt,
+                    "time_metrics/data_loading_s": t_data,
+                    "memory/max_active_GiB": 0.01,
                 },
                 step=step,
             )
