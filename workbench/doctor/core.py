@@ -184,6 +184,7 @@ def consolidate(findings: list[Finding], window: int | None = None) -> list[Find
         update={
             "step": onset,
             "evidence": f"{first_nan.evidence}; first went wrong at step {onset} ({what})",
+            "after": tuple(f.kind for f in sorted(pre, key=lambda f: f.step)),  # type: ignore[arg-type, return-value]
         }
     )
     drop = {id(f) for f in pre} | {id(first_nan)}

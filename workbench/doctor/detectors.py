@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from workbench.doctor.registry import RunView, detector
-from workbench.doctor.series import Series
+from workbench.doctor.series import Series, as_float
 from workbench.doctor.types import Finding
 
 # ------------------------------------------------------------------------- helpers
@@ -174,9 +174,15 @@ def _divergence(
         return f  # nothing to compare yet
     best = float(np.nanmin(before)) if np.isfinite(before).any() else np.nan
     worst = float(np.nanmax(np.where(np.isfinite(after), after, np.inf)))
-    if np.isfinite(best) and worst <= best * th.get("eval_ratio", 1.3) + 1e-12:
-        return None
-    return f
+    if not np.isfinite(best) or worst > best * th.get("eval_ratio", 1.3) + 1e-12:
+        return f
+    # The eval's first points may come after the rise began: it agrees as well when it sits
+    # where the training loss went, above the bar the training loss crossed.
+    train = s.values[(s.steps <= f.step) & np.isfinite(s.values)]
+    low = float(train.min()) if len(train) else np.inf
+    bar = max(low * th.get("ratio", 1.5), low + th.get("min_delta", 0.5))
+    fin = after[np.isfinite(after)]
+    return f if len(fin) and _median(fin) > bar else None
 
 
 def _divergence_of_loss(s: Series, th: dict[str, Any], since: int = 0) -> Finding | None:
@@ -218,7 +224,10 @@ def _divergence_of_loss(s: Series, th: dict[str, Any], since: int = 0) -> Findin
     prev_min = np.concatenate([[first_min], run_min[:-1]])
     thresh = np.maximum(prev_min * ratio, prev_min + delta)
     above = t > thresh
-    i = _first_run(above, int(th.get("persist", 5)), since - lo, th.get("_final", True))
+    # A rise cut short by the end of the run is not "stayed up" (a bad batch at the very end);
+    # cut short by a non-finite value it is (what follows is nan_inf's).
+    trailing = th.get("_final", True) and end < len(s.values)
+    i = _first_run(above, int(th.get("persist", 5)), since - lo, trailing)
     run_max = np.maximum.accumulate(np.abs(t))
     if lo:
         np.maximum(run_max, first_max, out=run_max)
@@ -256,6 +265,19 @@ def _loss_spike(s: Series, th: dict[str, Any], since: int = 0) -> Finding | None
     with np.errstate(invalid="ignore", divide="ignore"):
         z = (x - med) / scale
         hit = (z > th.get("z", 6.0)) & (x > med * (1 + th.get("min_rel", 0.25)))
+    if hit[since:].any() and (x > 0).all() and th.get("log_z", 0):
+        # A small minibatch loss is noisy by factors, not by amounts (one wrong sample moves
+        # 0.05 to 0.2): the point must stand out on a log scale as well.
+        lx = np.log(x)
+        lmed, lmad = rolling_baseline(
+            lx,
+            int(th.get("window", 128)),
+            int(th.get("stride", 4)),
+            int(th.get("min_history", 16)),
+            since,
+        )
+        with np.errstate(invalid="ignore", divide="ignore"):
+            hit &= (lx - lmed) / np.maximum(1.4826 * lmad, 1e-6) > th["log_z"]
     idx = np.flatnonzero(hit[since:])
     if not len(idx):
         return None
@@ -286,6 +308,10 @@ def _plateau(s: Series, th: dict[str, Any], since: int = 0) -> Finding | None:
     gain = (head - tail) / abs(head)
     if gain >= th.get("min_improvement", 0.05) or tail > head * 1.2:
         return None  # learned, or went up (divergence's business)
+    # Learned for a while and came back up (to chance level): divergence's business too.
+    chunks = [_median(x[i : i + h]) for i in range(0, n - h + 1, h)]
+    if min(chunks) < head * (1 - 2 * th.get("min_improvement", 0.05)):
+        return None
     return Finding(
         kind="plateau",
         metric=s.name,
@@ -380,9 +406,23 @@ def _vanishing_gradients(
     )
 
 
+def _noise(x: np.ndarray) -> float:
+    """A series' own point-to-point noise: the robust spread of its first differences over
+    √2 (a steady trend shifts every difference alike and drops out of the spread)."""
+    d = np.diff(x)
+    if len(d) < 3:
+        return 0.0
+    return float(1.4826 * np.median(np.abs(d - np.median(d))) / np.sqrt(2))
+
+
 def _overfitting(ev: Series, tr: Series | None, th: dict[str, Any]) -> Finding | None:
     """Eval loss turned up from its minimum (for the last ``persist`` evals) while the train
-    loss kept at or below its value at that minimum."""
+    loss kept at or below its value at that minimum.
+
+    Calibrated to the run's own noise: the best eval is taken as the median of the ``smooth``
+    evals around the minimum (a minimum picked from noisy evals is biased low), and the rise
+    must exceed both ``rise`` × the best and ``z`` × the eval's eval-to-eval noise (small
+    validation sets, logged once per epoch, wander a lot)."""
     x = _finite_prefix(ev.values)
     n = len(x)
     persist = int(th.get("persist", 2))
@@ -390,12 +430,20 @@ def _overfitting(ev: Series, tr: Series | None, th: dict[str, Any]) -> Finding |
         return None
     m = int(np.argmin(x[: n - persist]))  # the best eval before the last `persist` ones
     best = float(x[m])
-    limit = best + abs(best) * th.get("rise", 0.05)
+    half = int(th.get("smooth", 3)) // 2
+    level = _median(x[max(0, m - half) : m + half + 1])
+    noise = _noise(x[n // 4 :])
+    bar = max(abs(best) * th.get("rise", 0.05), th.get("z", 4.0) * noise)
+    limit = level + bar
+    tail = _median(x[n - persist :])
     if not np.all(x[n - persist :] > limit):
-        # Or: eval loss stalled for `stall_evals` evals while the train loss kept falling.
+        # Or: eval loss stalled for `stall_evals` evals while the train loss kept falling,
+        # and the evals since sit above the best by more than their noise explains.
         m = int(np.argmin(x))
         stall = int(th.get("stall_evals", 4))
         if n - 1 - m < stall or tr is None or not len(tr):
+            return None
+        if tail - level <= th.get("stall_z", 2.0) * noise:
             return None
         t_at, t_end = _value_at(tr, int(ev.steps[m])), _value_at(tr, int(ev.steps[-1]))
         if t_at is None or t_end is None or t_end > t_at * (1 - th.get("train_drop", 0.15)):
@@ -406,7 +454,7 @@ def _overfitting(ev: Series, tr: Series | None, th: dict[str, Any]) -> Finding |
             metric=ev.name,
             step=int(ev.steps[m]),
             severity=0.6,
-            evidence=f"{ev.name} stopped improving at {_fmt(best)} (step {ev.steps[m]}) for {n - 1 - m} evals while {tr.name} fell {_fmt(t_at)} → {_fmt(t_end)}",
+            evidence=f"{ev.name} stopped improving at {_fmt(best)} (step {ev.steps[m]}) for {n - 1 - m} evals (now {_fmt(tail)}, eval-to-eval noise {_fmt(noise)}) while {tr.name} fell {_fmt(t_at)} → {_fmt(t_end)}",
         )
     rise_at = m + 1 + int(np.argmax(x[m + 1 :] > limit))
     if tr is not None and len(tr):
@@ -426,7 +474,7 @@ def _overfitting(ev: Series, tr: Series | None, th: dict[str, Any]) -> Finding |
         metric=ev.name,
         step=int(ev.steps[m]),
         severity=float(min(1.0, (x[-1] - best) / max(abs(best), 1e-12))),
-        evidence=f"{ev.name} bottomed at {_fmt(best)} (step {ev.steps[m]}), {_fmt(x[rise_at])} by step {ev.steps[rise_at]}, now {_fmt(x[-1])}{train_txt}",
+        evidence=f"{ev.name} bottomed at {_fmt(best)} (step {ev.steps[m]}), {_fmt(x[rise_at])} by step {ev.steps[rise_at]}, now {_fmt(x[-1])}: {(tail - level) / max(noise, 1e-12):.1f}× its eval-to-eval noise {_fmt(noise)}{train_txt}",
     )
 
 
@@ -436,10 +484,16 @@ def _expert_collapse(
     entropy: Series | None,
     th: dict[str, Any],
     since: int = 0,
+    *,
+    aux: Series | None = None,
+    max_entropy: float | None = None,
 ) -> Finding | None:
+    """Experts starve: max/mean load high, experts without tokens, the load's entropy far
+    below its start (or below log(n_experts), the balanced value, when the run says how many
+    experts it has), or a load-balancing loss far above its balanced value of 1."""
     persist = int(th.get("persist", 5))
     cands: list[tuple[int, Series, str]] = []
-    for s, kind in ((load, "load"), (dead, "dead"), (entropy, "entropy")):
+    for s, kind in ((load, "load"), (dead, "dead"), (entropy, "entropy"), (aux, "aux")):
         if s is None or len(s) < persist:
             continue
         x = s.values
@@ -448,8 +502,12 @@ def _expert_collapse(
             mask = x > th.get("load_ratio", 3.0)
         elif kind == "dead":
             mask = x >= th.get("dead", 1)
+        elif kind == "aux":
+            mask = x > th.get("aux_ratio", 2.0)
         else:
             ref = float(np.nanmedian(x[: max(3, w)]))
+            if max_entropy is not None and max_entropy > 0:
+                ref = max(ref, max_entropy)
             mask = x < th.get("entropy_frac", 0.5) * ref
         mask = mask & np.isfinite(x)
         mask[:w] = False
@@ -467,9 +525,12 @@ def _expert_collapse(
         return None
     step, s, kind = min(cands, key=lambda c: c[0])
     i = int(np.searchsorted(s.steps, step))
-    what = {"load": "max/mean expert load", "dead": "dead experts", "entropy": "router entropy"}[
-        kind
-    ]
+    what = {
+        "load": "max/mean expert load",
+        "dead": "dead experts",
+        "entropy": "router entropy",
+        "aux": "load-balancing loss",
+    }[kind]
     return Finding(
         kind="expert_collapse",
         metric=s.name,
@@ -621,10 +682,19 @@ def overfitting(run: RunView, th: dict[str, Any]) -> Finding | None:
     return _overfitting(ev, run["train_loss"], th) if ev is not None else None
 
 
-@detector("expert_collapse", reads=("moe_load", "moe_dead", "moe_entropy"))
+@detector("expert_collapse", reads=("moe_load", "moe_dead", "moe_entropy", "moe_aux"))
 def expert_collapse(run: RunView, th: dict[str, Any]) -> Finding | None:
     # Warm-up and "still collapsed at the end" move with the run: the whole series.
-    return _expert_collapse(run["moe_load"], run["moe_dead"], run["moe_entropy"], th, 0)
+    n = as_float(run.param("n_experts"))
+    return _expert_collapse(
+        run["moe_load"],
+        run["moe_dead"],
+        run["moe_entropy"],
+        th,
+        0,
+        aux=run["moe_aux"],
+        max_entropy=float(np.log(n)) if n and n > 1 else None,
+    )
 
 
 @detector("throughput_drop", reads=("throughput", "step_time"))
