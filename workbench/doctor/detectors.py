@@ -435,7 +435,7 @@ def _overfitting(ev: Series, tr: Series | None, th: dict[str, Any]) -> Finding |
     noise = _noise(x[n // 4 :])
     bar = max(abs(best) * th.get("rise", 0.05), th.get("z", 4.0) * noise)
     limit = level + bar
-    tail = _median(x[n - persist :])
+    tail = _median(x[n - max(persist, 2 * half + 1) :])  # as many evals as the minimum's level
     if not np.all(x[n - persist :] > limit):
         # Or: eval loss stalled for `stall_evals` evals while the train loss kept falling,
         # and the evals since sit above the best by more than their noise explains.
