@@ -101,15 +101,18 @@ class Signal(_Strict):
     """One piece of evidence for a cause; its ``weight`` is added when it holds.
 
     Exactly one of: ``finding`` (a finding kind is present; ``first: true`` — it is the
-    earliest finding; ``metric_role`` — on a metric of that role), ``log`` (a regex found in the
-    log), ``param`` (a run parameter role compared with ``op``/``value``), ``absent`` (a
-    finding kind is *not* present), ``status`` (the run's status is one of the list).
+    earliest finding; ``metric_role`` — on a metric of that role; ``after: KIND`` — KIND was
+    its run-up, e.g. a divergence before the NaN), ``log`` (a regex found in the log),
+    ``param`` (a run parameter role compared with ``op``/``value``), ``absent`` (a finding
+    kind is *not* present, not even as another's run-up), ``status`` (the run's status is
+    one of the list).
     """
 
     weight: float
     finding: str | None = None
     first: bool = False
     metric_role: str | None = None
+    after: str | None = None
     absent: str | None = None
     log: str | None = None
     param: str | None = None
@@ -133,7 +136,7 @@ class Signal(_Strict):
             raise ValueError(
                 f"a signal needs exactly one of finding/absent/log/param/status, got {chosen}"
             )
-        for k in ("finding", "absent"):
+        for k in ("finding", "absent", "after"):
             kind = getattr(self, k)
             if kind and kind not in FINDING_KINDS:
                 raise ValueError(f"unknown finding kind {kind!r}")

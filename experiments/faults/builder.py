@@ -19,6 +19,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -46,7 +47,7 @@ def tracking_uri(out: Path) -> str:
     return f"sqlite:///{out.resolve() / 'mlflow.db'}"
 
 
-def prepare_store(out: Path) -> str:
+def prepare_store(out: Path, experiment: str = EXPERIMENT) -> str:
     """Create the store and experiment once, before children race to migrate the schema."""
     import logging
 
@@ -56,9 +57,9 @@ def prepare_store(out: Path) -> str:
     out.mkdir(parents=True, exist_ok=True)
     uri = tracking_uri(out)
     client = MlflowClient(uri)
-    if client.get_experiment_by_name(EXPERIMENT) is None:
+    if client.get_experiment_by_name(experiment) is None:
         client.create_experiment(
-            EXPERIMENT, artifact_location=(out / "artifacts").resolve().as_uri()
+            experiment, artifact_location=(out / "artifacts").resolve().as_uri()
         )
     return uri
 
@@ -119,18 +120,35 @@ class _ProgressWatch:
 
 
 def run_watched(
-    cmd: list[str], log_path: Path, cwd: Path, stall_s: float, limit_s: float
+    cmd: list[str],
+    log_path: Path,
+    cwd: Path,
+    stall_s: float,
+    limit_s: float,
+    *,
+    env: dict[str, str] | None = None,
+    memory_limit_mb: int = 0,
 ) -> tuple[bool, bool]:
     """Run a training subprocess, SIGKILLing it when it makes no progress for ``stall_s`` or
-    runs past ``limit_s`` (no handler runs: its MLflow run stays RUNNING).
+    runs past ``limit_s`` (no handler runs: its MLflow run stays RUNNING).  ``env``: the
+    child's MLflow environment (default: this suite's experiment, no tracking URI);
+    ``memory_limit_mb``: an address-space limit, as a container's memory limit.
     Returns (killed, stalled)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, MLFLOW_EXPERIMENT_NAME=EXPERIMENT, WORKBENCH_TRAIN_THREADS="1")
-    env.pop("MLFLOW_TRACKING_URI", None)
+    if env is None:
+        env = dict(os.environ, MLFLOW_EXPERIMENT_NAME=EXPERIMENT, WORKBENCH_TRAIN_THREADS="1")
+        env.pop("MLFLOW_TRACKING_URI", None)
     t0 = time.monotonic()
     killed = stalled = False
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd)
+        proc = subprocess.Popen(
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=cwd,
+            preexec_fn=_memory_limit(memory_limit_mb) if memory_limit_mb else None,
+        )
         watch = _ProgressWatch(proc.pid, log_path)
         while proc.poll() is None:
             time.sleep(0.25)
@@ -141,6 +159,15 @@ def run_watched(
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
     return killed, stalled
+
+
+def _memory_limit(mb: int) -> Callable[[], None]:
+    def apply() -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (mb << 20, mb << 20))
+
+    return apply
 
 
 def run_one(sc: Scenario, suite: Suite, out: Path, uri: str) -> BuiltRun:
@@ -182,16 +209,26 @@ def build(
 ) -> list[BuiltRun]:
     out = Path(out)
     uri = prepare_store(out)
+    runs = run_pool(lambda sc: run_one(sc, suite, out, uri), scenarios, jobs, on_done)
+    _resolve(uri, runs)
+    return runs
+
+
+def run_pool(
+    one: Callable[[Any], BuiltRun],
+    items: list[Any],
+    jobs: int,
+    on_done: Callable[[BuiltRun], None] | None = None,
+) -> list[BuiltRun]:
+    """``one(item)`` for every item, ``jobs`` at a time; ``on_done`` sees each as it ends."""
     lock = threading.Lock()
 
-    def task(sc: Scenario) -> BuiltRun:
-        r = run_one(sc, suite, out, uri)
+    def task(item: Any) -> BuiltRun:
+        r = one(item)
         if on_done:
             with lock:
                 on_done(r)
         return r
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        runs = list(pool.map(task, scenarios))
-    _resolve(uri, runs)
-    return runs
+        return list(pool.map(task, items))

@@ -50,8 +50,9 @@ def test_diagnose_json_schema_single_and_batch(runs):
     one = json.loads(res.stdout)
     assert set(one) == {"run_id", "status", "findings", "diagnosis", "remedies"}
     assert one["status"] == "failing"
-    assert set(one["findings"][0]) == {"kind", "metric", "step", "severity", "evidence"}
-    assert set(one["diagnosis"]) >= {"cause", "confidence", "summary"}
+    assert set(one["findings"][0]) == {"kind", "metric", "step", "severity", "evidence", "after"}
+    assert set(one["diagnosis"]) >= {"cause", "confidence", "summary", "evidence"}
+    assert any("log:" in e for e in one["diagnosis"]["evidence"])
     assert one["diagnosis"]["cause"] == "oom"
     assert set(one["remedies"][0]) == {"id", "description", "patch"}
     assert one["remedies"][0]["patch"][0]["key"] == "batch_size"

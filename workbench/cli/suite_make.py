@@ -1,4 +1,4 @@
-"""`workbench suite make faults --out DIR [--only IDS] [--jobs N] [--json]`."""
+"""`workbench suite make faults|foreign --out DIR [--only IDS] [--split S] [--jobs N] [--json]`."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from workbench.cli.options import Json
 from workbench.cli.output import console, err_console, print_json, print_table
 from workbench.errors import BadInputError
 
-SUITES = ("faults",)
+SUITES = ("faults", "foreign")
 
 
 def make(
-    suite: Annotated[str, typer.Argument(help="Which suite to build (faults).")],
+    suite: Annotated[str, typer.Argument(help="Which suite to build (faults or foreign).")],
     out: Annotated[Path, typer.Option("--out", help="Directory for the MLflow store and logs.")],
     only: Annotated[
         str | None, typer.Option("--only", help="Comma-separated scenario ids.")
@@ -25,19 +25,36 @@ def make(
     suite_file: Annotated[
         Path | None, typer.Option("--suite-file", help="A suite YAML other than the shipped one.")
     ] = None,
+    split: Annotated[
+        str, typer.Option("--split", help="Only this split (foreign): selection, heldout, all.")
+    ] = "all",
 ) -> None:
     """Run a suite's scenarios as real trainings into an MLflow store under OUT."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from experiments.faults.builder import build, tracking_uri
-    from experiments.faults.suite import SUITE_FILE, SuiteError, load_suite, select
+    from experiments.faults.builder import tracking_uri
+    from experiments.faults.suite import SuiteError
 
     if suite not in SUITES:
         raise BadInputError(f"unknown suite {suite!r} (known: {', '.join(SUITES)})")
+    if split not in ("selection", "heldout", "all"):
+        raise BadInputError(f"--split must be selection, heldout or all, not {split!r}")
+    ids = [i.strip() for i in only.split(",") if i.strip()] if only else None
     try:
-        spec = load_suite(suite_file or SUITE_FILE)
-        ids = [i.strip() for i in only.split(",") if i.strip()] if only else None
-        scenarios = select(spec, ids)
+        if suite == "faults":
+            from experiments.faults.builder import build
+            from experiments.faults.suite import SUITE_FILE, load_suite, select
+
+            spec = load_suite(suite_file or SUITE_FILE)
+            scenarios = [s for s in select(spec, ids) if split in ("all", s.split)]
+        else:
+            from experiments.foreign.builder import build  # type: ignore[assignment]
+            from experiments.foreign.suite import SUITE_FILE as FOREIGN_FILE
+            from experiments.foreign.suite import load_suite as load_foreign
+            from experiments.foreign.suite import select as select_foreign
+
+            spec = load_foreign(suite_file or FOREIGN_FILE)  # type: ignore[assignment]
+            scenarios = select_foreign(spec, ids, split)  # type: ignore[arg-type, assignment]
     except SuiteError as exc:
         raise BadInputError(str(exc)) from None
 
@@ -55,7 +72,7 @@ def make(
         def on_done(run) -> None:
             progress.update(task, advance=1, last=f"{run.scenario} ({run.seconds:.0f}s)")
 
-        runs = build(spec, scenarios, out, jobs=jobs, on_done=on_done)
+        runs = build(spec, scenarios, out, jobs=jobs, on_done=on_done)  # type: ignore[arg-type]
 
     if as_json:
         print_json(

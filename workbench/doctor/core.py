@@ -12,10 +12,9 @@ import numpy as np
 from scaffold.loader import MetricAliases, Playbook, Scaffold, load_scaffold
 from workbench.doctor import detectors as D
 from workbench.doctor import rules
-from workbench.doctor.series import Series, is_falsy, normalize, param_value, resolve_roles
+from workbench.doctor.registry import REGISTRY, RunView, precursors
+from workbench.doctor.series import Series, normalize, resolve_roles
 from workbench.doctor.types import Diagnosis, Finding, Remedy, RunVerdict
-
-_STEP_TIME_ROLE = "step_time"
 
 
 def _get(run_info: Any, key: str, default: Any = None) -> Any:
@@ -40,32 +39,6 @@ def series_of(histories: Mapping[str, Any]) -> dict[str, Series]:
     return out
 
 
-def _tail(s: Series, since: int, th: Mapping[str, Any]) -> tuple[Series, int]:
-    """The last points of ``s`` a rolling-baseline detector needs to judge from ``since`` on:
-    whole windows before the first baseline block it evaluates, cut on the block grid, so
-    every baseline, z-score and count it reports is the very same number (and it costs
-    O(new points), not O(run))."""
-    window, stride = int(th.get("window", 128)), int(th.get("stride", 4))
-    min_history = int(th.get("min_history", 16))
-    if since <= min_history:
-        return s, since
-    first_block = min_history + (since - min_history) // stride * stride
-    lo = (first_block - window) // stride * stride
-    if lo <= 0:
-        return s, since
-    return Series(s.name, s.steps[lo:], s.values[lo:], s.timestamps[lo:]), since - lo
-
-
-def _spike(s: Series, th: Mapping[str, Any], since: int) -> Finding | None:
-    tail, at = _tail(s, since, th)
-    return D.loss_spike(tail, dict(th), at)
-
-
-def _exploding(s: Series, th: Mapping[str, Any], since: int, clipped: bool) -> Finding | None:
-    tail, at = _tail(s, since, th)
-    return D.exploding_gradients(tail, dict(th), at, clipped=clipped)
-
-
 def detect_metrics(
     series: Mapping[str, Series],
     thresholds: Mapping[str, Mapping[str, Any]],
@@ -80,8 +53,9 @@ def detect_metrics(
     """Findings from metric histories only (no status, no log).  ``final=False`` for a live
     run: a trend still being confirmed at the end of the series does not count yet.
 
-    ``since`` (metric → index) is a promise from an incremental caller: no onset of this
-    metric's *prefix-stable* detectors (``nan_inf``, ``divergence`` without an eval loss,
+    Every detector of the registry runs whose roles the run logged.  ``since`` (metric →
+    index) is a promise from an incremental caller: no onset of this metric's *prefix-stable*
+    detectors (registered ``stable``: ``nan_inf``, ``divergence`` without an eval loss,
     ``loss_spike``, ``exploding_gradients``) lies before that index, because the points there
     were judged already and found nothing.  Those detectors only look from there on; the
     others (whose verdict on old points can change with new ones: an onset confirmed later,
@@ -94,70 +68,24 @@ def detect_metrics(
         if roles is not None
         else resolve_roles({k: len(v) for k, v in series.items()}, aliases)
     )
-    since = since or {}
-    th = thresholds if final else {k: {**v, "_final": False} for k, v in thresholds.items()}
-    # Gradient clipping on (a logged, non-zero clip setting) bounds the update of a spike.
-    clip = param_value(params or {}, aliases, "grad_clip")
-    clipped = clip is not None and not is_falsy(clip)
+    by_role = {r: series[n] for r, n in roles.items() if n in series}
     out: list[Finding] = []
-
-    def s_of(role: str) -> Series | None:
-        name = roles.get(role)
-        return series.get(name) if name else None
-
-    def at(s: Series, kind: str) -> int:
-        return 0 if (kind, s.name) in whole else min(since.get(s.name, 0), len(s))
-
-    seen: set[str] = set()
-    for role in th.get("nan_inf", {}).get("roles", ["train_loss", "eval_loss", "grad_norm"]):
-        s = s_of(role)
-        if s is not None and s.name not in seen:
-            seen.add(s.name)
-            f = D.nan_inf(s, th.get("nan_inf", {}), at(s, "nan_inf"))
-            if f:
-                out.append(f)
-    loss = s_of("train_loss")
-    ev = s_of("eval_loss")
-    if loss is not None:
-        # With an eval loss, a divergence found earlier may be confirmed only now.
-        div_at = at(loss, "divergence") if ev is None else 0
-        found = [
-            D.divergence(loss, th.get("divergence", {}), div_at, eval_loss=ev),
-            _spike(loss, th.get("loss_spike", {}), at(loss, "loss_spike")),
-            D.plateau(loss, th.get("plateau", {})),
-        ]
-        out += [f for f in found if f]
-    gn = s_of("grad_norm")
-    if gn is not None:
-        found = [
-            _exploding(
-                gn, th.get("exploding_gradients", {}), at(gn, "exploding_gradients"), clipped
-            ),
-            # Its reference (the early median) grows with the run: always the whole series.
-            D.vanishing_gradients(gn, th.get("vanishing_gradients", {}), 0, loss=loss),
-        ]
-        out += [f for f in found if f]
-    if ev is not None:
-        f = D.overfitting(ev, loss, th.get("overfitting", {}))
-        if f:
-            out.append(f)
-    load, dead, ent = s_of("moe_load"), s_of("moe_dead"), s_of("moe_entropy")
-    if load is not None or dead is not None or ent is not None:
-        # Warm-up and "still collapsed at the end" move with the run: the whole series.
-        f = D.expert_collapse(load, dead, ent, th.get("expert_collapse", {}), 0)
-        if f:
-            out.append(f)
-    drops = []
-    tp = s_of("throughput")
-    if tp is not None:
-        # "Slow until the end" is judged on the run's end: the whole series.
-        drops.append(D.throughput_drop(tp, th.get("throughput_drop", {}), 0))
-    st = s_of(_STEP_TIME_ROLE)
-    if st is not None:
-        drops.append(D.throughput_drop(st, th.get("throughput_drop", {}), 0, higher_is_worse=True))
-    drops = [d for d in drops if d is not None]
-    if drops:
-        out.append(min(drops, key=lambda f: f.step or 0))
+    for d in REGISTRY.values():
+        th = dict(thresholds.get(d.kind, {}))
+        if not final:
+            th["_final"] = False
+        view = RunView(
+            {r: by_role[r] for r in d.roles(th) if r in by_role},
+            params or {},
+            aliases,
+            since or {},
+            whole,
+            final,
+        )
+        if not view.series:
+            continue
+        found = d.fn(view, th)
+        out += found if isinstance(found, list) else [found] if found else []
     return out
 
 
@@ -232,10 +160,6 @@ def _order(findings: list[Finding]) -> list[Finding]:
     return sorted(findings, key=lambda f: (f.step is None, f.step or 0, f.kind))
 
 
-# Kinds that are the run-up to a non-finite loss rather than problems of their own.
-_PRECURSORS = ("divergence", "loss_spike", "exploding_gradients", "vanishing_gradients", "plateau")
-
-
 def consolidate(findings: list[Finding], window: int | None = None) -> list[Finding]:
     """One problem, one finding: when the run went non-finite, the anomalies that led up to
     it (a spike, a rise, exploding or vanishing gradients shortly before) are its onset, not
@@ -250,7 +174,7 @@ def consolidate(findings: list[Finding], window: int | None = None) -> list[Find
     pre = [
         f
         for f in findings
-        if f.kind in _PRECURSORS and f.step is not None and lo <= f.step <= first_nan.step  # type: ignore[operator]
+        if f.kind in precursors() and f.step is not None and lo <= f.step <= first_nan.step  # type: ignore[operator]
     ]
     if not pre:
         return findings
@@ -260,6 +184,7 @@ def consolidate(findings: list[Finding], window: int | None = None) -> list[Find
         update={
             "step": onset,
             "evidence": f"{first_nan.evidence}; first went wrong at step {onset} ({what})",
+            "after": tuple(f.kind for f in sorted(pre, key=lambda f: f.step)),  # type: ignore[arg-type, return-value]
         }
     )
     drop = {id(f) for f in pre} | {id(first_nan)}

@@ -7,16 +7,21 @@ running max", runs of ``persist`` consecutive points so one noisy point is not a
 
 ``since`` (an index into the series) restricts where an onset may be found; the incremental
 watcher passes the first index it has not judged yet, so windowed detectors cost O(new points).
+
+Each metric detector is registered (``@detector``) with the roles it reads; its series-level
+work is a private function of the same name, so tests and tools can call it on arrays.
 """
 
 from __future__ import annotations
 
 import re
+from functools import partial
 from typing import Any
 
 import numpy as np
 
-from workbench.doctor.series import Series
+from workbench.doctor.registry import RunView, detector
+from workbench.doctor.series import Series, as_float
 from workbench.doctor.types import Finding
 
 # ------------------------------------------------------------------------- helpers
@@ -130,7 +135,7 @@ def _row_median(a: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------------- metric detectors
 
 
-def nan_inf(s: Series, th: dict[str, Any], since: int = 0) -> Finding | None:
+def _nan_inf(s: Series, th: dict[str, Any], since: int = 0) -> Finding | None:
     if np.isfinite(s.values[since:]).all():
         return None  # (the common case, judged on the new points only)
     bad = ~np.isfinite(s.values)
@@ -151,7 +156,7 @@ def nan_inf(s: Series, th: dict[str, Any], since: int = 0) -> Finding | None:
     )
 
 
-def divergence(
+def _divergence(
     s: Series, th: dict[str, Any], since: int = 0, *, eval_loss: Series | None = None
 ) -> Finding | None:
     """The loss leaves its best value: ``persist`` points above ratio × running min (and
@@ -159,7 +164,7 @@ def divergence(
 
     When the run has an eval loss, it must agree: the model got worse, not just the training
     batches (corrupted batches raise the training loss while held-out loss stays put)."""
-    f = _divergence(s, th, since)
+    f = _divergence_of_loss(s, th, since)
     if f is None or eval_loss is None or len(eval_loss) < 2 or f.step is None:
         return f
     ev = eval_loss.values
@@ -169,12 +174,18 @@ def divergence(
         return f  # nothing to compare yet
     best = float(np.nanmin(before)) if np.isfinite(before).any() else np.nan
     worst = float(np.nanmax(np.where(np.isfinite(after), after, np.inf)))
-    if np.isfinite(best) and worst <= best * th.get("eval_ratio", 1.3) + 1e-12:
-        return None
-    return f
+    if not np.isfinite(best) or worst > best * th.get("eval_ratio", 1.3) + 1e-12:
+        return f
+    # The eval's first points may come after the rise began: it agrees as well when it sits
+    # where the training loss went, above the bar the training loss crossed.
+    train = s.values[(s.steps <= f.step) & np.isfinite(s.values)]
+    low = float(train.min()) if len(train) else np.inf
+    bar = max(low * th.get("ratio", 1.5), low + th.get("min_delta", 0.5))
+    fin = after[np.isfinite(after)]
+    return f if len(fin) and _median(fin) > bar else None
 
 
-def _divergence(s: Series, th: dict[str, Any], since: int = 0) -> Finding | None:
+def _divergence_of_loss(s: Series, th: dict[str, Any], since: int = 0) -> Finding | None:
     x = s.values
     fin = np.isfinite(x)
     if fin.sum() < 3:
@@ -213,7 +224,10 @@ def _divergence(s: Series, th: dict[str, Any], since: int = 0) -> Finding | None
     prev_min = np.concatenate([[first_min], run_min[:-1]])
     thresh = np.maximum(prev_min * ratio, prev_min + delta)
     above = t > thresh
-    i = _first_run(above, int(th.get("persist", 5)), since - lo, th.get("_final", True))
+    # A rise cut short by the end of the run is not "stayed up" (a bad batch at the very end);
+    # cut short by a non-finite value it is (what follows is nan_inf's).
+    trailing = th.get("_final", True) and end < len(s.values)
+    i = _first_run(above, int(th.get("persist", 5)), since - lo, trailing)
     run_max = np.maximum.accumulate(np.abs(t))
     if lo:
         np.maximum(run_max, first_max, out=run_max)
@@ -235,7 +249,7 @@ def _divergence(s: Series, th: dict[str, Any], since: int = 0) -> Finding | None
     )
 
 
-def loss_spike(s: Series, th: dict[str, Any], since: int = 0) -> Finding | None:
+def _loss_spike(s: Series, th: dict[str, Any], since: int = 0) -> Finding | None:
     """A point far above the robust baseline of the preceding window."""
     x = _finite_prefix(s.values)
     if len(x) <= th.get("min_history", 16):
@@ -251,6 +265,19 @@ def loss_spike(s: Series, th: dict[str, Any], since: int = 0) -> Finding | None:
     with np.errstate(invalid="ignore", divide="ignore"):
         z = (x - med) / scale
         hit = (z > th.get("z", 6.0)) & (x > med * (1 + th.get("min_rel", 0.25)))
+    if hit[since:].any() and (x > 0).all() and th.get("log_z", 0):
+        # A small minibatch loss is noisy by factors, not by amounts (one wrong sample moves
+        # 0.05 to 0.2): the point must stand out on a log scale as well.
+        lx = np.log(x)
+        lmed, lmad = rolling_baseline(
+            lx,
+            int(th.get("window", 128)),
+            int(th.get("stride", 4)),
+            int(th.get("min_history", 16)),
+            since,
+        )
+        with np.errstate(invalid="ignore", divide="ignore"):
+            hit &= (lx - lmed) / np.maximum(1.4826 * lmad, 1e-6) > th["log_z"]
     idx = np.flatnonzero(hit[since:])
     if not len(idx):
         return None
@@ -265,7 +292,7 @@ def loss_spike(s: Series, th: dict[str, Any], since: int = 0) -> Finding | None:
     )
 
 
-def plateau(s: Series, th: dict[str, Any], since: int = 0) -> Finding | None:
+def _plateau(s: Series, th: dict[str, Any], since: int = 0) -> Finding | None:
     """The loss did not improve over the whole run (a relative gain below min_improvement)."""
     if not np.all(np.isfinite(s.values)):
         return None  # a run that went non-finite did not "plateau" (nan_inf's business)
@@ -281,6 +308,10 @@ def plateau(s: Series, th: dict[str, Any], since: int = 0) -> Finding | None:
     gain = (head - tail) / abs(head)
     if gain >= th.get("min_improvement", 0.05) or tail > head * 1.2:
         return None  # learned, or went up (divergence's business)
+    # Learned for a while and came back up (to chance level): divergence's business too.
+    chunks = [_median(x[i : i + h]) for i in range(0, n - h + 1, h)]
+    if min(chunks) < head * (1 - 2 * th.get("min_improvement", 0.05)):
+        return None
     return Finding(
         kind="plateau",
         metric=s.name,
@@ -290,7 +321,7 @@ def plateau(s: Series, th: dict[str, Any], since: int = 0) -> Finding | None:
     )
 
 
-def exploding_gradients(
+def _exploding_gradients(
     s: Series, th: dict[str, Any], since: int = 0, *, clipped: bool = False
 ) -> Finding | None:
     """A grad norm far above its robust baseline.  With gradient clipping on, the logged
@@ -338,7 +369,7 @@ def exploding_gradients(
     )
 
 
-def vanishing_gradients(
+def _vanishing_gradients(
     s: Series, th: dict[str, Any], since: int = 0, *, loss: Series | None = None
 ) -> Finding | None:
     """The grad norm collapses while the loss is still high (tiny gradients at a near-zero
@@ -375,9 +406,23 @@ def vanishing_gradients(
     )
 
 
-def overfitting(ev: Series, tr: Series | None, th: dict[str, Any]) -> Finding | None:
+def _noise(x: np.ndarray) -> float:
+    """A series' own point-to-point noise: the robust spread of its first differences over
+    √2 (a steady trend shifts every difference alike and drops out of the spread)."""
+    d = np.diff(x)
+    if len(d) < 3:
+        return 0.0
+    return float(1.4826 * np.median(np.abs(d - np.median(d))) / np.sqrt(2))
+
+
+def _overfitting(ev: Series, tr: Series | None, th: dict[str, Any]) -> Finding | None:
     """Eval loss turned up from its minimum (for the last ``persist`` evals) while the train
-    loss kept at or below its value at that minimum."""
+    loss kept at or below its value at that minimum.
+
+    Calibrated to the run's own noise: the best eval is taken as the median of the ``smooth``
+    evals around the minimum (a minimum picked from noisy evals is biased low), and the rise
+    must exceed both ``rise`` × the best and ``z`` × the eval's eval-to-eval noise (small
+    validation sets, logged once per epoch, wander a lot)."""
     x = _finite_prefix(ev.values)
     n = len(x)
     persist = int(th.get("persist", 2))
@@ -385,12 +430,20 @@ def overfitting(ev: Series, tr: Series | None, th: dict[str, Any]) -> Finding | 
         return None
     m = int(np.argmin(x[: n - persist]))  # the best eval before the last `persist` ones
     best = float(x[m])
-    limit = best + abs(best) * th.get("rise", 0.05)
+    half = int(th.get("smooth", 3)) // 2
+    level = _median(x[max(0, m - half) : m + half + 1])
+    noise = _noise(x[n // 4 :])
+    bar = max(abs(best) * th.get("rise", 0.05), th.get("z", 4.0) * noise)
+    limit = level + bar
+    tail = _median(x[n - max(persist, 2 * half + 1) :])  # as many evals as the minimum's level
     if not np.all(x[n - persist :] > limit):
-        # Or: eval loss stalled for `stall_evals` evals while the train loss kept falling.
+        # Or: eval loss stalled for `stall_evals` evals while the train loss kept falling,
+        # and the evals since sit above the best by more than their noise explains.
         m = int(np.argmin(x))
         stall = int(th.get("stall_evals", 4))
         if n - 1 - m < stall or tr is None or not len(tr):
+            return None
+        if tail - level <= th.get("stall_z", 2.0) * noise:
             return None
         t_at, t_end = _value_at(tr, int(ev.steps[m])), _value_at(tr, int(ev.steps[-1]))
         if t_at is None or t_end is None or t_end > t_at * (1 - th.get("train_drop", 0.15)):
@@ -401,7 +454,7 @@ def overfitting(ev: Series, tr: Series | None, th: dict[str, Any]) -> Finding | 
             metric=ev.name,
             step=int(ev.steps[m]),
             severity=0.6,
-            evidence=f"{ev.name} stopped improving at {_fmt(best)} (step {ev.steps[m]}) for {n - 1 - m} evals while {tr.name} fell {_fmt(t_at)} → {_fmt(t_end)}",
+            evidence=f"{ev.name} stopped improving at {_fmt(best)} (step {ev.steps[m]}) for {n - 1 - m} evals (now {_fmt(tail)}, eval-to-eval noise {_fmt(noise)}) while {tr.name} fell {_fmt(t_at)} → {_fmt(t_end)}",
         )
     rise_at = m + 1 + int(np.argmax(x[m + 1 :] > limit))
     if tr is not None and len(tr):
@@ -421,20 +474,26 @@ def overfitting(ev: Series, tr: Series | None, th: dict[str, Any]) -> Finding | 
         metric=ev.name,
         step=int(ev.steps[m]),
         severity=float(min(1.0, (x[-1] - best) / max(abs(best), 1e-12))),
-        evidence=f"{ev.name} bottomed at {_fmt(best)} (step {ev.steps[m]}), {_fmt(x[rise_at])} by step {ev.steps[rise_at]}, now {_fmt(x[-1])}{train_txt}",
+        evidence=f"{ev.name} bottomed at {_fmt(best)} (step {ev.steps[m]}), {_fmt(x[rise_at])} by step {ev.steps[rise_at]}, now {_fmt(x[-1])}: {(tail - level) / max(noise, 1e-12):.1f}× its eval-to-eval noise {_fmt(noise)}{train_txt}",
     )
 
 
-def expert_collapse(
+def _expert_collapse(
     load: Series | None,
     dead: Series | None,
     entropy: Series | None,
     th: dict[str, Any],
     since: int = 0,
+    *,
+    aux: Series | None = None,
+    max_entropy: float | None = None,
 ) -> Finding | None:
+    """Experts starve: max/mean load high, experts without tokens, the load's entropy far
+    below its start (or below log(n_experts), the balanced value, when the run says how many
+    experts it has), or a load-balancing loss far above its balanced value of 1."""
     persist = int(th.get("persist", 5))
     cands: list[tuple[int, Series, str]] = []
-    for s, kind in ((load, "load"), (dead, "dead"), (entropy, "entropy")):
+    for s, kind in ((load, "load"), (dead, "dead"), (entropy, "entropy"), (aux, "aux")):
         if s is None or len(s) < persist:
             continue
         x = s.values
@@ -443,8 +502,12 @@ def expert_collapse(
             mask = x > th.get("load_ratio", 3.0)
         elif kind == "dead":
             mask = x >= th.get("dead", 1)
+        elif kind == "aux":
+            mask = x > th.get("aux_ratio", 2.0)
         else:
             ref = float(np.nanmedian(x[: max(3, w)]))
+            if max_entropy is not None and max_entropy > 0:
+                ref = max(ref, max_entropy)
             mask = x < th.get("entropy_frac", 0.5) * ref
         mask = mask & np.isfinite(x)
         mask[:w] = False
@@ -462,9 +525,12 @@ def expert_collapse(
         return None
     step, s, kind = min(cands, key=lambda c: c[0])
     i = int(np.searchsorted(s.steps, step))
-    what = {"load": "max/mean expert load", "dead": "dead experts", "entropy": "router entropy"}[
-        kind
-    ]
+    what = {
+        "load": "max/mean expert load",
+        "dead": "dead experts",
+        "entropy": "router entropy",
+        "aux": "load-balancing loss",
+    }[kind]
     return Finding(
         kind="expert_collapse",
         metric=s.name,
@@ -474,7 +540,7 @@ def expert_collapse(
     )
 
 
-def throughput_drop(
+def _throughput_drop(
     s: Series, th: dict[str, Any], since: int = 0, *, higher_is_worse: bool = False
 ) -> Finding | None:
     """Throughput falls below ``drop`` × its rolling median and stays there.
@@ -530,6 +596,118 @@ def throughput_drop(
         severity=float(min(1.0, max(0.0, 1 - fwd[i] / base))) if base > 0 else 0.5,
         evidence=f"{s.name} median {_fmt(shown(fwd[i]))} from step {s.steps[j]} vs {_fmt(shown(base))} before ({100 * (1 - fwd[i] / base):.0f}% slower), still {_fmt(shown(tail))} at the end",
     )
+
+
+# ------------------------------------------------------------------------- the registered detectors
+# Each reads its roles from the run view; ``stable`` ones judge only from ``run.start``.
+
+
+def _tail(s: Series, since: int, th: dict[str, Any]) -> tuple[Series, int]:
+    """The last points of ``s`` a rolling-baseline detector needs to judge from ``since`` on:
+    whole windows before the first baseline block it evaluates, cut on the block grid, so
+    every baseline, z-score and count it reports is the very same number (and it costs
+    O(new points), not O(run))."""
+    window, stride = int(th.get("window", 128)), int(th.get("stride", 4))
+    min_history = int(th.get("min_history", 16))
+    if since <= min_history:
+        return s, since
+    first_block = min_history + (since - min_history) // stride * stride
+    lo = (first_block - window) // stride * stride
+    if lo <= 0:
+        return s, since
+    return Series(s.name, s.steps[lo:], s.values[lo:], s.timestamps[lo:]), since - lo
+
+
+@detector(
+    "nan_inf", reads=("train_loss", "eval_loss", "grad_norm"), stable=True, roles_from="roles"
+)
+def nan_inf(run: RunView, th: dict[str, Any]) -> list[Finding]:
+    """A non-finite value in any metric it reads (one finding per metric)."""
+    out, seen = [], set()
+    for s in run.series.values():
+        if s.name not in seen:
+            seen.add(s.name)
+            f = _nan_inf(s, th, run.start("nan_inf", s))
+            if f:
+                out.append(f)
+    return out
+
+
+@detector("divergence", reads=("train_loss", "eval_loss"), stable=True, precursor=True)
+def divergence(run: RunView, th: dict[str, Any]) -> Finding | None:
+    loss, ev = run["train_loss"], run["eval_loss"]
+    if loss is None:
+        return None
+    # With an eval loss, a divergence found earlier may be confirmed only now: judged whole.
+    since = run.start("divergence", loss) if ev is None else 0
+    return _divergence(loss, th, since, eval_loss=ev)
+
+
+def _windowed(run: RunView, kind: str, role: str, th: dict[str, Any], fn: Any) -> Finding | None:
+    """``fn(series, th, since)`` on the tail a rolling-baseline detector needs."""
+    s = run[role]
+    if s is None:
+        return None
+    tail, at = _tail(s, run.start(kind, s), th)
+    return fn(tail, th, at)
+
+
+@detector("loss_spike", reads=("train_loss",), stable=True, precursor=True)
+def loss_spike(run: RunView, th: dict[str, Any]) -> Finding | None:
+    return _windowed(run, "loss_spike", "train_loss", th, _loss_spike)
+
+
+@detector("plateau", reads=("train_loss",), precursor=True)
+def plateau(run: RunView, th: dict[str, Any]) -> Finding | None:
+    s = run["train_loss"]
+    return _plateau(s, th) if s is not None else None
+
+
+@detector("exploding_gradients", reads=("grad_norm",), stable=True, precursor=True)
+def exploding_gradients(run: RunView, th: dict[str, Any]) -> Finding | None:
+    fn = partial(_exploding_gradients, clipped=run.clipped)
+    return _windowed(run, "exploding_gradients", "grad_norm", th, fn)
+
+
+@detector("vanishing_gradients", reads=("grad_norm", "train_loss"), precursor=True)
+def vanishing_gradients(run: RunView, th: dict[str, Any]) -> Finding | None:
+    # Its reference (the early median) grows with the run: always the whole series.
+    s = run["grad_norm"]
+    return _vanishing_gradients(s, th, 0, loss=run["train_loss"]) if s is not None else None
+
+
+@detector("overfitting", reads=("eval_loss", "train_loss"))
+def overfitting(run: RunView, th: dict[str, Any]) -> Finding | None:
+    ev = run["eval_loss"]
+    return _overfitting(ev, run["train_loss"], th) if ev is not None else None
+
+
+@detector("expert_collapse", reads=("moe_load", "moe_dead", "moe_entropy", "moe_aux"))
+def expert_collapse(run: RunView, th: dict[str, Any]) -> Finding | None:
+    # Warm-up and "still collapsed at the end" move with the run: the whole series.
+    n = as_float(run.param("n_experts"))
+    return _expert_collapse(
+        run["moe_load"],
+        run["moe_dead"],
+        run["moe_entropy"],
+        th,
+        0,
+        aux=run["moe_aux"],
+        max_entropy=float(np.log(n)) if n and n > 1 else None,
+    )
+
+
+@detector("throughput_drop", reads=("throughput", "step_time"))
+def throughput_drop(run: RunView, th: dict[str, Any]) -> Finding | None:
+    """The earlier of a throughput drop and a step-time rise ("slow until the end" is judged
+    on the run's end: the whole series)."""
+    tp, st = run["throughput"], run["step_time"]
+    drops = [
+        tp is not None and _throughput_drop(tp, th, 0),
+        st is not None and _throughput_drop(st, th, 0, higher_is_worse=True),
+    ]
+    found = [d for d in drops if d]
+    return min(found, key=lambda f: f.step or 0) if found else None
 
 
 # ------------------------------------------------------------------------- status & log

@@ -1,8 +1,11 @@
-"""Score the doctor on a built fault suite: per-kind precision/recall/F1, false alarms on
-healthy runs, cause accuracy and detection delay.
+"""Score the doctor on a built suite (``faults`` or ``foreign``): per-kind precision/recall/F1,
+false alarms on healthy runs, cause accuracy and detection delay.
 
 This is the *only* code that reads the answer key: the ``workbench.expected`` tag and each
-scenario's fault onset (``start_step``) from the suite YAML.  The doctor itself never does.
+scenario's label (and fault onset) from the suite YAML.  The doctor itself never does.
+A label lists kinds that must all be found (``findings``), kinds of which one must be found
+(``any_of``: the first is charged when none is) and kinds that may be found (``allowed``).
+Runs of the split not asked for are never read, let alone diagnosed.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from workbench.doctor.types import FINDING_KINDS, RunVerdict
 from workbench.errors import BadInputError
 
 Split = Literal["selection", "heldout", "all"]
+SUITES = ("faults", "foreign")
 
 TARGETS = {"f1": 0.95, "false_alarm_rate": 0.02, "cause_accuracy": 0.90, "median_delay": 10.0}
 
@@ -34,6 +38,8 @@ class RunScore:
     predicted_cause: str
     onset: int | None
     delays: dict[str, int] = field(default_factory=dict)  # kind → reported − true onset
+    any_of: list[str] = field(default_factory=list)
+    allowed: list[str] = field(default_factory=list)
 
     @property
     def cause_ok(self) -> bool:
@@ -55,7 +61,7 @@ def score_run(
     kinds = sorted({f.kind for f in v.findings})
     delays: dict[str, int] = {}
     if onset is not None:
-        for kind in expected.get("findings", []):
+        for kind in expected.get("findings", []) + expected.get("any_of", []):
             steps = [f.step for f in v.findings if f.kind == kind and f.step is not None]
             if steps:
                 delays[kind] = min(steps) - onset
@@ -69,15 +75,28 @@ def score_run(
         predicted_cause=v.diagnosis.cause if v.diagnosis else "healthy",
         onset=onset,
         delays=delays,
+        any_of=list(expected.get("any_of", [])),
+        allowed=list(expected.get("allowed", [])),
     )
+
+
+def _counts(s: RunScore, kind: str) -> tuple[int, int, int]:
+    """(tp, fp, fn) of one run for one kind."""
+    found = kind in s.predicted_kinds
+    if kind in s.expected_kinds:
+        return int(found), 0, int(not found)
+    if kind in s.any_of:
+        missed = not set(s.any_of) & set(s.predicted_kinds)
+        return int(found), 0, int(missed and kind == s.any_of[0])
+    if kind in s.allowed:
+        return 0, 0, 0
+    return 0, int(found), 0
 
 
 def summarize(scores: list[RunScore]) -> dict[str, Any]:
     per_kind = {}
     for kind in FINDING_KINDS:
-        tp = sum(kind in s.expected_kinds and kind in s.predicted_kinds for s in scores)
-        fp = sum(kind not in s.expected_kinds and kind in s.predicted_kinds for s in scores)
-        fn = sum(kind in s.expected_kinds and kind not in s.predicted_kinds for s in scores)
+        tp, fp, fn = (sum(c) for c in zip(*(_counts(s, kind) for s in scores), strict=True))
         per_kind[kind] = _prf(tp, fp, fn)
     healthy = [s for s in scores if s.expected_cause == "healthy"]
     faulty = [s for s in scores if s.expected_cause != "healthy"]
@@ -90,36 +109,73 @@ def summarize(scores: list[RunScore]) -> dict[str, Any]:
         "false_alarm_rate": (sum(bool(s.predicted_kinds) for s in healthy) / len(healthy))
         if healthy
         else None,
+        "false_alarms": sum(bool(s.predicted_kinds) for s in healthy),
+        "healthy": len(healthy),
         "cause_accuracy": (sum(s.cause_ok for s in scores) / len(scores)) if scores else None,
         "cause_accuracy_faulty": (sum(s.cause_ok for s in faulty) / len(faulty))
         if faulty
         else None,
         "median_delay": statistics.median(delays) if delays else None,
         "delays": delays,
-        "scores": [s.__dict__ for s in scores],
+        "scores": [
+            {
+                **s.__dict__,
+                "cause_ok": s.cause_ok,
+                "kinds_ok": not any(
+                    fp or fn for _, fp, fn in (_counts(s, k) for k in FINDING_KINDS)
+                ),
+            }
+            for s in scores
+        ],
     }
     out["passed"] = bool(
         out["min_f1"] is not None
         and out["min_f1"] >= TARGETS["f1"]
         and (out["false_alarm_rate"] or 0.0) <= TARGETS["false_alarm_rate"]
         and (out["cause_accuracy"] or 0.0) >= TARGETS["cause_accuracy"]
-        and out["median_delay"] is not None
-        and abs(out["median_delay"]) <= TARGETS["median_delay"]
+        # (a suite without fault onsets has no delays to judge)
+        and (not any(s.onset is not None for s in faulty) or out["median_delay"] is not None)
+        and abs(out["median_delay"] or 0) <= TARGETS["median_delay"]
     )
     return out
+
+
+def _labels(suite: str, suite_file: str | Path | None) -> tuple[str, dict[str, tuple]]:
+    """(experiment, scenario id → (split, expected, onset)) of a suite."""
+    if suite == "faults":
+        from experiments.faults.builder import EXPERIMENT
+        from experiments.faults.suite import SUITE_FILE, load_suite
+
+        spec = load_suite(suite_file or SUITE_FILE)
+        return EXPERIMENT, {
+            s.id: (
+                s.split,
+                s.expected.model_dump(),
+                int((s.fault or {}).get("start_step", 0)) if s.fault else None,
+            )
+            for s in spec.scenarios
+        }
+    if suite == "foreign":
+        from experiments.foreign.builder import EXPERIMENT as FOREIGN
+        from experiments.foreign.suite import SUITE_FILE as FOREIGN_FILE
+        from experiments.foreign.suite import load_suite as load_foreign
+
+        fspec = load_foreign(suite_file or FOREIGN_FILE)
+        return FOREIGN, {r.id: (fspec.split_of(r), r.label.model_dump(), None) for r in fspec.runs}
+    raise BadInputError(f"unknown suite {suite!r} (known: {', '.join(SUITES)})")
 
 
 def evaluate_suite(
     store: str | Path,
     *,
     split: Split = "selection",
+    suite: str = "faults",
     suite_file: str | Path | None = None,
     scaffold: Scaffold | None = None,
     progress: Any = None,
 ) -> dict[str, Any]:
-    """Diagnose every run of a built fault suite and score the verdicts."""
-    from experiments.faults.builder import EXPERIMENT
-    from experiments.faults.suite import SUITE_FILE, load_suite
+    """Diagnose every run of one split of a built suite and score the verdicts."""
+    from experiments.faults.suite import SuiteError
     from scaffold.loader import load_scaffold
     from workbench.doctor.watch import diagnose_experiment
     from workbench.runs.tracking import TrackingClient
@@ -128,34 +184,40 @@ def evaluate_suite(
     db = store / "mlflow.db"
     if not db.is_file():
         raise BadInputError(
-            f"no suite store at {store} (expected {db}; build it with `workbench suite make faults --out {store}`)"
+            f"no suite store at {store} (expected {db}; build it with `workbench suite make {suite} --out {store}`)"
         )
-    suite = load_suite(suite_file or SUITE_FILE)
-    scenarios = {s.id: s for s in suite.scenarios}
+    try:
+        experiment, labels = _labels(suite, suite_file)
+    except SuiteError as exc:
+        raise BadInputError(str(exc)) from None
     client = TrackingClient(f"sqlite:///{db.resolve()}")
+    # Only the runs of the split asked for are read (held-out runs never reach tuning).
+    where = "" if split == "all" else f"tags.`{Tag.SPLIT}` = '{split}'"
     verdicts = diagnose_experiment(
-        client, EXPERIMENT, scaffold or load_scaffold(None), progress=progress
+        client,
+        experiment,
+        scaffold or load_scaffold(None),
+        progress=progress,
+        filter_string=where,
     )
-    infos = {r.run_id: r for r in client.runs(EXPERIMENT)}
+    infos = {r.run_id: r for r in client.runs(experiment, filter_string=where)}
     newest: dict[str, tuple[int, RunVerdict]] = {}
     for v in verdicts:
         info = infos.get(v.run_id)
         sid = info.tags.get(Tag.SCENARIO) if info else None
-        if sid in scenarios and (sid not in newest or (info.start_time or 0) > newest[sid][0]):
+        if sid in labels and (sid not in newest or (info.start_time or 0) > newest[sid][0]):
             newest[sid] = (info.start_time or 0, v)  # a rebuilt scenario: the newest run counts
     scores = []
     for sid, (_, v) in sorted(newest.items()):
-        sc = scenarios[sid]
-        if split != "all" and sc.split != split:
+        sc_split, expected, onset = labels[sid]
+        if split != "all" and sc_split != split:
             continue
-        expected = (
-            json.loads(infos[v.run_id].tags.get(Tag.EXPECTED) or "{}") or sc.expected.model_dump()
-        )
-        onset = int((sc.fault or {}).get("start_step", 0)) if sc.fault else None
-        scores.append(score_run(v, sid, sc.split, expected, onset))
+        expected = json.loads(infos[v.run_id].tags.get(Tag.EXPECTED) or "{}") or expected
+        scores.append(score_run(v, sid, sc_split, expected, onset))
     if not scores:
         raise BadInputError(f"no runs of the {split!r} split in {store}")
     result = summarize(scores)
+    result["suite"] = suite
     result["split"] = split
     result["store"] = str(store)
     return result

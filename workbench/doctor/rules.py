@@ -55,6 +55,8 @@ def _signal_holds(
         hits = [f for f in findings if f.kind == sig.finding]
         if sig.metric_role:
             hits = [f for f in hits if f.metric and roles_of.get(f.metric) == sig.metric_role]
+        if sig.after:
+            hits = [f for f in hits if sig.after in f.after]
         if not hits:
             return False
         if sig.first:
@@ -63,7 +65,7 @@ def _signal_holds(
             return any(f.step == first for f in hits)
         return True
     if sig.absent:
-        return not any(f.kind == sig.absent for f in findings)
+        return not any(f.kind == sig.absent or sig.absent in f.after for f in findings)
     if sig.log:
         return bool(log_text) and re.search(sig.log, log_text) is not None
     if sig.status:
@@ -71,6 +73,34 @@ def _signal_holds(
     if sig.param:
         return _param_holds(sig.param, sig.op or "present", sig.value, params, aliases)
     return False
+
+
+def _describe(
+    sig: Signal,
+    findings: Sequence[Finding],
+    params: Mapping[str, str],
+    log_text: str,
+    status: str | None,
+    aliases: MetricAliases | None,
+) -> str:
+    """One line naming the evidence a held signal stands for."""
+    if sig.finding:
+        f = next(
+            f for f in findings if f.kind == sig.finding and (not sig.after or sig.after in f.after)
+        )
+        run_up = f" after {', '.join(f.after)}" if f.after else ""
+        return f"finding {f.kind}{run_up} on {f.metric or 'the run'} at step {f.step}"
+    if sig.absent:
+        return f"no {sig.absent}"
+    if sig.log:
+        m = re.search(sig.log, log_text)
+        return f"log: {m.group(0)[:80]!r}" if m else "log"
+    if sig.status:
+        return f"status {status}"
+    raw = param_value(params, aliases, sig.param or "") if aliases else params.get(sig.param or "")
+    names = aliases.params.get(sig.param or "", ()) if aliases else ()
+    name = next((n for n in names if n in params), sig.param)
+    return f"param {sig.param} ({name}={raw}) {sig.op} {sig.value if sig.value is not None else ''}".rstrip()
 
 
 def score_causes(
@@ -147,6 +177,12 @@ def diagnose(
                 confidence=0.2,
                 summary=f"{summary}; first finding: {lead.kind} at step {lead.step}",
                 explanation=(spec.explanation if spec else "") + " " + lead.evidence,
+                evidence=(
+                    f"finding {lead.kind} on {lead.metric or 'the run'} at step {lead.step}",
+                    "no cause scored "
+                    + (f"{ranked[0][1]:g} ({ranked[0][0]})" if ranked else "at all")
+                    + f" of the {playbook.min_score:g} needed",
+                ),
             ),
             _remedies(spec, params, aliases) if spec else [],
         )
@@ -155,12 +191,19 @@ def diagnose(
     spec = playbook.causes[cause]
     confidence = round(min(0.99, best / (best + max(second, 0.0) + 0.5)), 2)
     evidence = "; ".join(f.evidence for f in findings[:3])
+    used = tuple(
+        f"{_describe(s, findings, params, log_text, status, aliases)} (+{s.weight:g})"
+        for s in spec.signals
+        if s.weight > 0
+        and _signal_holds(s, findings, params, log_text, status, roles_of or {}, aliases)
+    )
     return (
         Diagnosis(
             cause=cause,  # type: ignore[arg-type]
             confidence=confidence,
             summary=f"{spec.summary} ({lead.kind} at step {lead.step})",
             explanation=f"{spec.explanation} Evidence: {evidence}",
+            evidence=used,
         ),
         _remedies(spec, params, aliases),
     )

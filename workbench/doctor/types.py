@@ -30,6 +30,7 @@ class Finding(_Frozen):
     step: int | None  # onset step
     severity: float = Field(ge=0.0, le=1.0)
     evidence: str  # one line, with numbers
+    after: tuple[str, ...] = ()  # kinds that were its run-up (absorbed into it), in order
 
 
 class Diagnosis(_Frozen):
@@ -37,6 +38,7 @@ class Diagnosis(_Frozen):
     confidence: float = Field(ge=0.0, le=1.0)
     summary: str  # one line
     explanation: str = ""  # plain language, a few sentences
+    evidence: tuple[str, ...] = ()  # the signals that held, each named (finding, param, log…)
 
 
 class PatchOp(_Frozen):

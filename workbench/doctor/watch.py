@@ -321,9 +321,10 @@ def diagnose_experiment(
     *,
     now_ms: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    filter_string: str = "",
 ) -> list[RunVerdict]:
-    """Every run of an experiment judged once (a full pass)."""
-    w = Watcher(client, experiment, scaffold)
+    """Every run of an experiment (matching ``filter_string``) judged once (a full pass)."""
+    w = Watcher(client, experiment, scaffold, filter_string=filter_string)
     out = w.poll(now_ms=now_ms, progress=progress)
     if not out:
         raise BadInputError(f"experiment {experiment!r} has no runs")

@@ -1,0 +1,134 @@
+"""Calibrated alarms and causes from evidence (issue #23, #19 item 5): a finding needs evidence
+beyond the run's own noise, and every diagnosis names the evidence it used."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from scaffold.loader import load_scaffold
+from workbench.doctor import detect, diagnose
+from workbench.doctor.types import Finding
+
+SC = load_scaffold(None)
+
+
+def kinds(metrics: dict, **info) -> set[str]:
+    hist = {k: v if isinstance(v, tuple) else (np.arange(len(v)), v) for k, v in metrics.items()}
+    return {f.kind for f in detect(hist, {"status": "FINISHED", **info}, "")}
+
+
+def test_per_epoch_noisy_validation_is_not_overfitting():
+    rng = np.random.default_rng(0)
+    ep = np.arange(40)
+    train = 2 * np.exp(-ep / 4) + 0.01
+    for seed in range(5):
+        rng = np.random.default_rng(seed)
+        # converged at ~0.1 with a small validation set's epoch-to-epoch wander
+        val = 1.5 * np.exp(-ep / 3) + 0.1 + 0.015 * rng.standard_normal(40)
+        assert kinds({"loss": train, "val_loss": val}) == set(), seed
+    val = np.concatenate([1.5 * np.exp(-ep[:12] / 3) + 0.4, np.linspace(0.42, 0.55, 28)])
+    assert kinds({"loss": train, "val_loss": val}) == {"overfitting"}
+
+
+def test_small_noisy_minibatch_loss_is_not_a_spike_but_a_bad_batch_is():
+    rng = np.random.default_rng(1)
+    n = 200
+    loss = np.exp(np.log(0.08) + 0.45 * rng.standard_normal(n))  # noisy by factors at ~0.08
+    loss[:20] = np.linspace(2.3, 0.1, 20)
+    assert "loss_spike" not in kinds({"train/ce_loss": loss})
+    loss[150] = 3.5
+    assert "loss_spike" in kinds({"train/ce_loss": loss})
+
+
+def test_climb_to_a_chance_level_plateau_is_divergence_from_lr_too_high():
+    """#19 item 5: the loss learns, climbs from its best to chance level and stays there; the
+    first eval comes after the climb began."""
+    steps = np.arange(0, 200, 4)
+    loss = np.where(steps < 40, 2.3 - steps * 0.025, 2.33)
+    loss = loss + 0.02 * np.random.default_rng(2).standard_normal(len(steps))
+    ev_steps = np.arange(50, 200, 25)
+    ev = np.full(len(ev_steps), 2.35)
+    hist = {"loss": (steps, loss), "eval_loss": (ev_steps, ev)}
+    params = {"learning_rate": "0.3", "max_grad_norm": "1.0"}
+    found = detect(hist, {"status": "FINISHED", "params": params}, "")
+    assert {f.kind for f in found} == {"divergence"}
+    diag, _ = diagnose(found, params, "", SC.playbook, aliases=SC.metrics)
+    assert diag.cause == "lr_too_high" and diag.evidence
+
+
+def _finding(kind, step, after=()):
+    return Finding(kind=kind, metric="loss", step=step, severity=0.9, evidence=kind, after=after)
+
+
+def test_causes_from_evidence():
+    def cause(findings, params=None, log="", status="FINISHED"):
+        d, _ = diagnose(findings, params or {}, log, SC.playbook, aliases=SC.metrics, status=status)
+        return d
+
+    crash = [Finding(kind="crash", metric=None, step=9, severity=1.0, evidence="FAILED")]
+    for log in (
+        "numpy.core._exceptions._ArrayMemoryError: Unable to allocate 7.45 GiB for an array",
+        "RuntimeError: [enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory",
+        "MemoryError",
+        "terminate called after throwing an instance of 'std::bad_alloc'",
+        "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB",
+    ):
+        d = cause(crash, log=f"Traceback (most recent call last):\n{log}\n", status="FAILED")
+        assert d.cause == "oom", log
+        assert any("log:" in e for e in d.evidence)
+    # NaN after the loss climbed: the learning rate; NaN at once in half precision: overflow
+    assert cause([_finding("nan_inf", 40, after=("divergence",))]).cause == "lr_too_high"
+    d = cause([_finding("nan_inf", 40)], params={"dtype": "float16"})
+    assert d.cause == "fp_overflow" and any("precision" in e for e in d.evidence)
+    # gradients that grow with clipping off in the params (any framework's name for it)
+    for name in ("max_grad_norm", "training.max_norm", "trainer/gradient_clip_val"):
+        d = cause([_finding("exploding_gradients", 30)], params={name: "0"})
+        assert d.cause == "missing_grad_clip", name
+        assert any(name in e for e in d.evidence)
+    # overfitting with a rising training loss is not memorisation
+    d = cause([_finding("divergence", 20), _finding("overfitting", 10)])
+    assert d.cause == "lr_too_high"
+
+
+def test_thin_evidence_is_unknown_with_low_confidence():
+    from scaffold.loader import Playbook
+
+    pb = Playbook.model_validate({"min_score": 5.0, "causes": {
+        "slow_io": {"summary": "s", "explanation": "e", "requires": ["throughput_drop"],
+                    "signals": [{"finding": "throughput_drop", "weight": 2}]}}})  # fmt: skip
+    d, _ = diagnose([_finding("throughput_drop", 5)], {}, "", pb, aliases=SC.metrics)
+    assert d.cause == "unknown" and d.confidence <= 0.2
+    assert d.evidence and "throughput_drop" in d.evidence[0]
+
+
+def test_throughput_and_moe_balance_aliases():
+    roles = SC.metrics
+    want = {
+        "tps": "throughput",
+        "tokens/s": "throughput",
+        "perf/samples_per_s": "throughput",
+        "throughput/tokens_per_sec": "throughput",
+        "moe/max_over_mean_load": "moe_load",
+        "moe/expert_load_entropy": "moe_entropy",
+        "router/entropy": "moe_entropy",
+        "moe/num_idle_experts": "moe_dead",
+        "router/aux_loss": "moe_aux",
+        "aux_loss": "moe_aux",
+        "moe/load_balancing_loss": "moe_aux",
+    }
+    for name, role in want.items():
+        assert roles.matches(role, name) is not None, name
+    # an evaluation loop's own speed is not the training throughput
+    assert roles.matches("throughput", "eval_samples_per_second") is None
+
+
+def test_router_collapse_under_a_custom_trainers_names():
+    n = 120
+    rng = np.random.default_rng(3)
+    ent = 2.0 + 0.03 * rng.standard_normal(n)
+    ent[30:] = 0.4 + 0.03 * rng.standard_normal(n - 30)
+    idle = np.zeros(n)
+    idle[30:] = 6
+    loss = np.linspace(2.3, 0.3, n)
+    k = kinds({"train/ce_loss": loss, "moe/expert_load_entropy": ent, "moe/num_idle_experts": idle})
+    assert k == {"expert_collapse"}

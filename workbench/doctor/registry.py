@@ -1,0 +1,93 @@
+"""The detector registry (torchtitan's ``register_train_spec`` idea): a metric detector
+declares its finding kind (which is also its thresholds' section in
+``scaffold/detectors.yaml``), the metric roles it reads, whether it judges only new points
+(``stable``) and whether it is the run-up to a non-finite loss (``precursor``).
+``core.detect_metrics`` iterates ``REGISTRY``; adding a detector is one decorated function in
+``detectors.py`` plus its thresholds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from scaffold.loader import FINDING_KINDS, MetricAliases
+from workbench.doctor.series import Series, is_falsy, param_value
+from workbench.doctor.types import Finding
+
+
+@dataclass(frozen=True)
+class RunView:
+    """One run as a detector sees it: series by role, params, and where to judge from.
+
+    ``since`` (metric → index) is the incremental caller's promise (see ``detect_metrics``);
+    a ``stable`` detector asks ``start(kind, s)`` where to look from, the others judge whole.
+    """
+
+    series: Mapping[str, Series]  # role → series (only roles the run logged)
+    params: Mapping[str, str] = field(default_factory=dict)
+    aliases: MetricAliases | None = None
+    since: Mapping[str, int] = field(default_factory=dict)
+    whole: Collection[tuple[str, str]] = ()
+    final: bool = True
+
+    def __getitem__(self, role: str) -> Series | None:
+        return self.series.get(role)
+
+    def start(self, kind: str, s: Series) -> int:
+        return 0 if (kind, s.name) in self.whole else min(self.since.get(s.name, 0), len(s))
+
+    def param(self, role: str) -> str | None:
+        return param_value(self.params, self.aliases, role) if self.aliases else None
+
+    @property
+    def clipped(self) -> bool:
+        """Gradient clipping on: a logged, non-zero clip setting."""
+        clip = self.param("grad_clip")
+        return clip is not None and not is_falsy(clip)
+
+
+DetectFn = Callable[[RunView, dict[str, Any]], "Finding | list[Finding] | None"]
+
+
+@dataclass(frozen=True)
+class Detector:
+    kind: str  # the finding kind it reports = its section in detectors.yaml
+    reads: tuple[str, ...]  # metric roles; it runs when the run logged any of them
+    fn: DetectFn
+    stable: bool = False  # judges only points from `since` on (prefix-stable)
+    precursor: bool = False  # a run-up to nan_inf, absorbed into it by `consolidate`
+    roles_from: str | None = None  # a thresholds key that overrides `reads` (nan_inf's roles)
+
+    def roles(self, th: Mapping[str, Any]) -> tuple[str, ...]:
+        return tuple(th.get(self.roles_from, self.reads)) if self.roles_from else self.reads
+
+
+REGISTRY: dict[str, Detector] = {}
+
+
+def detector(
+    kind: str,
+    *,
+    reads: tuple[str, ...],
+    stable: bool = False,
+    precursor: bool = False,
+    roles_from: str | None = None,
+) -> Callable[[DetectFn], DetectFn]:
+    """Register ``fn(run, thresholds) -> Finding | None`` (or a list: one per metric) as
+    the detector of ``kind``."""
+    if kind not in FINDING_KINDS:
+        raise ValueError(f"{kind!r} is not a finding kind")
+
+    def wrap(fn: DetectFn) -> DetectFn:
+        if kind in REGISTRY:
+            raise ValueError(f"a detector for {kind!r} is registered already")
+        REGISTRY[kind] = Detector(kind, reads, fn, stable, precursor, roles_from)
+        return fn
+
+    return wrap
+
+
+def precursors() -> tuple[str, ...]:
+    return tuple(k for k, d in REGISTRY.items() if d.precursor)
