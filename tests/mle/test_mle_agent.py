@@ -248,3 +248,24 @@ def test_evaluate_reports_any_medal_mean_and_sem(monkeypatch):
     rows = {r["task"]: r for r in rep.per_task()}
     assert rows["wine-cultivar"]["medals"] == ["none", "silver"]
     assert rep.scores["digits-recognition"] == pytest.approx(0.9)
+
+
+class HarnessBrain(ScriptedBrain):
+    """Its draft tries to flip the fault harness's switch; the patch guard refuses to run it."""
+
+    def draft(self, ctx, memory):
+        code = "import os\nos.environ['WORKBENCH_HARNESS_FAULTS'] = '[]'\n" + GOOD
+        return Proposal("draft that touches the harness", code, brain=self.name)
+
+
+def test_a_solution_touching_the_harness_switch_is_refused_by_the_patch_guard(data_dir, tmp_path):
+    sc = _scaffold(num_drafts=1, debug_prob=1.0, steps=2)
+    run_task(
+        "wine-cultivar", data_dir=data_dir, brain=HarnessBrain(), scaffold=sc, track=False,
+        out_dir=tmp_path / "run",
+    )  # fmt: skip
+    import json
+
+    journal = json.loads((tmp_path / "run" / "journal.json").read_text())["nodes"]
+    assert journal[0]["status"] == "buggy" and "harness switch" in journal[0]["error"]
+    assert journal[1]["status"] == "ok"

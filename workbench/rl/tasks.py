@@ -8,11 +8,11 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from model.checkpoint import atomic_write_text
 from workbench.errors import BadInputError
 from workbench.rl.outcomes import canonical_patch
+from workbench.supervisor.patches import touches_harness
 
 _LETTER = "You fix failed training runs. Answer with the letter of exactly one remedy."
 SYSTEM = {
@@ -21,13 +21,6 @@ SYSTEM = {
     "id": "You fix failed training runs. Answer with the id of exactly one remedy.",
 }
 NO_ACTION = "no_action"
-
-INJECTION_KEY = "faults"
-
-
-def touches_injection(patch: list[Any]) -> bool:
-    keys = (op["key"] if isinstance(op, dict) else op.key for op in patch)
-    return any(str(k).split(".")[0] == INJECTION_KEY for k in keys)
 
 
 # ---------------------------------------------------------------------------- the task
@@ -63,7 +56,7 @@ def playbook_order(cause: str) -> tuple[str, ...]:
 
     pb = load_scaffold(None).playbook
     spec = pb.causes.get(cause) or (pb.unknown if cause == "unknown" else None)
-    return tuple(r.id for r in (spec.remedies if spec else []) if not touches_injection(r.patch))
+    return tuple(r.id for r in (spec.remedies if spec else []) if not touches_harness(r.patch))
 
 
 def rules_answer(cause: str) -> str:
