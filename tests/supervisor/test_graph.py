@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from langchain_core.language_models.chat_models import BaseChatModel
 from langchain_core.messages import AIMessage, ToolMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
@@ -116,6 +117,30 @@ def test_patch_that_does_not_apply_leaves_no_branch_or_worktree(workspace):
     assert not (home / "worktrees").exists() or not any((home / "worktrees").iterdir())
     failed = [e for e in load_trajectory(home, "bad") if e["type"] == "attempt_failed"]
     assert failed and "SEARCH block not found" in failed[0]["error"]
+
+
+@pytest.mark.parametrize(
+    "tool, args",
+    [
+        ("propose_config_patch", {"remedy_id": "drop_faults", "ops": [{"key": "faults", "op": "delete"}]}),
+        ("propose_code_patch", {"remedy_id": "env", "blocks": "workbench.yaml\n<<<<<<< SEARCH\n"
+         "timeout: 120\n=======\ntimeout: 120\nenv: {WORKBENCH_HARNESS_FAULTS: '[]'}\n"
+         ">>>>>>> REPLACE"}),
+    ],
+    ids=["config", "code"],
+)  # fmt: skip
+def test_fix_refuses_a_patch_touching_the_harness_switch(workspace, tool, args):
+    """The one patch guard, as `workbench fix` meets it: refused before any branch exists."""
+    repo, uri, run_id, home = workspace
+    brain = Scripted(script=[
+        _call("submit_diagnosis", 1, cause="fp_overflow", confidence=0.5, summary="overflow"),
+        _call(tool, 2, **args),
+    ])  # fmt: skip
+    out = fix_run(run_id, repo=repo, tracking_uri=uri, home=home, thread_id="harness",
+                  max_attempts=1, brain_model=brain)  # fmt: skip
+    assert out["status"] == "failed" and out["branch"] is None and _branches(repo) == []
+    failed = [e for e in load_trajectory(home, "harness") if e["type"] == "attempt_failed"]
+    assert failed and "refused" in failed[0]["error"], failed
 
 
 def test_injected_log_line_is_quoted_data_and_model_paths_are_refused(failing, tmp_path):

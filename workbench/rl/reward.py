@@ -19,7 +19,7 @@ def suite_verified(task: Task, patch: list[dict]) -> bool:
     """Stand-in measurement: a patch fixes the run iff it is one of the suite's known fixes
     (each measured by rerunning the scenario); the empty patch passes iff the run is healthy."""
     if not patch:
-        return not task.known_fixes
+        return not task.known_fixes if task.healthy is None else task.healthy
     return canonical_patch(patch) in task.known_fixes
 
 

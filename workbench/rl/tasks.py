@@ -33,6 +33,7 @@ class Task:
     teacher: str  # the rules brain's answer: the playbook's first remedy for ``cause``
     known_fixes: tuple[str, ...]  # suite's fixes (canonical patch JSON), for ``suite_verified``
     menu: tuple[str, ...] = (NO_ACTION,)  # the answers on offer, in menu (letter) order
+    healthy: bool | None = None  # the suite's label (None: healthy iff no known fix)
 
 
 def remedy_catalog() -> dict[str, list[dict]]:
@@ -124,6 +125,7 @@ def load_tasks(
                 teacher=rules_answer(seen["cause"]),
                 known_fixes=tuple(canonical_patch(r.patch) for r in sc.remedies),
                 menu=cause_menu(seen["cause"]) if menu == "cause" else tuple(sorted(catalog)),
+                healthy=sc.expected.cause == "healthy",  # a code bug has no known fix either
             )
         )
     return tasks, catalog
