@@ -2,7 +2,8 @@
 
 Runs go into one MLflow store under ``out`` (``sqlite:///OUT/mlflow.db``, artifacts in
 ``OUT/artifacts``), tagged ``workbench.scenario`` and — for evaluation only —
-``workbench.expected``. A run that prints nothing for ``stall_timeout_s`` is hung: it is
+``workbench.expected``. A scenario's config holds only the run's own settings (its defect
+included); a harness fault reaches the process through its environment (``harness_env``). A run that prints nothing for ``stall_timeout_s`` is hung: it is
 killed with SIGKILL so that, like a real hung job, its MLflow run stays RUNNING.
 """
 
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from experiments.faults.suite import Scenario, Suite, scenario_config
+from experiments.faults.suite import Scenario, Suite, harness_env, scenario_config
 
 EXPERIMENT = "faults"
 
@@ -121,14 +122,22 @@ class _ProgressWatch:
 
 
 def run_watched(
-    cmd: list[str], log_path: Path, cwd: Path, stall_s: float, limit_s: float
+    cmd: list[str],
+    log_path: Path,
+    cwd: Path,
+    stall_s: float,
+    limit_s: float,
+    harness_env: dict[str, str] | None = None,
 ) -> tuple[bool, bool]:
     """Run a training subprocess, SIGKILLing it when it makes no progress for ``stall_s`` or
     runs past ``limit_s`` (no handler runs: its MLflow run stays RUNNING).
+    ``harness_env``: the harness's fault switch for this run (never in its config).
     Returns (killed, stalled)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, MLFLOW_EXPERIMENT_NAME=EXPERIMENT, WORKBENCH_TRAIN_THREADS="1")
     env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("MLFLOW_RUN_ID", None)
+    env.update(harness_env or {})
     t0 = time.monotonic()
     killed = stalled = False
     with open(log_path, "wb") as log:
@@ -154,6 +163,7 @@ def run_one(sc: Scenario, suite: Suite, out: Path, uri: str) -> BuiltRun:
         out,
         suite.stall_timeout_s,
         suite.run_timeout_s,
+        harness_env(sc),
     )
     return BuiltRun(sc.id, sc.program, None, "UNKNOWN", time.monotonic() - t0, hung)
 
