@@ -46,7 +46,7 @@ def test_json_hf_args_keep_indentation_and_change_one_line():
     text = (TEMPLATES / "hf-json-repo" / "args.json").read_text()
     changed, _, changes = _patch({"args.json": text}, "args.json", ("lr", "mul", 0.1))
     diff = _diff(text, changed["args.json"])
-    assert diff == ['-  "learning_rate": 0.2,', '+  "learning_rate": 0.02,'], diff
+    assert diff == ['-  "learning_rate": 0.15,', '+  "learning_rate": 0.015,'], diff
     assert "learning_rate" in changes[0]
 
 

@@ -145,7 +145,9 @@ def set_value(text: str, fmt: str, dotted: str, value: Any, name: str = "config"
     ``MISSING``), all else unchanged."""
     before = parse_config(text, fmt, name)
     if fmt == "yaml":
-        out = _yaml_delete(text, dotted) if value is MISSING else _yaml_set(text, dotted, value, name)
+        out = (
+            _yaml_delete(text, dotted) if value is MISSING else _yaml_set(text, dotted, value, name)
+        )
     elif fmt == "json":
         out = _json_set(text, dotted, value, name)
     else:
