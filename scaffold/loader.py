@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PACKAGED = Path(__file__).resolve().parent
 
@@ -83,11 +83,82 @@ class MetricAliases(_Strict):
         return None
 
 
+# ---------------------------------------------------------------- knobs.yaml
+_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_FLAG = re.compile(r"^--?[A-Za-z][A-Za-z0-9_-]*$")
+
+
+class KnobSpec(_Strict):
+    description: str
+    config: tuple[str, ...] = ()  # dotted config keys, in the vocabularies people use
+    flags: tuple[str, ...] = ()  # launch-command flags, with their dashes
+    enable: float | int | str | bool | None = None  # what ``op: enable`` sets by default
+
+    @field_validator("config")
+    @classmethod
+    def _keys(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [k for k in v if not _KEY.match(k)]
+        if bad:
+            raise ValueError(f"not dotted config keys: {bad}")
+        return v
+
+    @field_validator("flags")
+    @classmethod
+    def _flags(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [f for f in v if not _FLAG.match(f)]
+        if bad:
+            raise ValueError(f"not launch flags (--name): {bad}")
+        return v
+
+
+class KnobMap(_Strict):
+    knobs: dict[str, KnobSpec]
+
+    @field_validator("knobs")
+    @classmethod
+    def _one_knob_per_name(cls, v: dict[str, KnobSpec]) -> dict[str, KnobSpec]:
+        seen: dict[str, str] = {}
+        for knob, spec in v.items():
+            if not _KEY.match(knob) or "." in knob:
+                raise ValueError(f"knob name {knob!r}: letters, digits and _ only")
+            for name in (*spec.config, *spec.flags):
+                if name in seen and seen[name] != knob:
+                    raise ValueError(f"{name!r} is listed under knobs {seen[name]} and {knob}")
+                seen[name] = knob
+        return v
+
+
 # ---------------------------------------------------------------- playbook.yaml
 class PatchSpec(_Strict):
+    """One remedy edit: a knob (see knobs.yaml) and an operation.
+
+    ``op``: ``scale`` (multiply; stored as ``mul``), ``set``, ``enable`` (set to the remedy's
+    value or the knob's ``enable`` value; stored as ``set``), ``add``, ``delete``. ``knob:`` and
+    ``key:`` are the same field (a name that is no knob is a literal dotted config key).
+    """
+
     key: str
     op: Literal["set", "mul", "add", "delete"]
     value: float | int | str | bool | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _knob_ops(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            data = dict(data)
+            if "knob" in data:
+                if "key" in data:
+                    raise ValueError("give knob or key, not both")
+                data["key"] = data.pop("knob")
+            if data.get("op") == "scale":
+                data["op"] = "mul"
+            elif data.get("op") == "enable":
+                data["op"] = "set"
+                data.setdefault("value", _ENABLE_PENDING)
+        return data
+
+
+_ENABLE_PENDING = "__enable__"  # filled from knobs.yaml once both files are read
 
 
 class RemedySpec(_Strict):
@@ -176,6 +247,7 @@ class Scaffold(_Strict):
     metrics: MetricAliases
     detectors: dict[str, dict[str, Any]]
     playbook: Playbook
+    knobs: KnobMap
 
     def prompt(self, name: str) -> str:
         """The text of ``prompts/<name>`` (prompts are plain files the supervisor renders)."""
@@ -226,7 +298,7 @@ def load_scaffold(path: str | Path | None = None) -> Scaffold:
         raise ScaffoldError(f"{root}: scaffold folder not found")
     stamp = tuple(
         (root / f).stat().st_mtime_ns if (root / f).exists() else 0
-        for f in ("metrics.yaml", "detectors.yaml", "playbook.yaml")
+        for f in ("metrics.yaml", "detectors.yaml", "playbook.yaml", "knobs.yaml")
     )
     return _load(root, stamp)
 
@@ -236,7 +308,36 @@ def _load(root: Path, _stamp: tuple[int, ...]) -> Scaffold:
     metrics = _validate(MetricAliases, _read_yaml(root / "metrics.yaml"), root / "metrics.yaml")
     detectors = _detectors(_read_yaml(root / "detectors.yaml"), root / "detectors.yaml")
     playbook = _validate(Playbook, _read_yaml(root / "playbook.yaml"), root / "playbook.yaml")
-    return Scaffold(root=root, metrics=metrics, detectors=detectors, playbook=playbook)
+    # A scaffold copy made before the knob map existed uses the packaged one.
+    kpath = root / "knobs.yaml" if (root / "knobs.yaml").exists() else PACKAGED / "knobs.yaml"
+    knobs = _validate(KnobMap, _read_yaml(kpath), kpath)
+    playbook = _with_enable_values(playbook, knobs, root / "playbook.yaml")
+    return Scaffold(root=root, metrics=metrics, detectors=detectors, playbook=playbook, knobs=knobs)
+
+
+def _with_enable_values(playbook: Playbook, knobs: KnobMap, path: Path) -> Playbook:
+    """``op: enable`` without a value takes the knob's ``enable`` value from knobs.yaml."""
+
+    def fill(spec: CauseSpec, cause: str) -> CauseSpec:
+        remedies = []
+        for r in spec.remedies:
+            patch = []
+            for p in r.patch:
+                if p.value == _ENABLE_PENDING:
+                    knob = knobs.knobs.get(p.key)
+                    if knob is None or knob.enable is None:
+                        raise ScaffoldError(
+                            f"{path}: {cause}.{r.id}: op enable on {p.key!r} needs a value "
+                            "(the knob has no `enable` value in knobs.yaml)"
+                        )
+                    p = p.model_copy(update={"value": knob.enable})
+                patch.append(p)
+            remedies.append(r.model_copy(update={"patch": tuple(patch)}))
+        return spec.model_copy(update={"remedies": tuple(remedies)})
+
+    causes = {c: fill(spec, c) for c, spec in playbook.causes.items()}
+    unknown = fill(playbook.unknown, "unknown") if playbook.unknown else None
+    return playbook.model_copy(update={"causes": causes, "unknown": unknown})
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -247,7 +348,7 @@ def main(argv: list[str] | None = None) -> None:
     s = load_scaffold(args[0] if args else None)
     print(
         f"{s.root}: {len(s.metrics.roles)} metric roles, {len(s.detectors)} detectors, "
-        f"{len(s.playbook.causes)} causes — ok"
+        f"{len(s.playbook.causes)} causes, {len(s.knobs.knobs)} knobs — ok"
     )
 
 

@@ -2,19 +2,17 @@
 
 Key names are chosen so that a doctor's remedy is a natural dotted edit of this file:
 ``optimizer.lr *= 0.1``, ``optimizer.grad_clip = 1.0``, ``moe.bias_update_rate = 0.01``,
-``batch_size *= 0.5``, ``data.validate = true``, ``data.num_workers = 4``, ``faults`` deleted.
-Faults live in the same file (``faults:``), each a real cause acting from ``start_step``.
+``batch_size *= 0.5``, ``data.validate = true``, ``data.num_workers = 4``. A config holds only
+settings of the run: fault switches are the harness's (``trainer.faults``), never in this file.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
-from trainer.faults import Fault
 
 
 class ConfigError(ValueError):
@@ -36,6 +34,12 @@ class OptimizerConfig(_Section):
     warmup_steps: int = Field(20, ge=0)
     min_lr_ratio: float = Field(0.1, ge=0, le=1)
     grad_clip: float | None = Field(1.0, description="max global grad norm; null or 0 = off")
+    # precision fp16 only: gradients are held in fp16 scaled by this static factor (no
+    # dynamic back-off), so a scale too large overflows them to inf.
+    loss_scale: float = Field(1.0, gt=0)
+    # A step schedule on top: the rate is multiplied by decay_gamma at each of decay_steps.
+    decay_steps: list[int] = Field(default_factory=list)
+    decay_gamma: float = Field(0.1, gt=0)
 
 
 class DataConfig(_Section):
@@ -64,14 +68,13 @@ class _RunConfig(_Section):
     # and logs their eval at the stopping step, so its final model is the best one it saw.
     early_stop_patience: int = Field(0, ge=0)
     early_stop_restore: bool = True
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     checkpoint_interval: int = Field(0, ge=0)  # 0 = no checkpoints
     checkpoint_dir: str = "checkpoints"
     experiment: str = "workbench"
     run_name: str | None = None
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     data: DataConfig = Field(default_factory=DataConfig)
-    faults: list[Annotated[Fault, Field(discriminator="kind")]] = Field(default_factory=list)
 
 
 class ModelConfig(_Section):
@@ -120,6 +123,11 @@ def parse_config(program: str, data: dict[str, Any] | None, source: str = "confi
     if program not in CONFIG_TYPES:
         raise ConfigError(f"unknown program {program!r} (known: {', '.join(CONFIG_TYPES)})")
     data = dict(data or {})
+    if "faults" in data:
+        raise ConfigError(
+            f"invalid {source}: faults: not a setting of a run (faults are switched on by the "
+            "harness, through WORKBENCH_HARNESS_FAULTS, never in a config)"
+        )
     data.setdefault("program", program)
     if data["program"] != program:
         raise ConfigError(f"invalid {source}: program = {data['program']!r}, expected {program!r}")
@@ -168,11 +176,5 @@ def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def params_for_tracking(cfg: _RunConfig) -> dict[str, Any]:
-    """The flattened config as MLflow params.
-
-    The ``faults`` section is left out on purpose: the doctor reads params, and an injected
-    fault's name in them would hand it the answer. The effect of a fault shows in the metrics.
-    """
-    data = dump_config(cfg)
-    data.pop("faults", None)
-    return flatten(data)
+    """The flattened config as MLflow params (harness faults are no part of it)."""
+    return flatten(dump_config(cfg))

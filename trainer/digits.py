@@ -18,7 +18,7 @@ from torch import nn
 from trainer.config import DigitsConfig, DigitsModelConfig
 from trainer.data import BatchReader, is_corrupted
 from trainer.faults import BadData, FaultPlan, MemoryMeter
-from trainer.harness import EarlyStopping, RunContext, lr_at
+from trainer.harness import EarlyStopping, RunContext, fp16_gradients, lr_at
 
 # ---------------------------------------------------------------------------- data
 
@@ -149,6 +149,8 @@ def train(ctx: RunContext) -> None:
             loss = F.cross_entropy(logits.float(), y)
         opt.zero_grad(set_to_none=True)
         (loss * faults.gradient_outlier_scale(step)).backward()
+        if cfg.precision == "fp16":
+            fp16_gradients(model.parameters(), cfg.optimizer.loss_scale)
         if faults.drops_gradients(step):  # the code_error fault's silent bug
             opt.zero_grad(set_to_none=True)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip).item()

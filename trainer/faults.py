@@ -1,4 +1,13 @@
-"""Fault injection: each fault is a real cause that acts on the run from ``start_step``.
+"""The fault harness: world conditions a benchmark switches on from *outside* the repo.
+
+A training repo's own defects (an LR too high, clipping off, fp16 with an overflowing loss
+scale, a tiny train split, a router bias rate of 0) are plain settings of its config. What no
+config of a real repo holds — a process that blocks, a device-memory budget, a slow reader,
+outlier or corrupted batches in the data, a skewed router init, a planted code bug — is switched
+on by the harness through the environment: ``WORKBENCH_HARNESS_FAULTS`` (a JSON list of fault
+entries) or ``WORKBENCH_HARNESS_FAULTS_FILE`` (a path to such a JSON/YAML file), never through a
+file the agent may edit. The one patch guard (``workbench.supervisor.patches.guard``) refuses
+any patch that mentions these names or edits this module.
 
 Nothing here draws a curve. A fault changes what the training loop really does — the
 learning rate it applies, the batches it reads, the activations it computes, the memory a
@@ -9,12 +18,18 @@ The loop asks one ``FaultPlan`` at a few hook points; with no faults every hook 
 
 from __future__ import annotations
 
+import json
+import os
 import queue
 import time
-from typing import Literal
+from pathlib import Path
+from typing import Annotated, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+HARNESS_ENV = "WORKBENCH_HARNESS_FAULTS"
+HARNESS_FILE_ENV = "WORKBENCH_HARNESS_FAULTS_FILE"
 
 
 class _Fault(BaseModel):
@@ -126,6 +141,41 @@ Fault = (
     | SlowIO
 )
 FAULT_KINDS = tuple(f.model_fields["kind"].default for f in Fault.__args__)  # type: ignore[attr-defined]
+_FAULTS = TypeAdapter(list[Annotated[Fault, Field(discriminator="kind")]])
+
+
+class HarnessError(ValueError):
+    """The harness's fault switch is set but invalid (one line)."""
+
+
+def parse_faults(data) -> list:
+    try:
+        return _FAULTS.validate_python(data or [])
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise HarnessError(f"invalid harness faults: {where}: {first['msg']}") from None
+
+
+def harness_faults(environ=None) -> list:
+    """The faults the harness switched on for this process (none for a user's run)."""
+    env = os.environ if environ is None else environ
+    raw = env.get(HARNESS_ENV)
+    if not raw and env.get(HARNESS_FILE_ENV):
+        path = Path(env[HARNESS_FILE_ENV])
+        try:
+            import yaml
+
+            raw_data = yaml.safe_load(path.read_text())
+        except (OSError, ValueError) as err:
+            raise HarnessError(f"harness faults file {path}: {err}") from None
+        return parse_faults(raw_data)
+    if not raw:
+        return []
+    try:
+        return parse_faults(json.loads(raw))
+    except json.JSONDecodeError as err:
+        raise HarnessError(f"{HARNESS_ENV} is not JSON: {err}") from None
 
 
 class FaultPlan:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trainer.config import OptimizerConfig, _RunConfig, params_for_tracking
-from trainer.faults import FaultPlan
+from trainer.faults import FaultPlan, harness_faults
 from trainer.tags import Tag
 from trainer.tracking import MlflowTracker, NullTracker, Tracker
 
@@ -32,13 +32,24 @@ LOG_UPLOAD_EVERY_S = 2.0
 
 
 def lr_at(step: int, total: int, opt: OptimizerConfig) -> float:
-    """Linear warmup to ``opt.lr``, then cosine decay to ``min_lr_ratio * opt.lr``."""
+    """Linear warmup to ``opt.lr``, then cosine decay to ``min_lr_ratio * opt.lr``; times
+    ``decay_gamma`` for every milestone of ``decay_steps`` passed (a step schedule)."""
+    steps_passed = sum(step >= m for m in opt.decay_steps)
     if opt.warmup_steps and step < opt.warmup_steps:
-        return opt.lr * (step + 1) / opt.warmup_steps
+        return opt.lr * (step + 1) / opt.warmup_steps * opt.decay_gamma**steps_passed
     span = max(1, total - opt.warmup_steps)
     progress = min(1.0, (step - opt.warmup_steps) / span)
     floor = opt.min_lr_ratio * opt.lr
-    return floor + 0.5 * (opt.lr - floor) * (1 + math.cos(math.pi * progress))
+    cosine = floor + 0.5 * (opt.lr - floor) * (1 + math.cos(math.pi * progress))
+    return cosine * opt.decay_gamma**steps_passed
+
+
+def fp16_gradients(params, scale: float) -> None:
+    """Hold each gradient in fp16, scaled by the static loss ``scale`` (precision fp16): a
+    scale too large overflows them to inf, as in fp16 training without dynamic back-off."""
+    for p in params:
+        if p.grad is not None:
+            p.grad.copy_((p.grad * scale).half().float() / scale)
 
 
 # ---------------------------------------------------------------------------- early stopping
@@ -207,7 +218,9 @@ def run_program(
 
     log_dir = Path(tempfile.mkdtemp(prefix="workbench-run-"))
     log_path = log_dir / "train.log"
-    ctx = RunContext(cfg=cfg, tracker=tracker, faults=FaultPlan(cfg.faults), log_path=log_path)
+    ctx = RunContext(
+        cfg=cfg, tracker=tracker, faults=FaultPlan(harness_faults()), log_path=log_path
+    )
     old_out, old_err = sys.stdout, sys.stderr
     old_term = signal.getsignal(signal.SIGTERM)
     status, error = "FINISHED", None

@@ -22,7 +22,7 @@ from model.files import atomic_path
 from trainer.config import LMConfig
 from trainer.data import BatchReader, is_corrupted
 from trainer.faults import BadData, FaultPlan, MemoryMeter, RouterImbalance
-from trainer.harness import EarlyStopping, RunContext, lr_at
+from trainer.harness import EarlyStopping, RunContext, fp16_gradients, lr_at
 
 DEAD_FRACTION = 0.05  # an expert with < 5% of its fair share of routed tokens counts as dead
 
@@ -173,6 +173,8 @@ def train(ctx: RunContext) -> None:
         loss = out.loss.float()
         opt.zero_grad(set_to_none=True)
         (loss * faults.gradient_outlier_scale(step)).backward()
+        if cfg.precision == "fp16":
+            fp16_gradients(model.parameters(), cfg.optimizer.loss_scale)
         if faults.drops_gradients(step):  # the code_error fault's silent bug
             opt.zero_grad(set_to_none=True)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip).item()

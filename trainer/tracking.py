@@ -119,8 +119,14 @@ class MlflowTracker:
                 exp_id = self.client.get_experiment_by_name(experiment).experiment_id
         else:
             exp_id = exp.experiment_id
-        run = self.client.create_run(exp_id, run_name=run_name, tags=dict(tags or {}))
-        self.run_id: str | None = run.info.run_id
+        handed = os.environ.get("MLFLOW_RUN_ID")  # a launcher created the run: log into it
+        if handed:
+            self.run_id: str | None = self.client.get_run(handed).info.run_id
+            self.set_tags({**(tags or {}), **({"mlflow.runName": run_name} if run_name else {})})
+            self.client.update_run(self.run_id, status="RUNNING")
+        else:
+            run = self.client.create_run(exp_id, run_name=run_name, tags=dict(tags or {}))
+            self.run_id = run.info.run_id
         self.flush_every_s = flush_every_s
         self._buffer: list = []
         self._lock = threading.Lock()

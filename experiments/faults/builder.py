@@ -2,7 +2,8 @@
 
 Runs go into one MLflow store under ``out`` (``sqlite:///OUT/mlflow.db``, artifacts in
 ``OUT/artifacts``), tagged ``workbench.scenario`` and — for evaluation only —
-``workbench.expected``. A run that prints nothing for ``stall_timeout_s`` is hung: it is
+``workbench.expected``. A scenario's config holds only the run's own settings (its defect
+included); a harness fault reaches the process through its environment (``harness_env``). A run that prints nothing for ``stall_timeout_s`` is hung: it is
 killed with SIGKILL so that, like a real hung job, its MLflow run stays RUNNING.
 """
 
@@ -23,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from experiments.faults.suite import Scenario, Suite, scenario_config
+from experiments.faults.suite import Scenario, Suite, harness_env, scenario_config
 from model.files import atomic_write_text
 from trainer.tags import Tag
 
@@ -125,19 +126,23 @@ def run_watched(
     cwd: Path,
     stall_s: float,
     limit_s: float,
+    harness_env: dict[str, str] | None = None,
     *,
     env: dict[str, str] | None = None,
     memory_limit_mb: int = 0,
 ) -> tuple[bool, bool]:
     """Run a training subprocess, SIGKILLing it when it makes no progress for ``stall_s`` or
-    runs past ``limit_s`` (no handler runs: its MLflow run stays RUNNING).  ``env``: the
-    child's MLflow environment (default: this suite's experiment, no tracking URI);
+    runs past ``limit_s`` (no handler runs: its MLflow run stays RUNNING).
+    ``harness_env``: the harness's fault switch for this run (never in its config); ``env``:
+    the child's MLflow environment (default: this suite's experiment, no tracking URI);
     ``memory_limit_mb``: an address-space limit, as a container's memory limit.
     Returns (killed, stalled)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     if env is None:
         env = dict(os.environ, MLFLOW_EXPERIMENT_NAME=EXPERIMENT, WORKBENCH_TRAIN_THREADS="1")
         env.pop("MLFLOW_TRACKING_URI", None)
+        env.pop("MLFLOW_RUN_ID", None)
+    env = {**env, **(harness_env or {})}
     t0 = time.monotonic()
     killed = stalled = False
     with open(log_path, "wb") as log:
@@ -179,6 +184,7 @@ def run_one(sc: Scenario, suite: Suite, out: Path, uri: str) -> BuiltRun:
         out,
         suite.stall_timeout_s,
         suite.run_timeout_s,
+        harness_env(sc),
     )
     return BuiltRun(sc.id, sc.program, None, "UNKNOWN", time.monotonic() - t0, hung)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,7 +33,8 @@ class _Strict(BaseModel):
 
 
 class PatchOp(_Strict):
-    """A dotted-key edit of the run's config (same shape as the doctor's ``PatchOp``)."""
+    """A remedy edit: a knob of scaffold/knobs.yaml (or a dotted config key) and an op (same
+    shape as the doctor's ``PatchOp``; applied by ``workbench.supervisor.patches.apply_ops``)."""
 
     key: str
     op: Literal["set", "mul", "add", "delete"]
@@ -61,11 +63,23 @@ class Scenario(_Strict):
     id: str
     program: Literal["lm", "digits"]
     config: dict[str, Any] = Field(default_factory=dict)  # deep-merged over the defaults
-    fault: dict[str, Any] | None = None  # one entry of the config's ``faults:``
+    # A world condition only the harness can switch on (one ``trainer.faults`` entry), passed
+    # to the run through the environment, never through its config.
+    harness: dict[str, Any] | None = None
+    onset: int = Field(0, ge=0)  # first step a config defect can show (detection delay)
     expected: Expected
     remedies: list[Remedy] = Field(default_factory=list)
     split: Literal["selection", "heldout"]
     note: str = ""
+
+    @property
+    def fault(self) -> dict[str, Any] | None:
+        """What is wrong with the run, for scoring (kind + onset step); None for a control."""
+        if self.harness:
+            return self.harness
+        if self.expected.cause == "healthy":
+            return None
+        return {"kind": self.expected.cause, "start_step": self.onset}
 
 
 class Suite(_Strict):
@@ -112,11 +126,11 @@ def select(suite: Suite, only: list[str] | None) -> list[Scenario]:
 
 
 def scenario_config(suite: Suite, sc: Scenario) -> dict[str, Any]:
-    """The full training config of a scenario (validated by the trainer's schema)."""
+    """The full training config of a scenario (validated by the trainer's schema): the run's
+    own settings, defects included; never a fault switch."""
     from trainer.config import ConfigError, dump_config, parse_config
 
     data = deep_merge(suite.defaults.get(sc.program, {}), sc.config)
-    data["faults"] = [sc.fault] if sc.fault else []
     data["run_name"] = sc.id
     try:
         return dump_config(parse_config(sc.program, data, source=f"scenario {sc.id}"))
@@ -124,22 +138,14 @@ def scenario_config(suite: Suite, sc: Scenario) -> dict[str, Any]:
         raise SuiteError(str(err)) from None
 
 
-def apply_patch(config: dict[str, Any], patch: list[PatchOp]) -> dict[str, Any]:
-    """Apply dotted-key edits to a config dict (a copy): how a remedy changes a run."""
-    out = copy.deepcopy(config)
-    for op in patch:
-        *parents, leaf = op.key.split(".")
-        node = out
-        for p in parents:
-            node = node.setdefault(p, {})
-        if op.op == "delete":
-            node.pop(leaf, None)
-        elif op.op == "set":
-            node[leaf] = op.value
-        else:
-            cur = node.get(leaf)
-            if not isinstance(cur, int | float) or isinstance(cur, bool):
-                raise SuiteError(f"cannot {op.op} non-numeric {op.key} = {cur!r}")
-            new = cur * op.value if op.op == "mul" else cur + op.value
-            node[leaf] = int(new) if isinstance(cur, int) and float(new).is_integer() else new
-    return out
+def harness_env(sc: Scenario) -> dict[str, str]:
+    """The environment that switches the scenario's harness fault on (empty: none)."""
+    from trainer.faults import HARNESS_ENV, HarnessError, parse_faults
+
+    if not sc.harness:
+        return {}
+    try:
+        parse_faults([sc.harness])
+    except HarnessError as err:
+        raise SuiteError(f"scenario {sc.id}: {err}") from None
+    return {HARNESS_ENV: json.dumps([sc.harness], sort_keys=True)}

@@ -213,13 +213,15 @@ def _train(program: str, data: dict) -> dict[str, tuple[list[int], list[float]]]
     import importlib
 
     from trainer.config import parse_config
-    from trainer.faults import FaultPlan
+    from trainer.faults import FaultPlan, parse_faults
     from trainer.harness import RunContext
     from trainer.tracking import NullTracker
 
+    data = dict(data)
+    faults = parse_faults(data.pop("faults", []))  # the harness's switch, not the config's
     cfg = parse_config(program, data)
     tracker = NullTracker()
-    ctx = RunContext(cfg=cfg, tracker=tracker, faults=FaultPlan(cfg.faults), log_path=None)  # type: ignore[arg-type]
+    ctx = RunContext(cfg=cfg, tracker=tracker, faults=FaultPlan(faults), log_path=None)  # type: ignore[arg-type]
     ctx.log = lambda message: None  # type: ignore[method-assign]
     ctx.upload_log = lambda force=False: None  # type: ignore[method-assign]
     importlib.import_module(f"trainer.{program}").train(ctx)  # digits alone: no model import

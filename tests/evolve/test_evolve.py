@@ -150,6 +150,10 @@ def test_a_hacking_edit_that_silences_the_doctor_loses(tmp_path):
         ),
         ({"helper.py": "import os\n"}, "not an editable"),
         ({"detectors.yaml": "a: [\n"}, "not valid YAML"),
+        (  # the one patch guard: the harness's fault switch is never the scaffold's to touch
+            {"metrics.yaml": "roles: {train_loss: [loss]}\n# WORKBENCH_HARNESS_FAULTS=[]\n"},
+            "harness switch",
+        ),
     ],
 )
 def test_an_invalid_edit_is_rejected_without_a_branch(tmp_path, monkeypatch, files, why):

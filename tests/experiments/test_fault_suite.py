@@ -9,15 +9,14 @@ import sys
 import pytest
 
 from experiments.faults.suite import (
-    PatchOp,
+    CAUSES,
     SuiteError,
-    apply_patch,
+    harness_env,
     load_suite,
     scenario_config,
     select,
 )
 from trainer.config import parse_config
-from trainer.faults import FAULT_KINDS
 
 
 @pytest.fixture(scope="module")
@@ -25,19 +24,42 @@ def suite():
     return load_suite()
 
 
-def test_every_fault_on_both_programs_and_eight_healthy_controls(suite):
-    kinds = {(s.program, s.fault["kind"]) for s in suite.scenarios if s.fault}
-    for kind in FAULT_KINDS:
-        assert ("lm", kind) in kinds, kind
-        if kind != "router_imbalance":  # MoE-only
-            assert ("digits", kind) in kinds, kind
+# Defects a real repo has in its own settings: never switched on by the harness.
+CONFIG_DEFECTS = {"lr_too_high", "lr_too_low", "fp_overflow", "overfit_capacity"}
+
+
+def test_every_cause_on_both_programs_and_eight_healthy_controls(suite):
+    causes = {(s.program, s.expected.cause) for s in suite.scenarios}
+    for cause in CAUSES - {"healthy"}:
+        assert ("lm", cause) in causes, cause
+        if cause != "router_imbalance":  # MoE-only
+            assert ("digits", cause) in causes, cause
     healthy = [s for s in suite.scenarios if s.expected.cause == "healthy"]
     assert len(healthy) >= 8 and len({(s.program, s.config.get("seed")) for s in healthy}) >= 8
     assert {s.split for s in suite.scenarios} == {"selection", "heldout"}
     for s in suite.scenarios:
-        assert (s.fault is None) == (s.expected.cause == "healthy")
-        assert s.fault is None or s.fault["kind"] == s.expected.cause
-        assert s.fault is None or s.remedies, s.id
+        assert s.harness is None or s.harness["kind"] == s.expected.cause, s.id
+        if s.expected.cause in CONFIG_DEFECTS:  # the defect is the run's own setting
+            assert s.harness is None and s.config, s.id
+        if s.expected.cause == "healthy":
+            assert s.harness is None and not s.remedies
+        elif s.expected.cause != "code_error":  # a code change: no knob fixes it
+            assert s.remedies, s.id
+
+
+def test_no_fault_switch_in_any_file_the_agent_can_edit(suite, tmp_path):
+    """Scenario configs are the run's settings only; harness faults travel in the environment,
+    and the one patch guard refuses any remedy that touches them."""
+    from experiments.faults.builder import write_config
+    from workbench.supervisor.patches import touches_harness
+
+    for sc in suite.scenarios:
+        text = write_config(tmp_path, suite, sc).read_text()
+        assert "faults" not in text and "WORKBENCH_HARNESS" not in text, sc.id
+        env = harness_env(sc)
+        assert (sc.harness is None) == (env == {}), sc.id
+        for r in sc.remedies:
+            assert not touches_harness(r.patch), (sc.id, r.id)
 
 
 def test_every_finding_kind_is_expected_in_both_splits(suite):
@@ -50,26 +72,14 @@ def test_every_finding_kind_is_expected_in_both_splits(suite):
 
 
 def test_every_remedy_patch_yields_a_valid_config(suite):
+    from workbench.supervisor.patches import apply_ops
+
     for sc in suite.scenarios:
         base = scenario_config(suite, sc)
         for remedy in sc.remedies:
-            patched = apply_patch(base, remedy.patch)
+            patched = apply_ops(base, remedy.patch)
+            assert patched != base, (sc.id, remedy.id)
             parse_config(sc.program, patched, source=f"{sc.id}+{remedy.id}")
-
-
-def test_apply_patch_ops():
-    cfg = {"optimizer": {"lr": 0.1}, "batch_size": 8, "faults": [{"kind": "oom"}]}
-    out = apply_patch(
-        cfg,
-        [
-            PatchOp(key="optimizer.lr", op="mul", value=0.5),
-            PatchOp(key="batch_size", op="mul", value=0.5),
-            PatchOp(key="faults", op="delete"),
-            PatchOp(key="data.validate", op="set", value=True),
-        ],
-    )
-    assert out == {"optimizer": {"lr": 0.05}, "batch_size": 4, "data": {"validate": True}}
-    assert cfg["batch_size"] == 8  # the input is not modified
 
 
 def test_unknown_ids_are_rejected(suite):
@@ -99,6 +109,6 @@ def test_suite_make_runs_a_divergence_and_a_healthy_scenario(tmp_path):
     assert div.data.tags["workbench.scenario"] == "digits-lr-too-high"
     assert json.loads(div.data.tags["workbench.expected"])["cause"] == "lr_too_high"
     loss = sorted((m.step, m.value) for m in client.get_metric_history(div.info.run_id, "loss"))
-    before = min(v for s, v in loss if 80 <= s < 100)
-    assert any(v != v or v > 3 * before for s, v in loss if s >= 100)  # NaN or far higher
+    best = min(v for s, v in loss)
+    assert any(v != v or v > 3 * best for s, v in loss if s > 50)  # NaN or far higher
     assert any(k.startswith("system/") for k in div.data.metrics)

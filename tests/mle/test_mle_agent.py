@@ -299,3 +299,24 @@ def test_raw_data_is_never_visible_and_the_record_says_what_is_not_covered(
         assert set(record["sandbox_uncovered"]) >= {"filesystem", "unix_sockets", "proc", "tmp"}
         assert record["sandbox_uncovered"]["proc"] == GAPS["proc"]
         assert journal["sandbox"]["uncovered"] == record["sandbox_uncovered"]
+
+
+class HarnessBrain(ScriptedBrain):
+    """Its draft tries to flip the fault harness's switch; the patch guard refuses to run it."""
+
+    def draft(self, ctx, memory):
+        code = "import os\nos.environ['WORKBENCH_HARNESS_FAULTS'] = '[]'\n" + GOOD
+        return Proposal("draft that touches the harness", code, brain=self.name)
+
+
+def test_a_solution_touching_the_harness_switch_is_refused_by_the_patch_guard(data_dir, tmp_path):
+    sc = _scaffold(num_drafts=1, debug_prob=1.0, steps=2)
+    run_task(
+        "wine-cultivar", data_dir=data_dir, brain=HarnessBrain(), scaffold=sc, track=False,
+        out_dir=tmp_path / "run",
+    )  # fmt: skip
+    import json
+
+    journal = json.loads((tmp_path / "run" / "journal.json").read_text())["nodes"]
+    assert journal[0]["status"] == "buggy" and "harness switch" in journal[0]["error"]
+    assert journal[1]["status"] == "ok"

@@ -35,7 +35,7 @@ def test_tasks_rewards_and_action_parsing(tmp_path):
     # ... or, as an ablation, its place on this menu
     assert parse_action("B" + END_OF_TURN, oom.menu, "letter") == "halve_batch"
     assert by["lm-healthy-a"].menu == (NO_ACTION,)
-    # remedies that edit the suite's fault injection are not offered (no real run has one)
+    # the playbook's remedies for an overflow are setting changes (no fault switch to delete)
     assert by["lm-fp-overflow"].menu == ("clip_grads", "fp32", NO_ACTION)
     assert by["lm-fp-overflow"].teacher == "fp32"
     all_tasks, _ = load_tasks("faults", menu="all")
@@ -47,10 +47,14 @@ def test_tasks_rewards_and_action_parsing(tmp_path):
     # ... and wrong where it is not: fix_code is a code change, no config patch to verify
     assert by["lm-code-error"].teacher == "fix_code"
     assert cache.reward(by["lm-code-error"], "fix_code") == 0.0
-    # deleting the suite's injected fault would "fix" it, but no real run has that entry
-    assert "remove_activation_scaling" in catalog
-    assert cache.reward(by["lm-code-error"], "remove_activation_scaling") == 0.0
-    assert cache.judge(by["lm-fp-overflow"], "remove_activation_scaling") == (0.0, "guard")
+    # a remedy touching the harness's fault switch is refused by the one patch guard
+    rigged = RemedyCache(
+        tmp_path / "r.json",
+        suite_verified,
+        {**catalog, "drop_faults": [{"key": "faults", "op": "delete"}]},
+    )
+    assert rigged.judge(by["lm-fp-overflow"], "drop_faults") == (0.0, "guard")
+    assert cache.reward(by["lm-fp-overflow"], "fp32") == 1.0  # the real setting change
     assert cache.judge(by["lm-code-error"], "fix_code") == (0.0, "code_change")
     # healthy: doing nothing verifies, any patch is a false alarm; unparsable answers get 0
     assert cache.reward(by["lm-healthy-a"], NO_ACTION) == 1.0

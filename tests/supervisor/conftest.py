@@ -1,8 +1,8 @@
 """Fixtures: a real git training repo with a tiny real training script, a real MLflow store.
 
 The script runs gradient descent on a quadratic (so a too-high learning rate really diverges)
-and logs to MLflow like the project's trainer does (tags ``workbench.repo``/``config``/
-``git_commit``, metrics ``loss``/``eval_loss``, the log as ``logs/train.log``).
+and logs to MLflow the plain way (``mlflow.start_run()``, no workbench tags; metrics
+``loss``/``eval_loss``, the log as ``logs/train.log``).
 """
 
 from __future__ import annotations
@@ -25,13 +25,10 @@ cfg_path = sys.argv[sys.argv.index("--config") + 1]
 cfg = yaml.safe_load(open(cfg_path))
 lr = float(cfg["optimizer"]["lr"])
 steps, pause = int(cfg.get("steps", 40)), float(cfg.get("sleep", 0))
+import mlflow
 client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
-exp = client.get_experiment_by_name(os.environ.get("MLFLOW_EXPERIMENT_NAME") or "fixes")
-git = lambda *a: subprocess.check_output(["git", *a], text=True).strip()
-run = client.create_run(exp.experiment_id, tags={
-    "workbench.repo": git("rev-parse", "--show-toplevel"),
-    "workbench.config": cfg_path, "workbench.git_commit": git("rev-parse", "HEAD")})
-rid = run.info.run_id
+mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or "fixes")
+rid = mlflow.start_run().info.run_id  # joins MLFLOW_RUN_ID when a launcher created the run
 client.log_batch(rid, params=[Param("optimizer.lr", str(lr)), Param("optimizer.grad_clip", "1.0")])
 x, metrics, log = 2.0, [], []
 now = int(time.time() * 1000)
@@ -50,7 +47,7 @@ client.log_batch(rid, metrics=metrics)
 d = tempfile.mkdtemp()
 open(os.path.join(d, "train.log"), "w").write("\n".join(log) + "\n")
 client.log_artifact(rid, os.path.join(d, "train.log"), "logs")
-client.set_terminated(rid, "FINISHED")
+mlflow.end_run()
 """
 
 CONFIG = """optimizer:
@@ -97,7 +94,6 @@ def train(repo: Path, uri: str, config: str = "configs/train.yaml") -> str:
                    check=True, capture_output=True)  # fmt: skip
     runs = MlflowClient(uri).search_runs(
         [MlflowClient(uri).get_experiment_by_name("fixes").experiment_id],
-        filter_string=f"tags.`workbench.repo` = '{repo.resolve()}'",
         order_by=["attributes.start_time DESC"],
         max_results=1,
     )

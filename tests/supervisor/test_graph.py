@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from langchain_core.language_models.chat_models import BaseChatModel
 from langchain_core.messages import AIMessage, ToolMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
@@ -118,6 +119,30 @@ def test_patch_that_does_not_apply_leaves_no_branch_or_worktree(workspace):
     assert failed and "SEARCH block not found" in failed[0]["error"]
 
 
+@pytest.mark.parametrize(
+    "tool, args",
+    [
+        ("propose_config_patch", {"remedy_id": "drop_faults", "ops": [{"key": "faults", "op": "delete"}]}),
+        ("propose_code_patch", {"remedy_id": "env", "blocks": "workbench.yaml\n<<<<<<< SEARCH\n"
+         "timeout: 120\n=======\ntimeout: 120\nenv: {WORKBENCH_HARNESS_FAULTS: '[]'}\n"
+         ">>>>>>> REPLACE"}),
+    ],
+    ids=["config", "code"],
+)  # fmt: skip
+def test_fix_refuses_a_patch_touching_the_harness_switch(workspace, tool, args):
+    """The one patch guard, as `workbench fix` meets it: refused before any branch exists."""
+    repo, uri, run_id, home = workspace
+    brain = Scripted(script=[
+        _call("submit_diagnosis", 1, cause="fp_overflow", confidence=0.5, summary="overflow"),
+        _call(tool, 2, **args),
+    ])  # fmt: skip
+    out = fix_run(run_id, repo=repo, tracking_uri=uri, home=home, thread_id="harness",
+                  max_attempts=1, brain_model=brain)  # fmt: skip
+    assert out["status"] == "failed" and out["branch"] is None and _branches(repo) == []
+    failed = [e for e in load_trajectory(home, "harness") if e["type"] == "attempt_failed"]
+    assert failed and "refused" in failed[0]["error"], failed
+
+
 def test_injected_log_line_is_quoted_data_and_model_paths_are_refused(failing, tmp_path):
     import shutil
 
@@ -169,3 +194,63 @@ def test_injected_log_line_is_quoted_data_and_model_paths_are_refused(failing, t
     assert _branches(repo) == []
     assert git(repo, "rev-parse", "HEAD") == head and git(repo, "status", "--porcelain") == ""
     assert not (tmp_path / "pwned").exists()
+
+
+def _commit_file(repo, rel: str, text: str) -> None:
+    (repo / rel).write_text(text)
+    git(repo, "add", rel)
+    git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", f"edit {rel}")
+
+
+SPEC = 'launch: "{launch}"\nconfig: configs/train.yaml\ntimeout: 120\n'
+
+
+@pytest.mark.parametrize(
+    "rel, text, match",
+    [
+        ("configs/train.yaml", "optimizer:\n  lr: [2.5\n", "configs/train.yaml is not valid YAML"),
+        ("configs/train.yaml", "lr: 1.0\noptimizer:\n  lr: 2.5\nsteps: 40\n",
+         "two candidate locations: optimizer.lr in configs/train.yaml and lr in"),
+        ("workbench.yaml", SPEC.format(launch="python train.py --config {config} --x 1 --x 2"),
+         "launch command gives --x twice"),
+        ("workbench.yaml", SPEC.format(launch="python no_such_script.py --config {config}"),
+         "the launch command exited at once"),
+    ],
+    ids=["unparsable-config", "two-locations", "flag-twice", "exits-at-once"],
+)  # fmt: skip
+def test_bad_input_stops_with_one_line_and_leaves_no_branch(workspace, rel, text, match):
+    from mlflow.tracking import MlflowClient
+
+    from workbench.errors import BadInputError
+
+    repo, uri, run_id, home = workspace
+    _commit_file(repo, rel, text)
+    client = MlflowClient(uri)
+    tag = "mlflow.source.git.commit"
+    used = client.get_run(run_id).data.tags.get(tag)
+    client.set_tag(run_id, tag, git(repo, "rev-parse", "HEAD"))  # as if run from this commit
+    try:
+        with pytest.raises(BadInputError, match=match) as info:
+            fix_run(run_id, repo=repo, tracking_uri=uri, home=home, thread_id="bad-input")
+    finally:
+        client.set_tag(run_id, tag, used) if used else client.delete_tag(run_id, tag)
+    assert "\n" not in str(info.value)
+    assert _branches(repo) == []
+    assert "worktree" not in git(repo, "worktree", "list").split("\n", 1)[-1]
+
+
+def test_an_unreachable_tracking_server_is_one_line_and_a_non_zero_exit(workspace):
+    import subprocess
+    import sys
+
+    repo, _, run_id, home = workspace
+    res = subprocess.run(
+        [sys.executable, "-m", "workbench.cli.main", "fix", run_id, "--repo", str(repo),
+         "--tracking-uri", "http://127.0.0.1:9", "--home", str(home)],
+        capture_output=True, text=True, timeout=300,
+        env={**__import__("os").environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"},
+    )  # fmt: skip
+    assert res.returncode != 0 and "Traceback" not in res.stderr
+    lines = [x for x in res.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and "127.0.0.1:9" in lines[0], res.stderr[-500:]
+    assert _branches(repo) == []

@@ -21,7 +21,7 @@ from workbench.supervisor.patches import (
     apply_blocks,
     check_repo_path,
     parse_blocks,
-    patch_config_text,
+    patch_repo_config,
 )
 from workbench.supervisor.tools import PROPOSE_TOOLS, ToolCallError, validate_call
 from workbench.supervisor.trajectory import Trajectory
@@ -48,16 +48,22 @@ def test_only_workbench_branches_are_writable():
     assert gitops.fix_branch("abc123", 2) == "workbench/fix/abc123-2"
 
 
+def _patch_text(text: str, ops, defaults=None) -> str:
+    files = {"c.yaml": text}
+    changed, _, _ = patch_repo_config(files, ops, config_rel="c.yaml", params=defaults)
+    return changed.get("c.yaml", text)
+
+
 def test_config_ops_and_defaults_from_params():
     text = "optimizer:\n  lr: 0.5\nsteps: 10\n"
     ops = [PatchOp(key="optimizer.lr", op="mul", value=0.1), PatchOp(key="optimizer.grad_clip", op="set", value=1.0),
            PatchOp(key="steps", op="add", value=5), PatchOp(key="model.dim", op="mul", value=2)]  # fmt: skip
-    out = yaml.safe_load(patch_config_text(text, ops, defaults={"model.dim": "64"}))
+    out = yaml.safe_load(_patch_text(text, ops, defaults={"model.dim": "64"}))
     assert out == {"optimizer": {"lr": 0.05, "grad_clip": 1.0}, "steps": 15, "model": {"dim": 128}}
     with pytest.raises(PatchError):  # nothing to multiply
-        patch_config_text(text, [PatchOp(key="optimizer.beta", op="mul", value=2)])
+        _patch_text(text, [PatchOp(key="optimizer.beta", op="mul", value=2)])
     with pytest.raises(PatchError):
-        patch_config_text(text, [PatchOp(key="steps.x", op="set", value=1)])
+        _patch_text(text, [PatchOp(key="steps.x", op="set", value=1)])
 
 
 def test_search_replace_must_match_exactly_once():

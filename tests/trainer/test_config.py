@@ -1,10 +1,11 @@
-"""Config validation names the bad key and value; the flattened params hide the faults."""
+"""Config validation names the bad key and value; a config holds no fault switch."""
 
 from __future__ import annotations
 
 import pytest
 
 from trainer.config import ConfigError, load_config, params_for_tracking, parse_config
+from trainer.faults import HARNESS_ENV, HarnessError, harness_faults
 from trainer.harness import lr_at
 
 
@@ -18,9 +19,13 @@ def test_unknown_key_is_an_error():
         parse_config("lm", {"optimizer": {"learning_rate": 0.1}})
 
 
-def test_unknown_fault_kind_is_an_error():
-    with pytest.raises(ConfigError, match="faults.0"):
-        parse_config("digits", {"faults": [{"kind": "gremlins"}]})
+def test_a_fault_switch_is_no_config_setting_and_the_harness_checks_its_own():
+    with pytest.raises(ConfigError, match="faults: not a setting of a run"):
+        parse_config("digits", {"faults": [{"kind": "lr_too_high"}]})
+    with pytest.raises(HarnessError, match="invalid harness faults"):
+        harness_faults({HARNESS_ENV: '[{"kind": "gremlins"}]'})
+    assert harness_faults({}) == []
+    assert harness_faults({HARNESS_ENV: '[{"kind": "oom"}]'})[0].kind == "oom"
 
 
 def test_missing_and_non_mapping_files(tmp_path):
@@ -32,8 +37,8 @@ def test_missing_and_non_mapping_files(tmp_path):
         load_config(p, "lm")
 
 
-def test_params_are_flat_and_leave_faults_out():
-    cfg = parse_config("lm", {"faults": [{"kind": "lr_too_high", "start_step": 3}]})
+def test_params_are_flat():
+    cfg = parse_config("lm", {})
     params = params_for_tracking(cfg)
     assert params["optimizer.lr"] == 3e-3 and params["model.preset"] == "tiny"
     assert params["data.validate"] is False

@@ -29,7 +29,7 @@ def _client(uri):
 HUNG = {
     "id": "digits-hung",
     "program": "digits",
-    "fault": {"kind": "hung_process", "start_step": 15},
+    "harness": {"kind": "hung_process", "start_step": 15},
     "expected": {"findings": ["stalled"], "cause": "hung_process"},
     "split": "selection",
 }
@@ -66,13 +66,16 @@ def test_sigterm_marks_the_run_killed_and_uploads_its_log(tmp_path):
             {
                 "steps": 40,
                 "eval_interval": 5,
-                "faults": [{"kind": "hung_process", "start_step": 10}],
             }
         )
     )
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     prepare_store(tmp_path)  # creates the store (experiment "faults") up front
-    env = dict(os.environ, MLFLOW_EXPERIMENT_NAME="faults")
+    env = dict(
+        os.environ,
+        MLFLOW_EXPERIMENT_NAME="faults",
+        WORKBENCH_HARNESS_FAULTS='[{"kind": "hung_process", "start_step": 10}]',
+    )
     log = tmp_path / "out.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
+from contextlib import contextmanager
 from pathlib import Path
 
 from trainer.config import parse_config
+from trainer.faults import HARNESS_ENV
 from trainer.harness import run_program
 
 SMALL_LM = {
@@ -28,15 +32,34 @@ def store(tmp: Path) -> str:
     return uri
 
 
+@contextmanager
+def harness(faults: list | None):
+    """Switch the harness's faults on for this process (as the suite builder does for a
+    subprocess): through the environment, never through the run's config."""
+    old = os.environ.get(HARNESS_ENV)
+    if faults:
+        os.environ[HARNESS_ENV] = json.dumps(faults)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(HARNESS_ENV, None)
+        else:
+            os.environ[HARNESS_ENV] = old
+
+
 def run(uri: str, program: str, data: dict):
+    """Train ``data`` (a config; a ``faults`` entry goes to the harness, not the config)."""
     from trainer import digits, lm
 
     data = {"experiment": "t", **data}
+    faults = data.pop("faults", None)
     if program == "lm":
         data.setdefault("model", {"overrides": SMALL_LM})
     cfg = parse_config(program, data)
     body = lm.train if program == "lm" else digits.train
-    return run_program(program, cfg, body, tracking_uri=uri, system_metrics=False)
+    with harness(faults):
+        return run_program(program, cfg, body, tracking_uri=uri, system_metrics=False)
 
 
 def history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:

@@ -1,9 +1,12 @@
-"""`workbench demo`: a fresh training repo, one healthy and three failing runs, fixed on branches.
+"""`workbench demo`: fresh training repos, one healthy and five failing runs, fixed on branches.
 
-Steps (progress on stderr): copy the template repo (``experiments/templates/lm-repo``) into
-``DIR/repo`` and ``git init`` it; write one config per scenario; run them (two at a time) into
-``DIR/mlflow.db``; let the supervisor fix every failing run on a ``workbench/fix/…`` branch and
-verify it; print the review queue and a summary table. Review with
+Steps (progress on stderr): copy the template repos into ``DIR`` and ``git init`` them — our
+own LM repo (``experiments/templates/lm-repo``, one config per scenario) and three foreign-style
+repos (HF-style JSON, torchtitan-style TOML, Lightning-style YAML; plain ``mlflow``); run every
+scenario (two at a time) into ``DIR/mlflow.db``; let the supervisor fix every failing run on a
+``workbench/fix/…`` branch and verify it; print the review queue and a summary table. Every
+fault is a real defect of a repo's own settings (no fault switch anywhere), so every fix is a
+setting change; the summary lists each fix's diff line. Review with
 ``workbench review list --home DIR/.workbench``.
 """
 
@@ -19,20 +22,20 @@ from typing import Annotated
 import typer
 import yaml
 
-from trainer.tags import Tag
 from workbench.cli.options import Json
 from workbench.cli.output import console, err_console, print_json, print_table
 from workbench.errors import BadInputError
 
-# name → (config overrides, injected fault); the faults are the fault suite's own scenarios.
-SCENARIOS: dict[str, tuple[dict, dict | None]] = {
-    "healthy": ({}, None),
-    "divergence": ({}, {"kind": "lr_too_high", "start_step": 50, "factor": 100}),
-    "nan": ({}, {"kind": "fp_overflow", "start_step": 50, "growth": 30}),
-    "expert-collapse": (
-        {"moe": {"bias_update_rate": 0.0}},
-        {"kind": "router_imbalance", "skew": 1.0, "experts": 2},
-    ),
+# name → (template repo, config overrides for lm-repo scenarios); each fault is a real setting.
+SCENARIOS: dict[str, tuple[str, dict | None]] = {
+    "healthy": ("lm-repo", {}),
+    # a step schedule whose gamma was typed as 10 instead of 0.1: the LR grows 100x by step 60
+    "divergence": ("lm-repo", {"optimizer": {"decay_steps": [50, 60], "decay_gamma": 10.0}}),
+    # fp16 with a static loss scale that overflows the gradients
+    "nan": ("lm-repo", {"precision": "fp16", "optimizer": {"loss_scale": 1.0e6}}),
+    "hf-lr-too-high": ("hf-json-repo", None),
+    "titan-lr-too-low": ("titan-toml-repo", None),
+    "lightning-overfit": ("lightning-yaml-repo", None),
 }
 # Every scenario runs the template's config shortened to the fault suite's length (onsets at
 # step 50 leave 70 steps to fail in, and a fix 120 steps to recover): the demo fits in minutes.
@@ -63,10 +66,10 @@ FALLBACK_CONFIG = {
 }
 
 
-def _template() -> Path | None:
+def _template(name: str = "lm-repo") -> Path | None:
     import experiments
 
-    path = Path(experiments.__file__).resolve().parent / "templates" / "lm-repo"
+    path = Path(experiments.__file__).resolve().parent / "templates" / name
     return path if (path / "workbench.yaml").exists() else None
 
 
@@ -83,7 +86,7 @@ def _git(repo: Path, *args: str) -> None:
 
 
 def make_repo(repo: Path) -> dict[str, str]:
-    """Create the demo repo; returns scenario → config path (relative to the repo)."""
+    """Create the demo's LM repo; returns lm-repo scenario → config path (relative to it)."""
     template = _template()
     if template is not None:
         shutil.copytree(template, repo, ignore=shutil.ignore_patterns(".git", "mlruns", "*.db"))
@@ -101,44 +104,64 @@ def make_repo(repo: Path) -> dict[str, str]:
     spec = read_repo_spec(repo)
     base = yaml.safe_load((repo / spec.config).read_text()) or {}
     configs = {}
-    for name, (over, fault) in SCENARIOS.items():
-        cfg = _merge(_merge(base, DEMO_BASE), over)
-        cfg.pop("faults", None)
-        if fault:
-            cfg["faults"] = [fault]
+    for name, (tmpl, over) in SCENARIOS.items():
+        if tmpl != "lm-repo":
+            continue
+        cfg = _merge(_merge(base, DEMO_BASE), over or {})
         rel = f"configs/demo-{name}.yaml"
         (repo / rel).write_text(yaml.safe_dump(cfg, sort_keys=False))
         configs[name] = rel
-    (repo / ".gitignore").write_text(".workbench/\nmlruns/\n*.db\ncheckpoints/\n")
-    _git(repo, "init", "-q", "-b", "main")
-    _git(repo, "add", ".")
-    _git(repo, "commit", "-q", "-m", "training repo with demo scenarios")
+    _commit(repo, "training repo with demo scenarios")
     return configs
 
 
-def run_original(repo: Path, config: str, uri: str, experiment_id: str, logs: Path) -> str:
-    """One training run of the untouched repo, sandboxed like every launch; returns its run id."""
+def _commit(repo: Path, message: str) -> None:
+    (repo / ".gitignore").write_text(".workbench/\nmlruns/\n*.db\ncheckpoints/\nout/\n")
+    _git(repo, "init", "-q", "-b", "main")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-q", "-m", message)
+
+
+def make_foreign_repo(root: Path, template: str) -> Path | None:
+    """A copy of a foreign-style template repo as its own git repo (None: not installed)."""
+    src = _template(template)
+    if src is None:
+        return None
+    repo = root / template
+    shutil.copytree(src, repo, ignore=shutil.ignore_patterns(".git", "mlruns", "*.db", "out"))
+    _commit(repo, f"{template}: a training repo")
+    return repo
+
+
+def run_original(
+    repo: Path, config: str | None, uri: str, experiment_id: str, logs: Path, name: str
+) -> str:
+    """One training run of the untouched repo, sandboxed like every launch; returns its run id.
+    The run is created here and handed over the MLflow way (``MLFLOW_RUN_ID``)."""
     from mlflow.tracking import MlflowClient
 
     from workbench.runs import sandbox
     from workbench.runs.launch import launch_argv, read_repo_spec
 
     spec = read_repo_spec(repo)
+    client = MlflowClient(uri)
+    rid = client.create_run(experiment_id, run_name=name).info.run_id
     box = sandbox.SandboxSpec(
-        argv=launch_argv(spec, config), cwd=repo, timeout_s=spec.timeout,
-        env={**spec.env, "MLFLOW_TRACKING_URI": uri, "MLFLOW_EXPERIMENT_NAME": "demo"},
-        log_path=logs / f"{Path(config).stem}.log",
+        argv=launch_argv(spec, config or spec.config), cwd=repo, timeout_s=spec.timeout,
+        env={**spec.env, "MLFLOW_TRACKING_URI": uri, "MLFLOW_EXPERIMENT_NAME": "demo",
+             "MLFLOW_EXPERIMENT_ID": experiment_id, "MLFLOW_RUN_ID": rid,
+             "OMP_NUM_THREADS": "1"},
+        log_path=logs / f"{name}.log",
     )  # fmt: skip
+    t0 = time.monotonic()
     sandbox.run_local(box)
-    runs = MlflowClient(uri).search_runs(
-        [experiment_id],
-        filter_string=f"tags.`{Tag.CONFIG}` = '{config}'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    if not runs:
-        raise BadInputError(f"the {config} run did not start; see {box.log_path}")
-    return runs[0].info.run_id
+    data = client.get_run(rid).data
+    if not (data.metrics or data.params):
+        raise BadInputError(f"the {name} run did not start; see {box.log_path}")
+    if client.get_run(rid).info.status == "RUNNING":
+        client.set_terminated(rid, "FINISHED")
+    client.set_tag(rid, "demo.run_seconds", f"{time.monotonic() - t0:.1f}")
+    return rid
 
 
 def demo_cmd(
@@ -167,7 +190,11 @@ def demo_cmd(
     repo, home, logs = root / "repo", root / ".workbench", root / "logs"
     logs.mkdir()
     configs = make_repo(repo)
-    say(f"repo ready at {repo} ({len(configs)} scenarios)")
+    repos = {n: repo for n in configs}
+    for name, (tmpl, _) in SCENARIOS.items():
+        if tmpl != "lm-repo" and (foreign := make_foreign_repo(root, tmpl)) is not None:
+            repos[name] = foreign
+    say(f"repos ready in {root} ({len(repos)} scenarios)")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     exp_id = MlflowClient(uri).create_experiment(
         "demo", artifact_location=(root / "artifacts").as_uri()
@@ -175,31 +202,34 @@ def demo_cmd(
 
     def original(name: str) -> tuple[str, str]:
         say(f"training {name} …")
-        rid = run_original(repo, configs[name], uri, exp_id, logs)
+        rid = run_original(repos[name], configs.get(name), uri, exp_id, logs, name)
         verdict = diagnose_run(uri, rid)
         kinds = ", ".join(sorted({f.kind for f in verdict.findings})) or "healthy"
         say(f"{name}: run {rid[:8]} → {kinds}")
         return name, rid
 
     with ThreadPoolExecutor(workers) as pool:
-        runs = dict(pool.map(original, SCENARIOS))
+        runs = dict(pool.map(original, repos))
 
     def fix(name: str) -> dict:
+        t = time.monotonic()
         out = fix_run(
-            runs[name], repo=repo, tracking_uri=uri, home=home, thread_id=f"demo-{name}",
+            runs[name], repo=repos[name], tracking_uri=uri, home=home, thread_id=f"demo-{name}",
             progress=lambda m, n=name: say(f"[{n}] {m}"),
         )  # fmt: skip
-        return {"scenario": name, **out}
+        return {"scenario": name, **out, "fix_wall_s": round(time.monotonic() - t, 1),
+                "diff": _diff_lines(repos[name], out.get("branch") if out["verified"] else None)}  # fmt: skip
 
     with ThreadPoolExecutor(workers) as pool:
-        results = list(pool.map(fix, SCENARIOS))
+        results = list(pool.map(fix, repos))
     evolution = None
     try:  # the demo ends with one generation of scaffold evolution (its summary prints anyway)
         from workbench.evolve.demo import evolve_demo
 
         say("evolving the scaffold: one generation on these runs …")
+        lm_runs = {n: r for n, r in runs.items() if n in configs}  # reruns need our trainer
         evolution = evolve_demo(
-            uri, runs, home, log=say, episodes=results,
+            uri, lm_runs, home, log=say, episodes=[e for e in results if e["scenario"] in configs],
             configs={n: repo / rel for n, rel in configs.items()},
         )  # fmt: skip
     except Exception as exc:  # noqa: BLE001
@@ -235,6 +265,9 @@ def demo_cmd(
             for r in results
         ],
     )  # fmt: skip
+    for r in results:
+        if r["diff"]:
+            console.print(f"{r['scenario']}: {' | '.join(r['diff'])}", markup=False)
     if evolution is not None:
         w = evolution["winners"]
         console.print(
@@ -247,6 +280,21 @@ def demo_cmd(
             markup=False,
         )
     console.print(f"review: workbench review list --home {home}")
+
+
+def _diff_lines(repo: Path, branch: str | None) -> list[str]:
+    """The fix branch's changed lines against main (what a reviewer reads)."""
+    if not branch:
+        return []
+    out = subprocess.run(
+        ["git", "diff", "--unified=0", "main", branch, "--"], cwd=repo, capture_output=True,
+        text=True, check=False,
+    ).stdout  # fmt: skip
+    return [
+        line
+        for line in out.splitlines()
+        if line[:1] in "+-" and not line.startswith(("+++", "---"))
+    ]
 
 
 def _arrow(before, after) -> str:

@@ -35,12 +35,23 @@ def fix_cmd(
     max_attempts: Annotated[int, typer.Option("--max-attempts", min=1, max=10)] = 3,
     backend: Annotated[str, typer.Option("--backend", help="local | docker")] = "local",
     as_json: Json = False,
+    launch: Annotated[
+        str | None,
+        typer.Option(
+            "--launch",
+            help='How to start a run, e.g. "python train.py --config {config}" '
+            "(instead of the repo's workbench.yaml).",
+        ),
+    ] = None,
+    config: Annotated[
+        str | None, typer.Option("--config", help="The config file the run reads (repo path).")
+    ] = None,
 ) -> None:
     """Fix a failing run on a workbench/fix branch, verify the fix, and queue it for review."""
     out = fix_episode(
         run_id, repo=repo, tracking_uri=tracking_uri, home=home, brain=brain, base_url=base_url,
         model=model, approve=approve, answer=answer, resume=resume, thread=thread,
-        max_attempts=max_attempts, backend=backend, as_json=as_json,
+        max_attempts=max_attempts, backend=backend, as_json=as_json, launch_cmd=launch, config_path=config,
     )  # fmt: skip
     show_summary([out], as_json)
     if out["status"] == "declined":

@@ -1,14 +1,14 @@
 """One evolution generation over the demo's own runs (``workbench demo`` ends with it).
 
-The demo's runs are fault-suite scenarios, so their answer key comes from the suite YAML; two
-of them select, two are held out.  The scaffold home is ``HOME/scaffold``.
+The demo's LM runs are fault-suite scenarios, so their answer key comes from the suite YAML;
+two of them select, one is held out (the foreign-style repos' runs need their own programs to
+rerun, so they are fixed by the demo but not evolved on).  The scaffold home is ``HOME/scaffold``.
 
 The shipped scaffold already gets these four runs right and its top remedies fix them (the
 demo's fix episodes just verified that), so one generation from it has nothing to win.  The
 demo therefore starts evolution from a declared weaker variant — the shipped scaffold with a
 playbook ``min_score`` of 6.0 instead of 2.0, committed as branch ``workbench/evolve/0-0`` —
-under which the divergence and the expert-collapse runs are left "unknown" (no cause, no
-remedy).  Fitness includes the remedy term: the fix episodes' verified outcomes are recorded
+under which the divergence run is left "unknown" (no cause, no remedy).  Fitness includes the remedy term: the fix episodes' verified outcomes are recorded
 in the outcome cache, and anything else is measured by rerunning (``workbench.rl.outcomes``).
 """
 
@@ -30,7 +30,6 @@ LABELS = {
     "healthy": (None, "selection"),
     "divergence": ("lm-lr-too-high", "selection"),
     "nan": ("lm-fp-overflow", "heldout"),
-    "expert-collapse": ("lm-router-imbalance", "heldout"),
 }
 SEED_MIN_SCORE = 6.0  # the demo's weaker starting point (shipped: 2.0)
 

@@ -29,9 +29,11 @@ from typing import Any
 import yaml
 
 from scaffold.loader import ScaffoldError, load_scaffold
-from workbench.supervisor.patches import PatchError, apply_blocks, parse_blocks
+from workbench.supervisor.patches import PatchError, apply_blocks, guard, parse_blocks
 
-EDITABLE = ("detectors.yaml", "playbook.yaml", "metrics.yaml", "prompts/*.yaml", "mle.yaml")
+EDITABLE = (
+    "detectors.yaml", "playbook.yaml", "metrics.yaml", "knobs.yaml", "prompts/*.yaml", "mle.yaml",
+)  # fmt: skip
 PROMPTS = Path(__file__).with_name("prompts.yaml")
 
 
@@ -58,6 +60,10 @@ def validate(parent_files: dict[str, str], proposal: Proposal) -> None:
     for rel in proposal.files:
         if not editable(rel):
             raise InvalidEdit(f"{rel}: not an editable scaffold data file ({', '.join(EDITABLE)})")
+    try:  # the one patch guard: no scaffold edit may touch the fault harness's switches
+        guard(parent_files, proposal.files)
+    except PatchError as exc:
+        raise InvalidEdit(str(exc)) from None
     merged = {**parent_files, **proposal.files}
     with tempfile.TemporaryDirectory(prefix="wb-scaffold-check-") as tmp:
         for rel, text in merged.items():
@@ -335,8 +341,8 @@ def mutate_remedy(text: str, failure: dict[str, Any], rng: random.Random) -> tup
         raise InvalidEdit(f"playbook.yaml: {cause}'s first remedy is not {rem.get('id')!r}")
     spec = yaml.safe_load(text)["causes"][cause]["remedies"][0]
     numeric = [
-        p for p in spec.get("patch") or []
-        if p.get("op") in ("mul", "set")
+        {**p, "key": p.get("key", p.get("knob"))} for p in spec.get("patch") or []
+        if p.get("op") in ("mul", "scale", "set")
         and isinstance(p.get("value"), int | float) and not isinstance(p.get("value"), bool)
     ]  # fmt: skip
     known = {a["id"]: a.get("fixed") for a in failure.get("alternatives") or []}
@@ -360,21 +366,22 @@ def mutate_remedy(text: str, failure: dict[str, Any], rng: random.Random) -> tup
     recurred = "still finds" in str(failure.get("reason", ""))
     stronger = rng.random() < (0.75 if recurred else 0.5)
     old = p["value"]
-    new = step_value(p["op"], float(old), stronger, isinstance(old, int) and p["op"] == "set")
+    op = "mul" if p["op"] == "scale" else p["op"]  # a knob's scale is a multiplication
+    new = step_value(op, float(old), stronger, isinstance(old, int) and op == "set")
     pat = re.compile(
-        rf"(\{{\s*key:\s*{re.escape(p['key'])}\s*,\s*op:\s*{p['op']}\s*,\s*value:\s*)([^,}}\s]+)"
+        rf"(\{{\s*(?:key|knob):\s*{re.escape(p['key'])}\s*,\s*op:\s*{p['op']}\s*,\s*value:\s*)([^,}}\s]+)"
     )
     for j in range(a, b):
         m = pat.search(lines[j])
         if m:
-            is_int = isinstance(old, int) and p["op"] == "set"
+            is_int = isinstance(old, int) and op == "set"
             tok = str(int(new)) if is_int else fmt(new, "1.0")
             lines[j] = lines[j][: m.start(2)] + tok + lines[j][m.end(2) :]
             break
     else:
         raise InvalidEdit(f"playbook.yaml: {cause}.{rid}: patch of {p['key']} is not one flow line")
     if len(spec.get("patch") or []) == 1:  # keep the description true to the patch
-        verb = f"multiply {p['key']} by {tok}" if p["op"] == "mul" else f"set {p['key']} to {tok}"
+        verb = f"multiply {p['key']} by {tok}" if op == "mul" else f"set {p['key']} to {tok}"
         for j in range(a, b):
             m = re.match(r"^(\s+description:\s*).*$", lines[j].rstrip("\n"))
             if m:

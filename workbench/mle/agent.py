@@ -223,6 +223,17 @@ def _tracker(track: bool, uri: str | None, name: str, tags: dict[str, str]) -> T
         raise BadInputError(str(exc)) from None
 
 
+def _harness_refusal(code: str) -> str | None:
+    """Why a solution script may not run (it touches the fault harness's switches), or None."""
+    from workbench.supervisor.patches import HarnessGuardError, guard
+
+    try:
+        guard({}, {"solution.py": code})
+    except HarnessGuardError as exc:
+        return str(exc)
+    return None
+
+
 def _write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=1, default=str))
 
@@ -361,14 +372,16 @@ def run_task(
             backend=limits_base.backend,
             image=limits_base.image,
         )
-        res = run_solution(node_dir, hide, limits)
-        hiding, uncovered = res.hiding, res.uncovered
-        node.wall_s = round(res.wall_s, 3)
-        node.log_tail = res.log[-4000:]
-        problem = None
-        if res.timed_out or res.returncode != 0:
+        refused = _harness_refusal(prop.code)  # the one patch guard, before anything runs
+        res = None if refused else run_solution(node_dir, hide, limits)
+        if res is not None:
+            hiding, uncovered = res.hiding, res.uncovered
+            node.wall_s = round(res.wall_s, 3)
+            node.log_tail = res.log[-4000:]
+        problem = refused
+        if res is not None and (res.timed_out or res.returncode != 0):
             problem = last_error(res.log)
-        else:
+        elif res is not None:
             node.score = parse_validation_score(res.log)
             problem = check_submission(node_dir / "submission" / "submission.csv", sample)
             if problem is None and node.score is None:

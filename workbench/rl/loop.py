@@ -63,7 +63,8 @@ from workbench.rl.policy import (
 )
 from workbench.rl.reward import RemedyCache, suite_verified
 from workbench.rl.rollouts import InProcessRollouts, ServerRollouts
-from workbench.rl.tasks import Task, doctor_view, load_tasks, parse_action, touches_injection
+from workbench.rl.tasks import Task, doctor_view, load_tasks, parse_action
+from workbench.supervisor.patches import touches_harness
 
 
 def run_rl(
@@ -221,7 +222,7 @@ def run_rl(
                 for _, group in stream:
                     rewards += [s.reward for s in group]
                     guarded += sum(  # answers the injection guard refused (their reward: 0)
-                        touches_injection(catalog.get(s.meta["action"] or "", [])) for s in group
+                        touches_harness(catalog.get(s.meta["action"] or "", [])) for s in group
                     )
                     staleness += [version - s.policy_version for s in group]
                     if len({s.reward for s in group}) == 1:
@@ -323,7 +324,7 @@ def run_rl(
                 ("rl", {**rl_held_ans, **rl_train_ans}),
             )
             for sc, a in ans.items()
-            if touches_injection(a["patch"])
+            if touches_harness(a["patch"])
         ),  # fmt: skip
         "remedy_measurements": cache.measured,
         # tie-break: per selection task, the playbook's highest-ranked remedy that verifies

@@ -186,6 +186,14 @@ class FixOutcomes:
             raise BadInputError(f"unknown scenario {scenario!r}")
         return sc.program, scenario_config(suite, sc)
 
+    def _harness(self, scenario: str) -> dict[str, str]:
+        if scenario in self._configs:
+            return {}
+        from experiments.faults.suite import harness_env
+
+        sc = next((s for s in self._suite_obj().scenarios if s.id == scenario), None)
+        return harness_env(sc) if sc else {}
+
     def _uri(self) -> str:
         store = self.original_store
         if store is None:
@@ -222,8 +230,9 @@ class FixOutcomes:
         return found[0].info.run_id
 
     def _measure(self, scenario: str, text: str, digest: str) -> FixOutcome:
-        from experiments.faults.suite import PatchOp, SuiteError, apply_patch
+        from experiments.faults.suite import PatchOp, SuiteError
         from trainer.config import ConfigError, dump_config, parse_config
+        from workbench.supervisor.patches import apply_ops
 
         ops = json.loads(text)
         if not ops:
@@ -232,9 +241,9 @@ class FixOutcomes:
             )
         program, base = self.base_config(scenario)
         try:
-            patched = apply_patch(base, [PatchOp(**o) for o in ops])
+            patched = apply_ops(base, [PatchOp(**o) for o in ops])  # the one guarded path
             cfg = dump_config(parse_config(program, patched, source=f"patched {scenario}"))
-        except (SuiteError, ConfigError, ValueError) as exc:
+        except (SuiteError, ConfigError, ValueError, BadInputError) as exc:
             msg = str(exc).splitlines()[0][:300]
             return FixOutcome(scenario, text, False, None, f"patch not applicable: {msg}", 0.0)
         orig_id = self.original_run(scenario)  # before training: a missing original fails fast
@@ -269,6 +278,7 @@ class FixOutcomes:
             runs,
             self._stall or suite.stall_timeout_s,
             self._timeout or suite.run_timeout_s,
+            self._harness(scenario),  # the same world as the original run
         )  # a hung or endless rerun did not fix anything
         from mlflow.tracking import MlflowClient
 

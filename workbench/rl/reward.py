@@ -11,14 +11,15 @@ from typing import Any
 
 from model.files import atomic_write_text
 from workbench.rl.outcomes import canonical_patch
-from workbench.rl.tasks import NO_ACTION, Task, playbook_order, touches_injection
+from workbench.rl.tasks import NO_ACTION, Task, playbook_order
+from workbench.supervisor.patches import touches_harness
 
 
 def suite_verified(task: Task, patch: list[dict]) -> bool:
     """Stand-in measurement: a patch fixes the run iff it is one of the suite's known fixes
     (each measured by rerunning the scenario); the empty patch passes iff the run is healthy."""
     if not patch:
-        return not task.known_fixes
+        return not task.known_fixes if task.healthy is None else task.healthy
     return canonical_patch(patch) in task.known_fixes
 
 
@@ -94,7 +95,7 @@ class RemedyCache:
             return 0.0, "false_alarm"  # a patch for a run that needs none
         if not self.catalog[remedy]:
             return 0.0, "code_change"  # no config patch to rerun
-        if touches_injection(self.catalog[remedy]):  # a benchmark artifact, not a fix
+        if touches_harness(self.catalog[remedy]):  # a benchmark artifact, not a fix
             return 0.0, "guard"
         ok = self.outcome(task, remedy)
         return float(ok), self.sources[f"{task.scenario}::{remedy}"]

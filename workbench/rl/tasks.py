@@ -8,12 +8,12 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from model.chat import END_OF_TURN
 from model.files import atomic_write_text
 from workbench.errors import BadInputError
 from workbench.rl.outcomes import canonical_patch
+from workbench.supervisor.patches import touches_harness
 
 _LETTER = "You fix failed training runs. Answer with the letter of exactly one remedy."
 SYSTEM = {
@@ -22,13 +22,6 @@ SYSTEM = {
     "id": "You fix failed training runs. Answer with the id of exactly one remedy.",
 }
 NO_ACTION = "no_action"
-
-INJECTION_KEY = "faults"
-
-
-def touches_injection(patch: list[Any]) -> bool:
-    keys = (op["key"] if isinstance(op, dict) else op.key for op in patch)
-    return any(str(k).split(".")[0] == INJECTION_KEY for k in keys)
 
 
 # ---------------------------------------------------------------------------- the task
@@ -41,6 +34,7 @@ class Task:
     teacher: str  # the rules brain's answer: the playbook's first remedy for ``cause``
     known_fixes: tuple[str, ...]  # suite's fixes (canonical patch JSON), for ``suite_verified``
     menu: tuple[str, ...] = (NO_ACTION,)  # the answers on offer, in menu (letter) order
+    healthy: bool | None = None  # the suite's label (None: healthy iff no known fix)
 
 
 def remedy_catalog() -> dict[str, list[dict]]:
@@ -64,7 +58,7 @@ def playbook_order(cause: str) -> tuple[str, ...]:
 
     pb = load_scaffold(None).playbook
     spec = pb.causes.get(cause) or (pb.unknown if cause == "unknown" else None)
-    return tuple(r.id for r in (spec.remedies if spec else []) if not touches_injection(r.patch))
+    return tuple(r.id for r in (spec.remedies if spec else []) if not touches_harness(r.patch))
 
 
 def rules_answer(cause: str) -> str:
@@ -132,6 +126,7 @@ def load_tasks(
                 teacher=rules_answer(seen["cause"]),
                 known_fixes=tuple(canonical_patch(r.patch) for r in sc.remedies),
                 menu=cause_menu(seen["cause"]) if menu == "cause" else tuple(sorted(catalog)),
+                healthy=sc.expected.cause == "healthy",  # a code bug has no known fix either
             )
         )
     return tasks, catalog

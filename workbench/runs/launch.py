@@ -1,15 +1,18 @@
-"""Launch a (patched) training run from a repo's ``workbench.yaml``, idempotently.
+"""Launch a (patched) training run the MLflow way, idempotently.
 
-``workbench.yaml`` at the repo root says how to start a run::
+``workbench.yaml`` at the repo root says how to start a run (or ``workbench fix --launch "CMD
+{config}" --config PATH`` does)::
 
-    launch: "workbench train lm --config {config}"
+    launch: "python train.py --config {config}"
     config: configs/train.yaml
     timeout: 600
     env: {OMP_NUM_THREADS: "1"}
 
-The child runs in its own process group (``workbench.runs.sandbox``); its run is found by the
-``workbench.repo`` tag the trainer sets (the worktree path, unique per attempt) and then tagged
-with its parent run, branch and episode. A launch record (pid, start time) is written as soon as
+The launcher creates the child's MLflow run itself (parent run, branch and episode tags) and
+hands it over through MLflow's standard environment (``MLFLOW_RUN_ID``, ``MLFLOW_TRACKING_URI``,
+``MLFLOW_EXPERIMENT_NAME``), so any program that calls ``mlflow.start_run()`` logs into it; no
+``workbench.*`` tag is asked of the program. The child runs in its own process group
+(``workbench.runs.sandbox``). A launch record (pid, run id, start time) is written as soon as
 the child starts: a supervisor killed mid-run finds it on resume, waits for the still-running
 child and adopts its run — it never starts a second one.
 """
@@ -47,10 +50,36 @@ class RepoSpec(BaseModel):
     env: dict[str, str] = Field(default_factory=dict)
 
 
+NO_SPEC = (
+    "{root}: no workbench.yaml; write one with two lines, "
+    'launch: "python train.py --config {{config}}" and config: path/to/config.yaml '
+    '(or pass --launch "CMD {{config}}" --config PATH)'
+)
+
+
+def repo_spec(root: Path, launch: str | None = None, config: str | None = None) -> RepoSpec:
+    """The repo's launch spec: ``--launch``/``--config`` given on the command line win over
+    (or stand in for) ``workbench.yaml``."""
+    path = Path(root) / "workbench.yaml"
+    if launch is None and not path.exists():
+        raise BadInputError(NO_SPEC.format(root=root))
+    if launch is not None and not path.exists():
+        if not config:
+            raise BadInputError("--launch needs --config PATH (the config file the command reads)")
+        spec = RepoSpec(launch=launch, config=config)
+        check_repo_path(spec.config)
+        return spec
+    spec = read_repo_spec(root)
+    update = {k: v for k, v in (("launch", launch), ("config", config)) if v}
+    spec = spec.model_copy(update=update)
+    check_repo_path(spec.config)
+    return spec
+
+
 def read_repo_spec(root: Path) -> RepoSpec:
     path = Path(root) / "workbench.yaml"
     if not path.exists():
-        raise BadInputError(f"{root}: no workbench.yaml (it says how to launch a run)")
+        raise BadInputError(NO_SPEC.format(root=root))
     try:
         raw = yaml.safe_load(path.read_text()) or {}
         raw["env"] = {str(k): str(v) for k, v in (raw.get("env") or {}).items()}
@@ -111,19 +140,6 @@ def find_episode_run(client, experiment_id: str, episode_key: str):
     return runs[0] if runs else None
 
 
-def find_child_run(client, experiment_id: str, worktree: Path, started_ms: int):
-    """The run our child created: the trainer tags ``workbench.repo`` with the git toplevel of
-    its config, which is the worktree — unique per attempt."""
-    runs = client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.`{Tag.REPO}` = '{Path(worktree).resolve()}' "
-        f"and attributes.start_time >= {int(started_ms) - 2000}",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    return runs[0] if runs else None
-
-
 def relaunch(
     *,
     worktree: Path,
@@ -137,13 +153,17 @@ def relaunch(
     backend: str = "local",
     timeout_s: float | None = None,
     progress=None,
+    launch: str | None = None,
 ) -> LaunchResult:
-    """Start the run for ``episode_key`` — or find it again after a crash — and wait for it."""
+    """Start the run for ``episode_key`` — or find it again after a crash — and wait for it.
+
+    ``launch``: the attempt's launch command (a flag edit changes it), else workbench.yaml's.
+    """
     from mlflow.tracking import MlflowClient
 
     if not re.match(r"^[A-Za-z0-9_.:/-]+$", episode_key):
         raise BadInputError(f"refused episode key {episode_key!r}")
-    spec = read_repo_spec(worktree)
+    spec = repo_spec(worktree, launch, config)
     uri = absolute_tracking_uri(tracking_uri)
     client = MlflowClient(uri)
     launches = Path(home) / "launches"
@@ -156,21 +176,22 @@ def relaunch(
     run = find_episode_run(client, experiment_id, episode_key)
     if run is not None and run.info.status in TERMINAL:
         return LaunchResult(run.info.run_id, run.info.status, 0, False, record.get("log", ""), True)
-    if record.get("pid"):
+    if record.get("pid") and record.get("run_id"):
         # A previous supervisor started this launch and died; its child runs on in its own
         # session. Wait for it and adopt its run instead of starting a second one.
         rc, timed_out = sandbox.wait_pid(record["pid"], timeout)
-        run = find_child_run(client, experiment_id, worktree, record["started_ms"])
-        if run is not None:
-            return _finish(client, run.info.run_id, rc, timed_out, record["log"], tags, True)
+        return _finish(client, record["run_id"], rc, timed_out, record["log"], tags, True)
 
     log_path = launches / f"{_slug(episode_key)}.log"
+    # The child's run, created here: the program only has to call mlflow.start_run().
+    run_id = client.create_run(experiment_id, tags=tags).info.run_id
     env = {
         **spec.env,
         "MLFLOW_TRACKING_URI": uri,
         "MLFLOW_EXPERIMENT_NAME": experiment_name,
+        "MLFLOW_EXPERIMENT_ID": experiment_id,
+        "MLFLOW_RUN_ID": run_id,
         "WORKBENCH_EPISODE": episode_key,
-        "WORKBENCH_RUN_TAGS": json.dumps(tags),
     }
     box = sandbox.SandboxSpec(
         argv=launch_argv(spec, config),
@@ -180,29 +201,48 @@ def relaunch(
         network=not uri.startswith(("sqlite:", "file:")),
         log_path=log_path,
     )
-    started_ms = int(time.time() * 1000)
+    started = time.monotonic()
     if backend == "docker":
         result = sandbox.run_docker(box)
         rc, timed_out = result.returncode, result.timed_out
     else:
         proc = sandbox.start_local(box)
-        _write_json(record_path, {"pid": proc.pid, "started_ms": started_ms, "log": str(log_path)})
+        _write_json(
+            record_path,
+            {"pid": proc.pid, "run_id": run_id, "started_ms": int(time.time() * 1000),
+             "log": str(log_path)},
+        )  # fmt: skip
         if progress:
-            progress(f"patched run started (pid {proc.pid})")
+            progress(f"patched run started (pid {proc.pid}, run {run_id[:8]})")
         rc, timed_out = sandbox.wait_pid(proc.pid, timeout, proc)
-    run = find_child_run(client, experiment_id, worktree, started_ms)
-    if run is None:
+    if rc != 0 and not timed_out and not _logged_anything(client, run_id):
+        client.set_terminated(run_id, "FAILED")
         tail = (
             log_path.read_text(errors="replace").strip().splitlines()[-1:]
             if log_path.exists()
             else []
         )
-        raise LaunchError(f"the patched run did not start (exit {rc}): {' '.join(tail)[:200]}")
-    return _finish(client, run.info.run_id, rc, timed_out, str(log_path), tags, False)
+        quick = time.monotonic() - started < 10
+        what = "exited at once" if quick else "exited"
+        raise LaunchExited(
+            f"the launch command {what} (exit {rc}) without logging to its run: "
+            f"{' '.join(tail)[:200] or 'no output'}"
+        )
+    return _finish(client, run_id, rc, timed_out, str(log_path), tags, False)
+
+
+def _logged_anything(client, run_id: str) -> bool:
+    data = client.get_run(run_id).data
+    return bool(data.metrics or data.params)
 
 
 class LaunchError(WorkbenchError):
     pass
+
+
+class LaunchExited(BadInputError):
+    """The launch command ended without the run logging anything: a broken command, not a
+    failed fix (the episode stops with its last line)."""
 
 
 def _finish(client, run_id, rc, timed_out, log, tags, reused) -> LaunchResult:

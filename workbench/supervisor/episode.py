@@ -37,6 +37,8 @@ def fix_run(
     scaffold_dir: str | Path | None = None,
     doctor: Callable | None = None,
     brain_model: Any = None,
+    launch_cmd: str | None = None,
+    config_path: str | None = None,
 ) -> dict:
     """Fix ``run_id`` (or resume thread ``resume``); returns the episode's summary dict."""
     from langgraph.checkpoint.sqlite import SqliteSaver
@@ -76,6 +78,7 @@ def fix_run(
             if not run_id:
                 raise BadInputError("give a RUN_ID to fix, or --resume THREAD_ID")
             check_ref_part(run_id)
+            _check_spec(Path(repo), launch_cmd, config_path, tracking_uri, run_id)
             tid = check_ref_part(thread_id or f"fix-{run_id[:12]}-{int(time.time())}")
             config = {"configurable": {"thread_id": tid}}
             if graph.get_state(config).values:
@@ -88,6 +91,8 @@ def fix_run(
                 "tracking_uri": tracking_uri,
                 "max_attempts": int(max_attempts),
                 "approve": bool(approve),
+                "launch_cmd": launch_cmd,
+                "config_path": config_path,
                 "attempts": [],
             }
             progress and progress(f"episode {tid}: fixing run {run_id}")
@@ -98,6 +103,15 @@ def fix_run(
         return summarize(graph.get_state(config))
     finally:
         conn.close()
+
+
+def _check_spec(repo: Path, launch: str | None, config: str | None, uri: str, run_id: str):
+    """Bad input found before the episode starts: one clear line, nothing written."""
+    from workbench.runs.launch import absolute_tracking_uri, repo_spec
+    from workbench.runs.tracking import TrackingClient
+
+    repo_spec(repo, launch, config)
+    TrackingClient(absolute_tracking_uri(uri)).run(run_id)  # unreachable / missing: one line
 
 
 def summarize(snap) -> dict:

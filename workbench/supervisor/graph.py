@@ -24,16 +24,19 @@ from langgraph.types import interrupt
 
 from trainer.tags import Tag
 from workbench.doctor.types import PatchOp
-from workbench.errors import WorkbenchError
+from workbench.errors import BadInputError, WorkbenchError
 from workbench.runs import gitops, launch
+from workbench.supervisor import configedit
 from workbench.supervisor.brains.base import decide, load_prompts, start_messages
 from workbench.supervisor.brains.rules import RulesChatModel
 from workbench.supervisor.patches import (
+    KnobAmbiguous,
+    KnobMissing,
     PatchError,
     apply_blocks,
-    config_changes,
     parse_blocks,
-    patch_config_text,
+    patch_repo_config,
+    resolve,
 )
 from workbench.supervisor.tools import DIAGNOSE_TOOLS, PROPOSE_TOOLS, EpisodeContext, ToolCallError
 from workbench.supervisor.trajectory import Trajectory
@@ -48,6 +51,8 @@ class EpisodeState(TypedDict, total=False):
     tracking_uri: str
     max_attempts: int
     approve: bool
+    launch_cmd: str | None  # --launch / --config given instead of (or over) workbench.yaml
+    config_path: str | None
     # filled by monitor
     experiment_id: str
     experiment_name: str
@@ -57,6 +62,7 @@ class EpisodeState(TypedDict, total=False):
     findings: list[dict]
     doctor: dict
     before: dict
+    skipped: list[dict]  # remedies whose knob this repo lacks: {id, reason}
     # filled as the episode goes
     diagnosis: dict | None
     attempts: list[dict]  # finished attempts (failed ones; the last may be the fix)
@@ -111,6 +117,7 @@ def _ctx(state: EpisodeState) -> EpisodeContext:
         tried=[a["remedy_id"] for a in attempts],
         attempts=[{k: a.get(k) for k in ("n", "remedy_id", "error", "reasons")} for a in attempts],
         diagnosis=state.get("diagnosis"),
+        skipped=state.get("skipped", []),
     )
 
 
@@ -145,19 +152,30 @@ def monitor(state: EpisodeState, deps: Deps) -> dict:
             break
         time.sleep(2.0)
     tags = info.tags
-    config_rel = tags.get(Tag.CONFIG) or launch.read_repo_spec(Path(state["repo"])).config
-    base_sha = tags.get(Tag.GIT_COMMIT) or gitops.head_sha(Path(state["repo"]))
+    repo = Path(state["repo"])
+    spec = launch.repo_spec(repo, state.get("launch_cmd"), state.get("config_path"))
+    config_rel = state.get("config_path") or tags.get(Tag.CONFIG) or spec.config
+    base_sha = (
+        tags.get(Tag.GIT_COMMIT) or tags.get("mlflow.source.git.commit") or gitops.head_sha(repo)
+    )
     exp = tc.mlflow.get_experiment(info.experiment_id)
     findings = [f.model_dump() for f in verdict.findings]
+    remedies, skipped = _applicable(
+        repo, gitops.check_sha(base_sha), config_rel, spec.launch, info.params,
+        [r.model_dump(mode="json") for r in verdict.remedies],
+    )  # fmt: skip
     doctor = {
         "diagnosis": verdict.diagnosis.model_dump() if verdict.diagnosis else None,
-        "remedies": [r.model_dump(mode="json") for r in verdict.remedies],
+        "remedies": remedies,
     }
     traj = _traj(state)
     traj.add(
         "start", run_id=state["run_id"], repo=state["repo"], base_sha=base_sha, config=config_rel
     )
     traj.add("findings", findings=findings, doctor=doctor)
+    for sk in skipped:
+        traj.add("remedy_skipped", **sk)
+        deps.progress(f"remedy {sk['id']} skipped: {sk['reason']}")
     deps.progress(f"run {state['run_id'][:8]}: {verdict.status}, {len(findings)} finding(s)")
     return {
         "experiment_id": info.experiment_id,
@@ -168,10 +186,45 @@ def monitor(state: EpisodeState, deps: Deps) -> dict:
         "findings": findings,
         "doctor": doctor,
         "before": run_summary(tc, state["run_id"]),
+        "skipped": skipped,
         "attempts": state.get("attempts", []),
         # healthy / no_data: nothing to fix (no metric point at all is not a failure to fix)
         "status": verdict.status if verdict.status in ("healthy", "no_data") else "running",
     }
+
+
+def _launch_file(repo: Path, sha: str) -> tuple[str | None, str]:
+    """(path, text) of the file holding the launch command, when the repo has one."""
+    try:
+        return "workbench.yaml", gitops.show_file(repo, sha, "workbench.yaml")
+    except gitops.GitOpsError:
+        return None, ""
+
+
+def _applicable(repo, sha, config_rel, launch_cmd, params, remedies) -> tuple[list, list]:
+    """Split the doctor's remedies into those whose knobs this repo has and skipped ones (with
+    the reason). The config must parse in its own format and the launch command must not give
+    a flag twice: either is bad input that stops the episode here, before any branch."""
+    try:
+        text = gitops.show_file(repo, sha, config_rel)
+    except gitops.GitOpsError as exc:
+        raise BadInputError(f"{config_rel}: not in the repo at {sha[:12]} ({exc})") from None
+    config = configedit.parse_config(text, configedit.config_format(config_rel), config_rel)
+    flags = configedit.parse_flags(launch_cmd)
+    keep, skipped = [], []
+    for r in remedies:
+        try:
+            for op in r.get("patch") or []:
+                resolve(
+                    op["key"], config, flags, params=params, config_name=config_rel, op=op["op"]
+                )
+        except KnobMissing as exc:
+            skipped.append({"id": r["id"], "reason": str(exc)})
+            continue
+        except KnobAmbiguous:
+            pass  # asked when (if) this remedy is chosen
+        keep.append(r)
+    return keep, skipped
 
 
 def diagnose(state: EpisodeState, deps: Deps) -> dict:
@@ -210,11 +263,23 @@ def propose(state: EpisodeState, deps: Deps) -> dict:
 
 
 def _patched_files(state: EpisodeState, cur: dict) -> dict[str, str]:
+    """The attempt's files; a config attempt also sets ``cur["launch"]`` and ``cur["changes"]``."""
     repo, sha = Path(state["repo"]), state["base_sha"]
     if cur["kind"] == "config":
-        text = gitops.show_file(repo, sha, state["config_rel"])
+        config_rel = state["config_rel"]
+        launch_rel, launch_text = _launch_file(repo, sha)
+        spec = launch.repo_spec(repo, state.get("launch_cmd"), state.get("config_path"))
+        files = {config_rel: gitops.show_file(repo, sha, config_rel)}
+        if launch_rel and state.get("launch_cmd") is None:
+            files[launch_rel] = launch_text
         ops = [PatchOp.model_validate(op) for op in cur["ops"]]
-        return {state["config_rel"]: patch_config_text(text, ops, defaults=state.get("params"))}
+        changed, cmd, changes = patch_repo_config(
+            files, ops, config_rel=config_rel, launch=spec.launch,
+            launch_rel=launch_rel if launch_rel in files else None, params=state.get("params"),
+        )  # fmt: skip
+        cur["launch"] = cmd if cmd != spec.launch else None
+        cur["changes"] = changes
+        return changed
     blocks = parse_blocks(cur["blocks"])
     try:
         files = {b.path: gitops.show_file(repo, sha, b.path) for b in blocks}
@@ -253,7 +318,8 @@ def _commit_message(state: EpisodeState, cur: dict, key: str) -> str:
     d = state.get("diagnosis") or {}
     findings = "; ".join(f"{f['kind']}@{f.get('step')}: {f['evidence']}" for f in state["findings"])
     change = (
-        ", ".join(f"{op['key']} {op['op']} {op.get('value')}" for op in cur["ops"])
+        "; ".join(cur.get("changes") or [])
+        or ", ".join(f"{op['key']} {op['op']} {op.get('value')}" for op in cur["ops"])
         if cur["kind"] == "config"
         else "code patch (SEARCH/REPLACE)"
     )
@@ -275,25 +341,28 @@ def _fail(state: EpisodeState, cur: dict, error: str, cleanup: bool = True) -> d
 
 
 def _changes(state: EpisodeState, cur: dict, files: dict[str, str]) -> list[str]:
-    """What the patch really changes in this config / these files (empty: a no-op)."""
-    repo, sha = Path(state["repo"]), state["base_sha"]
+    """The files the patch really changes (empty: a no-op). A config attempt's files are
+    already only those its knob edits changed."""
     if cur["kind"] == "config":
-        rel = state["config_rel"]
-        original = gitops.show_file(repo, sha, rel)
-        return config_changes(original, files[rel], defaults=state.get("params"))
+        return list(files)
+    repo, sha = Path(state["repo"]), state["base_sha"]
     return [p for p, text in files.items() if gitops.show_file(repo, sha, p) != text]
 
 
 def patch(state: EpisodeState, deps: Deps) -> dict:
     cur = dict(state["current"])
     key = f"{state['thread_id']}/{cur['n']}"
-    try:
-        files = _patched_files(state, cur)  # checked before any branch exists
-        changes = _changes(state, cur, files)
+    try:  # checked before any branch exists; an ambiguous knob or a bad config stops here
+        files = _patched_files(state, cur)
+    except KnobMissing as exc:
+        deps.progress(f"attempt {cur['n']}: remedy {cur['remedy_id']} skipped: {exc}")
+        return _fail(state, cur, f"skipped: {exc}")
     except PatchError as exc:
         deps.progress(f"attempt {cur['n']}: patch does not apply: {exc}")
         return _fail(state, cur, f"patch does not apply: {exc}")
-    if not changes:  # e.g. the value is already set: relaunching would only cost time
+    if not _changes(
+        state, cur, files
+    ):  # e.g. the value is already set: relaunching would only cost time
         deps.progress(f"attempt {cur['n']}: {cur['remedy_id']} changes nothing here; skipped")
         _traj(state).add("no_op", n=cur["n"], remedy_id=cur["remedy_id"], kind=cur["kind"])
         skipped = {
@@ -311,7 +380,10 @@ def patch(state: EpisodeState, deps: Deps) -> dict:
         cur["commit"] = gitops.commit_files(worktree, files, _commit_message(state, cur, key))
     except (gitops.GitOpsError, PatchError, OSError) as exc:
         return _fail(state, cur, f"git: {exc}")
-    _traj(state).add("patch", branch=branch, commit=cur["commit"], files=sorted(files))
+    _traj(state).add(
+        "patch", branch=branch, commit=cur["commit"], files=sorted(files),
+        changes=cur.get("changes", []),
+    )  # fmt: skip
     deps.progress(f"attempt {cur['n']}: committed {cur['commit'][:8]} on {branch}")
     return {"current": cur}
 
@@ -348,7 +420,11 @@ def relaunch(state: EpisodeState, deps: Deps) -> dict:
             backend=deps.backend,
             timeout_s=deps.run_timeout_s,
             progress=deps.progress,
+            launch=cur.get("launch") or state.get("launch_cmd"),
         )
+    except launch.LaunchExited:  # a broken launch command: stop, leave no branch behind
+        gitops.remove_fix(Path(state["repo"]), cur["branch"], Path(cur["worktree"]))
+        raise
     except WorkbenchError as exc:
         return _fail(state, cur, f"relaunch: {exc}")
     cur.update(new_run_id=res.run_id, run_status=res.status, log=res.log_path)

@@ -1,26 +1,28 @@
-"""Pure patch logic: config patches (dotted-key ops on YAML) and SEARCH/REPLACE code blocks.
+"""The one patch path: knob edits of a repo's config / launch command, SEARCH/REPLACE code
+blocks, and the one guard that refuses any patch touching the fault harness's switches.
 
+Remedies speak in knobs (``lr``, ``grad_clip``, ...); ``resolve`` finds where a knob lives in
+*this* repo through the scaffold's knob map, and ``configedit`` edits it in the file's own format.
 Everything here takes text and returns text, so it is checked before any file or branch is
-touched: a patch that does not apply raises ``PatchError`` and nothing is written.
+touched: a patch that does not apply raises ``PatchError`` and nothing is written. Used by
+``fix`` (the graph), ``evolve`` (scaffold edits), ``train rl`` (remedy outcomes) and the MLE
+agent (its solution code).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-
-import yaml
+from typing import Any
 
 from workbench.doctor.types import PatchOp
 from workbench.errors import BadInputError
-
-
-class PatchError(BadInputError):
-    """A patch that does not apply (missing key, SEARCH not found or ambiguous, bad path)."""
-
+from workbench.supervisor import configedit
+from workbench.supervisor.configedit import PatchError
 
 # ----------------------------------------------------------------------------- paths
 
@@ -44,7 +46,204 @@ def check_repo_path(rel: str) -> str:
     return str(PurePosixPath(*parts))
 
 
-# ----------------------------------------------------------------------------- config ops
+# ----------------------------------------------------------------------------- the harness guard
+
+# What only a harness may flip: the legacy in-config ``faults:`` entry, the environment
+# variables / file through which the fault suite injects its switches, and the code that reads
+# them. No patch of any caller (fix, evolve, train rl, the MLE agent) may touch these.
+HARNESS_KEYS = ("faults",)
+HARNESS_PATHS = ("trainer/faults.py", "trainer/harness.py")
+
+
+class HarnessGuardError(PatchError):
+    """A patch that touches the fault harness's switches."""
+
+
+def _markers() -> tuple[str, ...]:
+    from trainer.faults import HARNESS_ENV, HARNESS_FILE_ENV
+
+    return (HARNESS_ENV, HARNESS_FILE_ENV)
+
+
+def touches_harness(patch: Iterable[Any]) -> bool:
+    """True when a config patch (ops or dicts with ``key``) edits a harness switch."""
+    for op in patch:
+        key = str(op["key"] if isinstance(op, dict) else op.key)
+        if key.split(".")[0] in HARNESS_KEYS or any(m in key for m in _markers()):
+            return True
+    return False
+
+
+def guard(before: dict[str, str], after: dict[str, str], ops: Iterable[Any] = ()) -> None:
+    """Refuse a patch that touches the harness's switches (the one guard of the one patch path:
+    ``apply_blocks``, ``patch_repo_config`` and ``apply_ops`` all end here)."""
+    if touches_harness(ops):
+        raise HarnessGuardError("refused: the patch edits the fault harness's `faults` switch")
+    markers = _markers()
+    for path, new in after.items():
+        old = before.get(path)
+        if old == new:
+            continue
+        norm = str(PurePosixPath(path))
+        if any(norm == p or norm.endswith("/" + p) for p in HARNESS_PATHS):
+            raise HarnessGuardError(f"refused: {path} is the fault harness's code")
+        changed = set(new.splitlines()).symmetric_difference((old or "").splitlines())
+        hit = next((m for m in markers for line in changed if m in line), None)
+        if hit:
+            raise HarnessGuardError(
+                f"refused: the patch to {path} touches the harness switch {hit}"
+            )
+
+
+# ----------------------------------------------------------------------------- knobs
+
+
+class KnobMissing(PatchError):
+    """The remedy's knob is nowhere in this repo: the remedy is skipped (with this reason)."""
+
+
+class KnobAmbiguous(BadInputError):
+    """The knob has two candidate locations: the episode stops and names both."""
+
+
+@dataclass(frozen=True)
+class Location:
+    kind: str  # config (a key in the file) | new (a key the program reads, absent) | flag
+    name: str  # dotted config key or flag name
+    current: Any
+
+
+def _knob_map(knobs=None):
+    if knobs is not None:
+        return knobs
+    from scaffold.loader import load_scaffold
+
+    return load_scaffold(None).knobs
+
+
+def resolve(
+    key: str,
+    config: dict,
+    flags: dict[str, str] | None = None,
+    *,
+    knobs=None,
+    params: dict | None = None,
+    config_name: str = "the config",
+    op: str = "set",
+) -> Location:
+    """Where knob ``key`` lives: exactly one config key or launch flag (see scaffold/knobs.yaml).
+
+    A name that is no knob is a literal dotted config key (what an LLM brain may propose).
+    """
+    flags = flags or {}
+    spec = _knob_map(knobs).knobs.get(key)
+    if spec is None and not _KEY_OK.match(key):
+        raise PatchError(f"refused config key {key!r}")
+    names = spec.config if spec else (key,)
+    hits = [
+        Location("config", c, v)
+        for c in names
+        if (v := configedit.get(config, c)) is not configedit.MISSING and not isinstance(v, dict)
+    ]
+    hits += [
+        Location("flag", f, flags[f]) for f in (*(spec.flags if spec else ()), *names) if f in flags
+    ]
+    if len(hits) > 1:
+        where = " and ".join(
+            f"{h.name} in {config_name}"
+            if h.kind == "config"
+            else f"{h.name} in the launch command"
+            for h in hits[:2]
+        )
+        what = f"the {spec.description} setting" if spec else f"key {key}"
+        raise KnobAmbiguous(
+            f"{what} has two candidate locations: {where}; keep one in the repo, or remove the "
+            "other alias from the knob map (scaffold/knobs.yaml)"
+        )
+    if hits:
+        return hits[0]
+    known = [c for c in names if c in (params or {})]
+    if len(known) == 1:  # the program reads (and logged) this key; the file leaves its default
+        return Location("new", known[0], (params or {})[known[0]])
+    if spec is None and op in ("set", "add"):
+        return Location("new", key, None)
+    what = f"{spec.description} setting" if spec else f"key {key}"
+    raise KnobMissing(
+        f"no {what} in {config_name} or the launch command; add an alias in the knob map "
+        "(scaffold/knobs.yaml)"
+    )
+
+
+def new_value(loc: Location, op: str, value: Any, key: str) -> Any:
+    if op == "set":
+        if isinstance(value, float) and not math.isfinite(value):
+            raise PatchError(f"{key}: value must be finite")
+        return value
+    if op in ("mul", "add"):
+        old = configedit.number(
+            loc.current if loc.current is not None else (0 if op == "add" else None)
+        )
+        if old is None:
+            raise PatchError(f"{key}: cannot {op} {loc.name} = {loc.current!r} (not a number)")
+        delta = _number(value, key)
+        new = old * delta if op == "mul" else old + delta
+        if isinstance(old, int) and float(new).is_integer():
+            return int(new)
+        return float(f"{new:.12g}")  # 0.003 * 0.1 is 0.0003 in the file, not 0.00030000000000000003
+    raise PatchError(f"unknown op {op!r}")
+
+
+def patch_repo_config(
+    files: dict[str, str],
+    ops: Iterable[PatchOp],
+    *,
+    config_rel: str,
+    launch: str = "",
+    launch_rel: str | None = None,
+    params: dict | None = None,
+    knobs=None,
+) -> tuple[dict[str, str], str, list[str]]:
+    """Apply knob ops to the repo's config file and launch command, each in its own format.
+
+    ``files``: path → text of the config and (when the launch lives in a file) ``launch_rel``.
+    Returns (changed files, the new launch command, one line per change). Raises
+    ``KnobMissing`` (skip the remedy), ``KnobAmbiguous``/``EditError`` (stop: bad input),
+    ``PatchError`` (the patch does not apply) or ``HarnessGuardError``.
+    """
+    ops = list(ops)
+    guard({}, {}, ops)
+    fmt = configedit.config_format(config_rel)
+    out = dict(files)
+    text = out[config_rel]
+    changes: list[str] = []
+    for op in ops:
+        config = configedit.parse_config(text, fmt, config_rel)
+        flags = configedit.parse_flags(launch)
+        loc = resolve(
+            op.key, config, flags, knobs=knobs, params=params, config_name=config_rel, op=op.op
+        )
+        if op.op == "delete":
+            if loc.kind != "config":
+                raise PatchError(f"{op.key}: nothing to delete in {config_rel}")
+            text = configedit.delete_value(text, fmt, loc.name, config_rel)
+            changes.append(f"{op.key}: {loc.name} deleted ({config_rel})")
+            continue
+        value = new_value(loc, op.op, op.value, op.key)
+        if loc.kind == "flag":
+            launch = configedit.set_flag(launch, loc.name, value)
+            if launch_rel:
+                out[launch_rel] = configedit.set_flag(out[launch_rel], loc.name, value, launch_rel)
+            changes.append(f"{op.key}: {loc.name} {loc.current} -> {value} (launch command)")
+        else:
+            text = configedit.set_value(text, fmt, loc.name, value, config_rel)
+            changes.append(f"{op.key}: {loc.name} {loc.current} -> {value} ({config_rel})")
+    out[config_rel] = text
+    changed = {p: t for p, t in out.items() if files.get(p) != t}
+    guard(files, changed, ops)
+    return changed, launch, changes
+
+
+# ----------------------------------------------------------------------------- config dicts
 
 
 _KEY_OK = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
@@ -58,100 +257,43 @@ def _number(value, key: str) -> float | int:
     return value
 
 
-def apply_ops(config: dict, ops: Iterable[PatchOp], defaults: dict | None = None) -> dict:
-    """Apply dotted-key ops to a nested dict (returns a new dict; the input is untouched).
+def apply_ops(
+    config: dict, ops: Iterable[PatchOp], defaults: dict | None = None, knobs=None
+) -> dict:
+    """Apply knob / dotted-key ops to a nested config dict (a new dict; the input is untouched):
+    how a remedy changes a run of our own trainer (the fault suite's reruns).
 
     ``defaults`` (the run's logged params, dotted keys) supply the current value of a key the
-    file leaves at its default, so ``optimizer.lr *= 0.1`` works on a config without ``lr``.
+    config leaves at its default.
     """
+    ops = list(ops)
+    guard({}, {}, ops)
     defaults = defaults or {}
-    out = yaml.safe_load(yaml.safe_dump(config)) or {}
+    out = json.loads(json.dumps(config))
     for op in ops:
-        if not _KEY_OK.match(op.key):
-            raise PatchError(f"refused config key {op.key!r}")
-        *parents, leaf = op.key.split(".")
+        loc = resolve(op.key, out, knobs=knobs, params=defaults, op=op.op)
+        *parents, leaf = loc.name.split(".")
         node = out
         for part in parents:
             child = node.get(part)
-            if child is None and (op.op in ("set", "add") or op.key in defaults):
+            if child is None:
                 child = node[part] = {}
             if not isinstance(child, dict):
                 raise PatchError(f"{op.key}: {part!r} is not a section of the config")
             node = child
-        if op.op == "set":
-            if isinstance(op.value, float) and not math.isfinite(op.value):
-                raise PatchError(f"{op.key}: value must be finite")
-            node[leaf] = op.value
-        elif op.op == "delete":
+        if op.op == "delete":
             if leaf not in node:
                 raise PatchError(f"{op.key}: no such key to delete")
             del node[leaf]
-        elif op.op in ("mul", "add"):
-            current = node.get(leaf, defaults.get(op.key))
-            if current is None and op.op == "mul":
-                raise PatchError(f"{op.key}: no such key to multiply")
-            old = _number(_parse_number(current if current is not None else 0), op.key)
-            delta = _number(op.value, op.key)
-            new = old * delta if op.op == "mul" else old + delta
-            node[leaf] = int(new) if isinstance(old, int) and float(new).is_integer() else new
-        else:  # pragma: no cover - PatchOp validates op
-            raise PatchError(f"unknown op {op.op!r}")
+        else:
+            current = _parse_number(loc.current)
+            node[leaf] = new_value(Location(loc.kind, loc.name, current), op.op, op.value, op.key)
     return out
 
 
 def _parse_number(v):
-    if isinstance(v, str):
-        try:
-            return int(v) if v.strip().lstrip("-").isdigit() else float(v)
-        except ValueError:
-            return v
-    return v
-
-
-def _load_mapping(text: str) -> dict:
-    try:
-        config = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise PatchError(f"config is not valid YAML: {exc}") from None
-    if not isinstance(config, dict):
-        raise PatchError("config is not a mapping")
-    return config
-
-
-def patch_config_text(text: str, ops: Iterable[PatchOp], defaults: dict | None = None) -> str:
-    return yaml.safe_dump(apply_ops(_load_mapping(text), list(ops), defaults), sort_keys=False)
-
-
-def _flat(data, prefix: str = "") -> dict[str, object]:
-    if isinstance(data, dict) and data:
-        out: dict[str, object] = {}
-        for k, v in data.items():
-            out.update(_flat(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: data} if prefix else {}
-
-
-def _same(a, b) -> bool:
-    a, b = _parse_number(a), _parse_number(b)
-    if isinstance(a, int | float) and isinstance(b, int | float) and not isinstance(a, bool):
-        return not isinstance(b, bool) and math.isclose(a, b, rel_tol=1e-12, abs_tol=0.0)
-    return a == b or (a is not None and b is not None and str(a) == str(b))
-
-
-def config_changes(before: str, after: str, defaults: dict | None = None) -> list[str]:
-    """The dotted keys whose *effective* value differs between two config texts.
-
-    A key a text leaves out takes the run's logged value (``defaults``), so setting a key to
-    the value the run already used is no change; re-formatting the file is none either.
-    """
-    defaults = defaults or {}
-    old, new = _flat(_load_mapping(before)), _flat(_load_mapping(after))
-    changed = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key, defaults.get(key)), new.get(key, defaults.get(key))
-        if not _same(a, b):
-            changed.append(key)
-    return changed
+    n = configedit.number(v) if isinstance(v, str) else None
+    return v if n is None else n
 
 
 # ----------------------------------------------------------------------------- SEARCH/REPLACE
@@ -192,4 +334,5 @@ def apply_blocks(files: dict[str, str], blocks: Iterable[EditBlock]) -> dict[str
             where = "not found" if count == 0 else f"matches {count} times"
             raise PatchError(f"{b.path}: SEARCH block {where} (must match exactly once)")
         out[b.path] = out[b.path].replace(b.search, b.replace, 1)
+    guard(files, out)
     return out

@@ -39,6 +39,7 @@ class EpisodeContext:
     tried: list[str] = field(default_factory=list)  # remedy ids already tried
     attempts: list[dict] = field(default_factory=list)  # short summaries of earlier attempts
     diagnosis: dict | None = None
+    skipped: list[dict] = field(default_factory=list)  # remedies whose knob the repo lacks
 
 
 # ------------------------------------------------------------------------------ schemas
@@ -100,7 +101,8 @@ class SubmitDiagnosis(_Args):
 
 
 class ProposeConfigPatch(_Args):
-    """Propose edits of the run's config (dotted keys; ops set|mul|add|delete)."""
+    """Propose edits of the run's settings: knobs (lr, grad_clip, warmup, weight_decay,
+    batch_size, precision, early_stopping, ...) or dotted config keys; ops set|mul|add|delete."""
 
     remedy_id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     ops: list[PatchOp] = Field(min_length=1, max_length=10)
@@ -153,6 +155,7 @@ def read_findings(ctx: EpisodeContext, _: ReadFindings) -> dict:
         "diagnosis": ctx.diagnosis,
         "remedies": remedies,
         "tried": ctx.tried,
+        "skipped": ctx.skipped,
         "attempts": ctx.attempts,
         "config": ctx.config_rel,
     }
