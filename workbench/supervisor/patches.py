@@ -229,6 +229,8 @@ def patch_repo_config(
             changes.append(f"{op.key}: {loc.name} deleted ({config_rel})")
             continue
         value = new_value(loc, op.op, op.value, op.key)
+        if loc.kind == "new" and _same_value(value, loc.current):
+            continue  # the file leaves it out and the run already used this value: no change
         if loc.kind == "flag":
             launch = configedit.set_flag(launch, loc.name, value)
             if launch_rel:
@@ -241,6 +243,13 @@ def patch_repo_config(
     changed = {p: t for p, t in out.items() if files.get(p) != t}
     guard(files, changed, ops)
     return changed, launch, changes
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    a, b = _parse_number(a), _parse_number(b)
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return math.isclose(a, b, rel_tol=1e-12, abs_tol=0.0)
+    return a == b or (a is not None and b is not None and str(a) == str(b))
 
 
 # ----------------------------------------------------------------------------- config dicts
