@@ -85,6 +85,7 @@ class Node:
             self.status,
             self.score,
             self.log_tail,
+            self.cv_std,
         )
 
 

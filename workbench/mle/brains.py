@@ -53,6 +53,7 @@ class NodeView:
     status: str  # "ok" | "buggy"
     score: float | None
     log_tail: str
+    cv_std: float | None = None  # spread of the score over the CV folds
 
 
 @dataclass
@@ -384,7 +385,9 @@ class LlmBrain:
     def _memory(memory: list[NodeView]) -> list[str]:
         out = []
         for m in memory[-8:]:
-            score = f"{m.score:.5g}" if m.score is not None else "no score"
+            score = f"CV {m.score:.5g}" if m.score is not None else "no score"
+            if m.score is not None and m.cv_std is not None:
+                score += f" ± {m.cv_std:.2g}"
             out.append(f"[{m.status}, {score}] {m.plan[:200]}")
         return out
 
