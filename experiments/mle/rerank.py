@@ -68,7 +68,9 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     out = rerank(json.loads(args.eval_json.read_text())["runs"], args.boards)
     for task, row in out["tasks"].items():
-        print(f"{task:28s} any-medal {row['any_medal']}  gold {row['gold']}  scores {row['scores']}")
+        print(
+            f"{task:28s} any-medal {row['any_medal']}  gold {row['gold']}  scores {row['scores']}"
+        )
     for key in ("any_medal_pct", "gold_pct"):
         m, s = out[key]
         print(f"{key}: {m:.1f} ± {s:.1f} (mean ± SEM over seeds)")
