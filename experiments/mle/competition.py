@@ -33,6 +33,8 @@ LITE = (
     "diabetes-progression",
     "friedman-regression",
     "diabetes-severity",
+    "diabetes-cost",
+    "breast-cancer-categorical",
 )
 
 

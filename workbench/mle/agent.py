@@ -17,6 +17,7 @@ import os
 import random
 import re
 import shutil
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -48,6 +49,7 @@ from workbench.mle.isolation import (
     sklearn_data_dirs,
 )
 
+_FOLDS = re.compile(r"validation_folds:\s*(\[[^\]\n]*\])")
 _SCORE = re.compile(
     r"validation_score:\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|nan|inf)", re.I
 )
@@ -65,6 +67,8 @@ class Node:
     debug_depth: int = 0
     status: str = "pending"  # ok | buggy
     score: float | None = None
+    cv_folds: list[float] = field(default_factory=list)  # per-fold CV scores (the spread)
+    cv_std: float | None = None
     error: str | None = None
     wall_s: float = 0.0
     log_tail: str = ""
@@ -81,6 +85,7 @@ class Node:
             self.status,
             self.score,
             self.log_tail,
+            self.cv_std,
         )
 
 
@@ -143,10 +148,38 @@ def best_node(nodes: list[Node], lower: bool) -> Node | None:
     return best
 
 
+def subtree_size(nodes: list[Node], node: Node) -> int:
+    """How many descendants a node has (how much its branch has been explored)."""
+    by_id = {n.id: n for n in nodes}
+    todo, size = list(node.children), 0
+    while todo:
+        child = by_id.get(todo.pop())
+        if child is not None:
+            size += 1
+            todo.extend(child.children)
+    return size
+
+
+def pick_node(nodes: list[Node], lower: bool, explore_c: float) -> Node | None:
+    """The node to improve: good CV rank plus a bonus for a little-explored branch (UCB)."""
+    ok = [n for n in nodes if n.status == "ok" and n.score is not None]
+    if not ok:
+        return None
+    ranked = sorted(ok, key=lambda n: n.score, reverse=not lower)  # best first
+    total = math.log(len(nodes) + 1)
+
+    def value(i: int, n: Node) -> float:
+        rank = 1.0 - i / max(1, len(ranked) - 1) if len(ranked) > 1 else 1.0
+        return rank + explore_c * math.sqrt(total / (1 + subtree_size(nodes, n)))
+
+    return max(enumerate(ranked), key=lambda t: (value(*t), -t[0]))[1]
+
+
 def choose_action(
     nodes: list[Node], sc: MleScaffold, lower: bool, rng: random.Random
 ) -> tuple[str, Node | None]:
-    """AIDE's policy: drafts first; then maybe debug a buggy leaf; else improve the best node."""
+    """AIDE's policy: drafts first; then maybe debug a buggy leaf; else improve a node chosen
+    by CV score and by how little its branch has been explored."""
     knobs = sc.search
     if sum(1 for n in nodes if n.stage == "draft") < knobs.num_drafts:
         return "draft", None
@@ -158,13 +191,22 @@ def choose_action(
         ]
         if leaves:
             return "debug", rng.choice(leaves)
-    best = best_node(nodes, lower)
-    if best is None:
+    target = pick_node(nodes, lower, knobs.explore_c)
+    if target is None:
         return "draft", None
-    return "improve", best
+    return "improve", target
 
 
 # ------------------------------------------------------------------------------------ checks
+
+
+def parse_folds(log: str) -> list[float]:
+    found = _FOLDS.findall(log or "")
+    try:
+        values = [float(v) for v in json.loads(found[-1])] if found else []
+    except (ValueError, TypeError):
+        return []
+    return values if all(math.isfinite(v) for v in values) else []
 
 
 def parse_validation_score(log: str) -> float | None:
@@ -281,6 +323,7 @@ def run_task(
     the_brain = (
         make_mle_brain(brain, seed=seed, **(brain_opts or {})) if isinstance(brain, str) else brain
     )
+    fallback: Brain | None = getattr(the_brain, "fallback", None)  # an LLM brain's rules
     lower = info.lower_is_better
     stamp = time.strftime("%Y%m%d-%H%M%S")
     run_dir = Path(
@@ -343,13 +386,30 @@ def run_task(
         if remaining <= 1.0:
             break
         action, target = choose_action(nodes, sc, lower, rng)
+        writer: Brain = the_brain
+        last = nodes[-1] if nodes else None
+        if fallback is not None and last is not None and last.status == "buggy":
+            if last.brain == the_brain.name and last.stage != "debug":
+                action, target = "debug", last  # a model's bad script is debugged once, by it
+            elif last.brain == the_brain.name:  # its fix failed too: rules take this step
+                writer = fallback
+                if action == "debug":
+                    best = pick_node(nodes, lower, sc.search.explore_c)
+                    action, target = ("improve", best) if best else ("draft", None)
         memory = [n.view() for n in nodes]
         if action == "draft":
-            prop: Proposal = the_brain.draft(ctx, memory)
+            prop: Proposal = writer.draft(ctx, memory)
         elif action == "debug":
-            prop = the_brain.debug(ctx, target.view())
+            prop = writer.debug(ctx, target.view())
         else:
-            prop = the_brain.improve(ctx, target.view(), memory)
+            prop = writer.improve(ctx, target.view(), memory)
+        if writer is not the_brain:
+            prop = Proposal(
+                plan=f"(the model's script and its fix failed; rules step) {prop.plan}",
+                code=prop.code,
+                spec=prop.spec,
+                brain="rules",
+            )
         node = Node(
             id=step,
             parent=target.id if target else None,
@@ -383,6 +443,9 @@ def run_task(
             problem = last_error(res.log)
         elif res is not None:
             node.score = parse_validation_score(res.log)
+            node.cv_folds = parse_folds(res.log)
+            if len(node.cv_folds) > 1:
+                node.cv_std = round(statistics.stdev(node.cv_folds), 6)
             problem = check_submission(node_dir / "submission" / "submission.csv", sample)
             if problem is None and node.score is None:
                 problem = "the script printed no `validation_score: <float>` line"
@@ -476,6 +539,8 @@ def _log_node(tracker: Tracker, node: Node, node_dir: Path) -> None:
     metrics = {"wall_s": node.wall_s}
     if node.score is not None:
         metrics["validation_score"] = node.score
+    if node.cv_std is not None:
+        metrics["validation_std"] = node.cv_std
     child.log_metrics(metrics, step=0)
     if node.error:
         child.set_tags({"mle.error": node.error[:500]})

@@ -53,6 +53,7 @@ class NodeView:
     status: str  # "ok" | "buggy"
     score: float | None
     log_tail: str
+    cv_std: float | None = None  # spread of the score over the CV folds
 
 
 @dataclass
@@ -93,13 +94,29 @@ def render_script(ctx: TaskContext, spec: dict, plan: str) -> str:
 
 
 def describe(spec: dict) -> str:
-    if spec.get("family") == "blend":
-        return "blend of " + " + ".join(describe(m) for m in spec["members"])
+    if spec.get("family") in ("blend", "stack"):
+        word = "blend" if spec["family"] == "blend" else "stack"
+        return f"{word} of " + " + ".join(describe(m) for m in spec["members"])
     params = ", ".join(f"{k}={v}" for k, v in sorted(spec.get("params", {}).items()))
-    return f"{spec['family']}({params})"
+    extras = [f"{k}={v}" for k, v in sorted((spec.get("fe") or {}).items()) if v]
+    if spec.get("calibrate"):
+        extras.append(f"calibrate={spec['calibrate']}")
+    return f"{spec['family']}({params})" + (f" [{', '.join(extras)}]" if extras else "")
+
+
+def _key(spec: dict | None) -> str:
+    return json.dumps(spec, sort_keys=True)
+
+
+ENSEMBLES = ("blend", "stack")
 
 
 class RulesBrain:
+    """Drafts from the scaffold's priors, then improve by one atomic move of the chosen node:
+    an ensemble of the best distinct candidates (averaged or stacked on out-of-fold
+    predictions), an untried family, a feature operator or calibration toggled, or one
+    hyper-parameter moved to a neighbouring grid value."""
+
     name = "rules"
 
     def __init__(self, seed: int = 0) -> None:
@@ -119,59 +136,115 @@ class RulesBrain:
 
     @staticmethod
     def _families_tried(memory: list[NodeView]) -> set[str]:
-        return {m.spec["family"] for m in memory if m.spec and m.spec.get("family") != "blend"}
+        return {
+            m.spec["family"] for m in memory if m.spec and m.spec.get("family") not in ENSEMBLES
+        }
+
+    def _ranked(self, ctx: TaskContext, memory: list[NodeView]) -> list[NodeView]:
+        ok = [m for m in memory if m.status == "ok" and m.spec and m.score is not None]
+        return sorted(ok, key=lambda m: m.score, reverse=not ctx.info.lower_is_better)
 
     # -- the three operators
     def draft(self, ctx: TaskContext, memory: list[NodeView]) -> Proposal:
-        fams = list(self._grids(ctx))
+        recipes = ctx.scaffold.drafts
+        recipes = recipes.regression if ctx.problem == "regression" else recipes.classification
+        seen = {_key(m.spec) for m in memory if m.spec}
+        grids = self._grids(ctx)
+        for recipe in recipes:
+            spec = self._complete(ctx, recipe)
+            if spec is not None and _key(spec) not in seen:
+                return self._propose(ctx, spec, f"draft (prior): {describe(spec)}")
+        fams = list(grids)
         untried = [f for f in fams if f not in self._families_tried(memory)] or fams
-        family = self.rng.choice(untried)
-        spec = self._default(ctx, family)
+        spec = self._default(ctx, self.rng.choice(untried))
         return self._propose(ctx, spec, f"draft: {describe(spec)} with default settings")
+
+    def _complete(self, ctx: TaskContext, recipe: dict) -> dict | None:
+        """A recipe with every grid parameter filled in (None if a family is not in the grids)."""
+        if recipe["family"] in ENSEMBLES:
+            members = [self._complete(ctx, m) for m in recipe["members"]]
+            return None if None in members else {"family": recipe["family"], "members": members}
+        if recipe["family"] not in self._grids(ctx):
+            return None
+        default = self._default(ctx, recipe["family"])
+        return {**recipe, "params": {**default["params"], **recipe.get("params", {})}}
+
+    def ensemble(self, ctx: TaskContext, memory: list[NodeView]) -> dict | None:
+        """Blend or stack the best candidate of each distinct family (stack first)."""
+        best: dict[str, NodeView] = {}
+        for m in self._ranked(ctx, memory):
+            fam = m.spec["family"]
+            if fam not in ENSEMBLES and fam not in best:
+                best[fam] = m
+        members = [m.spec for m in best.values()][: ctx.scaffold.search.ensemble_size]
+        if len(members) < 2:
+            return None
+        seen = {_key(m.spec) for m in memory if m.spec}
+        for kind in ("stack", "blend"):
+            for k in range(len(members), 1, -1):
+                spec = {"family": kind, "members": members[:k]}
+                if _key(spec) not in seen:
+                    return spec
+        return None
 
     def improve(self, ctx: TaskContext, node: NodeView, memory: list[NodeView]) -> Proposal:
         knobs = ctx.scaffold.search
         base = node.spec or self._default(ctx, next(iter(self._grids(ctx))))
-        good = sorted(
-            (m for m in memory if m.status == "ok" and m.spec and m.spec["family"] != "blend"),
-            key=lambda m: m.score if m.score is not None else 0.0,
-            reverse=not ctx.info.lower_is_better,
+        # The first improve ensembles the best distinct candidates the drafts found.
+        has_ensemble = any(
+            m.stage != "draft" and m.spec and m.spec.get("family") in ENSEMBLES for m in memory
         )
         r = self.rng.random()
-        # Blend the best node with the best node of another family.
-        if r < knobs.ensemble_prob and base.get("family") != "blend":
-            other = next((m for m in good if m.spec["family"] != base["family"]), None)
-            if other is not None:
-                spec = {"family": "blend", "members": [base, other.spec]}
+        if not has_ensemble or r < knobs.ensemble_prob:
+            spec = self.ensemble(ctx, memory)
+            if spec is not None:
                 return self._propose(ctx, spec, f"improve: {describe(spec)}")
+        r -= knobs.ensemble_prob
         untried = [f for f in self._grids(ctx) if f not in self._families_tried(memory)]
-        if r < knobs.ensemble_prob + knobs.family_switch_prob and untried:
+        if 0 <= r < knobs.family_switch_prob and untried:
             spec = self._default(ctx, self.rng.choice(untried))
             return self._propose(ctx, spec, f"improve: try an untried family, {describe(spec)}")
-        if base.get("family") == "blend":  # tune one member of a blend
+        if base.get("family") in ENSEMBLES:  # tune one member of an ensemble
             i = self.rng.randrange(len(base["members"]))
-            member = self._mutate(ctx, base["members"][i], memory)
             members = list(base["members"])
-            members[i] = member
-            spec = {"family": "blend", "members": members}
+            members[i] = self._mutate(ctx, members[i], memory)
+            spec = {"family": base["family"], "members": members}
+        elif 0 <= r - knobs.family_switch_prob < knobs.feature_prob:
+            spec = self._feature_move(ctx, base, memory) or self._mutate(ctx, base, memory)
         else:
             spec = self._mutate(ctx, base, memory)
         return self._propose(ctx, spec, f"improve: {describe(base)} → {describe(spec)}")
 
+    def _feature_move(self, ctx: TaskContext, spec: dict, memory: list[NodeView]) -> dict | None:
+        """Toggle one feature operator (or calibration) of a single-model spec."""
+        fe = dict(spec.get("fe") or {})
+        moves = []
+        if spec["family"] in ("linear", "svm", "knn", "mlp"):
+            moves.append({**spec, "fe": {**fe, "poly": 0 if fe.get("poly") else 2}})
+        moves.append({**spec, "fe": {**fe, "select": None if fe.get("select") else "median"}})
+        if ctx.info.mode == "regression" and ctx.info.metric in ("rmse", "mae"):
+            moves.append({**spec, "fe": {**fe, "target": None if fe.get("target") else "log1p"}})
+        if ctx.info.mode in ("proba_binary", "proba_multi"):
+            for method in ("sigmoid", "isotonic"):
+                if spec.get("calibrate") != method:
+                    moves.append({**spec, "calibrate": method})
+        seen = {_key(m.spec) for m in memory if m.spec}
+        fresh = [m for m in moves if _key(m) not in seen]
+        return self.rng.choice(fresh) if fresh else None
+
     def _mutate(self, ctx: TaskContext, spec: dict, memory: list[NodeView]) -> dict:
         """Move one hyper-parameter to a neighbouring grid value not tried yet (if any)."""
         grid = self._grids(ctx).get(spec["family"], {})
-        seen = {json.dumps(m.spec, sort_keys=True) for m in memory if m.spec}
+        seen = {_key(m.spec) for m in memory if m.spec}
         moves = []
         for name, values in grid.items():
             ordered = sorted(values, key=_order_key)
-            cur = spec["params"].get(name, values[0])
+            cur = spec.get("params", {}).get(name, values[0])
             i = ordered.index(cur) if cur in ordered else 0
             for j in (i - 1, i + 1):
                 if 0 <= j < len(ordered):
-                    params = {**spec["params"], name: ordered[j]}
-                    moves.append({"family": spec["family"], "params": params})
-        fresh = [m for m in moves if json.dumps(m, sort_keys=True) not in seen]
+                    moves.append({**spec, "params": {**spec.get("params", {}), name: ordered[j]}})
+        fresh = [m for m in moves if _key(m) not in seen]
         pool = fresh or moves or [spec]
         return self.rng.choice(pool)
 
@@ -183,7 +256,7 @@ class RulesBrain:
             return self._propose(
                 ctx, spec, f"debug: replace the failing script ({err}) with {describe(spec)}"
             )
-        if re.search(r"Timeout|Killed|MemoryError|resource limit|Cannot allocate", err):
+        if re.search(r"Timeout|Killed|MemoryError|resource limit|Cannot allocate|timed out", err):
             spec = shrink(spec)
             return self._propose(ctx, spec, f"debug: {err} → smaller model {describe(spec)}")
         spec = self._default(ctx, "linear")
@@ -200,15 +273,17 @@ def _order_key(v: Any) -> tuple:
 
 def shrink(spec: dict) -> dict:
     """A cheaper version of a model spec: fewer trees/iterations, no probability SVMs."""
-    if spec.get("family") == "blend":
+    if spec.get("family") in ENSEMBLES:
         return shrink(spec["members"][0])
     p = dict(spec.get("params", {}))
+    if (spec.get("fe") or {}).get("poly"):
+        return {"family": spec["family"], "params": p}
     for key in ("n_estimators", "max_iter"):
         if key in p:
             p[key] = max(10, int(p[key]) // 2)
     if spec["family"] == "svm":
         return {"family": "linear", "params": {}}
-    return {"family": spec["family"], "params": p}
+    return {**spec, "params": p}
 
 
 def last_error(log: str) -> str:
@@ -310,7 +385,9 @@ class LlmBrain:
     def _memory(memory: list[NodeView]) -> list[str]:
         out = []
         for m in memory[-8:]:
-            score = f"{m.score:.5g}" if m.score is not None else "no score"
+            score = f"CV {m.score:.5g}" if m.score is not None else "no score"
+            if m.score is not None and m.cv_std is not None:
+                score += f" ± {m.cv_std:.2g}"
             out.append(f"[{m.status}, {score}] {m.plan[:200]}")
         return out
 

@@ -16,7 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from workbench.errors import BadInputError
 
 PACKAGED = Path(__file__).resolve().parents[2] / "scaffold"
-FAMILIES = ("linear", "knn", "svm", "random_forest", "extra_trees", "hist_gb")
+FAMILIES = ("linear", "knn", "svm", "random_forest", "extra_trees", "hist_gb", "mlp")
+ENSEMBLES = ("blend", "stack")
+FEATURE_OPS = ("scale", "poly", "select", "target")
 
 
 class _Strict(BaseModel):
@@ -31,6 +33,9 @@ class SearchKnobs(_Strict):
     time_limit_s: float = Field(600.0, gt=0)
     ensemble_prob: float = Field(0.25, ge=0.0, le=1.0)
     family_switch_prob: float = Field(0.15, ge=0.0, le=1.0)
+    feature_prob: float = Field(0.3, ge=0.0, le=1.0)  # improve toggles a feature operator
+    explore_c: float = Field(0.5, ge=0.0, le=10.0)  # weight of "little explored" in node choice
+    ensemble_size: int = Field(3, ge=2, le=8)  # best distinct candidates an ensemble takes
 
 
 class SandboxKnobs(_Strict):
@@ -69,6 +74,41 @@ class Families(_Strict):
         return v
 
 
+def check_spec(spec: Any) -> dict:
+    """A rules-brain spec: a family (+ params, fe ops, calibrate) or an ensemble of specs."""
+    if not isinstance(spec, dict) or "family" not in spec:
+        raise ValueError(f"a spec needs a family: {spec!r}")
+    fam = spec["family"]
+    if fam in ENSEMBLES:
+        members = spec.get("members")
+        if not isinstance(members, list) or len(members) < 2:
+            raise ValueError(f"{fam}: needs at least two members")
+        for m in members:
+            check_spec(m)
+        return spec
+    if fam not in FAMILIES:
+        raise ValueError(f"unknown family {fam!r} (known: {', '.join(FAMILIES + ENSEMBLES)})")
+    unknown = set(spec) - {"family", "params", "fe", "calibrate"}
+    unknown |= set(spec.get("fe") or {}) - set(FEATURE_OPS)
+    if unknown:
+        raise ValueError(f"{fam}: unknown keys {sorted(unknown)}")
+    if spec.get("calibrate") not in (None, "sigmoid", "isotonic"):
+        raise ValueError(f"{fam}: calibrate must be sigmoid or isotonic")
+    return spec
+
+
+class Drafts(_Strict):
+    """Draft recipes in order of prior belief (the first drafts of every run)."""
+
+    classification: list[dict[str, Any]] = []
+    regression: list[dict[str, Any]] = []
+
+    @field_validator("classification", "regression")
+    @classmethod
+    def _specs(cls, v: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [check_spec(s) for s in v]
+
+
 class Prompts(_Strict):
     system: str
     draft: str
@@ -82,6 +122,7 @@ class MleScaffold(_Strict):
     sandbox: SandboxKnobs = SandboxKnobs()
     validation: ValidationKnobs = ValidationKnobs()
     families: Families
+    drafts: Drafts = Drafts()
     scaled_families: list[str] = ["linear", "knn", "svm"]
     prompts: Prompts
     template: str = ""  # the solution script template (from mle_solution.py.jinja)
