@@ -6,8 +6,8 @@ another run's folder, a Unix socket on the host filesystem, the host's processes
 the host's /tmp, the network. On the strong path every probe is denied. On the fallback a
 probe gets through exactly when the run's record lists its gap (``NodeRun.uncovered``).
 
-CI sets ``WORKBENCH_REQUIRE_BWRAP=1`` (``.ci/run``, after ``make setup`` installed bubblewrap), so
-there the strong path is exercised for real instead of skipped.
+``make setup`` installs bubblewrap (scripts/ensure_bwrap.sh), so the strong path is always
+exercised for real: where it cannot build a sandbox the test fails, it is never skipped.
 """
 
 from __future__ import annotations
@@ -48,11 +48,9 @@ PROBES = {
 }
 
 
-def _bwrap_or_skip() -> None:
+def _require_bwrap() -> None:
     if not sandbox.bwrap_available():
-        if os.environ.get("WORKBENCH_REQUIRE_BWRAP") == "1":
-            pytest.fail("WORKBENCH_REQUIRE_BWRAP=1 but bubblewrap cannot build a sandbox here")
-        pytest.skip("bubblewrap is not installed or cannot create namespaces here")
+        pytest.fail("bubblewrap cannot build a sandbox here (make setup installs it as root)")
 
 
 @pytest.fixture()
@@ -200,14 +198,14 @@ def _probe(world, backend: str):
 
 
 def test_strong_path_denies_every_probe(world):
-    _bwrap_or_skip()
+    _require_bwrap()
     res, results = _probe(world, "bwrap")
     assert res.hiding == "bwrap" and res.uncovered == ()
     assert [name for name, leaked in results.items() if leaked] == [], res.log
 
 
 def test_local_backend_prefers_bwrap(world):
-    _bwrap_or_skip()
+    _require_bwrap()
     res, _ = _probe(world, "local")
     assert res.hiding == "bwrap"
 
