@@ -1,4 +1,4 @@
-"""Readers: gateway session files and supervisor trajectories -> token-level samples."""
+"""Readers: gateway session files -> token-level samples (trajectories: tests/rl/test_episodes.py)."""
 
 from __future__ import annotations
 
@@ -6,13 +6,10 @@ import json
 
 import pytest
 
-from model.tokenizer import default_tokenizer
 from trainer.rl.data import (
     Sample,
     completion_sample,
-    samples_from_messages,
     samples_from_session,
-    samples_from_trajectory,
 )
 from trainer.rl.tree import build_tree
 
@@ -92,32 +89,6 @@ def _trajectory(tmp_path):
     path = tmp_path / "ep1.jsonl"
     _write_jsonl(path, events)
     return path
-
-
-def test_trajectory_becomes_per_turn_samples(tmp_path):
-    tok = default_tokenizer()
-
-    def encode(text):
-        return tok.encode(text).ids
-
-    samples = samples_from_trajectory(_trajectory(tmp_path), encode)
-    assert len(samples) == 2
-    first, second = samples
-    assert first.group == "lr_spike" and first.episode == "ep1"
-    assert (first.reward, second.reward) == (0.0, 1.0)
-    # the second turn's context extends the first turn's context + completion
-    assert second.ids[: len(first.ids)] == first.ids
-    done = tok.decode(
-        [t for t, m in zip(second.ids, second.trainable, strict=True) if m],
-        skip_special_tokens=False,
-    )
-    assert "lr_too_high" in done and "r1 diverged" not in done
-    lead = tok.decode(first.ids, skip_special_tokens=False)
-    assert "get_params" in lead and "You debug runs." in lead
-
-
-def test_messages_without_assistant_give_nothing():
-    assert samples_from_messages([{"role": "user", "content": "hi"}], lambda s: [1] * len(s)) == []
 
 
 def test_session_with_several_choices_gives_one_sample_per_choice(tmp_path):

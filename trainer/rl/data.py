@@ -6,19 +6,16 @@ a mask of which tokens are trainable. Turn k+1's context extends turn k's contex
 so the samples of one episode (and of episodes sharing a system prompt) share long prefixes,
 which ``trainer.rl.tree`` merges.
 
-Two sources, read as files (their writers live in ``workbench/``; trainer never imports it):
-- gateway sessions (``{session}.jsonl``, one record per completion call): ``prompt_token_ids``,
-  ``completion_token_ids`` [choices][tokens], ``logprobs`` [choices][tokens] -- exact tokens,
-  the preferred source;
-- supervisor trajectories (one JSONL per episode, events ``message``/``tool``/``end``...):
-  messages only, rendered with the MiniMax-M2 chat template and tokenized here. Used for the SFT
-  warm start from ``rules``-brain episodes (no behaviour log-probs: ``old_logprobs`` None).
+Sources: gateway sessions (``{session}.jsonl``, one record per completion call, read here:
+``prompt_token_ids``, ``completion_token_ids`` [choices][tokens], ``logprobs`` [choices][tokens]
+-- exact tokens), and supervisor trajectories, whose format belongs to ``workbench`` and is read
+there (``workbench.rl.episodes``), which builds samples with ``completion_sample``.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,107 +113,4 @@ def samples_from_session(
                 break
     if samples:
         samples[-1].reward = float(reward)
-    return samples
-
-
-# ---------------------------------------------------------------- supervisor trajectories
-def trajectory_events(path: str | Path) -> list[dict[str, Any]]:
-    return _read_jsonl(path)
-
-
-def trajectory_reward(events: Iterable[dict[str, Any]]) -> float:
-    """The episode's reward: the ``end`` event's (last one wins), 0.0 when it never ended."""
-    reward = 0.0
-    for e in events:
-        if e.get("type") == "end" and e.get("reward") is not None:
-            try:
-                reward = float(e["reward"])
-            except (TypeError, ValueError):
-                reward = 0.0
-    return reward
-
-
-_ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool"}
-
-
-def trajectory_messages(events: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """OpenAI-style messages of a trajectory (LangChain role names mapped to wire names)."""
-    msgs = []
-    for e in events:
-        if e.get("type") != "message":
-            continue
-        role = _ROLES.get(e.get("role"), e.get("role"))
-        msg: dict[str, Any] = {"role": role, "content": e.get("content") or ""}
-        if e.get("tool_calls"):
-            msg["tool_calls"] = [
-                {
-                    "id": c.get("id"),
-                    "type": "function",
-                    "function": {"name": c["name"], "arguments": json.dumps(c.get("args", {}))},
-                }
-                for c in e["tool_calls"]
-            ]
-        if e.get("tool_call_id"):
-            msg["tool_call_id"] = e["tool_call_id"]
-        msgs.append(msg)
-    return msgs
-
-
-def samples_from_messages(
-    messages: Sequence[dict[str, Any]],
-    encode: Callable[[str], list[int]],
-    tools: Sequence[dict[str, Any]] | None = None,
-    **kw: Any,
-) -> list[Sample]:
-    """One sample per assistant message: context = the conversation before it rendered with
-    the generation prompt, completion = the rest of the rendering up to the end of its turn.
-    Both are cut from one rendering, so context + completion tokens are exactly the prefix the
-    next turn extends."""
-    from model.chat import render_messages
-
-    samples = []
-    for i, m in enumerate(messages):
-        if m.get("role") != "assistant":
-            continue
-        ctx = render_messages(messages[:i], tools=tools, add_generation_prompt=True)
-        full = render_messages(messages[: i + 1], tools=tools, add_generation_prompt=False)
-        if not full.startswith(ctx[: len(ctx)]):
-            # The template re-renders earlier turns (e.g. drops old reasoning): fall back to
-            # the longest common prefix so the sample stays self-consistent.
-            k = 0
-            while k < min(len(ctx), len(full)) and ctx[k] == full[k]:
-                k += 1
-            ctx = full[:k]
-        c_ids, f_ids = encode(ctx), encode(full)
-        n = len(c_ids) if f_ids[: len(c_ids)] == c_ids else 0
-        if n == 0:
-            # tokenization does not split at the boundary: encode the two parts separately
-            f_ids = c_ids + encode(full[len(ctx) :])
-            n = len(c_ids)
-        samples.append(
-            Sample(
-                ids=f_ids,
-                trainable=[False] * n + [True] * (len(f_ids) - n),
-                step=len(samples),
-                **kw,
-            )
-        )
-    return samples
-
-
-def samples_from_trajectory(
-    path: str | Path,
-    encode: Callable[[str], list[int]],
-    tools: Sequence[dict[str, Any]] | None = None,
-    group: str = "",
-) -> list[Sample]:
-    """Samples of a supervisor trajectory file, the episode reward on its last sample."""
-    events = trajectory_events(path)
-    msgs = trajectory_messages(events)
-    if not group:
-        start = next((e for e in events if e.get("type") == "start"), {})
-        group = str(start.get("scenario") or start.get("run_id") or start.get("run") or "")
-    samples = samples_from_messages(msgs, encode, tools, episode=Path(path).stem, group=group)
-    if samples:
-        samples[-1].reward = trajectory_reward(events)
     return samples

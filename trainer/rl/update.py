@@ -137,4 +137,9 @@ def sft_step(
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
     optimizer.step()
-    return {"sft_loss": float(loss.detach()), "trainable_tokens": int(logp.numel())}
+    return {
+        "sft_loss": float(loss.detach()),
+        "trainable_tokens": int(logp.numel()),
+        "tokens_unmerged": packed.tokens_unmerged,
+        "tokens_merged": packed.tokens_merged,
+    }

@@ -1,7 +1,13 @@
-"""`workbench train rl`: the RL loop's command (a verb of the `train` sub-app)."""
+"""The model-in-the-loop commands: ``workbench scenarios build``, ``workbench train sft``,
+``workbench loop`` (teacher episodes → SFT → RL → held-out evaluation).
+
+``train sft`` and ``loop`` are the two halves a person uses: distil any recorded episodes
+into a policy, or run the whole loop on a scenario set and read one row per generation.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -11,143 +17,155 @@ from workbench.cli.options import Json, LogTo
 from workbench.cli.output import err_console, print_json, print_table
 
 
-def train_rl(
-    policy: Annotated[
-        Path, typer.Option("--policy", help="Policy checkpoint folder (empty: fresh tiny).")
+def scenarios_build(
+    out: Annotated[Path, typer.Option("--out", help="A new folder for repos, runs, manifest.")],
+    split: Annotated[str, typer.Option("--split", help="train | heldout | all")] = "all",
+    workers: Annotated[int, typer.Option("--workers", min=1, max=8)] = 2,
+    as_json: Json = False,
+) -> None:
+    """Build the fix scenarios: one repo with a real defect and its failing run each."""
+    from workbench.rl.scenarios import build_scenarios
+
+    m = build_scenarios(
+        out, split, workers, progress=lambda s: err_console.print(s, highlight=False)
+    )
+    if as_json:
+        print_json(m)
+        return
+    print_table(
+        f"scenarios in {out}",
+        ["scenario", "split", "run", "doctor", "findings"],
+        [[r["name"], r["split"], r["run_id"][:8], r["doctor_cause"] or "-", ", ".join(r["findings"])]
+         for r in m["scenarios"]],
+    )  # fmt: skip
+
+
+def train_sft(
+    episodes: Annotated[
+        list[Path],
+        typer.Option(
+            "--episodes", help="Teacher episodes: a home or trajectory folder (repeatable)."
+        ),
     ],
-    suite: Annotated[str, typer.Option("--suite", help="Task suite.")] = "faults",
-    iterations: Annotated[int, typer.Option("--iterations", help="RL iterations.")] = 32,
-    window: Annotated[int, typer.Option("--window", help="Windowed-FIFO window W.")] = 4,
+    policy: Annotated[
+        Path, typer.Option("--policy", help="Policy checkpoint (new folder: a fresh policy).")
+    ],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Where to save (default: --policy).")
+    ] = None,
+    steps: Annotated[int, typer.Option("--steps", min=1)] = 300,
+    lr: Annotated[float, typer.Option("--lr")] = 2e-3,
     seed: Annotated[int, typer.Option("--seed")] = 0,
-    sft_steps: Annotated[
-        int, typer.Option("--sft-steps", help="Most warm-start steps (stops on imitation).")
-    ] = 200,
-    loss: Annotated[str, typer.Option("--loss", help="cispo | ppo | grpo")] = "cispo",
-    lr: Annotated[float, typer.Option("--lr", help="RL learning rate (AdamW).")] = 1e-4,
-    temperature: Annotated[
-        float, typer.Option("--temperature", help="Rollout sampling temperature.")
-    ] = 1.5,
-    group_size: Annotated[int, typer.Option("--group-size", help="Rollouts per task.")] = 32,
-    sft_smoothing: Annotated[
-        float,
-        typer.Option("--sft-smoothing", help="Warm start: the non-teacher answers' share."),
-    ] = 0.3,
-    menu: Annotated[
-        str,
-        typer.Option("--menu", help="cause: the diagnosed cause's remedies | all: every remedy."),
-    ] = "cause",
-    answer: Annotated[
-        str,
-        typer.Option(
-            "--answer",
-            help="code: remedy letter (fixed per remedy) | letter: menu position | id: remedy id.",
-        ),
-    ] = "code",
-    ratio: Annotated[
-        str,
-        typer.Option(
-            "--ratio",
-            help="CISPO's old policy: behaviour (tempered, what sampled) | raw (untempered).",
-        ),
-    ] = "behaviour",
-    adv_norm: Annotated[
-        bool,
-        typer.Option(
-            "--adv-norm/--no-adv-norm", help="Scale each group's advantages by 1 / reward std."
-        ),
-    ] = True,
-    tie_penalty: Annotated[
-        float,
-        typer.Option(
-            "--tie-penalty",
-            help="Reward cut for a working fix when the playbook's higher-ranked one works.",
-        ),
-    ] = 0.1,
-    miss_penalty: Annotated[
-        float,
-        typer.Option(
-            "--miss-penalty",
-            help="Reward of no_action on a broken run, or of no remedy named: -this.",
-        ),
-    ] = 0.1,
-    via: Annotated[
-        str, typer.Option("--via", help="server (serve + gateway) | inprocess (fast path).")
-    ] = "server",
-    store: Annotated[
+    exclude_scenarios: Annotated[
         Path | None,
         typer.Option(
-            "--store", help="Built fault-suite store: prompts show the doctor's verdicts."
+            "--heldout-manifest",
+            help="A scenario manifest: its held-out runs' episodes are refused.",
         ),
     ] = None,
-    fix_cache: Annotated[
-        Path | None,
-        typer.Option("--fix-cache", help="Measure rewards by rerunning fixes (cached here)."),
+    as_json: Json = False,
+) -> None:
+    """Distil teacher episodes (rules or an openai brain) into the policy."""
+    from workbench.errors import BadInputError
+    from workbench.rl.episodes import load_episodes
+    from workbench.rl.policy import load_policy, new_policy, save_policy
+    from workbench.rl.scenarios import load_manifest
+    from workbench.rl.sft import SFTConfig, train_sft
+
+    cfg = SFTConfig(steps=steps, lr=lr, seed=seed)
+    scenario_of, held = {}, set()
+    if exclude_scenarios is not None:
+        m = load_manifest(exclude_scenarios)
+        scenario_of = {r["run_id"]: r["name"] for r in m["scenarios"]}
+        held = {r["run_id"] for r in m["scenarios"] if r["split"] == "heldout"}
+    eps = load_episodes(episodes, scenario_of)
+    leaked = [e.thread_id for e in eps if e.run_id in held]
+    if leaked:
+        raise BadInputError(
+            f"episodes of held-out runs given as training data: {', '.join(leaked[:3])}"
+        )
+    fresh = not (policy / "config.json").exists()
+    model, tok = new_policy(policy, seed=seed) if fresh else load_policy(policy)
+    res = train_sft(model, tok, eps, cfg, progress=lambda s: err_console.print(s, highlight=False))
+    save_policy(model, tok, out or policy)
+    res["policy"] = str(out or policy)
+    if as_json:
+        print_json(res)
+        return
+    err_console.print(json.dumps(res, indent=1), highlight=False)
+
+
+def loop(
+    scenarios: Annotated[
+        Path, typer.Option("--scenarios", help="A scenario set (workbench scenarios build).")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Folder for episodes and checkpoints.")],
+    generations: Annotated[int, typer.Option("--generations", min=1)] = 1,
+    sft_steps: Annotated[int, typer.Option("--sft-steps", min=1)] = 300,
+    rl_iterations: Annotated[int, typer.Option("--rl-iterations", min=0)] = 2,
+    group_size: Annotated[int, typer.Option("--group-size", min=2)] = 4,
+    temperature: Annotated[float, typer.Option("--temperature")] = 1.0,
+    workers: Annotated[int, typer.Option("--workers", min=1, max=16)] = 2,
+    ray: Annotated[bool, typer.Option("--ray", help="Run episodes as Ray tasks.")] = False,
+    ray_address: Annotated[
+        str | None, typer.Option("--ray-address", help="Ray cluster (default: a local instance).")
     ] = None,
-    fix_cached_only: Annotated[
-        bool,
-        typer.Option(
-            "--fix-cached-only",
-            help="With --fix-cache: no new reruns; unmeasured fixes use the suite stand-in.",
-        ),
-    ] = False,
-    threads: Annotated[
-        int,
-        typer.Option("--threads", help="Torch intra-op threads (tiny policy: 1 is fastest)."),
-    ] = 1,
-    out: Annotated[Path | None, typer.Option("--out", help="Checkpoints + results.")] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
     tracking_uri: LogTo = None,
     as_json: Json = False,
 ) -> None:
-    """CISPO updates of the local policy from its own fault-suite episodes."""
-    from workbench.errors import BadInputError
-    from workbench.rl.config import RLConfig
-    from workbench.rl.loop import run_rl
-    from workbench.rl.reward import fix_outcomes_measure, suite_verified
+    """Teacher episodes → SFT → RL iterations → held-out evaluation, a row per generation."""
+    from workbench.rl.loop import LoopConfig, run_loop
 
-    cfg = RLConfig(  # checks every setting (one-line BadInputError) before any work
-        iterations=iterations, window=window, seed=seed, sft_steps=sft_steps, loss=loss,
-        lr=lr, temperature=temperature, group_size=group_size, via=via,
-        sft_smoothing=sft_smoothing, menu=menu, ratio=ratio,
-        adv_norm=adv_norm, tie_penalty=tie_penalty,
-        miss_penalty=miss_penalty, answer=answer,
+    cfg = LoopConfig(
+        generations=generations, sft_steps=sft_steps, rl_iterations=rl_iterations,
+        group_size=group_size, temperature=temperature, workers=workers, ray=ray,
+        ray_address=ray_address, seed=seed,
     )  # fmt: skip
-    import torch
-
-    torch.set_num_threads(max(1, threads))
-    measure = suite_verified
-    if fix_cache is not None:
-        try:
-            measure = fix_outcomes_measure(fix_cache, store=store, measure_new=not fix_cached_only)
-        except ImportError as exc:
-            raise BadInputError(f"--fix-cache needs workbench.rl.outcomes: {exc}") from None
-    with err_console.status("RL: warm start, rollouts, CISPO updates..."):
-        result = run_rl(
-            policy,
-            suite=suite,
-            cfg=cfg,
-            out_dir=out,
-            tracking_uri=tracking_uri,
-            store=store,
-            measure=measure,
-            progress=lambda msg: err_console.print(msg),
-        )
+    res = run_loop(
+        scenarios, out, cfg, tracking_uri, progress=lambda s: err_console.print(s, highlight=False)
+    )
     if as_json:
-        print_json(result)
+        print_json(res)
         return
+    t = res["teacher"]["heldout"]
     rows = [
-        (h["iteration"], f"{h['reward']:.2f}", f"{h['kl_to_start']:.4f}", h["staleness_max"])
-        for h in result["iterations"]
+        [
+            "teacher (rules)",
+            "-",
+            t["verified_fix_rate"],
+            t["mean_attempts_to_fix"],
+            "-",
+            "-",
+            t["wall_s"],
+        ]
     ]
-    print_table("RL iterations", ["iter", "reward", "KL to start", "max staleness"], rows)
-    err_console.print(
-        f"held-out success: rules teacher {result['teacher_success']['heldout']:.2f}, "
-        f"SFT {result['heldout_success_sft']:.2f} -> RL {result['heldout_success_rl']:.2f} "
-        f"(rollouts via {result['rollouts_via']})"
+    rows += [
+        [r["stage"], r["generation"], r["verified_fix_rate"], r["mean_attempts_to_fix"],
+         f"{r['fallbacks']}/{r['brain_calls']}", r["tokens"]["longest_turn"], r["wall_s"]]
+        for r in res["rows"]
+    ]  # fmt: skip
+    print_table(
+        "held-out fix episodes",
+        [
+            "policy",
+            "gen",
+            "verified-fix rate",
+            "attempts to fix",
+            "fallbacks/calls",
+            "longest turn (tok)",
+            "wall s",
+        ],
+        rows,
     )
 
 
 def register(app: typer.Typer) -> None:
-    """``rl`` is a verb of the ``train`` noun: added to the sub-app ``workbench.cli.train`` owns."""
+    """``sft`` joins the ``train`` noun; ``loop`` and ``scenarios`` are top-level commands."""
     from workbench.cli.train import train_app
 
-    train_app.command("rl")(train_rl)
+    train_app.command("sft")(train_sft)
+    app.command("loop")(loop)
+    scen = typer.Typer(help="Fix scenarios for the model-in-the-loop.", no_args_is_help=True)
+    scen.command("build")(scenarios_build)
+    app.add_typer(scen, name="scenarios")

@@ -1,139 +1,80 @@
-"""Policy I/O: the checkpoint + tokenizer, prompt rendering, sampling, greedy evaluation."""
+"""The policy: our MoE (MiniMax-M2 blocks) sized to drive the supervisor, and its tokenizer.
+
+``new_policy(DIR)`` writes a fresh checkpoint of the ``policy`` preset (``model.config``): GQA,
+QK-norm, partial RoPE, sigmoid top-k router, a context that holds the supervisor's longest
+episode with headroom, small enough to train on 2 CPU cores in minutes. Its tokenizer is a
+byte-level BPE trained on the scaffold's own text (the supervisor prompts, the tool specs, the
+playbook, the knob and metric maps, the doctor's finding kinds) and the shipped corpus — the
+words every episode is made of, and nothing from any scenario, so held-out runs cannot leak
+in through the vocabulary.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 
-from trainer.rl.forward import behaviour_logprobs
 from workbench.errors import BadInputError
-from workbench.rl.tasks import Task, answer_name, parse_action, prompt_messages
+
+POLICY_VOCAB = 4096
 
 
-class Policy:
-    """The policy checkpoint + tokenizer, with rendering and sampling helpers."""
+def tokenizer_texts() -> list[str]:
+    """What the policy tokenizer learns its merges from: the scaffold, the tool specs, the
+    corpus. Deterministic: the same tokenizer on every machine."""
+    from model.data import corpus_paragraphs
+    from scaffold.loader import PACKAGED
+    from workbench.supervisor.tools import DIAGNOSE_TOOLS, PROPOSE_TOOLS
 
-    def __init__(self, model, tokenizer, answer: str = "code") -> None:
-        from model.chat import END_OF_TURN
-
-        self.model, self.tok, self.answer = model, tokenizer, answer
-        self.eos = tokenizer.token_to_id(END_OF_TURN)
-
-    def encode(self, text: str) -> list[int]:
-        return self.tok.encode(text, add_special_tokens=False).ids
-
-    def prompt_ids(self, task: Task, actions: list[str]) -> list[int]:
-        """Exactly what the server renders for a chat request with thinking off."""
-        from model.chat import render_messages
-
-        text = render_messages(prompt_messages(task, actions, self.answer), enable_thinking=False)
-        return self.encode(text)
-
-    def answer_ids(self, action: str, actions: list[str]) -> list[int]:
-        return self.encode(answer_name(action, actions, self.answer)) + [self.eos]
-
-    def decode(self, ids: list[int]) -> str:
-        return self.tok.decode([i for i in ids if i != self.eos])
-
-    @torch.no_grad()
-    def sample(self, model, prompt: list[int], n: int, temperature: float, max_new: int, gen):
-        """n completions of one prompt, each with its tokens' log-probs under ``model`` (raw,
-        untempered: what the server reports and CISPO's ratio needs)."""
-        out = model.generate(
-            torch.tensor([prompt] * n),
-            max_new_tokens=max_new,
-            temperature=temperature,
-            stop_token_ids=[self.eos],
-            generator=gen,
-        )[:, len(prompt) :].tolist()
-        outs = [ids[: ids.index(self.eos) + 1] if self.eos in ids else ids for ids in out]
-        _, raw = behaviour_logprobs(model, prompt, outs, 0.0)  # each distinct answer once
-        return list(zip(outs, raw, strict=True))
+    texts = [p.read_text() for p in sorted(PACKAGED.rglob("*.yaml"))]
+    specs = [t.spec() for t in (*DIAGNOSE_TOOLS, *PROPOSE_TOOLS)]
+    texts += [json.dumps(s) for s in specs] * 4  # tool specs are in every prompt: weigh them up
+    return texts + list(corpus_paragraphs())
 
 
-def load_policy(path: Path, seed: int = 0):
-    """Load ``path``; a missing or empty folder gets a fresh tiny policy (+ the shipped tokenizer)."""
+def policy_tokenizer():
+    from model.tokenizer import train_tokenizer
+
+    return train_tokenizer(tokenizer_texts(), POLICY_VOCAB)
+
+
+def new_policy(path: Path, seed: int = 0, **overrides):
+    """A fresh ``policy``-preset checkpoint with its tokenizer in ``path`` (created)."""
     from model.config import MiniMaxM2Config
     from model.modeling import MiniMaxM2ForCausalLM
-    from model.tokenizer import default_tokenizer, load_tokenizer, save_tokenizer
 
-    if (path / "config.json").exists():
-        model = MiniMaxM2ForCausalLM.from_pretrained(path)
-        tok = load_tokenizer(path) if (path / "tokenizer.json").exists() else default_tokenizer()
-        return model, tok
+    path = Path(path)
     if path.exists() and any(path.iterdir()):
-        raise BadInputError(f"--policy {path}: not a checkpoint folder (no config.json)")
+        raise BadInputError(f"{path} is not empty; a new policy needs a new folder")
+    tok = policy_tokenizer()
     torch.manual_seed(seed)
-    cfg = MiniMaxM2Config.from_preset(
-        "tiny", num_hidden_layers=2, use_mtp=False, moe_backend="grouped"
-    )
+    cfg = MiniMaxM2Config.from_preset("policy", vocab_size=tok.get_vocab_size(), **overrides)
     model = MiniMaxM2ForCausalLM(cfg)
-    tok = default_tokenizer()
-    model.save_pretrained(path)
-    save_tokenizer(tok, path)
+    save_policy(model, tok, path)
     return model, tok
 
 
-def greedy_answers(policy: Policy, model, tasks: list[Task], cache, max_new: int) -> dict:
-    """Greedy decoding on each task: scenario -> {answer, reward, source, patch}."""
-    model.eval()
-    out = {}
-    for t in tasks:
-        [(ids, _)] = policy.sample(model, policy.prompt_ids(t, t.menu), 1, 0.0, max_new, None)
-        act = parse_action(policy.decode(ids), t.menu, policy.answer)
-        reward, source = cache.judge(t, act)
-        patch = cache.catalog.get(act, []) if act else []
-        out[t.scenario] = {"answer": act or "?", "reward": reward, "source": source,
-                           "teacher": t.teacher, "patch": patch}  # fmt: skip
-    return out
+def load_policy(path: Path):
+    """(model, tokenizer) of a checkpoint folder; a clear error for anything else."""
+    from model.modeling import MiniMaxM2ForCausalLM
+    from model.tokenizer import load_tokenizer
+
+    path = Path(path)
+    if not (path / "config.json").exists():
+        raise BadInputError(f"{path}: not a policy checkpoint (no config.json)")
+    model = MiniMaxM2ForCausalLM.from_pretrained(path)
+    model.set_moe_backend("grouped")
+    return model, load_tokenizer(path)
 
 
-def success_rate(answers: dict[str, dict]) -> float:
-    """The fraction of tasks whose greedy answer verifies."""
-    return sum(a["reward"] for a in answers.values()) / max(len(answers), 1)
-
-
-def save_policy(model, tok, ckpt: Path) -> None:
+def save_policy(model, tok, path: Path) -> None:
     from model.tokenizer import save_tokenizer
 
-    model.save_pretrained(ckpt)
-    save_tokenizer(tok, ckpt)
+    model.save_pretrained(path)
+    save_tokenizer(tok, path)
 
 
-def imitates(policy: Policy, model, tasks: list[Task], max_new: int) -> bool:
-    model.eval()
-    for t in tasks:
-        [(ids, _)] = policy.sample(model, policy.prompt_ids(t, t.menu), 1, 0.0, max_new, None)
-        if parse_action(policy.decode(ids), t.menu, policy.answer) != t.teacher:
-            return False
-    return True
-
-
-@torch.no_grad()
-def menu_probs(policy: Policy, model, tasks: list[Task]) -> list[list[float]]:
-    """Per task, the probability of sampling each menu answer (letter + end of turn)."""
-    model.eval()
-    out = []
-    for t in tasks:
-        prompt = policy.prompt_ids(t, t.menu)
-        row = []
-        for a in t.menu:
-            ids = prompt + policy.answer_ids(a, t.menu)
-            lp = model.token_logprobs(torch.tensor([ids]), torch.tensor([ids[1:] + [-1]]))[0]
-            row.append(float(lp[len(prompt) - 1 : len(ids) - 1].sum().exp()))
-        out.append(row)
-    return out
-
-
-@torch.no_grad()
-def kl_to(model, start, policy: Policy, tasks: list[Task]) -> float:
-    """KL(current || start) of the first answer token's distribution, averaged over tasks."""
-    model.eval()
-    kls = []
-    for t in tasks:
-        ids = torch.tensor([policy.prompt_ids(t, t.menu)])
-        p = torch.log_softmax(model(ids).logits[0, -1].float(), -1)
-        q = torch.log_softmax(start(ids).logits[0, -1].float(), -1)
-        kls.append(float((p.exp() * (p - q)).sum()))
-    return sum(kls) / max(len(kls), 1)
+def context_of(path: Path) -> int:
+    return int(json.loads((Path(path) / "config.json").read_text())["max_position_embeddings"])

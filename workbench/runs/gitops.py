@@ -8,6 +8,7 @@ after use (``with open_repo(...)``).
 
 from __future__ import annotations
 
+import fcntl
 import re
 import shutil
 from collections.abc import Iterator
@@ -106,15 +107,42 @@ def show_file(repo_path: Path, sha: str, rel: str) -> str:
         return blob.data_stream.read().decode()
 
 
+def _common_dir(repo_path: Path) -> Path:
+    with open_repo(repo_path) as repo:
+        common = Path(repo.git.rev_parse("--git-common-dir"))
+        return common if common.is_absolute() else Path(repo.working_tree_dir) / common
+
+
+def claims_dir(repo_path: Path) -> Path:
+    """Where fix-branch claims of this repo live (inside its git metadata, shared by homes)."""
+    path = _common_dir(repo_path) / "workbench-claims"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+@contextmanager
+def repo_lock(repo_path: Path) -> Iterator[None]:
+    """Serialise our worktree/branch bookkeeping on one repo: several episodes on the same repo
+    (RL groups, parallel evaluations; threads, processes or Ray tasks on one machine) would
+    otherwise race ``git worktree add``/``prune`` on shared metadata."""
+    with open(_common_dir(repo_path) / "workbench.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def exclude_path(repo_path: Path, pattern: str) -> None:
     """Keep our own folder (``.workbench/``) out of ``git status`` via ``.git/info/exclude``."""
     with open_repo(repo_path) as repo:
         info = Path(repo.git_dir) / "info"
     info.mkdir(parents=True, exist_ok=True)
     exclude = info / "exclude"
-    lines = exclude.read_text().splitlines() if exclude.exists() else []
-    if pattern not in lines:
-        exclude.write_text("\n".join([*lines, pattern]) + "\n")
+    with repo_lock(repo_path):
+        lines = exclude.read_text().splitlines() if exclude.exists() else []
+        if pattern not in lines:
+            exclude.write_text("\n".join([*lines, pattern]) + "\n")
 
 
 def ensure_worktree(repo_path: Path, worktree: Path, branch: str, base_sha: str) -> Path:
@@ -125,7 +153,7 @@ def ensure_worktree(repo_path: Path, worktree: Path, branch: str, base_sha: str)
     check_branch(branch)
     check_sha(base_sha)
     worktree = Path(worktree).resolve()
-    with open_repo(repo_path) as repo:
+    with repo_lock(repo_path), open_repo(repo_path) as repo:
         repo.git.worktree("prune")
         listed = repo.git.worktree("list", "--porcelain")
         if f"worktree {worktree}" in listed.splitlines() and worktree.exists():
@@ -173,7 +201,7 @@ def diff(repo_path: Path, base_sha: str, branch: str) -> str:
 def remove_fix(repo_path: Path, branch: str, worktree: Path | None) -> None:
     """Remove the worktree and delete the branch (both may already be gone)."""
     check_branch(branch)
-    with open_repo(repo_path) as repo:
+    with repo_lock(repo_path), open_repo(repo_path) as repo:
         if worktree is not None and Path(worktree).exists():
             try:
                 repo.git.worktree("remove", "--force", str(Path(worktree).resolve()))

@@ -39,6 +39,7 @@ def fix_run(
     brain_model: Any = None,
     launch_cmd: str | None = None,
     config_path: str | None = None,
+    reuse_runs: str | Path | None = None,
 ) -> dict:
     """Fix ``run_id`` (or resume thread ``resume``); returns the episode's summary dict."""
     from langgraph.checkpoint.sqlite import SqliteSaver
@@ -61,6 +62,7 @@ def fix_run(
         run_timeout_s=run_timeout_s,
         progress=progress or (lambda msg: None),
         doctor=doctor,
+        reuse_runs=Path(reuse_runs) if reuse_runs else None,
     )
     conn = sqlite3.connect(home / "state.db", check_same_thread=False)
     try:
@@ -130,6 +132,8 @@ def summarize(snap) -> dict:
         "verified": bool(cur.get("passed")),
         "reward": s.get("reward", 0.0),
         "review_id": s.get("review_id"),
+        "brain_calls": s.get("brain_calls", 0),
+        "fallbacks": s.get("fallbacks", 0),
         "before": (s.get("before") or {}).get("best_eval"),
         "after": (cur.get("after") or {}).get("best_eval"),
     }

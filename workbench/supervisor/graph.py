@@ -11,6 +11,7 @@ the review item is keyed by episode. State is plain JSON, checkpointed after eve
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -22,6 +23,7 @@ from typing import Any, TypedDict
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import interrupt
 
+from model.files import atomic_write_text
 from trainer.tags import Tag
 from workbench.doctor.types import PatchOp
 from workbench.errors import BadInputError, WorkbenchError
@@ -38,7 +40,14 @@ from workbench.supervisor.patches import (
     patch_repo_config,
     resolve,
 )
-from workbench.supervisor.tools import DIAGNOSE_TOOLS, PROPOSE_TOOLS, EpisodeContext, ToolCallError
+from workbench.supervisor.tools import (
+    DIAGNOSE_TOOLS,
+    PROPOSE_TOOLS,
+    EpisodeContext,
+    ToolCallError,
+    compact_finding,
+    round_numbers,
+)
 from workbench.supervisor.trajectory import Trajectory
 from workbench.supervisor.verify import judge, run_summary
 
@@ -70,6 +79,8 @@ class EpisodeState(TypedDict, total=False):
     status: str  # running | healthy | no_data | fixed | failed | declined
     review_id: int | None
     reward: float
+    brain_calls: int  # decisions asked of the configured brain (rules excluded)
+    fallbacks: int  # of those, how many the rules brain had to take over
 
 
 @dataclass
@@ -84,6 +95,11 @@ class Deps:
     monitor_timeout_s: float = 600.0
     progress: Callable[[str], None] = lambda msg: None
     doctor: Callable[[str, str], Any] | None = None  # (uri, run_id) -> RunVerdict
+    # A folder of measured outcomes: (base commit, the patched files, launch) -> the run that
+    # already ran exactly them. A hit reuses that finished run instead of training it again
+    # (RL and evaluation replay the same scenario many times); the verdict is still judged
+    # from the run itself. None: every attempt relaunches.
+    reuse_runs: Path | None = None
 
 
 def _tracking(uri: str):
@@ -122,20 +138,31 @@ def _ctx(state: EpisodeState) -> EpisodeContext:
 
 
 def _ask(deps: Deps, state: EpisodeState, phase: str, tools, check=None, **values):
-    """One brain decision; falls back to the rules brain when the brain fails twice."""
+    """One brain decision: (tool name, args, who, counts). Falls back to the rules brain when
+    the brain fails twice; ``counts`` are the state's ``brain_calls``/``fallbacks`` after it.
+    The ``ask`` event names the phase and the tools on offer, so a trajectory alone rebuilds
+    every prompt the brain saw (``workbench.rl.episodes``)."""
     prompts = load_prompts(deps.scaffold_dir)
     ctx, traj = _ctx(state), _traj(state)
+    calls, fallbacks = state.get("brain_calls", 0), state.get("fallbacks", 0)
     for brain in (deps.brain, deps.fallback):
+        rules = isinstance(brain, RulesChatModel)
+        traj.add(
+            "ask", phase=phase, tools=[t.name for t in tools], brain="rules" if rules else "brain"
+        )
         messages = start_messages(prompts, phase, **values)
         for m in messages:
             traj.add("message", role=m.type, content=m.content)
         got = decide(
             brain, tools, messages, ctx, traj, retry_template=prompts["retry"], check=check
         )
+        calls += not rules
         if got is not None:
-            return (*got, "rules" if isinstance(brain, RulesChatModel) else "brain")
+            counts = {"brain_calls": calls, "fallbacks": fallbacks}
+            return (*got, "rules" if rules else "brain", counts)
         if brain is not deps.fallback:
-            traj.add("fallback", to="rules")
+            fallbacks += 1
+            traj.add("fallback", to="rules", phase=phase)
     raise WorkbenchError("the rules brain made no decision")  # the playbook is broken
 
 
@@ -228,13 +255,20 @@ def _applicable(repo, sha, config_rel, launch_cmd, params, remedies) -> tuple[li
 
 
 def diagnose(state: EpisodeState, deps: Deps) -> dict:
-    name, args, who = _ask(
-        deps, state, "diagnose", DIAGNOSE_TOOLS, run_id=state["run_id"], findings=state["findings"]
+    findings = round_numbers([compact_finding(f) for f in state["findings"]])
+    name, args, who, counts = _ask(
+        deps, state, "diagnose", DIAGNOSE_TOOLS, run_id=state["run_id"], findings=findings
     )
     diagnosis = {**args.model_dump(), "by": who}
+    doctor = state["doctor"].get("diagnosis") or {}
+    agrees = doctor.get("cause") == diagnosis["cause"]
+    if diagnosis["confidence"] is None:  # a bare cause: the doctor's confidence if it agrees
+        diagnosis["confidence"] = float(doctor.get("confidence", 0.5)) if agrees else 0.5
+    if not diagnosis["summary"] and agrees:
+        diagnosis["summary"] = doctor.get("summary", "")
     _traj(state).add("diagnosis", **diagnosis)
     deps.progress(f"diagnosis: {diagnosis['cause']} ({diagnosis['confidence']:.2f}) by {who}")
-    return {"diagnosis": diagnosis}
+    return {"diagnosis": diagnosis, **counts}
 
 
 def propose(state: EpisodeState, deps: Deps) -> dict:
@@ -243,23 +277,35 @@ def propose(state: EpisodeState, deps: Deps) -> dict:
     if n > state["max_attempts"]:
         return {"current": None, "status": "failed"}
     tried = {a["remedy_id"] for a in attempts}
+    offered = {r["id"]: r for r in state["doctor"].get("remedies", []) if r["id"] not in tried}
 
     def check(name: str, args) -> None:
         if name != "give_up" and args.remedy_id in tried:
             raise ToolCallError(f"remedy {args.remedy_id!r} was already tried; pick another")
+        if name == "propose_config_patch" and not args.ops:
+            remedy = offered.get(args.remedy_id)
+            if remedy is None or not remedy.get("patch"):
+                known = ", ".join(i for i, r in offered.items() if r.get("patch")) or "none"
+                raise ToolCallError(
+                    f"remedy {args.remedy_id!r} is not one of read_findings' remedies with a "
+                    f"patch ({known}); name one, or give ops"
+                )
 
-    name, args, who = _ask(
+    name, args, who, counts = _ask(
         deps, state, "propose", PROPOSE_TOOLS, check=check, run_id=state["run_id"],
         diagnosis=state.get("diagnosis"), config=state["config_rel"], attempts=_ctx(state).attempts,
     )  # fmt: skip
     if name == "give_up":
         _traj(state).add("give_up", reason=args.reason, by=who)
-        return {"current": None, "status": "failed"}
+        return {"current": None, "status": "failed", **counts}
     cur = {"n": n, "kind": "config" if name == "propose_config_patch" else "code", "by": who}
     cur.update(args.model_dump(mode="json"))
+    if cur["kind"] == "config" and not cur["ops"]:  # the remedy by id: its own patch
+        cur["ops"] = list(offered[cur["remedy_id"]]["patch"])
+        cur["rationale"] = cur["rationale"] or offered[cur["remedy_id"]].get("description", "")
     _traj(state).add("proposal", **cur)
     deps.progress(f"attempt {n}: {cur['remedy_id']} ({cur['kind']} patch, by {who})")
-    return {"current": cur}
+    return {"current": cur, **counts}
 
 
 def _patched_files(state: EpisodeState, cur: dict) -> dict[str, str]:
@@ -290,13 +336,16 @@ def _patched_files(state: EpisodeState, cur: dict) -> dict[str, str]:
 
 def claim_branch(state: EpisodeState, key: str) -> tuple[str, Path]:
     """The fix branch of this attempt: the first free ``workbench/fix/<run>-<n>``, claimed by
-    an exclusive file *before* the branch exists, so a resumed step finds the same one."""
+    an exclusive file *before* the branch exists, so a resumed step finds the same one. Claims
+    live beside the repo's git metadata, not in the home: episodes of several homes on one
+    repo (parallel evaluations, seeds) never take the same branch."""
     root = Path(state["home"]) / "worktrees"
     root.mkdir(parents=True, exist_ok=True)
     repo = Path(state["repo"])
+    claims = gitops.claims_dir(repo)
     for n in range(1, 1000):
         branch = gitops.fix_branch(state["run_id"], n)
-        claim = root / f"{state['run_id']}-{n}.claim"
+        claim = claims / f"{state['run_id']}-{n}.claim"
         if claim.exists():
             if claim.read_text() == key:
                 return branch, root / f"{state['run_id']}-{n}"
@@ -403,9 +452,48 @@ def approve_gate(state: EpisodeState, deps: Deps) -> dict:
     return {**_fail(state, cur, "relaunch declined by a person"), "status": "declined"}
 
 
+def _outcome_key(state: EpisodeState, cur: dict) -> str:
+    """What a relaunch's result depends on: the base commit, the patched files, the launch."""
+    import hashlib
+
+    files = gitops.diff(Path(state["repo"]), state["base_sha"], cur["branch"])
+    launch_cmd = cur.get("launch") or state.get("launch_cmd") or ""
+    blob = json.dumps([state["base_sha"], state["config_rel"], files, launch_cmd])
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def _reused_run(state: EpisodeState, deps: Deps, cur: dict) -> str | None:
+    if deps.reuse_runs is None:
+        return None
+    path = Path(deps.reuse_runs) / f"{_outcome_key(state, cur)}.json"
+    if not path.exists():
+        return None
+    run_id = json.loads(path.read_text())["run_id"]
+    try:
+        info = _tracking(state["tracking_uri"]).run(run_id)
+    except WorkbenchError:
+        return None
+    return run_id if info.status in launch.TERMINAL else None
+
+
+def _remember_run(state: EpisodeState, deps: Deps, cur: dict, run_id: str) -> None:
+    if deps.reuse_runs is not None:
+        Path(deps.reuse_runs).mkdir(parents=True, exist_ok=True)
+        atomic_write_text(
+            Path(deps.reuse_runs) / f"{_outcome_key(state, cur)}.json",
+            json.dumps({"run_id": run_id, "branch": cur["branch"]}),
+        )
+
+
 def relaunch(state: EpisodeState, deps: Deps) -> dict:
     cur = dict(state["current"])
     key = f"{state['thread_id']}/{cur['n']}"
+    if (rid := _reused_run(state, deps, cur)) is not None:
+        status = _tracking(state["tracking_uri"]).run(rid).status
+        cur.update(new_run_id=rid, run_status=status, log="", reused_run=True)
+        _traj(state).add("launch", run_id=rid, status=status, reused=True, measured_before=True)
+        deps.progress(f"attempt {cur['n']}: this exact change already ran as {rid[:8]}; reused")
+        return {"current": cur}
     deps.progress(f"attempt {cur['n']}: relaunching on {cur['branch']}")
     try:
         res = launch.relaunch(
@@ -429,6 +517,8 @@ def relaunch(state: EpisodeState, deps: Deps) -> dict:
         return _fail(state, cur, f"relaunch: {exc}")
     cur.update(new_run_id=res.run_id, run_status=res.status, log=res.log_path)
     _traj(state).add("launch", run_id=res.run_id, status=res.status, reused=res.reused)
+    if res.status in launch.TERMINAL:
+        _remember_run(state, deps, cur, res.run_id)
     return {"current": cur}
 
 

@@ -66,7 +66,9 @@ def query(
                 log("brain_mistake", error=str(exc), count=errors)
                 if errors >= max_errors:
                     raise NoAnswer(f"gave no valid answer: {exc}") from None
-                messages.append(HumanMessage(retry(str(exc))))
+                text = retry(str(exc))
+                messages.append(HumanMessage(text))
+                log("retry", content=text)  # part of what the model sees next
                 continue
             if result is not None:
                 return result

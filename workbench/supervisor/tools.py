@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,16 +97,17 @@ class SubmitDiagnosis(_Args):
         "overfit_capacity", "router_imbalance", "oom", "code_error", "hung_process",
         "slow_io", "unknown",
     ]  # fmt: skip
-    confidence: float = Field(ge=0, le=1)
-    summary: str = Field(max_length=300)
+    confidence: float | None = Field(None, ge=0, le=1)  # omitted: the doctor's, if it agrees
+    summary: str = Field("", max_length=300)
 
 
 class ProposeConfigPatch(_Args):
-    """Propose edits of the run's settings: knobs (lr, grad_clip, warmup, weight_decay,
-    batch_size, precision, early_stopping, ...) or dotted config keys; ops set|mul|add|delete."""
+    """Propose edits of the run's settings: a remedy from read_findings by its id alone (its
+    own patch), or your own ops on knobs (lr, grad_clip, warmup, weight_decay, batch_size,
+    precision, early_stopping, ...) or dotted config keys; ops set|mul|add|delete."""
 
     remedy_id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
-    ops: list[PatchOp] = Field(min_length=1, max_length=10)
+    ops: list[PatchOp] = Field(default_factory=list, max_length=10)  # empty: the remedy's patch
     rationale: str = Field("", max_length=500)
 
     @field_validator("ops")
@@ -147,18 +149,52 @@ def _quoted(text: str) -> dict:
 
 
 def read_findings(ctx: EpisodeContext, _: ReadFindings) -> dict:
+    """Compact on purpose (every brain reads it, a small local policy included): findings
+    without their repeated fields, the doctor's verdict without its prose explanation, numbers
+    rounded to 3 significant digits, empty fields left out."""
     remedies = [r for r in ctx.doctor.get("remedies", []) if r["id"] not in ctx.tried]
-    return {
-        "run_id": ctx.run_id,
-        "findings": ctx.findings,
-        "doctor_diagnosis": ctx.doctor.get("diagnosis"),
-        "diagnosis": ctx.diagnosis,
-        "remedies": remedies,
+    doctor = ctx.doctor.get("diagnosis") or {}
+    out = {
+        "findings": [compact_finding(f) for f in ctx.findings],
+        "doctor_diagnosis": {
+            k: doctor[k] for k in ("cause", "confidence", "evidence") if k in doctor
+        }
+        or None,
+        "diagnosis": {k: v for k, v in (ctx.diagnosis or {}).items() if k != "summary"} or None,
+        "remedies": [
+            {"id": r["id"], "description": r.get("description", ""), "patch": r.get("patch") or []}
+            for r in remedies
+        ],
         "tried": ctx.tried,
-        "skipped": ctx.skipped,
+        "skipped": [s["id"] for s in ctx.skipped],
         "attempts": ctx.attempts,
         "config": ctx.config_rel,
     }
+    return round_numbers({k: v for k, v in out.items() if v not in (None, [], {})})
+
+
+def compact_finding(f: dict) -> dict:
+    """A doctor finding as the brain reads it: kind, metric, step, severity, evidence."""
+    return {
+        k: f[k] for k in ("kind", "metric", "step", "severity", "evidence") if f.get(k) is not None
+    }
+
+
+_NUMBER = re.compile(r"(?<![\w.])-?\d+\.\d{4,}(?:e[-+]?\d+)?")
+
+
+def round_numbers(value: Any) -> Any:
+    """Floats (and long decimals inside text) to 3 significant digits: ``0.45315003408483606``
+    costs a small policy 10 tokens and says nothing ``0.453`` does not."""
+    if isinstance(value, float):
+        return float(f"{value:.3g}") if math.isfinite(value) else str(value)
+    if isinstance(value, str):
+        return _NUMBER.sub(lambda m: f"{float(m.group()):.3g}", value)
+    if isinstance(value, dict):
+        return {k: round_numbers(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [round_numbers(v) for v in value]
+    return value
 
 
 def read_metric_history(ctx: EpisodeContext, a: ReadMetricHistory) -> dict:
@@ -167,7 +203,8 @@ def read_metric_history(ctx: EpisodeContext, a: ReadMetricHistory) -> dict:
         return {"error": "no such metric", "metrics": _quoted(", ".join(sorted(hists)))}
     h = hists[a.metric]
     points = [
-        [int(s), _num(v)] for s, v in zip(h.steps[-a.last :], h.values[-a.last :], strict=True)
+        [int(s), round_numbers(float(v))]
+        for s, v in zip(h.steps[-a.last :], h.values[-a.last :], strict=True)
     ]
     return {"metric": _quoted(a.metric), "points": points}
 

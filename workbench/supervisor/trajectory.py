@@ -61,4 +61,12 @@ def message_event(msg) -> dict:
         ]
     if getattr(msg, "tool_call_id", None):
         data["tool_call_id"] = msg.tool_call_id
+    meta = getattr(msg, "response_metadata", None) or {}
+    if meta.get("completion_token_ids") is not None:  # a local policy's answer: what RL needs
+        data["tokens"] = {
+            "prompt": list(meta.get("prompt_token_ids") or []),
+            "completion": list(meta["completion_token_ids"]),
+            "logprobs": [round(float(x), 6) for x in meta.get("logprobs") or []],
+            "weights_version": meta.get("weights_version"),
+        }
     return data

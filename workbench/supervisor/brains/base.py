@@ -79,7 +79,9 @@ def decide(
             messages.append(
                 ToolMessage(result, tool_call_id=call["id"] or call["name"], name=call["name"])
             )
-            traj.add("tool", name=call["name"], args=call["args"], result=result[:4000])
+            # the whole result: a trajectory rebuilds exactly what the brain read
+            traj.add("tool", name=call["name"], args=call["args"], result=result,
+                     call_id=call["id"] or call["name"])  # fmt: skip
         if problem:
             raise FormatError(problem)
         return None

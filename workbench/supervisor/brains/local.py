@@ -42,8 +42,16 @@ def _engine(model_dir: str):
         return _ENGINES[key]
 
 
+def prompt_text(wire: list[dict], tools: list[dict] | None, thinking: bool = False) -> str:
+    """The prompt the local brain sends for an OpenAI-style conversation: MiniMax-M2's
+    template, thinking off by default (our policies answer with the tool call directly).
+    SFT renders teacher turns with this same function (``workbench.rl.episodes``)."""
+    return render_messages(wire, tools=tools or None, enable_thinking=thinking)
+
+
 class LocalChatModel(BaseChatModel):
     model_dir: str
+    thinking: bool = False
     temperature: float = 0.0
     top_p: float = 1.0
     max_new_tokens: int = 512
@@ -90,7 +98,7 @@ class LocalChatModel(BaseChatModel):
 
         engine, tokenizer = _engine(self.model_dir)
         wire = convert_to_openai_messages(messages)
-        prompt = render_messages(wire, tools=tools or None)
+        prompt = prompt_text(wire, tools, self.thinking)
         prompt_ids = tokenizer.encode(prompt, add_special_tokens=False).ids
         eos = tokenizer.token_to_id(END_OF_TURN)
         params = SamplingParams(
@@ -125,7 +133,7 @@ class LocalChatModel(BaseChatModel):
         # Content as the server returns it (thought included), so later turns replay it.
         body = text.split(TOOL_CALL_BEGIN)[0] if parsed.tool_calls else text
         message = AIMessage(
-            content=as_content(body),
+            content=as_content(body, thinking_open=self.thinking),
             tool_calls=[
                 {"name": c.name, "args": c.arguments, "id": c.id, "type": "tool_call"}
                 for c in parsed.tool_calls

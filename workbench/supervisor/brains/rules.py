@@ -36,19 +36,13 @@ def rules_decision(messages: list[BaseMessage], tool_names: list[str]) -> tuple[
     if data is None:
         return "read_findings", {}
     if "submit_diagnosis" in tool_names:
+        # The bare cause: the graph takes the doctor's confidence and summary when they agree.
+        # Teacher decisions stay as short as a decision can be, for a policy distilled from them.
         d = data.get("doctor_diagnosis") or {}
-        return "submit_diagnosis", {
-            "cause": d.get("cause", "unknown"),
-            "confidence": float(d.get("confidence", 0.0)),
-            "summary": d.get("summary", "no cause in the playbook fits the findings")[:300],
-        }
+        return "submit_diagnosis", {"cause": d.get("cause", "unknown")}
     for remedy in data.get("remedies", []):
-        if remedy.get("patch"):
-            return "propose_config_patch", {
-                "remedy_id": remedy["id"],
-                "ops": list(remedy["patch"]),
-                "rationale": remedy.get("description", "")[:500],
-            }
+        if remedy.get("patch"):  # by id alone: the graph applies the remedy's own patch
+            return "propose_config_patch", {"remedy_id": remedy["id"]}
     return "give_up", {"reason": "no untried playbook remedy with a config patch"}
 
 

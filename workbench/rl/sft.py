@@ -1,0 +1,110 @@
+"""Distil teacher episodes into the policy: ``workbench train sft --episodes DIR``.
+
+A teacher is any brain whose episodes we recorded: the ``rules`` brain, or an ``openai`` brain
+such as a MiniMax-M2 endpoint. Each of its answers becomes one sample: the prompt exactly as
+the local brain renders it (``workbench.rl.episodes.turn_prompt``) as context, the teacher's
+tool call as the text it is (MiniMax-M2 ``<minimax:tool_call>`` XML) plus the end of turn as
+the trainable completion. The turns of one episode share their prefix (system prompt, tool
+specs, the run's evidence), so each step packs them into one prefix tree
+(``trainer.rl.update``): the shared tokens are computed once.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from trainer.rl.data import Sample, completion_sample
+from workbench.errors import BadInputError
+from workbench.rl.episodes import Episode, Turn, answer_text, turn_prompt
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    steps: int = 300
+    lr: float = 2e-3
+    batch_episodes: int = 4  # episodes per step (all their turns)
+    seed: int = 0
+    threads: int = 2
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_episodes < 1:
+            raise BadInputError("steps and batch episodes must be >= 1")
+        if not 0 < self.lr < 1:
+            raise BadInputError(f"lr must be in (0, 1), not {self.lr}")
+
+
+def encode(tok, text: str) -> list[int]:
+    return tok.encode(text, add_special_tokens=False).ids
+
+
+def turn_sample(tok, turn: Turn, group: str = "") -> Sample:
+    from model.chat import END_OF_TURN
+
+    prompt = encode(tok, turn_prompt(turn))
+    answer = encode(tok, answer_text(turn.answer)) + [tok.token_to_id(END_OF_TURN)]
+    return completion_sample(
+        prompt, answer, episode=turn.episode, group=group, meta={"phase": turn.phase}
+    )
+
+
+def teacher_samples(tok, episodes: list[Episode]) -> list[list[Sample]]:
+    """Per episode, one sample per answer the teacher gave (fallback turns included: those
+    are the rules brain's answers, a teacher too)."""
+    out = []
+    for ep in episodes:
+        samples = [turn_sample(tok, t, ep.scenario or "") for t in ep.turns]
+        if samples:
+            out.append(samples)
+    return out
+
+
+def train_sft(
+    model,
+    tok,
+    episodes: list[Episode],
+    cfg: SFTConfig = SFTConfig(),
+    log: Callable[[dict], None] = lambda row: None,
+    progress: Callable[[str], None] = lambda msg: None,
+) -> dict:
+    """Fit the policy to the teacher's answers; returns the figures of the run."""
+    from trainer.rl.update import UpdateConfig, make_optimizer, sft_step
+
+    groups = teacher_samples(tok, episodes)
+    if not groups:
+        raise BadInputError("no teacher answers in the episodes given (is it a healthy-run set?)")
+    context = model.config.max_position_embeddings
+    longest = max(len(s.ids) for g in groups for s in g)
+    if longest > context:
+        raise BadInputError(
+            f"the longest teacher turn has {longest} tokens; the policy's context is {context}"
+        )
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    opt = make_optimizer(model, cfg.lr)
+    ucfg = UpdateConfig()
+    t0, unmerged, merged, losses = time.perf_counter(), 0, 0, []
+    for step in range(cfg.steps):
+        batch = [s for g in rng.sample(groups, min(cfg.batch_episodes, len(groups))) for s in g]
+        out = sft_step(model, opt, batch, ucfg)
+        unmerged += out["tokens_unmerged"]
+        merged += out["tokens_merged"]
+        losses.append(out["sft_loss"])
+        log({"step": step, "sft_loss": out["sft_loss"]})
+        if (step + 1) % 25 == 0 or step + 1 == cfg.steps:
+            progress(f"sft step {step + 1}/{cfg.steps}: loss {out['sft_loss']:.4f}")
+    return {
+        "steps": cfg.steps,
+        "episodes": len(groups),
+        "samples": sum(len(g) for g in groups),
+        "longest_turn_tokens": longest,
+        "context": context,
+        "final_loss": losses[-1],
+        "tree_compression": unmerged / max(merged, 1),
+        "wall_s": round(time.perf_counter() - t0, 1),
+    }
