@@ -5,8 +5,10 @@ nothing answers at) are one-line errors. ``run_tasks`` is checked on the thread 
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -132,6 +134,39 @@ def test_run_tasks_returns_every_indexed_result(kind, ray_pool):
     assert (pids == {os.getpid()}) == (kind == "thread")
     with pytest.raises(ValueError, match="task 3 failed"):
         list(run_tasks(_fail_on_three, [(x,) for x in range(5)], workers=2, kind=kind))
+
+
+# A second driver, as on a cluster: it joins by address and brings its own import root (this
+# test folder) that the cluster's workers only learn of through the pool's runtime_env.
+_CLUSTER_DRIVER = """
+import json, os, sys
+sys.path.insert(0, sys.argv[2])
+import ray
+import test_ray_pool
+from trainer.rl.rollout import run_tasks
+got = dict(run_tasks(test_ray_pool._pid_and_square, [(x,) for x in range(4)], kind="ray",
+                     address=sys.argv[1]))
+print(json.dumps({"driver": os.getpid(), "got": got, "joined_left": ray.is_initialized()}))
+"""
+
+
+@pytest.mark.slow
+def test_a_driver_joins_the_instance_by_address_and_leaves_it_running(ray_pool):
+    address = ray.get_runtime_context().gcs_address
+    proc = subprocess.run(
+        [sys.executable, "-c", _CLUSTER_DRIVER, address, str(Path(__file__).parent)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert sorted(out["got"]) == ["0", "1", "2", "3"]
+    assert [out["got"][str(x)][1] for x in range(4)] == [0, 1, 4, 9]
+    pids = {pid for pid, _ in out["got"].values()}
+    assert out["driver"] not in pids and os.getpid() not in pids
+    assert out["joined_left"] is False  # its pool disconnected on close ...
+    assert ray_pool.submit(_pid_and_square, 7).result(timeout=60)[1] == 49  # ... not shut down
 
 
 def _free_port() -> int:
