@@ -5,6 +5,7 @@ nothing answers at) are one-line errors. ``run_tasks`` is checked on the thread 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import socket
@@ -16,8 +17,8 @@ from pathlib import Path
 import pytest
 import ray
 
-from model.errors import BadInputError
-from trainer.rl.rollout import RolloutPool, run_tasks, windowed_rollouts
+from model.errors import BadInputError, WorkbenchError
+from trainer.rl.rollout import START_LOCK, RolloutPool, run_tasks, windowed_rollouts
 
 
 @pytest.fixture(scope="module")
@@ -196,3 +197,26 @@ def test_missing_ray_is_a_one_line_error(monkeypatch):
         run_tasks(_pid_and_square, [(1,)], kind="dask")
     with pytest.raises(BadInputError, match="window must be"):
         run_tasks(_pid_and_square, [(1,)], kind="thread", window=0)
+
+
+def test_a_local_start_holds_the_lock_and_is_retried_once_then_a_one_line_error(monkeypatch):
+    calls = []
+
+    def failing_init(**kwargs):
+        calls.append(("init", kwargs["address"], os.environ.get("PYTHONPATH", "")))
+        with open(START_LOCK) as f, pytest.raises(BlockingIOError):  # starts are serialised
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        raise Exception("The current node timed out during startup.\nsecond line")
+
+    # Ray is faked here: the module's real instance must neither be joined nor shut down.
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", failing_init)
+    monkeypatch.setattr(ray, "shutdown", lambda: calls.append(("shutdown",)))
+    with pytest.raises(WorkbenchError, match=r"\(2 tries\): The current node timed out") as info:
+        RolloutPool(workers=2, kind="ray")
+    assert "\n" not in str(info.value)
+    assert [c[0] for c in calls] == ["init", "shutdown", "init", "shutdown"]
+    # each try hands the workers this test's folder as an import root
+    assert all(
+        str(Path(__file__).parent) in c[2].split(os.pathsep) for c in calls if c[0] == "init"
+    )

@@ -8,16 +8,18 @@ can unpickle it. ``run_tasks`` is the one-call form: "each fix episode is one ta
 from __future__ import annotations
 
 import concurrent.futures as cf
+import fcntl
 import multiprocessing as mp
 import os
 import socket
 import sys
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from model.errors import BadInputError
+from model.errors import BadInputError, WorkbenchError
 from trainer.rl.scheduler import run_windowed
 
 KINDS = ("process", "thread", "ray")
@@ -25,6 +27,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]  # holds workbench/, trainer/, m
 # How long to wait for a cluster address to accept a TCP connection: Ray's own connect retries
 # for minutes on an address where nothing listens, so we probe first and fail in seconds.
 CONNECT_TIMEOUT_S = 5.0
+LOCAL_START_ATTEMPTS = 2
+START_LOCK = Path(tempfile.gettempdir()) / "m2-workbench-ray-start.lock"
 
 
 def _check_pool_args(workers: int, kind: str) -> None:
@@ -50,6 +54,11 @@ def _import_ray() -> Any:
             "--ray needs the `ray` package: pip install 'm2-workbench[ray]'"
         ) from None
     return ray
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _check_reachable(address: str) -> None:
@@ -82,6 +91,19 @@ def _driver_paths() -> list[str]:
 
     roots = [str(REPO_ROOT)] + [os.path.abspath(p or ".") for p in sys.path]
     return [p for p in dict.fromkeys(roots) if os.path.isdir(p) and not interpreter_owned(p)]
+
+
+@contextmanager
+def _start_lock() -> Iterator[None]:
+    """Serialise local Ray starts across this machine's processes (test workers, two CLI runs):
+    two starts at once on a small box starve each other's agents past the raylet's fixed 15 s
+    wait (ray-project/ray#65983), and both fail where one after the other succeed."""
+    with open(START_LOCK, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 @contextmanager
@@ -127,25 +149,33 @@ class RolloutPool:
         ray = self._ray
         paths = os.pathsep.join(_driver_paths())
         common = {"include_dashboard": False, "log_to_driver": False}
-        try:
-            if address is None:
-                # A local instance's workers inherit the environment of the processes ray.init
-                # starts, so PYTHONPATH set here reaches the workers Ray prestarts; a runtime_env
-                # would make Ray start fresh workers for it (~10 s more on a busy 2-core box).
-                with _environ(PYTHONPATH=paths):
+        if address is not None:
+            # On a cluster the driver's paths must exist on every node (a shared checkout);
+            # env_vars are a working-dir-free way to hand them over.
+            try:
+                ray.init(address=address, runtime_env={"env_vars": {"PYTHONPATH": paths}}, **common)
+            except Exception as e:  # Ray raises bare Exceptions too; each becomes one line
+                raise BadInputError(
+                    f"cannot join the Ray cluster at {address!r}: {_first_line(e)}"
+                ) from None
+            return
+        # A local instance's workers inherit the environment of the processes ray.init starts,
+        # so PYTHONPATH set here reaches the workers Ray prestarts; a runtime_env would make Ray
+        # start fresh workers for it (~10 s more on a busy 2-core box).
+        for attempt in range(1, LOCAL_START_ATTEMPTS + 1):
+            try:
+                with _start_lock(), _environ(PYTHONPATH=paths):
                     ray.init(address="local", num_cpus=workers, **common)
-            else:
-                # On a cluster the driver's paths must exist on every node (a shared checkout);
-                # env_vars are a working-dir-free way to hand them over.
-                ray.init(
-                    address=address,
-                    runtime_env={"env_vars": {"PYTHONPATH": paths}},
-                    **common,
-                )
-        except (ConnectionError, RuntimeError, ValueError) as e:
-            where = "a local Ray instance" if address is None else f"the Ray cluster at {address!r}"
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise BadInputError(f"cannot start or join {where}: {first}") from None
+                return
+            except Exception as e:
+                # The raylet exits when its agents take over a fixed 15 s to start
+                # (ray-project/ray#65983), which a CPU-starved box hits now and then; the
+                # retry starts from a clean slate.
+                ray.shutdown()
+                if attempt == LOCAL_START_ATTEMPTS:
+                    raise WorkbenchError(
+                        f"could not start a local Ray instance ({attempt} tries): {_first_line(e)}"
+                    ) from None
 
     def submit(self, fn: Callable, *args: Any) -> cf.Future:
         if self.kind == "ray":
