@@ -70,3 +70,17 @@ def _new_temp(path: Path) -> Path:
             return tmp
         except FileExistsError:
             continue
+
+
+@contextmanager
+def file_lock(path: str | Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path`` (created): held across threads and processes of this
+    machine, since each ``open`` is its own file description."""
+    import fcntl
+
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

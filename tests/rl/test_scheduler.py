@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from trainer.rl.rollout import RolloutPool, ray_available, windowed_rollouts
+from trainer.rl.rollout import RolloutPool, windowed_rollouts
 from trainer.rl.scheduler import WindowedFIFO, lag_bound
 
 
@@ -116,16 +116,6 @@ def test_process_pool_runs_rollouts():
     with RolloutPool(workers=2, kind="process") as pool:
         got = list(windowed_rollouts(pool, lambda i: (_echo, (i,)), 4, 4, 4))
     assert sorted(r for r, _ in got) == [0, 1, 2, 3]
-
-
-def test_ray_pool_without_ray_is_a_clear_error():
-    if ray_available():
-        with RolloutPool(workers=2, kind="ray") as pool:
-            got = list(windowed_rollouts(pool, lambda i: (_echo, (i,)), 3, 3, 3))
-        assert sorted(r for r, _ in got) == [0, 1, 2]
-    else:
-        with pytest.raises(RuntimeError, match="ray"):
-            RolloutPool(kind="ray")
 
 
 def test_greedy_breaks_the_small_window_bound():

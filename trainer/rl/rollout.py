@@ -8,7 +8,6 @@ can unpickle it. ``run_tasks`` is the one-call form: "each fix episode is one ta
 from __future__ import annotations
 
 import concurrent.futures as cf
-import fcntl
 import multiprocessing as mp
 import os
 import socket
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from model.errors import BadInputError, WorkbenchError
+from model.files import file_lock
 from trainer.rl.scheduler import run_windowed
 
 KINDS = ("process", "thread", "ray")
@@ -98,12 +98,8 @@ def _start_lock() -> Iterator[None]:
     """Serialise local Ray starts across this machine's processes (test workers, two CLI runs):
     two starts at once on a small box starve each other's agents past the raylet's fixed 15 s
     wait (ray-project/ray#65983), and both fail where one after the other succeed."""
-    with open(START_LOCK, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with file_lock(START_LOCK):
+        yield
 
 
 @contextmanager

@@ -18,7 +18,6 @@ evolved, so an outcome does not depend on who asks.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import threading
@@ -33,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from model.files import atomic_write_text
+from model.files import atomic_write_text, file_lock
 from trainer.tags import Tag
 from workbench.errors import BadInputError
 
@@ -107,12 +106,8 @@ class FixOutcomes:
     def _flock(self, name: str):
         path = self.dir / "locks" / name
         path.parent.mkdir(exist_ok=True)
-        with open(path, "a+") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        with file_lock(path):
+            yield
 
     def _read(self) -> dict[str, dict[str, Any]]:
         try:

@@ -8,7 +8,6 @@ after use (``with open_repo(...)``).
 
 from __future__ import annotations
 
-import fcntl
 import re
 import shutil
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import git
 
+from model.files import file_lock
 from workbench.errors import BadInputError, WorkbenchError
 from workbench.supervisor.patches import check_repo_path
 
@@ -125,12 +125,8 @@ def repo_lock(repo_path: Path) -> Iterator[None]:
     """Serialise our worktree/branch bookkeeping on one repo: several episodes on the same repo
     (RL groups, parallel evaluations; threads, processes or Ray tasks on one machine) would
     otherwise race ``git worktree add``/``prune`` on shared metadata."""
-    with open(_common_dir(repo_path) / "workbench.lock", "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with file_lock(_common_dir(repo_path) / "workbench.lock"):
+        yield
 
 
 def exclude_path(repo_path: Path, pattern: str) -> None:
