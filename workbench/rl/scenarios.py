@@ -64,7 +64,11 @@ SCENARIOS: tuple[FixScenario, ...] = (
     *(
         _lm(
             f"lm-overfit-{s}",
-            {"steps": 200, "optimizer": {"weight_decay": 0.0}, "data": {"max_train_items": 1500}},
+            {
+                "steps": 300,
+                "optimizer": {"weight_decay": 0.0, "lr": 0.005},
+                "data": {"max_train_items": 400},
+            },
             s,
         )
         for s in (0, 1)
