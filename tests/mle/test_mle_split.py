@@ -153,3 +153,11 @@ def test_drafts_rank_by_mean_cv_rank_and_take_one_ensemble(tmp_path):
         k: v for k, v in old.items() if k != "drafts"
     }
     load_mle_scaffold(tmp_path)  # still a valid scaffold
+
+
+def test_priors_cli_bad_scaffold_is_one_line_and_writes_nothing(tmp_path, capsys):
+    record = tmp_path / "priors.json"
+    rc = priors.main(["--scaffold", str(tmp_path / "nowhere"), "--record", str(record)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: ") and err.count("\n") == 1
+    assert not record.exists()
