@@ -36,6 +36,9 @@ LITE = (
     "diabetes-cost",
     "breast-cancer-categorical",
 )
+# Which built-in task tunes the search and which is held out: one file, read here only.
+SPLIT_FILE = Path(__file__).resolve().parent / "split.yaml"
+SPLITS = ("tune", "heldout")
 
 
 class CompetitionError(ValueError):
@@ -188,10 +191,37 @@ def prepare(comp: Competition, force: bool = False) -> Competition:
     return comp
 
 
+def task_split() -> dict[str, tuple[str, ...]]:
+    """``{"tune": ids, "heldout": ids}`` from ``split.yaml``: every built-in task on one side."""
+    try:
+        data = yaml.safe_load(SPLIT_FILE.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise CompetitionError(f"{SPLIT_FILE}: unreadable ({exc})") from None
+    if not isinstance(data, dict) or set(data) != set(SPLITS):
+        raise CompetitionError(f"{SPLIT_FILE}: needs exactly the keys {', '.join(SPLITS)}")
+    split = {k: tuple(str(t) for t in data[k] or ()) for k in SPLITS}
+    both = set(split["tune"]) & set(split["heldout"])
+    named = [t for k in SPLITS for t in split[k]]
+    if both or len(named) != len(set(named)) or set(named) != set(LITE):
+        raise CompetitionError(
+            f"{SPLIT_FILE}: every built-in task must sit on exactly one side "
+            f"(on both: {sorted(both)}; missing: {sorted(set(LITE) - set(named))})"
+        )
+    return split
+
+
+def split_of(task_id: str) -> str | None:
+    """``tune`` | ``heldout`` for a built-in task, None for any other competition."""
+    return next((k for k, ids in task_split().items() if task_id in ids), None)
+
+
 def task_dirs(spec: str | Path) -> list[Path]:
-    """``lite`` → the built-in tasks; a folder of competitions → each; one competition → it."""
+    """``lite`` → the built-in tasks, ``tune`` / ``heldout`` → one side of the split; a folder
+    of competitions → each; one competition → it."""
     if str(spec) == "lite":
         return [TASKS_DIR / t for t in LITE]
+    if str(spec) in SPLITS:
+        return [TASKS_DIR / t for t in task_split()[str(spec)]]
     p = Path(spec)
     if (p / "config.yaml").is_file():
         return [p.resolve()]

@@ -16,9 +16,11 @@ Rows are written best first (MLE-Bench reads the order to tell whether lower is 
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -142,29 +144,24 @@ def _columns(train: pd.DataFrame, feats: list[str]) -> ColumnTransformer:
     return ColumnTransformer(parts)
 
 
+BOOST_GRID = {"learning_rate": [0.05, 0.1], "max_leaf_nodes": [7, 15]}  # boosting's telling knobs
+
+
 def strong_zoo(info: TaskInfo, train: pd.DataFrame, feats: list[str]) -> dict[str, object]:
     """What a competent practitioner fits in a few CPU minutes, tuned by 3-fold CV."""
     pre = _columns(train, feats)
     scoring = SCORERS[info.metric]
-    if info.mode == "regression":
-        cv = KFold(3, shuffle=True, random_state=0)
-        hgb = GridSearchCV(
-            HistGradientBoostingRegressor(max_iter=300, random_state=0),
-            {"learning_rate": [0.05, 0.1], "max_leaf_nodes": [7, 15]},
-            cv=cv,
-            scoring=scoring,
-        )
+    regression = info.mode == "regression"
+    cv = (KFold if regression else StratifiedKFold)(3, shuffle=True, random_state=0)
+    search = partial(GridSearchCV, cv=cv, scoring=scoring)  # every grid: same folds, the metric
+    if regression:
+        hgb = search(HistGradientBoostingRegressor(max_iter=300, random_state=0), BOOST_GRID)
         poly = make_pipeline(
             PolynomialFeatures(2, include_bias=False),
             StandardScaler(),
             RidgeCV(alphas=np.logspace(-2, 3, 12)),
         )
-        svr = GridSearchCV(
-            SVR(),
-            {"C": [1, 10, 100], "gamma": ["scale", 0.03]},
-            cv=cv,
-            scoring=scoring,
-        )
+        svr = search(SVR(), {"C": [1, 10, 100], "gamma": ["scale", 0.03]})
         stack = StackingRegressor(  # members at sound fixed settings: no nested search
             [
                 ("svr", SVR(C=30.0)),
@@ -191,19 +188,8 @@ def strong_zoo(info: TaskInfo, train: pd.DataFrame, feats: list[str]) -> dict[st
                 for k, v in zoo.items()
             }
         return zoo
-    cv = StratifiedKFold(3, shuffle=True, random_state=0)
-    hgb = GridSearchCV(
-        HistGradientBoostingClassifier(max_iter=200, random_state=0),
-        {"learning_rate": [0.05, 0.1], "max_leaf_nodes": [7, 15]},
-        cv=cv,
-        scoring=scoring,
-    )
-    svc = GridSearchCV(
-        SVC(probability=True, random_state=0),
-        {"C": [1, 3, 10], "gamma": ["scale"]},
-        cv=cv,
-        scoring=scoring,
-    )
+    hgb = search(HistGradientBoostingClassifier(max_iter=200, random_state=0), BOOST_GRID)
+    svc = search(SVC(probability=True, random_state=0), {"C": [1, 3, 10], "gamma": ["scale"]})
     logreg = LogisticRegressionCV(Cs=10, cv=cv, max_iter=5000, scoring=scoring)
     poly = make_pipeline(
         PolynomialFeatures(2, include_bias=False),
@@ -281,7 +267,7 @@ def baseline_scores(
             for k, v in regressor_zoo().items()
             if k in ("ridge-1", "rf-300", "svr-C10", "hist-gb")
         }
-    rows = []
+    rows: list[dict] = []
     label_range = (train[info.target].min(), train[info.target].max())
     strong = strong_zoo(info, train, list(info.features))
     if keep is not None:
@@ -291,39 +277,35 @@ def baseline_scores(
             if t not in strong
         ]
         zoo = {}
-    for frac in FRACTIONS if zoo else ():
-        for name, proto in zoo.items():
-            if frac < 1.0 and name in ("prior", "mean", "median"):
-                continue
-            sub_train = (
-                train if frac == 1.0 else train.sample(frac=frac, random_state=len(rows) + 7)
-            )
-            if (
-                info.mode != "regression"
-                and sub_train[info.target].nunique() < train[info.target].nunique()
-            ):
-                continue  # a tiny sample that misses a class cannot make a valid submission
-            try:
-                model = clone(proto).fit(sub_train[feats], sub_train[info.target])
-                sub = predict_frame(model, info, test[feats], test[info.id_col], label_range)
-            except ValueError:  # e.g. more neighbours than rows: that team never submitted
-                continue
-            score = round(float(grade(sub, answers)), 5)
-            team = name if frac == 1.0 else f"{name}-{int(frac * 100)}pct"
-            rows.append({"teamName": team, "score": score})
-            log(f"{comp.id}: {team} {score}")
-    all_feats = list(info.features)
-    for name, model in strong.items():
-        y = train[info.target]
+
+    def baseline_teams() -> Iterator[tuple[str, object, pd.DataFrame, list[str]]]:
+        # Lazy: a sample's seed is the number of rows written so far, as the boards were made.
+        for frac in FRACTIONS if zoo else ():
+            for name, proto in zoo.items():
+                if frac < 1.0 and name in ("prior", "mean", "median"):
+                    continue
+                sub_train = (
+                    train if frac == 1.0 else train.sample(frac=frac, random_state=len(rows) + 7)
+                )
+                if (
+                    info.mode != "regression"
+                    and sub_train[info.target].nunique() < train[info.target].nunique()
+                ):
+                    continue  # a tiny sample that misses a class cannot make a valid submission
+                team = name if frac == 1.0 else f"{name}-{int(frac * 100)}pct"
+                yield team, clone(proto), sub_train, feats
+
+    strong_teams = [(name, model, train, list(info.features)) for name, model in strong.items()]
+    for team, model, fit_on, cols in itertools.chain(baseline_teams(), strong_teams):
         try:
-            fitted = model.fit(train[all_feats], y)
-            sub = predict_frame(fitted, info, test[all_feats], test[info.id_col], label_range)
-        except ValueError as exc:
-            log(f"{comp.id}: strong team {name} failed: {exc}")
+            fitted = model.fit(fit_on[cols], fit_on[info.target])
+            sub = predict_frame(fitted, info, test[cols], test[info.id_col], label_range)
+        except ValueError as exc:  # e.g. more neighbours than rows: that team never submitted
+            log(f"{comp.id}: team {team} failed: {exc}")
             continue
         score = round(float(grade(sub, answers)), 5)
-        rows.append({"teamName": name, "score": score})
-        log(f"{comp.id}: {name} {score}")
+        rows.append({"teamName": team, "score": score})
+        log(f"{comp.id}: {team} {score}")
     board = pd.DataFrame(rows)
     ascending = info.lower_is_better
     board = board.sort_values("score", ascending=ascending, kind="mergesort").reset_index(drop=True)

@@ -58,3 +58,29 @@ def split_and_write(
 def rounded(frame: pd.DataFrame, decimals: int = 5) -> pd.DataFrame:
     """Keep the CSVs small and stable across platforms."""
     return frame.round(decimals)
+
+
+def breast_cancer() -> tuple[pd.DataFrame, pd.Series]:
+    """scikit-learn's breast cancer table: features with ``_`` for spaces, and ``malignant``
+    (1 = malignant; scikit-learn codes malignant as 0)."""
+    from sklearn.datasets import load_breast_cancer
+
+    X, y = load_breast_cancer(return_X_y=True, as_frame=True)
+    X.columns = [c.replace(" ", "_") for c in X.columns]
+    return X, (y == 0).astype(int).rename("malignant")
+
+
+def write_malignant(
+    df: pd.DataFrame, malignant: pd.Series, public: Path, private: Path, seed: int
+) -> None:
+    """The breast cancer tasks' split: 40 % test, stratified, a 0.5 sample submission."""
+    split_and_write(
+        df.assign(malignant=malignant),
+        "malignant",
+        public,
+        private,
+        test_size=0.4,
+        seed=seed,
+        stratify=True,
+        sample_value=0.5,
+    )

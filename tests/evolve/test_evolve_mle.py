@@ -1,5 +1,5 @@
 """Evolution on the ``mle`` suite: the rules brain's mle.yaml edits, their validation, and one
-tiny honest run (real searches on one selection and one heldout task, one step each)."""
+tiny honest run (real searches on one tune and one held-out task, one step each)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ import random
 import pytest
 import yaml
 
+from experiments.mle.competition import task_split
 from workbench.errors import BadInputError
 from workbench.evolve import Archive, run_evolution
 from workbench.evolve import archive as A
 from workbench.evolve.home import read_files
-from workbench.evolve.mle_suite import SPLIT, mle_rules_proposal
+from workbench.evolve.mle_suite import MleSuite, default_split, mle_rules_proposal
 from workbench.evolve.propose import InvalidEdit, Proposal, validate
 from workbench.mle.config import PACKAGED, load_mle_scaffold
 from workbench.runs import gitops
@@ -33,9 +34,21 @@ def _files() -> dict[str, str]:
     }
 
 
-def test_split_keeps_heldout_outside_selection():
-    assert not set(SPLIT["selection"]) & set(SPLIT["heldout"])
-    assert len(SPLIT["selection"]) == 4 and len(SPLIT["heldout"]) == 2
+def test_split_is_the_task_split_and_heldout_never_selects():
+    """Evolve's selection is the task split's tune side (both new tasks included across the
+    two sides) and a held-out task is refused in selection."""
+    split = default_split()
+    assert split == {
+        "selection": list(task_split()["tune"]),
+        "heldout": list(task_split()["heldout"]),
+    }
+    assert not set(split["selection"]) & set(split["heldout"])
+    assert {"diabetes-cost", "breast-cancer-categorical"} <= set(
+        split["selection"] + split["heldout"]
+    )
+    held = split["heldout"][0]
+    with pytest.raises(BadInputError, match="held-out task"):
+        MleSuite(split={"selection": [split["selection"][0], held], "heldout": []})
 
 
 def test_rules_brain_edits_only_mle_yaml_and_every_edit_validates():
@@ -81,12 +94,12 @@ def test_tiny_mle_evolution_scores_both_splits_and_branches_a_valid_edit(tmp_pat
         children=2,
         mle_steps=1,
         mle_time_limit=20,
-        mle_split={"selection": ["wine-cultivar"], "heldout": ["diabetes-progression"]},
+        mle_split={"selection": ["wine-cultivar"], "heldout": ["friedman-regression"]},
     )
     arch = Archive.load(home / "evolve" / "archive.json")
     assert arch.config["suite"] == "mle" and arch.config["mle"]["steps"] == 1
     seed = arch.seed()
-    for split, task in (("selection", "wine-cultivar"), ("heldout", "diabetes-progression")):
+    for split, task in (("selection", "wine-cultivar"), ("heldout", "friedman-regression")):
         s = seed.scores[split]
         assert s["runs"] == 1 and set(s["per_task"]) == {task}
         assert 0.0 <= s["mean_percentile"] <= 1.0

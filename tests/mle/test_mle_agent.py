@@ -246,8 +246,11 @@ def test_evaluate_reports_any_medal_mean_and_sem(monkeypatch):
     rep = evaluate_mod.evaluate(None, "digits-recognition,wine-cultivar", 2, track=False)
     assert rep.any_medal_pct == pytest.approx(75.0)  # seed 0: 50 %, seed 1: 100 %
     assert rep.any_medal_sem == pytest.approx(25.0)
+    assert rep.gold_pct == pytest.approx(25.0)  # seed 0: 50 %, seed 1: 0 %
+    assert rep.gold_sem == pytest.approx(25.0)
     rows = {r["task"]: r for r in rep.per_task()}
     assert rows["wine-cultivar"]["medals"] == ["none", "silver"]
+    assert (rows["digits-recognition"]["gold"], rows["digits-recognition"]["any_medal"]) == (1, 2)
     assert rep.scores["digits-recognition"] == pytest.approx(0.9)
 
 

@@ -103,15 +103,18 @@ def test_rules_drafts_follow_the_priors_then_ensemble_distinct_candidates():
     for i in range(3):
         prop = brain.draft(ctx, memory)
         memory.append(_view(i, prop.spec, 1.0 + i))
-    fams = [m.spec["family"] for m in memory]
-    assert fams == ["stack", "svm", "linear"]
-    assert memory[2].spec["fe"] == {"poly": 2}  # linear on expanded features
-    # After the drafts, an ensemble of the best distinct single families not tried yet.
-    spec = brain.ensemble(ctx, memory)
-    assert spec["family"] == "stack" and [m["family"] for m in spec["members"]] == [
-        "svm",
-        "linear",
+    # the drafts are the scaffold's priors in order, every grid parameter filled in
+    priors = ctx.scaffold.drafts.regression[:3]
+    assert [m.spec for m in memory] == [brain._complete(ctx, p) for p in priors]
+    # After the drafts, an ensemble of the best distinct single families (rmse: lower first).
+    svm = brain._default(ctx, "svm")
+    memory = [
+        _view(0, svm, 1.0),
+        _view(1, brain._default(ctx, "linear"), 2.0),
+        _view(2, {**svm, "params": {**svm["params"], "C": 100.0}}, 3.0),
     ]
+    spec = brain.ensemble(ctx, memory)
+    assert spec == {"family": "stack", "members": [svm, memory[1].spec]}
     prop = brain.improve(ctx, memory[1], memory)
     assert prop.spec["family"] in ("stack", "blend")
     assert "validation_folds" in prop.code
@@ -144,9 +147,10 @@ def test_spec_validation_names_the_problem():
 
 
 def test_scaffold_rejects_a_bad_draft_recipe(tmp_path):
-    text = (load_mle_scaffold().source and open(load_mle_scaffold().source).read()).replace(
-        "- {family: svm, params: {C: 3.0, gamma: scale}}", "- {family: svmm}", 1
-    )
+    text = open(load_mle_scaffold().source).read()
+    start = text.index("\n  classification:\n", text.index("\ndrafts:")) + 1
+    first = text.index("    - ", start)  # the first classification draft recipe
+    text = text[:first] + "    - {family: svmm}\n" + text[first:]
     (tmp_path / "mle.yaml").write_text(text)
     with pytest.raises(BadInputError, match="drafts"):
         load_mle_scaffold(tmp_path)

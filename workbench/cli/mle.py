@@ -200,7 +200,11 @@ def grade_cmd(
 
 def eval_cmd(
     tasks: Annotated[
-        str, typer.Option("--tasks", help="lite, a folder of competitions, or a competition dir.")
+        str,
+        typer.Option(
+            "--tasks",
+            help="lite, tune, heldout, a folder of competitions, or a competition dir.",
+        ),
     ] = "lite",
     seeds: Annotated[int, typer.Option("--seeds", min=1)] = 3,
     data_dir: DataDir = None,
@@ -257,8 +261,8 @@ def eval_cmd(
         )
     print_table("mle eval", ["task", "scores per seed", "medals", "any medal", "percentile"], rows)
     console.print(
-        f"any medal: {rep.any_medal_pct:.1f} ± {rep.any_medal_sem:.1f} % over {len(rep.seeds)} seeds "
-        f"({rep.wall_s:.0f}s)"
+        f"any medal: {rep.any_medal_pct:.1f} ± {rep.any_medal_sem:.1f} %, gold: {rep.gold_pct:.1f} "
+        f"± {rep.gold_sem:.1f} % over {len(rep.seeds)} seeds ({rep.wall_s:.0f}s)"
     )
 
 

@@ -34,8 +34,7 @@ from workbench.errors import BadInputError
 from workbench.evolve import archive as A
 from workbench.evolve.archive import Archive, Node
 from workbench.evolve.home import init_scaffold, materialise, read_files
-from workbench.evolve.mle_suite import SPLIT as MLE_SPLIT
-from workbench.evolve.mle_suite import MleSuite
+from workbench.evolve.mle_suite import MleSuite, default_split
 from workbench.evolve.propose import (
     InvalidEdit,
     Proposal,
@@ -508,7 +507,7 @@ def run_evolution(
             arch.config["subset"] = 1 if subset is None else subset
             arch.config["mle"] = {
                 "steps": mle_steps, "seeds": mle_seeds, "time_limit_s": mle_time_limit,
-                "workers": mle_workers, "split": mle_split or MLE_SPLIT,
+                "workers": mle_workers, "split": mle_split or default_split(),
             }  # fmt: skip
         arch.save()
     if cache is None and arch.config.get("suite", "faults") == "mle":

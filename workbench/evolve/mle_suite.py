@@ -28,26 +28,22 @@ import yaml
 
 from workbench.errors import BadInputError
 
-# Selection / heldout split of the six built-in tasks: both splits hold classification and
-# regression tasks; the heldout tasks are never shown to the brain.
-SPLIT = {
-    "selection": [
-        "breast-cancer-diagnosis",
-        "diabetes-progression",
-        "digits-recognition",
-        "diabetes-severity",
-    ],
-    "heldout": ["wine-cultivar", "friedman-regression"],
-}
+
+def default_split() -> dict[str, list[str]]:
+    """Selection = the task split's ``tune`` side, heldout = its ``heldout`` side
+    (``experiments/mle/split.yaml``, the one record of it): both hold classification and
+    regression tasks; the heldout tasks are never shown to the brain nor used in selection."""
+    from experiments.mle.competition import task_split
+
+    split = task_split()
+    return {"selection": list(split["tune"]), "heldout": list(split["heldout"])}
 
 
 @dataclass
 class MleSuite:
     """The built-in MLE tasks, split, with the evaluation cost fixed for a whole evolution."""
 
-    split: dict[str, list[str]] = field(
-        default_factory=lambda: {k: list(v) for k, v in SPLIT.items()}
-    )
+    split: dict[str, list[str]] = field(default_factory=default_split)
     seeds: int = 1
     steps: int = 4
     time_limit_s: float = 60.0
@@ -61,13 +57,16 @@ class MleSuite:
     name = "mle"
 
     def __post_init__(self) -> None:
-        from experiments.mle.competition import TASKS_DIR
+        from experiments.mle.competition import TASKS_DIR, split_of
 
         known = {d.name for d in TASKS_DIR.iterdir() if (d / "config.yaml").is_file()}
         for split, tasks in self.split.items():
             bad = [t for t in tasks if t not in known]
             if bad:
                 raise BadInputError(f"mle suite: unknown task(s) in {split}: {', '.join(bad)}")
+        held = [t for t in self.split.get("selection", []) if split_of(t) == "heldout"]
+        if held:  # selection steers the search: a held-out task there is no longer held out
+            raise BadInputError(f"mle suite: held-out task(s) in selection: {', '.join(held)}")
         if self.steps < 1 or self.seeds < 1 or self.time_limit_s <= 0:
             raise BadInputError("--mle-steps, --mle-seeds and --mle-time-limit must be positive")
 

@@ -1,7 +1,7 @@
 """Evaluate a scaffold on a set of competitions over seeds, as MLE-Bench reports it.
 
-Any-medal % is computed per seed (the share of tasks that won any medal) and reported as the
-mean ± standard error over seeds. ``evaluate(scaffold_path, tasks, seeds)`` is the library entry
+Any-medal % and gold % are computed per seed (the share of tasks that won any medal / gold) and
+reported as the mean ± standard error over seeds. ``evaluate(scaffold_path, tasks, seeds)`` is the library entry
 point the evolve loop calls; its ``scores`` (task → mean leaderboard percentile, 0..1, higher is
 better) are a smoother fitness than medals alone.
 """
@@ -28,6 +28,8 @@ class EvalReport:
     results: list[RunResult]
     scores: dict[str, float] = field(default_factory=dict)  # task → mean percentile
     wall_s: float = 0.0
+    gold_pct: float = 0.0
+    gold_sem: float = 0.0
 
     def per_task(self) -> list[dict]:
         rows = []
@@ -41,6 +43,8 @@ class EvalReport:
                     "mean_score": statistics.fmean(valid) if valid else None,
                     "medals": [r.medal for r in rs],
                     "any_medal_rate": sum(r.any_medal for r in rs) / len(rs),
+                    "gold": sum(r.medal == "gold" for r in rs),
+                    "any_medal": sum(r.any_medal for r in rs),
                     "mean_percentile": statistics.fmean(r.percentile for r in rs),
                     "nodes": [r.nodes for r in rs],
                     "buggy_nodes": sum(r.buggy_nodes for r in rs),
@@ -52,6 +56,8 @@ class EvalReport:
         return {
             "any_medal_pct": self.any_medal_pct,
             "any_medal_sem": self.any_medal_sem,
+            "gold_pct": self.gold_pct,
+            "gold_sem": self.gold_sem,
             "seeds": self.seeds,
             "scores": self.scores,
             "wall_s": self.wall_s,
@@ -127,17 +133,24 @@ def evaluate(
             results = list(pool.map(one, jobs))
     else:
         results = [one(j) for j in jobs]
-    per_seed = []
-    for s in seed_list:
-        rs = [r for r in results if r.seed == s]
-        per_seed.append(100.0 * sum(r.any_medal for r in rs) / max(1, len(rs)))
-    pct, sem = mean_sem(per_seed)
+
+    def per_seed(won: Callable[[RunResult], bool]) -> tuple[float, float]:
+        shares = []
+        for s in seed_list:
+            rs = [r for r in results if r.seed == s]
+            shares.append(100.0 * sum(won(r) for r in rs) / max(1, len(rs)))
+        return mean_sem(shares)
+
+    pct, sem = per_seed(lambda r: r.any_medal)
+    gold, gold_sem = per_seed(lambda r: r.medal == "gold")
     scores = {}
     for r in results:
         scores.setdefault(r.task, []).append(r.percentile)
     return EvalReport(
         any_medal_pct=pct,
         any_medal_sem=sem,
+        gold_pct=gold,
+        gold_sem=gold_sem,
         seeds=seed_list,
         results=results,
         scores={t: statistics.fmean(v) for t, v in scores.items()},

@@ -2,9 +2,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.datasets import load_breast_cancer
 
-from experiments.mle.sklearn_tasks import rounded, split_and_write
+from experiments.mle.sklearn_tasks import breast_cancer, rounded, write_malignant
 
 CODED = 16  # measurements reported only as a lab's code for their range
 
@@ -12,8 +11,7 @@ CODED = 16  # measurements reported only as a lab's code for their range
 def prepare(raw: Path, public: Path, private: Path) -> None:
     """Most measurements arrive as opaque range codes (the code letters are shuffled per
     column, so their order says nothing): a categorical-heavy table."""
-    X, y = load_breast_cancer(return_X_y=True, as_frame=True)
-    X.columns = [c.replace(" ", "_") for c in X.columns]
+    X, malignant = breast_cancer()
     rng = np.random.default_rng(31337)
     coded = list(rng.choice(X.columns, CODED, replace=False))
     df = pd.DataFrame(index=X.index)
@@ -25,14 +23,4 @@ def prepare(raw: Path, public: Path, private: Path) -> None:
         else:
             df[col] = rounded(X[[col]], 5)[col]
     df = df[[c for c in X.columns if c in coded] + [c for c in X.columns if c not in coded]]
-    df["malignant"] = (y == 0).astype(int)  # sklearn codes malignant as 0
-    split_and_write(
-        df,
-        "malignant",
-        public,
-        private,
-        test_size=0.4,
-        seed=31337,
-        stratify=True,
-        sample_value=0.5,
-    )
+    write_malignant(df, malignant, public, private, seed=31337)

@@ -1,0 +1,279 @@
+"""The rules brain's draft priors, measured on the ``tune`` side of the task split only.
+
+The first drafts of every run (``drafts`` in ``scaffold/mle.yaml``) are a belief about which
+model families win on small tables. Written by hand they were a belief formed while looking at
+every built-in task, held-out ones included; here they are derived instead:
+
+1. every family of the scaffold's grids at its grid default, plus the linear model on degree-2
+   polynomial features, is scored by the search's own solution script (K-fold CV on the public
+   ``train.csv``, the same sandbox) on each ``tune`` task;
+2. a blend and a stack of the three families with the best mean CV rank so far (per kind:
+   classification, regression) are scored the same way;
+3. per kind, candidates are ordered by mean CV rank over that kind's tune tasks; the first
+   ``DRAFTS`` of them (at most one ensemble) are the draft recipes.
+
+The record (``experiments/mle/priors.json``) keeps every CV score; ``drafts_from_record``
+recomputes the order from it, and a test checks that ``mle.yaml``'s drafts equal it and that no
+held-out task was read.
+
+    python -m workbench.mle.priors [--seed 0] [--record PATH] [--scaffold DIR] [--write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from experiments.mle.competition import TASKS_DIR, load_competition, task_split
+from experiments.mle.taskinfo import TaskInfo, infer_task
+from model.files import atomic_write_text
+from workbench.errors import BadInputError
+from workbench.mle.brains import NodeView, Proposal, TaskContext, render_script
+from workbench.mle.config import PACKAGED, MleScaffold, load_mle_scaffold
+
+RECORD = Path(__file__).resolve().parents[2] / "experiments" / "mle" / "priors.json"
+DRAFTS = 5  # draft recipes kept per kind
+TOP = 3  # families an ensemble candidate takes
+KINDS = ("classification", "regression")
+
+
+def kind_of(info: TaskInfo) -> str:
+    return "regression" if info.mode == "regression" else "classification"
+
+
+def single_candidates(sc: MleScaffold, kind: str) -> dict[str, dict]:
+    """label → spec: each family at its grid default, and linear on polynomial features."""
+    grids = sc.families.regression if kind == "regression" else sc.families.classification
+    out = {
+        fam: {"family": fam, "params": {k: v[0] for k, v in g.items()}} for fam, g in grids.items()
+    }
+    if "linear" in out:
+        out["linear+poly2"] = {**out["linear"], "fe": {"poly": 2}}
+    return out
+
+
+def ensemble_candidates(singles: dict[str, dict], order: Sequence[str]) -> dict[str, dict]:
+    """A blend and a stack of the ``TOP`` best singles (``order``: best first)."""
+    members = [copy.deepcopy(singles[label]) for label in order[:TOP]]
+    return {kind: {"family": kind, "members": members} for kind in ("stack", "blend")}
+
+
+class _Fixed:
+    """A brain that writes the given specs in order, whatever step the search asks for."""
+
+    name = "priors"
+
+    def __init__(self, specs: Sequence[dict]) -> None:
+        self.specs = list(specs)
+        self.i = 0
+
+    def _next(self, ctx: TaskContext) -> Proposal:
+        spec = self.specs[min(self.i, len(self.specs) - 1)]
+        self.i += 1
+        plan = f"priors candidate {self.i}"
+        return Proposal(plan=plan, code=render_script(ctx, spec, plan), spec=spec, brain=self.name)
+
+    def draft(self, ctx: TaskContext, memory: list[NodeView]) -> Proposal:
+        return self._next(ctx)
+
+    def improve(self, ctx: TaskContext, node: NodeView, memory: list[NodeView]) -> Proposal:
+        return self._next(ctx)
+
+    def debug(self, ctx: TaskContext, node: NodeView) -> Proposal:
+        return self._next(ctx)
+
+
+def task_info(task: str, data_dir: Path | None) -> TaskInfo:
+    from workbench.mle.agent import ensure_prepared
+
+    comp = ensure_prepared(load_competition(TASKS_DIR / task, data_dir))
+    return infer_task(comp.public_dir, comp.grader_name)
+
+
+def measure(
+    task: str, specs: Sequence[dict], seed: int, sc: MleScaffold, data_dir: Path | None
+) -> list[float | None]:
+    """The CV score of each spec on ``task`` (None where its script failed), in order."""
+    from workbench.mle.agent import run_task
+
+    scores: list[float | None] = []
+    with tempfile.TemporaryDirectory(prefix="mle-priors-") as tmp:
+        run_task(
+            task,
+            data_dir=data_dir,
+            brain=_Fixed(specs),
+            steps=len(specs),
+            time_limit_s=sc.sandbox.node_timeout_s * (len(specs) + 1),
+            seed=seed,
+            scaffold=sc,
+            track=False,
+            out_dir=Path(tmp) / task,
+            on_node=lambda n: scores.append(n.score if n.status == "ok" else None),
+        )
+    return scores
+
+
+def mean_ranks(scores: dict[str, dict[str, float | None]], lower: dict[str, bool]) -> dict:
+    """label → mean rank over tasks (1 = best, ties share their mean rank, a failed script
+    ranks last on its task)."""
+    ranks: dict[str, list[float]] = {}
+    for task, by_label in scores.items():
+        sign = 1.0 if lower[task] else -1.0  # after the sign, lower is better everywhere
+        ok = [sign * s for s in by_label.values() if s is not None]
+        for label, s in by_label.items():
+            if s is None:
+                rank = float(len(by_label))
+            else:
+                better = sum(v < sign * s for v in ok)
+                tied = sum(v == sign * s for v in ok)
+                rank = 1.0 + better + (tied - 1) / 2.0
+            ranks.setdefault(label, []).append(rank)
+    return {label: statistics.fmean(r) for label, r in ranks.items()}
+
+
+def ordered(ranks: dict[str, float]) -> list[str]:
+    """Best mean rank first; ties broken by label so the order is reproducible."""
+    return sorted(ranks, key=lambda label: (ranks[label], label))
+
+
+def drafts_from_record(record: dict) -> dict[str, list[dict]]:
+    """Per kind, the ``DRAFTS`` best candidates by mean CV rank, at most one ensemble."""
+    out: dict[str, list[dict]] = {}
+    for kind in KINDS:
+        part = record["kinds"].get(kind)
+        if not part:
+            out[kind] = []
+            continue
+        lower = {t: record["tasks"][t]["lower_is_better"] for t in part["scores"]}
+        picks: list[dict] = []
+        ensemble_taken = False
+        for label in ordered(mean_ranks(part["scores"], lower)):
+            spec = part["specs"][label]
+            is_ensemble = spec["family"] in ("blend", "stack")
+            if is_ensemble and ensemble_taken:
+                continue
+            ensemble_taken |= is_ensemble
+            picks.append(spec)
+            if len(picks) == DRAFTS:
+                break
+        out[kind] = picks
+    return out
+
+
+def derive(
+    tasks: Sequence[str] | None = None,
+    *,
+    seed: int = 0,
+    scaffold: MleScaffold | None = None,
+    data_dir: Path | None = None,
+    score: Callable[..., list[float | None]] | None = None,
+    info: Callable[[str, Path | None], TaskInfo] | None = None,
+) -> dict:
+    """Measure the candidates on tune tasks; the record ``drafts_from_record`` reads."""
+    score = score or measure
+    info = info or task_info
+    tune = task_split()["tune"]
+    tasks = list(tune if tasks is None else tasks)
+    held = [t for t in tasks if t not in tune]
+    if held:
+        # The guard the split exists for: priors never see a held-out (or unknown) task.
+        raise BadInputError(f"priors read tune tasks only; not tune: {', '.join(held)}")
+    sc = scaffold or load_mle_scaffold()
+    infos = {t: info(t, data_dir) for t in tasks}
+    record: dict[str, Any] = {
+        "split": "tune",
+        "seed": seed,
+        "folds": sc.validation.folds,
+        "tasks": {
+            t: {"kind": kind_of(i), "metric": i.metric, "lower_is_better": i.lower_is_better}
+            for t, i in infos.items()
+        },
+        "kinds": {},
+    }
+    lower = {t: i.lower_is_better for t, i in infos.items()}
+    for kind in KINDS:
+        mine = [t for t in tasks if kind_of(infos[t]) == kind]
+        if not mine:
+            continue
+        singles = single_candidates(sc, kind)
+
+        def scored(t: str, specs: dict[str, dict]) -> dict[str, float | None]:
+            got = list(score(t, list(specs.values()), seed, sc, data_dir))
+            got += [None] * (len(specs) - len(got))  # a run cut short: the rest failed
+            return dict(zip(specs, got[: len(specs)], strict=True))
+
+        scores = {t: scored(t, singles) for t in mine}
+        ensembles = ensemble_candidates(singles, ordered(mean_ranks(scores, lower)))
+        for t in mine:
+            scores[t].update(scored(t, ensembles))
+        record["kinds"][kind] = {
+            "tasks": mine,
+            "specs": {**singles, **ensembles},
+            "scores": scores,
+            "mean_rank": {k: round(v, 3) for k, v in mean_ranks(scores, lower).items()},
+        }
+    record["drafts"] = drafts_from_record(record)
+    return record
+
+
+def write_drafts(yaml_path: Path, drafts: dict[str, list[dict]]) -> None:
+    """Replace the ``drafts:`` block of ``mle.yaml`` (the rest of the file, comments included,
+    stays as it is)."""
+    lines = yaml_path.read_text().splitlines(keepends=True)
+    start = next((i for i, ln in enumerate(lines) if ln.rstrip() == "drafts:"), None)
+    if start is None:
+        raise BadInputError(f"{yaml_path}: no top-level `drafts:` block to replace")
+    end = start + 1
+    while end < len(lines) and (lines[end].startswith((" ", "\n")) or not lines[end].strip()):
+        end += 1
+    # Blank lines and comments just above the next key belong to it, not to the block.
+    while end > start + 1 and (
+        not lines[end - 1].strip() or lines[end - 1].lstrip().startswith("#")
+    ):
+        end -= 1
+    block = ["drafts:\n"]
+    for kind in KINDS:
+        specs = drafts.get(kind, [])
+        block.append(f"  {kind}:{'' if specs else ' []'}\n")
+        for spec in specs:
+            flow = yaml.safe_dump(spec, default_flow_style=True, sort_keys=False, width=10_000)
+            block.append(f"    - {flow.strip()}\n")
+    atomic_write_text(yaml_path, "".join(lines[:start] + block + lines[end:]))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m workbench.mle.priors", description=__doc__)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--record", type=Path, default=RECORD, help="where the record is written")
+    ap.add_argument("--scaffold", type=Path, default=PACKAGED, help="folder holding mle.yaml")
+    ap.add_argument("--data-dir", type=Path, default=None)
+    ap.add_argument("--write", action="store_true", help="also rewrite mle.yaml's drafts")
+    args = ap.parse_args(argv)
+    try:
+        sc = load_mle_scaffold(args.scaffold)
+        record = derive(seed=args.seed, scaffold=sc, data_dir=args.data_dir)
+        atomic_write_text(args.record, json.dumps(record, indent=1) + "\n")
+        if args.write:
+            write_drafts(Path(sc.source), record["drafts"])
+    except BadInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for kind, part in record["kinds"].items():
+        print(f"{kind} ({', '.join(part['tasks'])}): mean CV rank")
+        for label in ordered(part["mean_rank"]):
+            print(f"  {part['mean_rank'][label]:5.2f}  {label}")
+    print(f"record: {args.record}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
