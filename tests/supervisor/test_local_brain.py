@@ -15,7 +15,8 @@ pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def test_bind_tools_and_parse_a_generated_call(ckpts):
-    brain = LocalChatModel(ckpts["tool"], temperature=0.0, max_new_tokens=120)
+    # the fixture model was fitted to answer with thinking on (a short thought, then the call)
+    brain = LocalChatModel(ckpts["tool"], thinking=True, temperature=0.0, max_new_tokens=120)
     ai = brain.bind_tools(TOOLS).invoke([HumanMessage(TOOL_MESSAGES[0]["content"])])
     assert [(c["name"], c["args"]) for c in ai.tool_calls] == [
         ("get_weather", {"city": "Paris", "days": 2})
@@ -53,8 +54,11 @@ def test_plain_answer_and_make_brain(ckpts):
     brain = make_brain("local", model=str(ckpts["a"]))
     assert isinstance(brain, LocalChatModel)
     ai = brain.invoke("hello", max_tokens=5)
-    assert ai.content.startswith("<think>\n") and ai.tool_calls == []
+    # thinking off by default: the answer is the text itself, no thought put back in front
+    assert not ai.content.startswith("<think>") and ai.tool_calls == []
     assert 0 < ai.usage_metadata["output_tokens"] <= 5
+    thinking = LocalChatModel(ckpts["a"], thinking=True).invoke("hello", max_tokens=5)
+    assert thinking.content.startswith("<think>\n")
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path):

@@ -54,14 +54,19 @@ def test_malformed_then_good_shows_the_error_once():
         "seven",
         "try again: 'seven' is not a number",
     ]
-    assert events == [("brain_mistake", {"error": "'seven' is not a number", "count": 1})]
+    # the mistake is counted, and the retry text is logged: part of what the model saw next
+    assert events == [
+        ("brain_mistake", {"error": "'seven' is not a number", "count": 1}),
+        ("retry", {"content": "try again: 'seven' is not a number"}),
+    ]
 
 
 def test_malformed_twice_falls_back():
     model = Scripted("seven", "eight", "9")
     got, events = _run(model, fallback=lambda exc: f"rules ({exc})")
     assert got == "rules (gave no valid answer: 'eight' is not a number)"
-    assert len(model.seen) == 2 and [e for e, _ in events] == ["brain_mistake"] * 2
+    assert len(model.seen) == 2
+    assert [e for e, _ in events] == ["brain_mistake", "retry", "brain_mistake"]
     with pytest.raises(NoAnswer, match="no valid answer"):
         _run(Scripted("seven", "eight"))
 
