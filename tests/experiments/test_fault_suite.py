@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -89,6 +90,15 @@ def test_no_file_of_any_scenario_repo_holds_a_harness_switch(suite, tmp_path):
             assert not touches_harness(r.patch), (sc.id, r.id)
         with pytest.raises(HarnessGuardError):  # switching the harness on from the repo
             guard(files, {**files, REPO_CONFIG: files[REPO_CONFIG] + f"# {HARNESS_ENV}=[]\n"})
+
+
+def test_a_config_used_outside_the_repo_carries_the_same_code(suite, tmp_path, monkeypatch):
+    # A remedy's rerun (workbench.rl.outcomes) trains scenario_config outside the scenario's
+    # repo: its hooks path must find the same code from any working directory.
+    monkeypatch.chdir(tmp_path)
+    for sc in (s for s in suite.scenarios if s.code):
+        hooks = scenario_config(suite, sc)["hooks"]
+        assert Path(hooks).is_absolute() and Path(hooks).read_text() == scenario_code(sc), sc.id
 
 
 def test_every_finding_kind_is_expected_in_both_splits(suite):
