@@ -3,7 +3,8 @@
 Key names are chosen so that a doctor's remedy is a natural dotted edit of this file:
 ``optimizer.lr *= 0.1``, ``optimizer.grad_clip = 1.0``, ``moe.bias_update_rate = 0.01``,
 ``batch_size *= 0.5``, ``data.validate = true``, ``data.num_workers = 4``. A config holds only
-settings of the run: fault switches are the harness's (``trainer.faults``), never in this file.
+settings of the run (a defect included: an LR too high, clipping off); a repo's own code is a
+file named by ``hooks``; switches only a harness can flip are ``trainer.faults``'s, never here.
 """
 
 from __future__ import annotations
@@ -73,6 +74,8 @@ class _RunConfig(_Section):
     checkpoint_dir: str = "checkpoints"
     experiment: str = "workbench"
     run_name: str | None = None
+    # The repo's own code the loop calls (``trainer.hooks``): a path to a Python file.
+    hooks: str | None = None
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     data: DataConfig = Field(default_factory=DataConfig)
 
@@ -149,7 +152,14 @@ def load_config(path: str | Path, program: str) -> _RunConfig:
         raise ConfigError(f"invalid {path}: the config is empty")
     if not isinstance(data, dict):
         raise ConfigError(f"invalid {path}: the top level must be a mapping")
-    return parse_config(program, data, source=str(path))
+    cfg = parse_config(program, data, source=str(path))
+    if cfg.hooks is not None and not Path(cfg.hooks).is_file():
+        # Checked before a run exists: a missing file is bad input, not a failed run.
+        raise ConfigError(
+            f"invalid {path}: hooks = {cfg.hooks!r}: no such file (relative to the working "
+            "directory)"
+        )
+    return cfg
 
 
 def dump_config(cfg: _RunConfig) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 A program gives a ``read(index) -> batch`` function (deterministic in ``index``) and a
 ``is_valid(batch) -> bool`` check; ``BatchReader`` hands the loop one valid batch per step.
-Fault hooks run *inside* a read, where real I/O would stall: slow storage sleeps, a dead
+Harness faults run *inside* a read, where real I/O would stall: slow storage sleeps, a dead
 producer blocks. The loader knobs are the real remedies: ``num_workers`` overlaps slow reads
 with compute, ``read_timeout_s`` retries a stuck read, ``validate`` drops corrupted batches.
 """
@@ -111,11 +111,3 @@ class BatchReader:
             self.skipped += 1
             print(f"warning: dropped corrupted batch {self.index - 1}", file=sys.stderr, flush=True)
         raise RuntimeError(f"{MAX_SKIPPED} consecutive batches failed validation")
-
-
-def is_corrupted(index: int, fraction: float, seed: int) -> bool:
-    """Whether batch ``index`` comes from the corrupted shard (deterministic, ~``fraction``)."""
-    if fraction <= 0:
-        return False
-    h = (index * 2654435761 + seed * 97 + 12345) % 2**32
-    return h / 2**32 < fraction

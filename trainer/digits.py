@@ -1,6 +1,6 @@
 """A second, non-MoE training program: a small MLP/CNN on scikit-learn's bundled digits.
 
-It has the same fault knobs as the LM but logs under HF-Trainer-style names (``loss``,
+It has the same knobs and repo hooks as the LM but logs under HF-Trainer-style names (``loss``,
 ``eval_loss``, ``grad_norm``, ``learning_rate``, ``epoch``, ``train_samples_per_second``), so
 nothing downstream can lean on our own metric names.
 """
@@ -16,9 +16,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainer.config import DigitsConfig, DigitsModelConfig
-from trainer.data import BatchReader, is_corrupted
-from trainer.faults import BadData, FaultPlan, MemoryMeter
+from trainer.data import BatchReader
+from trainer.faults import FaultPlan, MemoryMeter
 from trainer.harness import EarlyStopping, RunContext, fp16_gradients, lr_at
+from trainer.hooks import load_hooks
 
 # ---------------------------------------------------------------------------- data
 
@@ -61,12 +62,9 @@ class DigitsNet(nn.Module):
                 nn.Flatten(),
             )
             self.head = nn.Linear(c * 64, 10)
-        self.activation_scale = 1.0  # set by the fp_overflow fault
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.body(x)  # (B, H)
-        if self.activation_scale != 1.0:
-            h = h * self.activation_scale
         return self.head(h)  # (B, 10)
 
 
@@ -78,25 +76,20 @@ def train(ctx: RunContext) -> None:
     faults: FaultPlan = ctx.faults
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(1)
+    hooks = load_hooks(cfg.hooks)  # the repo's own code (none: every hook is a no-op)
 
     # --- data
     x_tr, y_tr, x_ev, y_ev = load_digits_split(cfg.data.eval_fraction, cfg.seed)
-    limit = faults.train_items() or cfg.data.max_train_items
+    limit = cfg.data.max_train_items
     if limit:
         x_tr, y_tr = x_tr[:limit], y_tr[:limit]
     n_train = len(x_tr)
-    bad = faults.first(BadData)
 
     def read(index: int) -> tuple[torch.Tensor, torch.Tensor]:
         bs = cfg.batch_size * faults.batch_growth(index)
         rng = np.random.default_rng((cfg.seed, index))
         idx = torch.from_numpy(rng.integers(0, n_train, bs))
-        x, y = x_tr[idx], y_tr[idx]
-        if bad and index >= bad.start_step and is_corrupted(index, bad.fraction, cfg.seed):
-            # A corrupted shard: raw 0–255 garbage instead of scaled pixels, labels scrambled.
-            x = torch.from_numpy(rng.uniform(0, 255, size=x.shape).astype(np.float32))
-            y = torch.from_numpy(rng.integers(0, 10, bs))
-        return x, y
+        return hooks.on_batch(index, (x_tr[idx], y_tr[idx]))
 
     def is_valid(batch) -> bool:
         x, _ = batch
@@ -106,6 +99,7 @@ def train(ctx: RunContext) -> None:
 
     # --- model and optimizer
     model = DigitsNet(cfg.model)
+    hooks.on_init(model)
     opt = torch.optim.AdamW(
         model.parameters(),
         lr=cfg.optimizer.lr,
@@ -137,22 +131,19 @@ def train(ctx: RunContext) -> None:
     stopper = EarlyStopping(cfg.early_stop_patience, restore=cfg.early_stop_restore)
     for step in range(cfg.steps):
         t0 = time.perf_counter()
-        lr = lr_at(step, cfg.steps, cfg.optimizer) * faults.lr_multiplier(step)
+        lr = lr_at(step, cfg.steps, cfg.optimizer)
         for group in opt.param_groups:
             group["lr"] = lr
         x, y = reader.next()
-        faults.maybe_code_error(step, x)
-        model.activation_scale = faults.activation_scale(step)
 
         with meter.hooks(), autocast():
             logits = model(x)
             loss = F.cross_entropy(logits.float(), y)
         opt.zero_grad(set_to_none=True)
-        (loss * faults.gradient_outlier_scale(step)).backward()
+        (loss * hooks.loss_weight(step, (x, y))).backward()
         if cfg.precision == "fp16":
             fp16_gradients(model.parameters(), cfg.optimizer.loss_scale)
-        if faults.drops_gradients(step):  # the code_error fault's silent bug
-            opt.zero_grad(set_to_none=True)
+        hooks.on_after_backward(step, model)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip).item()
         opt.step()
 

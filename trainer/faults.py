@@ -1,17 +1,17 @@
 """The fault harness: world conditions a benchmark switches on from *outside* the repo.
 
-A training repo's own defects (an LR too high, clipping off, fp16 with an overflowing loss
-scale, a tiny train split, a router bias rate of 0) are plain settings of its config. What no
-config of a real repo holds — a process that blocks, a device-memory budget, a slow reader,
-outlier or corrupted batches in the data, a skewed router init, a planted code bug — is switched
-on by the harness through the environment: ``WORKBENCH_HARNESS_FAULTS`` (a JSON list of fault
+A training repo's own defects are the repo's: settings of its config (an LR too high, clipping
+off, fp16 with an overflowing loss scale, a tiny train split, a router bias rate of 0) or its
+own code (``trainer.hooks``: a data bug, a skewed init, a misplaced ``zero_grad``). What only a
+harness can cause — a process that blocks, a device-memory budget, a slow reader — is switched
+on through the environment: ``WORKBENCH_HARNESS_FAULTS`` (a JSON list of fault
 entries) or ``WORKBENCH_HARNESS_FAULTS_FILE`` (a path to such a JSON/YAML file), never through a
 file the agent may edit. The one patch guard (``workbench.supervisor.patches.guard``) refuses
 any patch that mentions these names or edits this module.
 
-Nothing here draws a curve. A fault changes what the training loop really does — the
-learning rate it applies, the batches it reads, the activations it computes, the memory a
-step needs, the code path it runs — and the metrics show whatever follows from that.
+Nothing here draws a curve. A fault changes what the training loop really does — how long a
+read takes, whether it returns, the memory a step needs — and the metrics show whatever
+follows from that.
 
 The loop asks one ``FaultPlan`` at a few hook points; with no faults every hook is a no-op.
 """
@@ -37,58 +37,6 @@ class _Fault(BaseModel):
     start_step: int = Field(0, ge=0)
 
 
-class LrTooHigh(_Fault):
-    """The applied learning rate is ``factor`` times the schedule's from ``start_step``."""
-
-    kind: Literal["lr_too_high"] = "lr_too_high"
-    factor: float = Field(30.0, gt=1)
-
-
-class LrTooLow(_Fault):
-    kind: Literal["lr_too_low"] = "lr_too_low"
-    factor: float = Field(0.01, gt=0, lt=1)
-
-
-class FpOverflow(_Fault):
-    """An activation scale that compounds by ``growth`` each step until floats overflow."""
-
-    kind: Literal["fp_overflow"] = "fp_overflow"
-    growth: float = Field(8.0, gt=1)
-
-
-class MissingGradClip(_Fault):
-    """Every ``every``-th batch is an outlier whose gradient is ``scale`` times larger.
-
-    Harmless with gradient clipping; without it one such batch wrecks AdamW's moments.
-    """
-
-    kind: Literal["missing_grad_clip"] = "missing_grad_clip"
-    every: int = Field(25, ge=1)
-    scale: float = Field(1e3, gt=1)
-
-
-class BadData(_Fault):
-    """From ``start_step`` a ``fraction`` of each batch is corrupted (garbage tokens/pixels)."""
-
-    kind: Literal["bad_data"] = "bad_data"
-    fraction: float = Field(0.5, gt=0, le=1)
-
-
-class OverfitCapacity(_Fault):
-    """The training set shrinks to ``train_items`` (tokens / examples): long runs overfit."""
-
-    kind: Literal["overfit_capacity"] = "overfit_capacity"
-    train_items: int = Field(512, ge=1)
-
-
-class RouterImbalance(_Fault):
-    """Skewed router init: ``experts`` experts get a head start of ``skew`` in selection."""
-
-    kind: Literal["router_imbalance"] = "router_imbalance"
-    skew: float = Field(1.0, gt=0)
-    experts: int = Field(2, ge=1)
-
-
 class Oom(_Fault):
     """A device-memory budget of ``budget_mb``; from ``start_step`` batches grow ×``growth``.
 
@@ -99,19 +47,6 @@ class Oom(_Fault):
     kind: Literal["oom"] = "oom"
     budget_mb: float = Field(64.0, gt=0)
     growth: int = Field(4, ge=1)
-
-
-class CodeError(_Fault):
-    """A bug in the training code from ``start_step``.
-
-    ``bug: reshape`` raises (a batch reshaped to a hard-coded wrong shape): the run crashes.
-    ``bug: zero_grad`` is silent: a ``zero_grad()`` placed between ``backward()`` and the
-    optimizer step throws every gradient away, so the logged gradient norm is 0 and the
-    weights stop moving while the loss is still high (vanishing gradients).
-    """
-
-    kind: Literal["code_error"] = "code_error"
-    bug: Literal["reshape", "zero_grad"] = "reshape"
 
 
 class HungProcess(_Fault):
@@ -127,19 +62,7 @@ class SlowIO(_Fault):
     delay_s: float = Field(0.05, gt=0)
 
 
-Fault = (
-    LrTooHigh
-    | LrTooLow
-    | FpOverflow
-    | MissingGradClip
-    | BadData
-    | OverfitCapacity
-    | RouterImbalance
-    | Oom
-    | CodeError
-    | HungProcess
-    | SlowIO
-)
+Fault = Oom | HungProcess | SlowIO
 FAULT_KINDS = tuple(f.model_fields["kind"].default for f in Fault.__args__)  # type: ignore[attr-defined]
 _FAULTS = TypeAdapter(list[Annotated[Fault, Field(discriminator="kind")]])
 
@@ -191,35 +114,7 @@ class FaultPlan:
     def first(self, cls: type[_Fault]):
         return next((f for f in self.faults if isinstance(f, cls)), None)
 
-    # ---------------------------------------------------------------- optimisation
-    def lr_multiplier(self, step: int) -> float:
-        mult = 1.0
-        for f in self._active(LrTooHigh, step) + self._active(LrTooLow, step):
-            mult *= f.factor
-        return mult
-
-    def activation_scale(self, step: int) -> float:
-        scale = 1.0
-        for f in self._active(FpOverflow, step):
-            scale *= f.growth ** (step - f.start_step + 1)
-        return scale
-
-    def gradient_outlier_scale(self, step: int) -> float:
-        """The loss multiplier of an outlier batch (1.0 for an ordinary batch)."""
-        scale = 1.0
-        for f in self._active(MissingGradClip, step):
-            if (step - f.start_step) % f.every == 0:
-                scale *= f.scale
-        return scale
-
     # ---------------------------------------------------------------- data
-    def corrupt_fraction(self, step: int) -> float:
-        return max((f.fraction for f in self._active(BadData, step)), default=0.0)
-
-    def train_items(self) -> int | None:
-        f = self.first(OverfitCapacity)
-        return f.train_items if f else None
-
     def batch_growth(self, step: int) -> int:
         return max((f.growth for f in self._active(Oom, step)), default=1)
 
@@ -231,19 +126,10 @@ class FaultPlan:
             self._hung_once = True  # one stuck read; a retry (read timeout) gets through
             queue.Queue().get()  # nobody will ever put: blocks, like a deadlocked worker
 
-    # ---------------------------------------------------------------- memory / code
+    # ---------------------------------------------------------------- memory
     def memory_budget_bytes(self) -> int | None:
         f = self.first(Oom)
         return int(f.budget_mb * 2**20) if f else None
-
-    def maybe_code_error(self, step: int, batch: torch.Tensor) -> None:
-        if any(f.bug == "reshape" for f in self._active(CodeError, step)):
-            # A real bug, really executed: reshaping a batch to a hard-coded wrong shape.
-            batch.view(batch.shape[0] + 1, -1)
-
-    def drops_gradients(self, step: int) -> bool:
-        """True where the loop runs the misplaced ``zero_grad()`` after ``backward()``."""
-        return any(f.bug == "zero_grad" for f in self._active(CodeError, step))
 
 
 class MemoryMeter:

@@ -20,9 +20,10 @@ import torch
 
 from model.files import atomic_path
 from trainer.config import LMConfig
-from trainer.data import BatchReader, is_corrupted
-from trainer.faults import BadData, FaultPlan, MemoryMeter, RouterImbalance
+from trainer.data import BatchReader
+from trainer.faults import FaultPlan, MemoryMeter
 from trainer.harness import EarlyStopping, RunContext, fp16_gradients, lr_at
+from trainer.hooks import load_hooks
 
 DEAD_FRACTION = 0.05  # an expert with < 5% of its fair share of routed tokens counts as dead
 
@@ -74,28 +75,25 @@ def train(ctx: RunContext) -> None:
     faults: FaultPlan = ctx.faults
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(int(os.environ.get("WORKBENCH_TRAIN_THREADS", "1")))
+    hooks = load_hooks(cfg.hooks)  # the repo's own code (none: every hook is a no-op)
 
     # --- data
     ids, tok_vocab = load_tokens(cfg.data.corpus)
     n_eval = int(len(ids) * cfg.data.eval_fraction)
     train_ids, eval_ids = ids[:-n_eval], ids[-n_eval:]
-    limit = faults.train_items() or cfg.data.max_train_items
+    limit = cfg.data.max_train_items
     if limit:
         train_ids = train_ids[: max(limit, cfg.data.seq_len + 1)]
     T = cfg.data.seq_len
     unigram = unigram_logprobs(train_ids, tok_vocab)
     clean_logp = unigram[train_ids].mean().item()
-    bad = faults.first(BadData)
 
     def read(index: int) -> torch.Tensor:
         bs = cfg.batch_size * faults.batch_growth(index)
         rng = np.random.default_rng((cfg.seed, index))
         starts = torch.from_numpy(rng.integers(0, len(train_ids) - T, bs))
         batch = torch.stack([train_ids[s : s + T] for s in starts.tolist()])  # (B, T)
-        if bad and index >= bad.start_step and is_corrupted(index, bad.fraction, cfg.seed):
-            # A corrupted shard: token ids that are noise (a broken decoder or a bad file).
-            batch = torch.from_numpy(rng.integers(0, tok_vocab, size=batch.shape))
-        return batch
+        return hooks.on_batch(index, batch)
 
     def is_valid(batch: torch.Tensor) -> bool:
         # Data validation: a batch far less likely than the corpus under unigram stats is junk.
@@ -112,17 +110,7 @@ def train(ctx: RunContext) -> None:
     if mcfg.vocab_size < tok_vocab:
         raise ValueError(f"model vocab_size {mcfg.vocab_size} < tokenizer vocab {tok_vocab}")
     model = MiniMaxM2ForCausalLM(mcfg)
-    skew = faults.first(RouterImbalance)
-    if skew:  # skewed router init: a few experts start with a selection head start
-        with torch.no_grad():
-            for blk in model.moe_blocks:
-                blk.e_score_correction_bias[: skew.experts] += skew.skew
-    act_scale = {"value": 1.0}
-
-    def scale_embeddings(module, args, output):  # the fp_overflow fault's activation scale
-        return output * act_scale["value"] if act_scale["value"] != 1.0 else output
-
-    model.model.embed_tokens.register_forward_hook(scale_embeddings)
+    hooks.on_init(model)
 
     # --- optimizer
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
@@ -161,22 +149,19 @@ def train(ctx: RunContext) -> None:
     stopper = EarlyStopping(cfg.early_stop_patience, restore=cfg.early_stop_restore)
     for step in range(cfg.steps):
         t0 = time.perf_counter()
-        lr = lr_at(step, cfg.steps, cfg.optimizer) * faults.lr_multiplier(step)
+        lr = lr_at(step, cfg.steps, cfg.optimizer)
         for group in opt.param_groups:
             group["lr"] = lr
         batch = reader.next()
-        faults.maybe_code_error(step, batch)
-        act_scale["value"] = faults.activation_scale(step)
 
         with meter.hooks(), autocast():
             out = model(batch, labels=batch)
         loss = out.loss.float()
         opt.zero_grad(set_to_none=True)
-        (loss * faults.gradient_outlier_scale(step)).backward()
+        (loss * hooks.loss_weight(step, batch)).backward()
         if cfg.precision == "fp16":
             fp16_gradients(model.parameters(), cfg.optimizer.loss_scale)
-        if faults.drops_gradients(step):  # the code_error fault's silent bug
-            opt.zero_grad(set_to_none=True)
+        hooks.on_after_backward(step, model)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip).item()
         opt.step()
         if cfg.moe.bias_update_rate > 0:

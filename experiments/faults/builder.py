@@ -2,9 +2,12 @@
 
 Runs go into one MLflow store under ``out`` (``sqlite:///OUT/mlflow.db``, artifacts in
 ``OUT/artifacts``), tagged ``workbench.scenario`` and — for evaluation only —
-``workbench.expected``. A scenario's config holds only the run's own settings (its defect
-included); a harness fault reaches the process through its environment (``harness_env``). A run that prints nothing for ``stall_timeout_s`` is hung: it is
-killed with SIGKILL so that, like a real hung job, its MLflow run stays RUNNING.
+``workbench.expected``. Each scenario trains from its own repo, ``OUT/repos/<id>/`` (what an
+agent may edit): ``configs/train.yaml`` holds the run's own settings and ``src/hooks.py`` its
+own code, the defect in one of them; a harness fault reaches the process through its
+environment (``harness_env``), never through a file of the repo. A run that prints nothing for
+``stall_timeout_s`` is hung: it is killed with SIGKILL so that, like a real hung job, its
+MLflow run stays RUNNING.
 """
 
 from __future__ import annotations
@@ -24,7 +27,15 @@ from typing import Any
 
 import yaml
 
-from experiments.faults.suite import Scenario, Suite, harness_env, scenario_config
+from experiments.faults.suite import (
+    REPO_CONFIG,
+    REPO_HOOKS,
+    Scenario,
+    Suite,
+    harness_env,
+    scenario_code,
+    scenario_config,
+)
 from model.files import atomic_write_text
 from trainer.tags import Tag
 
@@ -65,9 +76,21 @@ def prepare_store(out: Path, experiment: str = EXPERIMENT) -> str:
     return uri
 
 
-def write_config(out: Path, suite: Suite, sc: Scenario) -> Path:
-    path = out / "configs" / f"{sc.id}.yaml"
-    return atomic_write_text(path, yaml.safe_dump(scenario_config(suite, sc), sort_keys=False))
+def write_repo(out: Path, suite: Suite, sc: Scenario) -> Path:
+    """Write the scenario's repo ``out/repos/<id>/`` (config, own code, launch file); returns
+    its config path. Runs start in the repo, so the config names its code relative to it."""
+    repo = out / "repos" / sc.id
+    code = scenario_code(sc)
+    if code is not None:
+        atomic_write_text(repo / REPO_HOOKS, code)
+    launch = {
+        "launch": f"workbench train {sc.program} --config {{config}}",
+        "config": REPO_CONFIG,
+        "env": {"WORKBENCH_TRAIN_THREADS": "1"},
+    }
+    atomic_write_text(repo / "workbench.yaml", yaml.safe_dump(launch, sort_keys=False))
+    cfg = scenario_config(suite, sc, hooks=REPO_HOOKS if code is not None else None)
+    return atomic_write_text(repo / REPO_CONFIG, yaml.safe_dump(cfg, sort_keys=False))
 
 
 def train_command(program: str, config: Path, uri: str, tags: dict[str, str]) -> list[str]:
@@ -176,12 +199,12 @@ def _memory_limit(mb: int) -> Callable[[], None]:
 
 
 def run_one(sc: Scenario, suite: Suite, out: Path, uri: str) -> BuiltRun:
-    config = write_config(out, suite, sc)
+    config = write_repo(out, suite, sc)
     t0 = time.monotonic()
     _, hung = run_watched(
-        _command(sc, config, uri),
+        _command(sc, config.resolve(), uri),
         out / "logs" / f"{sc.id}.log",
-        out,
+        config.parents[1],  # the repo: its config names its code relative to it
         suite.stall_timeout_s,
         suite.run_timeout_s,
         harness_env(sc),

@@ -1,9 +1,13 @@
-"""The fault suite as data: scenarios read from ``suite.yaml`` and turned into run configs."""
+"""The fault suite as data: scenarios read from ``suite.yaml`` and turned into run configs,
+and each scenario's repo — what an agent may edit: its config and its own code."""
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
+import string
+import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -11,6 +15,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 SUITE_FILE = Path(__file__).with_name("suite.yaml")
+CODE_DIR = Path(__file__).with_name("code")  # the code defects' templates
+REPO_CONFIG = "configs/train.yaml"  # a scenario repo's config
+REPO_HOOKS = "src/hooks.py"  # a scenario repo's own code (the config's ``hooks``)
 
 FINDING_KINDS = {
     "nan_inf", "divergence", "loss_spike", "plateau", "exploding_gradients",
@@ -59,14 +66,24 @@ class Expected(_Strict):
         return self
 
 
+class Code(_Strict):
+    """The scenario repo's own code: ``CODE_DIR/<template>.py.tmpl`` rendered with ``params``."""
+
+    template: str
+    params: dict[str, float | int] = Field(default_factory=dict)
+
+
 class Scenario(_Strict):
     id: str
     program: Literal["lm", "digits"]
     config: dict[str, Any] = Field(default_factory=dict)  # deep-merged over the defaults
+    # A code defect of the repo (a data bug, a skewed init, gradients thrown away): the repo's
+    # ``src/hooks.py``, which the trainer calls (``trainer.hooks``).
+    code: Code | None = None
     # A world condition only the harness can switch on (one ``trainer.faults`` entry), passed
-    # to the run through the environment, never through its config.
+    # to the run through the environment, never through a file of the repo.
     harness: dict[str, Any] | None = None
-    onset: int = Field(0, ge=0)  # first step a config defect can show (detection delay)
+    onset: int = Field(0, ge=0)  # first step a repo defect can show (detection delay)
     expected: Expected
     remedies: list[Remedy] = Field(default_factory=list)
     split: Literal["selection", "heldout"]
@@ -125,13 +142,50 @@ def select(suite: Suite, only: list[str] | None) -> list[Scenario]:
     return [known[i] for i in only]
 
 
-def scenario_config(suite: Suite, sc: Scenario) -> dict[str, Any]:
+def render_code(template: str, params: dict[str, float | int]) -> str:
+    """``CODE_DIR/<template>.py.tmpl`` with each ``$name`` replaced by ``params[name]``."""
+    path = CODE_DIR / f"{template}.py.tmpl"
+    try:
+        return string.Template(path.read_text()).substitute({k: repr(v) for k, v in params.items()})
+    except OSError:
+        raise SuiteError(f"no code template {path.name}") from None
+    except (KeyError, ValueError) as err:
+        raise SuiteError(f"code template {path.name}: no value for {err}") from None
+
+
+def scenario_code(sc: Scenario) -> str | None:
+    """The text of the scenario repo's own code (None: the repo has none)."""
+    if sc.code is None:
+        return None
+    try:
+        return render_code(sc.code.template, sc.code.params)
+    except SuiteError as err:
+        raise SuiteError(f"scenario {sc.id}: {err}") from None
+
+
+def _code_copy(sc: Scenario, text: str) -> Path:
+    """A stable copy of the scenario's code outside any repo, for a config used elsewhere
+    (a remedy's rerun trains the patched config outside the scenario repo)."""
+    from model.files import atomic_write_text
+
+    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+    path = Path(tempfile.gettempdir()) / "workbench-scenario-code" / f"{sc.id}-{digest}.py"
+    if not path.is_file():
+        atomic_write_text(path, text)
+    return path
+
+
+def scenario_config(suite: Suite, sc: Scenario, hooks: str | None = None) -> dict[str, Any]:
     """The full training config of a scenario (validated by the trainer's schema): the run's
-    own settings, defects included; never a fault switch."""
+    own settings, defects included; never a fault switch. ``hooks``: where the repo's own code
+    is, relative to the run's working directory (default: an absolute copy, usable anywhere)."""
     from trainer.config import ConfigError, dump_config, parse_config
 
     data = deep_merge(suite.defaults.get(sc.program, {}), sc.config)
     data["run_name"] = sc.id
+    code = scenario_code(sc)
+    if code is not None:
+        data["hooks"] = hooks or str(_code_copy(sc, code))
     try:
         return dump_config(parse_config(sc.program, data, source=f"scenario {sc.id}"))
     except ConfigError as err:

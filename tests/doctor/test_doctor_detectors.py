@@ -219,6 +219,15 @@ def _train(program: str, data: dict) -> dict[str, tuple[list[int], list[float]]]
 
     data = dict(data)
     faults = parse_faults(data.pop("faults", []))  # the harness's switch, not the config's
+    if code := data.pop("code", None):  # the repo's own code (template, params), as a scenario's
+        import tempfile
+        from pathlib import Path
+
+        from experiments.faults.suite import render_code
+
+        hooks = Path(tempfile.mkdtemp(prefix="repo-code-")) / "hooks.py"
+        hooks.write_text(render_code(*code))
+        data["hooks"] = str(hooks)
     cfg = parse_config(program, data)
     tracker = NullTracker()
     ctx = RunContext(cfg=cfg, tracker=tracker, faults=FaultPlan(faults), log_path=None)  # type: ignore[arg-type]
@@ -240,8 +249,8 @@ DIGITS = {"steps": 80, "batch_size": 32, "eval_interval": 10, "optimizer": {"war
 def test_zeroed_gradients_in_a_real_run_are_vanishing_gradients_from_a_code_error():
     from workbench.doctor import diagnose
 
-    bug = {"kind": "code_error", "bug": "zero_grad", "start_step": 40}
-    hist = _train("digits", {**DIGITS, "faults": [bug]})
+    bug = ("freeze_embeddings", {"start": 40})  # the repo's callback drops every gradient
+    hist = _train("digits", {**DIGITS, "code": bug})
     found = detect(hist, {"status": "FINISHED"}, "")
     assert kinds(found) == {"vanishing_gradients": 40}
     diag, _ = diagnose(found, {}, "")
@@ -275,7 +284,7 @@ def test_outlier_gradients_under_adamw_spike_the_grad_norm_not_the_loss():
             "data": {"seq_len": 32}, "model": {"overrides": small},
             "optimizer": {"lr": 0.005, "warmup_steps": 5, "grad_clip": None},
             "moe": {"bias_update_rate": 0.01},
-            "faults": [{"kind": "missing_grad_clip", "start_step": 20, "every": 20, "scale": 1000}],
+            "code": ("curated_weight", {"start": 20, "every": 20, "scale": 1000.0}),
         },
     )  # fmt: skip
     loss = np.array(hist["train/loss"][1])

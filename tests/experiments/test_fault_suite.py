@@ -5,14 +5,19 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import yaml
 
 from experiments.faults.suite import (
     CAUSES,
+    REPO_CONFIG,
+    REPO_HOOKS,
     SuiteError,
     harness_env,
     load_suite,
+    scenario_code,
     scenario_config,
     select,
 )
@@ -26,6 +31,8 @@ def suite():
 
 # Defects a real repo has in its own settings: never switched on by the harness.
 CONFIG_DEFECTS = {"lr_too_high", "lr_too_low", "fp_overflow", "overfit_capacity"}
+# What only a harness can bring about (a process that blocks, a memory budget, a slow reader).
+HARNESS_ONLY = {"oom", "hung_process", "slow_io"}
 
 
 def test_every_cause_on_both_programs_and_eight_healthy_controls(suite):
@@ -39,27 +46,59 @@ def test_every_cause_on_both_programs_and_eight_healthy_controls(suite):
     assert {s.split for s in suite.scenarios} == {"selection", "heldout"}
     for s in suite.scenarios:
         assert s.harness is None or s.harness["kind"] == s.expected.cause, s.id
+        # Every other defect is the repo's own: in its settings or in its code.
+        assert (s.harness is not None) == (s.expected.cause in HARNESS_ONLY), s.id
         if s.expected.cause in CONFIG_DEFECTS:  # the defect is the run's own setting
-            assert s.harness is None and s.config, s.id
+            assert s.harness is None and s.code is None and s.config, s.id
         if s.expected.cause == "healthy":
             assert s.harness is None and not s.remedies
         elif s.expected.cause != "code_error":  # a code change: no knob fixes it
             assert s.remedies, s.id
 
 
-def test_no_fault_switch_in_any_file_the_agent_can_edit(suite, tmp_path):
-    """Scenario configs are the run's settings only; harness faults travel in the environment,
-    and the one patch guard refuses any remedy that touches them."""
-    from experiments.faults.builder import write_config
-    from workbench.supervisor.patches import touches_harness
+def test_no_file_of_any_scenario_repo_holds_a_harness_switch(suite, tmp_path):
+    """A scenario's repo (what the agent may edit) holds the run's settings and its own code,
+    the defect included, and no harness switch; harness faults travel in the environment, and
+    the one patch guard refuses a patch of the repo that would touch them."""
+    from experiments.faults.builder import write_repo
+    from trainer.faults import HARNESS_ENV, HARNESS_FILE_ENV
+    from workbench.supervisor.patches import (
+        HARNESS_KEYS,
+        HarnessGuardError,
+        guard,
+        touches_harness,
+    )
 
+    markers = (HARNESS_ENV, HARNESS_FILE_ENV, "trainer.faults", "trainer/faults", "FaultPlan")
     for sc in suite.scenarios:
-        text = write_config(tmp_path, suite, sc).read_text()
-        assert "faults" not in text and "WORKBENCH_HARNESS" not in text, sc.id
+        repo = write_repo(tmp_path, suite, sc).parents[1]
+        files = {p.relative_to(repo).as_posix(): p.read_text() for p in repo.rglob("*")
+                 if p.is_file()}  # fmt: skip
+        assert set(files) == {"workbench.yaml", REPO_CONFIG} | ({REPO_HOOKS} if sc.code else set())
+        for rel, text in files.items():
+            hit = [m for m in markers if m in text]
+            assert not hit, (sc.id, rel, hit)
+        cfg = yaml.safe_load(files[REPO_CONFIG])
+        assert not set(cfg) & set(HARNESS_KEYS), sc.id
+        if sc.code:  # the code defect is the repo's file, named by the repo's own config
+            assert cfg["hooks"] == REPO_HOOKS and files[REPO_HOOKS] == scenario_code(sc)
+        else:
+            assert cfg["hooks"] is None, sc.id
         env = harness_env(sc)
         assert (sc.harness is None) == (env == {}), sc.id
         for r in sc.remedies:
             assert not touches_harness(r.patch), (sc.id, r.id)
+        with pytest.raises(HarnessGuardError):  # switching the harness on from the repo
+            guard(files, {**files, REPO_CONFIG: files[REPO_CONFIG] + f"# {HARNESS_ENV}=[]\n"})
+
+
+def test_a_config_used_outside_the_repo_carries_the_same_code(suite, tmp_path, monkeypatch):
+    # A remedy's rerun (workbench.rl.outcomes) trains scenario_config outside the scenario's
+    # repo: its hooks path must find the same code from any working directory.
+    monkeypatch.chdir(tmp_path)
+    for sc in (s for s in suite.scenarios if s.code):
+        hooks = scenario_config(suite, sc)["hooks"]
+        assert Path(hooks).is_absolute() and Path(hooks).read_text() == scenario_code(sc), sc.id
 
 
 def test_every_finding_kind_is_expected_in_both_splits(suite):

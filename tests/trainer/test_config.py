@@ -28,6 +28,14 @@ def test_a_fault_switch_is_no_config_setting_and_the_harness_checks_its_own():
     assert harness_faults({HARNESS_ENV: '[{"kind": "oom"}]'})[0].kind == "oom"
 
 
+@pytest.mark.parametrize("kind", ["lr_too_high", "bad_data", "code_error", "router_imbalance"])
+def test_a_defect_of_the_program_is_no_harness_switch(kind):
+    # Only what a harness alone can cause (oom, hung_process, slow_io) is switched on from
+    # outside; a program's defect lives in its repo's config or code.
+    with pytest.raises(HarnessError, match="invalid harness faults"):
+        harness_faults({HARNESS_ENV: f'[{{"kind": "{kind}"}}]'})
+
+
 def test_missing_and_non_mapping_files(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.yaml", "lm")

@@ -17,7 +17,7 @@ OVERFIT = {
     "eval_interval": 10,
     "model": {"hidden": 256},
     "optimizer": {"weight_decay": 0.0, "lr": 0.005, "warmup_steps": 5},
-    "faults": [{"kind": "overfit_capacity", "train_items": 40}],
+    "data": {"max_train_items": 40},
 }
 
 
@@ -80,7 +80,7 @@ def test_lm_run_stops_early_too(uri, tmp_path):
             "eval_interval": 5,
             "early_stop_patience": 1,
             "optimizer": {"weight_decay": 0.0, "warmup_steps": 5, "lr": 0.01},
-            "faults": [{"kind": "overfit_capacity", "train_items": 300}],
+            "data": {"max_train_items": 300},
         },
     )
     assert res.status == "FINISHED"

@@ -35,31 +35,30 @@ def test_healthy_lm_run_logs_every_metric_and_eval_loss_falls_30_percent(uri):
 
 
 def test_router_imbalance_collapses_experts_without_the_bias_update(uri):
-    fault = [{"kind": "router_imbalance", "skew": 1.0, "experts": 2}]
-    bad = run(uri, "lm", {**BASE, "steps": 20, "moe": {"bias_update_rate": 0.0}, "faults": fault})
+    code = ("router_warm_start", {"experts": 2, "skew": 1.0})  # the repo's skewed init
+    bad = run(uri, "lm", {**BASE, "steps": 20, "moe": {"bias_update_rate": 0.0}, "code": code})
     ratio = [v for _, v in history(uri, bad.run_id, "moe/load_max_over_mean")]
     dead = [v for _, v in history(uri, bad.run_id, "moe/dead_experts")]
     assert min(ratio) >= 3.5  # of 4.0 possible with 8 experts, top-2: two experts take it all
     assert min(dead) >= 6
     # The remedy (bias update on) really rebalances the same skewed router.
-    fixed = run(
-        uri, "lm", {**BASE, "steps": 60, "moe": {"bias_update_rate": 0.05}, "faults": fault}
-    )
+    fixed = run(uri, "lm", {**BASE, "steps": 60, "moe": {"bias_update_rate": 0.05}, "code": code})
     ratio_fixed = [v for s, v in history(uri, fixed.run_id, "moe/load_max_over_mean") if s >= 50]
     assert statistics.median(ratio_fixed) < 3.0
 
 
 def test_lr_too_high_diverges_after_onset(uri):
-    fault = [{"kind": "lr_too_high", "start_step": 20, "factor": 300}]
-    res = run(uri, "lm", {**BASE, "steps": 30, "faults": fault})
+    # A step schedule whose gamma multiplies the rate 300x at step 20 (a setting of the config).
+    opt = {**BASE["optimizer"], "decay_steps": [20], "decay_gamma": 300.0}
+    res = run(uri, "lm", {**BASE, "steps": 30, "optimizer": opt})
     loss = dict(history(uri, res.run_id, "train/loss"))
     before = min(loss[s] for s in range(10, 20))
     assert any(not math.isfinite(loss[s]) or loss[s] > before + 1.0 for s in range(20, 30))
 
 
 def test_zero_grad_bug_zeroes_the_gradient_norm_while_the_loss_is_high(uri):
-    fault = [{"kind": "code_error", "bug": "zero_grad", "start_step": 15}]
-    res = run(uri, "lm", {**BASE, "steps": 25, "faults": fault})
+    code = ("freeze_embeddings", {"start": 15})  # the repo's callback drops every gradient
+    res = run(uri, "lm", {**BASE, "steps": 25, "code": code})
     assert res.status == "FINISHED"
     g = dict(history(uri, res.run_id, "grad_norm"))
     loss = dict(history(uri, res.run_id, "train/loss"))

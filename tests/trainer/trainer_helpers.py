@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -48,12 +49,24 @@ def harness(faults: list | None):
             os.environ[HARNESS_ENV] = old
 
 
+def repo_code(template: str, **params) -> str:
+    """A file of repo code (a fault suite code template rendered with ``params``); its path."""
+    from experiments.faults.suite import render_code
+
+    path = Path(tempfile.mkdtemp(prefix="repo-code-")) / "hooks.py"
+    path.write_text(render_code(template, params))
+    return str(path)
+
+
 def run(uri: str, program: str, data: dict):
-    """Train ``data`` (a config; a ``faults`` entry goes to the harness, not the config)."""
+    """Train ``data`` (a config; a ``faults`` entry goes to the harness, not the config; a
+    ``code`` entry ``(template, params)`` is the repo's own code, named by ``hooks``)."""
     from trainer import digits, lm
 
     data = {"experiment": "t", **data}
     faults = data.pop("faults", None)
+    if code := data.pop("code", None):
+        data["hooks"] = repo_code(code[0], **code[1])
     if program == "lm":
         data.setdefault("model", {"overrides": SMALL_LM})
     cfg = parse_config(program, data)
