@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import time
@@ -164,6 +165,9 @@ def run_loop(
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     uri, home = manifest["tracking_uri"], out / "home"
+    # Episode ids name the relaunched runs in the scenarios' MLflow experiment, shared by every
+    # loop on the set: prefix them with this loop's own id so no loop adopts another's run.
+    loop_id = hashlib.sha1(str(out).encode()).hexdigest()[:6]
     # runs measured once per scenario set, shared by every loop on it (seeds, generations)
     measured = Path(scenarios).resolve() / "measured-runs"
     random.seed(cfg.seed)
@@ -175,10 +179,10 @@ def run_loop(
     # 1. teacher episodes; held-out ones only for the teacher's figure
     say("teacher (rules) episodes on the train split …")
     teacher_train, train_results = evaluate(None, train, home=home, uri=uri, cfg=cfg,
-                                            tag="teacher", progress=say, measured=measured)  # fmt: skip
+                                            tag=f"{loop_id}-teacher", progress=say, measured=measured)  # fmt: skip
     say("teacher (rules) episodes on the held-out split …")
     teacher_held, _ = evaluate(None, heldout, home=out / "home-heldout-teacher", uri=uri,
-                               cfg=cfg, tag="teacher", progress=say, measured=measured)  # fmt: skip
+                               cfg=cfg, tag=f"{loop_id}-teacher", progress=say, measured=measured)  # fmt: skip
     teacher_eps = episodes_of(train_results)
     trained_on = [r["trajectory"] for r in train_results]  # every trajectory training reads
 
@@ -197,7 +201,14 @@ def run_loop(
     say(f"SFT: {sft['samples']} answers of {sft['episodes']} episodes, loss {sft['final_loss']:.4f}, "
         f"tree compression {sft['tree_compression']:.2f}x, {sft['wall_s']:.0f}s")  # fmt: skip
     ev, _ = evaluate(
-        ckpt, heldout, home=home, uri=uri, cfg=cfg, tag="sft", progress=say, measured=measured
+        ckpt,
+        heldout,
+        home=home,
+        uri=uri,
+        cfg=cfg,
+        tag=f"{loop_id}-sft",
+        progress=say,
+        measured=measured,
     )
     rows_out.append({"generation": 0, "stage": "sft", "checkpoint": str(ckpt), **ev})
     tracker.log_metrics(_metrics(ev, "sft"), 0)
@@ -211,7 +222,7 @@ def run_loop(
             chosen = random.sample(train, min(cfg.scenarios_per_iter, len(train)))
             jobs = _jobs(chosen, home=home, uri=uri, brain="local", cfg=cfg, model=ckpt,
                          temperature=cfg.temperature, repeat=cfg.group_size,
-                         tag=f"rl-g{gen}-i{it}", measured=measured)  # fmt: skip
+                         tag=f"{loop_id}-rl-g{gen}-i{it}", measured=measured)  # fmt: skip
             results = list(run_episodes(jobs, workers=cfg.workers, kind=cfg.pool,
                                         address=cfg.ray_address, progress=say))  # fmt: skip
             trained_on += [r["trajectory"] for r in results]
@@ -248,7 +259,7 @@ def run_loop(
             home=home,
             uri=uri,
             cfg=cfg,
-            tag=f"rl-g{gen}",
+            tag=f"{loop_id}-rl-g{gen}",
             progress=say,
             measured=measured,
         )

@@ -343,11 +343,12 @@ def claim_branch(state: EpisodeState, key: str) -> tuple[str, Path]:
     root.mkdir(parents=True, exist_ok=True)
     repo = Path(state["repo"])
     claims = gitops.claims_dir(repo)
+    owner = f"{Path(state['home']).resolve()}::{key}"  # thread ids are unique per home only
     for n in range(1, 1000):
         branch = gitops.fix_branch(state["run_id"], n)
         claim = claims / f"{state['run_id']}-{n}.claim"
         if claim.exists():
-            if claim.read_text() == key:
+            if claim.read_text() == owner:
                 return branch, root / f"{state['run_id']}-{n}"
             continue
         if gitops.branch_exists(repo, branch):
@@ -357,7 +358,7 @@ def claim_branch(state: EpisodeState, key: str) -> tuple[str, Path]:
         except FileExistsError:
             continue
         with os.fdopen(fd, "w") as fh:
-            fh.write(key)
+            fh.write(owner)
         return branch, root / f"{state['run_id']}-{n}"
     raise WorkbenchError(f"no free fix branch for run {state['run_id']}")
 
