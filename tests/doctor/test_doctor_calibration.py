@@ -40,6 +40,22 @@ def test_small_noisy_minibatch_loss_is_not_a_spike_but_a_bad_batch_is():
     assert "loss_spike" in kinds({"train/ce_loss": loss})
 
 
+def test_a_memorised_loss_wiggling_near_zero_is_not_a_spike():
+    """Per-epoch train loss of a net that memorised its rows: 0.7 down to ~2e-6, then float
+    rounding moves it by factors of two.  Both z-scores see a "spike" of 1.5e-6; it gives back
+    nothing of the 0.7 the run gained.  A bad batch after the same descent still is one."""
+    rng = np.random.default_rng(3)
+    loss = np.concatenate([0.7 * 0.1 ** np.arange(5), 2e-6 * (1 + 0.1 * rng.standard_normal(75))])
+    loss[60] = 1e-5  # 5x its neighbours: far out on both the linear and the log scale
+    hist = {"train_loss_epoch": (np.arange(len(loss)), loss)}
+    info = {"status": "FINISHED"}
+    no_floor = {**SC.detectors, "loss_spike": {**SC.detectors["loss_spike"], "min_rise": 0.0}}
+    assert "loss_spike" in {f.kind for f in detect(hist, info, "", no_floor)}  # z-scores alone
+    assert "loss_spike" not in kinds({"train_loss_epoch": loss})
+    loss[60] = 0.5  # a bad batch gives back most of the descent
+    assert "loss_spike" in kinds({"train_loss_epoch": loss})
+
+
 def test_climb_to_a_chance_level_plateau_is_divergence_from_lr_too_high():
     """#19 item 5: the loss learns, climbs from its best to chance level and stays there; the
     first eval comes after the climb began."""

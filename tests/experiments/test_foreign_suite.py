@@ -130,3 +130,24 @@ def test_two_tiny_foreign_runs_built_and_scored(tmp_path):
     assert by_id["hf-oom"]["predicted_kinds"] == ["crash"]
     assert by_id["hf-oom"]["predicted_cause"] == "oom"
     assert res["false_alarms"] == 0 and res["cause_accuracy"] == 1.0
+
+
+def test_programs_share_one_set_up_helper(monkeypatch):
+    """Flags typed by their defaults (a float flag given ``0`` is ``0.0``), dests kept, and the
+    same seed gives the same generator."""
+    import sys
+
+    monkeypatch.syspath_prepend(str(PROGRAMS))
+    import _setup
+
+    monkeypatch.setattr(sys, "argv", ["p", "--training.max_norm", "0", "--model.dim", "96"])
+    args = _setup.parse_flags(
+        {"--training.max_norm": ("max_norm", 1.0), "--model.dim": ("dim", 64), "--name": "x"}
+    )
+    assert args.max_norm == 0.0 and isinstance(args.max_norm, float)
+    assert args.dim == 96 and args.name == "x"
+    a, b = _setup.seeded(3, torch=False), _setup.seeded(3, torch=False)
+    assert a.integers(0, 1 << 30) == b.integers(0, 1 << 30)
+    for path in (p for p in PROGRAMS.glob("*.py") if p.name != "_setup.py"):
+        text = path.read_text()
+        assert "import _setup" in text and "argparse.ArgumentParser" not in text, path.name

@@ -249,8 +249,11 @@ def _divergence_of_loss(s: Series, th: dict[str, Any], since: int = 0) -> Findin
     )
 
 
-def _loss_spike(s: Series, th: dict[str, Any], since: int = 0) -> Finding | None:
-    """A point far above the robust baseline of the preceding window."""
+def _loss_spike(
+    s: Series, th: dict[str, Any], since: int = 0, *, start_level: float | None = None
+) -> Finding | None:
+    """A point far above the robust baseline of the preceding window, by an amount that
+    matters: at least ``min_rise`` of the loss's starting level (``start_level``)."""
     x = _finite_prefix(s.values)
     if len(x) <= th.get("min_history", 16):
         return None
@@ -265,6 +268,11 @@ def _loss_spike(s: Series, th: dict[str, Any], since: int = 0) -> Finding | None
     with np.errstate(invalid="ignore", divide="ignore"):
         z = (x - med) / scale
         hit = (z > th.get("z", 6.0)) & (x > med * (1 + th.get("min_rel", 0.25)))
+    if start_level:
+        # A memorised loss (1e-6 after starting at 0.7) wiggles by factors of two on float
+        # rounding alone: both z-scores call that a spike, yet it gives back nothing of what
+        # training gained.  A spike must rise by a material share of where the loss started.
+        hit &= x - med > th.get("min_rise", 0.0) * start_level
     if hit[since:].any() and (x > 0).all() and th.get("log_z", 0):
         # A small minibatch loss is noisy by factors, not by amounts (one wrong sample moves
         # 0.05 to 0.2): the point must stand out on a log scale as well.
@@ -654,7 +662,15 @@ def _windowed(run: RunView, kind: str, role: str, th: dict[str, Any], fn: Any) -
 
 @detector("loss_spike", reads=("train_loss",), stable=True, precursor=True)
 def loss_spike(run: RunView, th: dict[str, Any]) -> Finding | None:
-    return _windowed(run, "loss_spike", "train_loss", th, _loss_spike)
+    s = run["train_loss"]
+    if s is None:
+        return None
+    # The starting level: the highest of the first `min_history` points of the whole series
+    # (a loss can fall by orders of magnitude within them; fixed once they exist, so an
+    # incremental pass judges with the very same number).
+    head = _finite_prefix(s.values)[: int(th.get("min_history", 16))]
+    level = float(np.max(np.abs(head))) if len(head) else None
+    return _windowed(run, "loss_spike", "train_loss", th, partial(_loss_spike, start_level=level))
 
 
 @detector("plateau", reads=("train_loss",), precursor=True)

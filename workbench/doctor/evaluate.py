@@ -40,6 +40,8 @@ class RunScore:
     delays: dict[str, int] = field(default_factory=dict)  # kind → reported − true onset
     any_of: list[str] = field(default_factory=list)
     allowed: list[str] = field(default_factory=list)
+    # kinds found as a NaN finding's run-up (its `after`): detected, but one problem, one finding
+    absorbed: list[str] = field(default_factory=list)
 
     @property
     def cause_ok(self) -> bool:
@@ -59,10 +61,15 @@ def score_run(
     v: RunVerdict, scenario: str, split: str, expected: dict[str, Any], onset: int | None
 ) -> RunScore:
     kinds = sorted({f.kind for f in v.findings})
+    absorbed = sorted({k for f in v.findings for k in f.after} - set(kinds))
     delays: dict[str, int] = {}
     if onset is not None:
         for kind in expected.get("findings", []) + expected.get("any_of", []):
-            steps = [f.step for f in v.findings if f.kind == kind and f.step is not None]
+            steps = [
+                f.step
+                for f in v.findings
+                if (f.kind == kind or kind in f.after) and f.step is not None
+            ]
             if steps:
                 delays[kind] = min(steps) - onset
     return RunScore(
@@ -77,17 +84,21 @@ def score_run(
         delays=delays,
         any_of=list(expected.get("any_of", [])),
         allowed=list(expected.get("allowed", [])),
+        absorbed=absorbed,
     )
 
 
 def _counts(s: RunScore, kind: str) -> tuple[int, int, int]:
-    """(tp, fp, fn) of one run for one kind."""
+    """(tp, fp, fn) of one run for one kind.  A precursor absorbed into a NaN finding was
+    detected (the doctor reports it as the NaN's onset): it counts where the label asks for
+    it, and is no extra alarm where the label does not (it is not a finding of its own)."""
     found = kind in s.predicted_kinds
+    credited = found or kind in s.absorbed
     if kind in s.expected_kinds:
-        return int(found), 0, int(not found)
+        return int(credited), 0, int(not credited)
     if kind in s.any_of:
-        missed = not set(s.any_of) & set(s.predicted_kinds)
-        return int(found), 0, int(missed and kind == s.any_of[0])
+        missed = not set(s.any_of) & (set(s.predicted_kinds) | set(s.absorbed))
+        return int(credited), 0, int(missed and kind == s.any_of[0])
     if kind in s.allowed:
         return 0, 0, 0
     return 0, int(found), 0

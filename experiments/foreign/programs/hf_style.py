@@ -12,33 +12,33 @@ class off (a preprocessing bug in one shard file).  ``--tta_copies N`` evaluates
 augmented copies of the whole eval set at once (a memory-hungry evaluation).
 """
 
-import argparse
 import math
 import time
 
+import _setup
 import mlflow
 import numpy as np
 import torch
 from sklearn.datasets import load_digits
 
-p = argparse.ArgumentParser()
-p.add_argument("--learning_rate", type=float, default=1e-3)
-p.add_argument("--max_grad_norm", type=float, default=1.0)
-p.add_argument("--warmup_ratio", type=float, default=0.0)
-p.add_argument("--lr_scheduler_type", default="linear")
-p.add_argument("--num_train_epochs", type=int, default=4)
-p.add_argument("--per_device_train_batch_size", type=int, default=32)
-p.add_argument("--logging_steps", type=int, default=4)
-p.add_argument("--eval_steps", type=int, default=25)
-p.add_argument("--weight_decay", type=float, default=0.0)
-p.add_argument("--seed", type=int, default=42)
-p.add_argument("--corrupt_shard", type=int, default=-1)
-p.add_argument("--tta_copies", type=int, default=1)
-args = p.parse_args()
+args = _setup.parse_flags(
+    {
+        "--learning_rate": 1e-3,
+        "--max_grad_norm": 1.0,
+        "--warmup_ratio": 0.0,
+        "--lr_scheduler_type": "linear",
+        "--num_train_epochs": 4,
+        "--per_device_train_batch_size": 32,
+        "--logging_steps": 4,
+        "--eval_steps": 25,
+        "--weight_decay": 0.0,
+        "--seed": 42,
+        "--corrupt_shard": -1,
+        "--tta_copies": 1,
+    }
+)
 
-torch.set_num_threads(1)
-torch.manual_seed(args.seed)
-rng = np.random.default_rng(args.seed)
+rng = _setup.seeded(args.seed)
 
 X, y = load_digits(return_X_y=True)
 X = (X / 16.0).astype(np.float32)

@@ -10,25 +10,26 @@ API, and Keras' per-epoch names: ``loss``, ``accuracy``, ``val_loss``, ``val_acc
 softmax written the textbook way (``exp(z) / sum(exp(z))``, no max subtracted).
 """
 
-import argparse
-
+import _setup
 import mlflow
 import numpy as np
 from sklearn.datasets import load_digits
 
-p = argparse.ArgumentParser()
-p.add_argument("--learning_rate", type=float, default=2e-3)
-p.add_argument("--epochs", type=int, default=40)
-p.add_argument("--batch_size", type=int, default=64)
-p.add_argument("--units", type=int, default=64)
-p.add_argument("--dtype", default="float32")
-p.add_argument("--validation_split", type=float, default=0.1)
-p.add_argument("--train_rows", type=int, default=0)
-p.add_argument("--input_scale", type=float, default=1 / 16)
-p.add_argument("--seed", type=int, default=0)
-args = p.parse_args()
+args = _setup.parse_flags(
+    {
+        "--learning_rate": 2e-3,
+        "--epochs": 40,
+        "--batch_size": 64,
+        "--units": 64,
+        "--dtype": "float32",
+        "--validation_split": 0.1,
+        "--train_rows": 0,
+        "--input_scale": 1 / 16,
+        "--seed": 0,
+    }
+)
 
-rng = np.random.default_rng(args.seed)
+rng = _setup.seeded(args.seed, torch=False)
 X, y = load_digits(return_X_y=True)
 X = X * args.input_scale
 idx = rng.permutation(len(X))

@@ -12,33 +12,33 @@ the doctor.
 buffer that is never trimmed (memory grows every epoch).
 """
 
-import argparse
 import math
 
+import _setup
 import mlflow
 import numpy as np
 import torch
 from sklearn.datasets import load_breast_cancer, load_wine
 
-p = argparse.ArgumentParser()
-p.add_argument("--model/lr", dest="lr", type=float, default=3e-3)
-p.add_argument("--model/hidden", dest="hidden", type=int, default=64)
-p.add_argument("--model/dropout", dest="dropout", type=float, default=0.1)
-p.add_argument("--model/weight_decay", dest="weight_decay", type=float, default=1e-4)
-p.add_argument("--trainer/max_epochs", dest="max_epochs", type=int, default=30)
-p.add_argument("--trainer/gradient_clip_val", dest="clip", type=float, default=0.0)
-p.add_argument("--data/name", dest="data", default="breast_cancer")
-p.add_argument("--data/batch_size", dest="batch_size", type=int, default=32)
-p.add_argument("--data/train_size", dest="train_size", type=int, default=0)
-p.add_argument("--data/val_size", dest="val_size", type=int, default=60)
-p.add_argument("--data/replay_copies", dest="replay", type=int, default=0)
-p.add_argument("--trainer/log_every_n_steps", dest="log_every", type=int, default=4)
-p.add_argument("--seed_everything", dest="seed", type=int, default=0)
-args = p.parse_args()
+args = _setup.parse_flags(
+    {
+        "--model/lr": ("lr", 3e-3),
+        "--model/hidden": ("hidden", 64),
+        "--model/dropout": ("dropout", 0.1),
+        "--model/weight_decay": ("weight_decay", 1e-4),
+        "--trainer/max_epochs": ("max_epochs", 30),
+        "--trainer/gradient_clip_val": ("clip", 0.0),
+        "--data/name": ("data", "breast_cancer"),
+        "--data/batch_size": ("batch_size", 32),
+        "--data/train_size": ("train_size", 0),
+        "--data/val_size": ("val_size", 60),
+        "--data/replay_copies": ("replay", 0),
+        "--trainer/log_every_n_steps": ("log_every", 4),
+        "--seed_everything": ("seed", 0),
+    }
+)
 
-torch.set_num_threads(1)
-torch.manual_seed(args.seed)
-rng = np.random.default_rng(args.seed)
+rng = _setup.seeded(args.seed)
 X, y = (load_wine if args.data == "wine" else load_breast_cancer)(return_X_y=True)
 X = ((X - X.mean(0)) / (X.std(0) + 1e-8)).astype(np.float32)
 idx = rng.permutation(len(X))

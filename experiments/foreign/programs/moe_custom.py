@@ -12,33 +12,32 @@ Top-1 routing: a token goes to its highest-scoring expert, scaled by that expert
 probability; the load-balancing loss is ``E * sum(f_e * p_e)``.
 """
 
-import argparse
 import time
 
+import _setup
 import mlflow
-import numpy as np
 import torch
 from sklearn.datasets import load_digits
 
-p = argparse.ArgumentParser()
-p.add_argument("--moe.num_experts", dest="E", type=int, default=8)
-p.add_argument("--moe.top_k", dest="k", type=int, default=1)
-p.add_argument("--moe.aux_loss_coef", dest="aux", type=float, default=0.1)
-p.add_argument("--moe.router_init_std", dest="rstd", type=float, default=0.02)
-p.add_argument("--moe.expert_dim", dest="hid", type=int, default=32)
-p.add_argument("--optim.lr", dest="lr", type=float, default=3e-3)
-p.add_argument("--optim.clip", dest="clip", type=float, default=1.0)
-p.add_argument("--optim.warmup", dest="warmup", type=int, default=10)
-p.add_argument("--train.steps", dest="steps", type=int, default=300)
-p.add_argument("--train.batch_size", dest="bs", type=int, default=64)
-p.add_argument("--train.eval_every", dest="eval_every", type=int, default=25)
-p.add_argument("--train.log_every", dest="log_every", type=int, default=3)
-p.add_argument("--train.seed", dest="seed", type=int, default=0)
-args = p.parse_args()
+args = _setup.parse_flags(
+    {
+        "--moe.num_experts": ("E", 8),
+        "--moe.top_k": ("k", 1),
+        "--moe.aux_loss_coef": ("aux", 0.1),
+        "--moe.router_init_std": ("rstd", 0.02),
+        "--moe.expert_dim": ("hid", 32),
+        "--optim.lr": ("lr", 3e-3),
+        "--optim.clip": ("clip", 1.0),
+        "--optim.warmup": ("warmup", 10),
+        "--train.steps": ("steps", 300),
+        "--train.batch_size": ("bs", 64),
+        "--train.eval_every": ("eval_every", 25),
+        "--train.log_every": ("log_every", 3),
+        "--train.seed": ("seed", 0),
+    }
+)
 
-torch.set_num_threads(1)
-torch.manual_seed(args.seed)
-rng = np.random.default_rng(args.seed)
+rng = _setup.seeded(args.seed)
 X, y = load_digits(return_X_y=True)
 X = torch.tensor(X / 16.0, dtype=torch.float32)
 y = torch.tensor(y)

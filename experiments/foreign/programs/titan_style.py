@@ -9,8 +9,9 @@ accepts names); params are the job TOML flattened with dots
 Written without looking at the doctor.
 
 Data: the text of a few standard-library modules, written once into shard files.
-``--data.compressed_from K`` stores shards K… gzip-compressed as JSON lines, and the reader
-decompresses and re-tokenises the shard for every batch it serves (no cache).
+``--data.compressed_from K`` stores shards K… gzip-compressed as JSON lines, and the
+map-style reader decompresses and re-tokenises the shard for every sample it serves (no
+cache): from shard K on, each batch reads its shard ``local_batch_size`` times.
 """
 
 import argparse
@@ -22,27 +23,30 @@ import os
 import tempfile
 import time
 
+import _setup
 import mlflow
 import numpy as np
 import torch
 
-p = argparse.ArgumentParser()
-p.add_argument("--optimizer.name", dest="opt", default="AdamW")
-p.add_argument("--optimizer.lr", dest="lr", type=float, default=3e-3)
-p.add_argument("--lr_scheduler.warmup_steps", dest="warmup", type=int, default=20)
-p.add_argument("--training.steps", dest="steps", type=int, default=400)
-p.add_argument("--training.max_norm", dest="max_norm", type=float, default=1.0)
-p.add_argument("--training.local_batch_size", dest="bs", type=int, default=16)
-p.add_argument("--training.seq_len", dest="seq", type=int, default=32)
-p.add_argument("--training.seed", dest="seed", type=int, default=0)
-p.add_argument("--model.dim", dest="dim", type=int, default=64)
-p.add_argument("--data.compressed_from", dest="compressed_from", type=int, default=-1)
-p.add_argument("--metrics.log_freq", dest="log_freq", type=int, default=4)
-args = p.parse_args()
+args = _setup.parse_flags(
+    {
+        "--optimizer.name": ("opt", "AdamW"),
+        "--optimizer.lr": ("lr", 3e-3),
+        "--lr_scheduler.warmup_steps": ("warmup", 20),
+        "--training.steps": ("steps", 400),
+        "--training.max_norm": ("max_norm", 1.0),
+        "--training.local_batch_size": ("bs", 16),
+        "--training.seq_len": ("seq", 32),
+        "--training.seed": ("seed", 0),
+        "--model.dim": ("dim", 64),
+        "--model.nonlinearity": ("act", "tanh"),
+        "--model.rnn_init": ("rnn_init", "default"),
+        "--data.compressed_from": ("compressed_from", -1),
+        "--metrics.log_freq": ("log_freq", 4),
+    }
+)
 
-torch.set_num_threads(1)
-torch.manual_seed(args.seed)
-rng = np.random.default_rng(args.seed)
+rng = _setup.seeded(args.seed)
 
 import collections  # noqa: E402
 import email.message  # noqa: E402
@@ -73,23 +77,32 @@ def read_shard(k):
     return np.array([stoi[c] for c in chars], np.int64)
 
 
+def sample(k, data, start):
+    """One training window, map-style: a compressed shard is re-opened for every sample
+    (the dataset's ``__getitem__`` reads its file each time, nothing is cached)."""
+    if 0 <= args.compressed_from <= k:
+        data = read_shard(k)
+    return data[start : start + args.seq + 1]
+
+
 def batches():
     """The shards in order, ``steps / n_shards`` batches from each."""
     per_shard = math.ceil(args.steps / n_shards)
     for k in range(n_shards):
         data = read_shard(k)
         for _ in range(per_shard):
-            if 0 <= args.compressed_from <= k:
-                data = read_shard(k)  # the reader re-opens a compressed shard for every batch
             starts = rng.integers(0, len(data) - args.seq - 1, args.bs)
-            yield np.stack([data[s : s + args.seq + 1] for s in starts])
+            yield np.stack([sample(k, data, s) for s in starts])
 
 
 class RNNLM(torch.nn.Module):
     def __init__(self, v, d):
         super().__init__()
         self.emb = torch.nn.Embedding(v, d)
-        self.rnn = torch.nn.RNN(d, d, batch_first=True)
+        self.rnn = torch.nn.RNN(d, d, batch_first=True, nonlinearity=args.act)
+        if args.rnn_init == "identity":  # IRNN (Le et al., 2015): recurrent weights start at I
+            torch.nn.init.eye_(self.rnn.weight_hh_l0)
+            torch.nn.init.zeros_(self.rnn.bias_hh_l0)
         self.out = torch.nn.Linear(d, v)
 
     def forward(self, x):
@@ -128,6 +141,8 @@ with mlflow.start_run():
             "training.seed": args.seed,
             "model.name": "rnnlm",
             "model.dim": args.dim,
+            "model.nonlinearity": args.act,
+            "model.rnn_init": args.rnn_init,
             "training.mixed_precision_param": "float32",
         }
     )
