@@ -182,5 +182,7 @@ def load_manifest(path: Path) -> dict:
     path = Path(path)
     f = path / "manifest.json" if path.is_dir() else path
     if not f.exists():
-        raise BadInputError(f"{path}: no scenario manifest (build one: workbench loop --build)")
+        raise BadInputError(
+            f"{path}: no scenario manifest (build one: workbench scenarios build --out DIR)"
+        )
     return json.loads(f.read_text())

@@ -132,7 +132,7 @@ def _ctx(state: EpisodeState) -> EpisodeContext:
         doctor=state["doctor"],
         tried=[a["remedy_id"] for a in attempts],
         attempts=[{k: a.get(k) for k in ("n", "remedy_id", "error", "reasons")} for a in attempts],
-        diagnosis=state.get("diagnosis"),
+        diagnosis=_as_seen(state.get("diagnosis")),
         skipped=state.get("skipped", []),
     )
 
@@ -271,6 +271,12 @@ def diagnose(state: EpisodeState, deps: Deps) -> dict:
     return {"diagnosis": diagnosis, **counts}
 
 
+def _as_seen(diagnosis: dict | None) -> dict | None:
+    """The diagnosis as the propose step shows it: what was concluded, not who concluded it
+    (the same prompt whichever brain diagnosed, so a policy is asked what its teacher was)."""
+    return {k: v for k, v in diagnosis.items() if k != "by"} if diagnosis else None
+
+
 def propose(state: EpisodeState, deps: Deps) -> dict:
     attempts = state.get("attempts", [])
     n = len(attempts) + 1
@@ -293,7 +299,7 @@ def propose(state: EpisodeState, deps: Deps) -> dict:
 
     name, args, who, counts = _ask(
         deps, state, "propose", PROPOSE_TOOLS, check=check, run_id=state["run_id"],
-        diagnosis=state.get("diagnosis"), config=state["config_rel"], attempts=_ctx(state).attempts,
+        diagnosis=_as_seen(state.get("diagnosis")), config=state["config_rel"], attempts=_ctx(state).attempts,
     )  # fmt: skip
     if name == "give_up":
         _traj(state).add("give_up", reason=args.reason, by=who)

@@ -59,9 +59,8 @@ def decide(
         problem = None
         for bad in getattr(ai, "invalid_tool_calls", None) or []:
             problem = f"malformed tool call {bad.get('name')!r}: {bad.get('error') or 'bad JSON'}"
-            messages.append(
-                _tool_msg({"error": problem}, bad.get("id") or "invalid", bad.get("name"))
-            )
+            if bad.get("id"):  # an endpoint's call with an id wants its answer; XML calls have none
+                messages.append(_tool_msg({"error": problem}, bad["id"], bad.get("name")))
         if not ai.tool_calls and problem is None:
             problem = "no tool call in the answer"
         for call in ai.tool_calls:
