@@ -131,7 +131,7 @@ def test_loop_runs_and_no_heldout_work_reaches_training(scenario_set, tmp_path):
     from workbench.rl.loop import LoopConfig, run_loop
     from workbench.rl.sft import turn_sample
 
-    cfg = LoopConfig(sft_steps=40, rl_iterations=1, group_size=2, scenarios_per_iter=1,
+    cfg = LoopConfig(sft_steps=20, rl_iterations=1, group_size=2, scenarios_per_iter=1,
                      max_attempts=1, workers=2, policy_layers=2)  # fmt: skip
     res = run_loop(scenario_set, tmp_path / "loop", cfg)
     assert res["train"] == ["quad-a", "quad-b"] and res["heldout"] == ["quad-json"]

@@ -87,7 +87,7 @@ def _jobs(rows, *, home: Path, uri: str, brain: str, tag: str, cfg: LoopConfig,
             "brain_opts": {**opts, "seed": cfg.seed * 1000 + k} if opts else {},
             "thread_id": f"{tag}-{r['name']}-{k}",
             "max_attempts": cfg.max_attempts,
-            "reuse_runs": str(home.parent / "measured-runs"),
+            "reuse_runs": str(measured or home.parent / "measured-runs"),
         }  # fmt: skip
         for r in rows
         for k in range(repeat)
