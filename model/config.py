@@ -202,26 +202,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         pad_token_id=TINY_PAD,
         num_mtp_modules=1,
     ),
-    # The supervisor's policy (workbench.rl.policy): ~3M parameters, a context that holds the
-    # longest fix episode with headroom (measured in docs/model-in-the-loop.md), trained on 2
-    # CPU cores in minutes. vocab_size is the policy tokenizer's (set when it is created).
-    "policy": dict(
-        vocab_size=4096,
-        hidden_size=128,
-        intermediate_size=192,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=32,
-        rotary_dim=16,
-        num_local_experts=8,
-        num_experts_per_tok=2,
-        max_position_embeddings=4096,
-        bos_token_id=TINY_BOS,
-        eos_token_id=TINY_EOS,
-        pad_token_id=TINY_PAD,
-        use_mtp=False,
-    ),
     # A few million parameters: trains on the shipped corpus on a CPU in seconds.
     "tiny": dict(
         vocab_size=2048,
@@ -241,3 +221,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         num_mtp_modules=1,
     ),
 }
+# The supervisor's policy (workbench.rl.policy): the tiny shape (~3M parameters, trains on 2
+# CPU cores in minutes) with a context that holds the longest fix episode with headroom (about
+# 2,200 tokens, docs/rl.md) and no MTP head. vocab_size is the policy tokenizer's, set when a
+# policy is created.
+PRESETS["policy"] = {**PRESETS["tiny"], "vocab_size": 4096, "max_position_embeddings": 4096,
+                     "use_mtp": False}  # fmt: skip

@@ -200,18 +200,15 @@ def run_loop(
     save_policy(model, tok, ckpt)
     say(f"SFT: {sft['samples']} answers of {sft['episodes']} episodes, loss {sft['final_loss']:.4f}, "
         f"tree compression {sft['tree_compression']:.2f}x, {sft['wall_s']:.0f}s")  # fmt: skip
-    ev, _ = evaluate(
-        ckpt,
-        heldout,
-        home=home,
-        uri=uri,
-        cfg=cfg,
-        tag=f"{loop_id}-sft",
-        progress=say,
-        measured=measured,
-    )
-    rows_out.append({"generation": 0, "stage": "sft", "checkpoint": str(ckpt), **ev})
-    tracker.log_metrics(_metrics(ev, "sft"), 0)
+
+    def held_out(stage: str, generation: int, ckpt: Path) -> None:
+        """One row: the policy's greedy episodes on the held-out programs."""
+        ev, _ = evaluate(ckpt, heldout, home=home, uri=uri, cfg=cfg, progress=say,
+                         tag=f"{loop_id}-{stage}-g{generation}", measured=measured)  # fmt: skip
+        rows_out.append({"generation": generation, "stage": stage, "checkpoint": str(ckpt), **ev})
+        tracker.log_metrics(_metrics(ev, stage), generation)
+
+    held_out("sft", 0, ckpt)
 
     opt = make_optimizer(model, cfg.rl_lr)
     ucfg = UpdateConfig(loss="cispo", lr=cfg.rl_lr)
@@ -236,6 +233,7 @@ def run_loop(
             stats = {"tokens_unmerged": 0, "tokens_merged": 0, "step_time_s": 0.0}
             if batch:
                 stats = rl_step(model, opt, batch, compute_advantages(batch), ucfg)
+                stats["step_time_unmerged_s"] = unmerged_step_time(model, batch)
                 version += 1
             ckpt = out / f"policy-g{gen}-i{it}"
             save_policy(model, tok, ckpt)
@@ -245,7 +243,9 @@ def run_loop(
                 "verified": sum(bool(r["verified"]) for r in results),
                 "fallbacks": sum(int(r["fallbacks"] or 0) for r in results),
                 "samples": len(batch), "tree_compression": stats["tokens_unmerged"] / max(stats["tokens_merged"], 1),
-                "step_time_s": stats["step_time_s"], "wall_s": round(time.monotonic() - t0, 1),
+                "step_time_s": stats["step_time_s"],
+                "step_time_unmerged_s": stats.get("step_time_unmerged_s", 0.0),
+                "wall_s": round(time.monotonic() - t0, 1),
             }  # fmt: skip
             rl_stats.append(row)
             tracker.log_metrics(
@@ -253,18 +253,7 @@ def run_loop(
             )
             say(f"RL gen {gen} iter {it}: reward {row['reward']:.2f}, {row['verified']}/{row['episodes']} "
                 f"verified, {len(batch)} samples, compression {row['tree_compression']:.2f}x")  # fmt: skip
-        ev, _ = evaluate(
-            ckpt,
-            heldout,
-            home=home,
-            uri=uri,
-            cfg=cfg,
-            tag=f"{loop_id}-rl-g{gen}",
-            progress=say,
-            measured=measured,
-        )
-        rows_out.append({"generation": gen + 1, "stage": "rl", "checkpoint": str(ckpt), **ev})
-        tracker.log_metrics(_metrics(ev, "rl"), gen + 1)
+        held_out("rl", gen + 1, ckpt)
     result = {
         "config": asdict(cfg), "scenarios": str(scenarios), "out": str(out),
         "train": [r["name"] for r in train], "heldout": [r["name"] for r in heldout],
@@ -275,6 +264,22 @@ def run_loop(
     atomic_write_text(out / "loop.json", json.dumps(result, indent=1, default=str))
     tracker.finish("FINISHED")
     return result
+
+
+def unmerged_step_time(model, batch) -> float:
+    """Seconds of the same forward+backward with every sample on its own (no prefix tree, no
+    optimizer step): the reference for the merged step's time on a real batch."""
+    import torch
+
+    from trainer.rl.update import UpdateConfig, sample_logprobs
+
+    t0 = time.perf_counter()
+    model.train()
+    loss = -sample_logprobs(model, batch, UpdateConfig(merge=False)).mean()
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    torch.cuda.synchronize() if torch.cuda.is_available() else None
+    return time.perf_counter() - t0
 
 
 def _metrics(ev: dict, stage: str) -> dict[str, float]:
