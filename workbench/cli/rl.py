@@ -111,6 +111,10 @@ def loop(
         str | None, typer.Option("--ray-address", help="Ray cluster (default: a local instance).")
     ] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    policy: Annotated[
+        Path | None,
+        typer.Option("--policy", help="Start RL from this (SFT'd) checkpoint; skips SFT."),
+    ] = None,
     tracking_uri: LogTo = None,
     as_json: Json = False,
 ) -> None:
@@ -123,8 +127,9 @@ def loop(
         ray_address=ray_address, seed=seed,
     )  # fmt: skip
     res = run_loop(
-        scenarios, out, cfg, tracking_uri, progress=lambda s: err_console.print(s, highlight=False)
-    )
+        scenarios, out, cfg, tracking_uri, start=policy,
+        progress=lambda s: err_console.print(s, highlight=False),
+    )  # fmt: skip
     if as_json:
         print_json(res)
         return

@@ -148,6 +148,7 @@ def run_loop(
     cfg: LoopConfig = LoopConfig(),
     tracking_uri: str | None = None,
     progress: Callable[[str], None] = lambda msg: None,
+    start: Path | None = None,
 ) -> dict[str, Any]:
     import torch
 
@@ -187,19 +188,20 @@ def run_loop(
     trained_on = [r["trajectory"] for r in train_results]  # every trajectory training reads
 
     rows_out: list[dict] = []
-    policy_dir = out / "policy-init"
-    model, tok = (
-        new_policy(policy_dir, seed=cfg.seed)
-        if not policy_dir.exists()
-        else load_policy(policy_dir)
-    )
-    sft = train_sft(model, tok, teacher_eps, SFTConfig(steps=cfg.sft_steps, lr=cfg.sft_lr,
-                    seed=cfg.seed), log=lambda r: tracker.log_metrics({"sft_loss": r["sft_loss"]}, r["step"]),
-                    progress=say)  # fmt: skip
-    ckpt = out / "policy-sft"
-    save_policy(model, tok, ckpt)
-    say(f"SFT: {sft['samples']} answers of {sft['episodes']} episodes, loss {sft['final_loss']:.4f}, "
-        f"tree compression {sft['tree_compression']:.2f}x, {sft['wall_s']:.0f}s")  # fmt: skip
+    if start is not None:  # an SFT'd policy given: RL starts from it (e.g. RL seeds on one SFT)
+        model, tok = load_policy(start)
+        ckpt, sft = Path(start), {"from": str(start)}
+        say(f"starting from {start} (no SFT)")
+    else:
+        policy_dir = out / "policy-init"
+        model, tok = new_policy(policy_dir, seed=cfg.seed, num_hidden_layers=cfg.policy_layers)
+        sft = train_sft(model, tok, teacher_eps, SFTConfig(steps=cfg.sft_steps, lr=cfg.sft_lr,
+                        seed=cfg.seed), log=lambda r: tracker.log_metrics({"sft_loss": r["sft_loss"]}, r["step"]),
+                        progress=say)  # fmt: skip
+        ckpt = out / "policy-sft"
+        save_policy(model, tok, ckpt)
+        say(f"SFT: {sft['samples']} answers of {sft['episodes']} episodes, loss {sft['final_loss']:.4f}, "
+            f"tree compression {sft['tree_compression']:.2f}x, {sft['wall_s']:.0f}s")  # fmt: skip
 
     def held_out(stage: str, generation: int, ckpt: Path) -> None:
         """One row: the policy's greedy episodes on the held-out programs."""
