@@ -49,7 +49,7 @@ def test_shared_options_mean_the_same_on_every_command():
     for where, opt in homes:
         assert (opt.envvar, str(opt.default)) == ("WORKBENCH_HOME", ".workbench"), where
     for where, opt in uris:
-        if where == "workbench train rl":  # logs only when asked
+        if where == "workbench loop":  # logs only when asked
             assert opt.default is None and not opt.envvar, where
         else:
             assert (opt.envvar, opt.default) == ("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"), (

@@ -43,14 +43,15 @@ def test_prefix_tree_bench_bad_input_is_a_bad_input_error():
     assert isinstance(res.exception, BadInputError) and ">= 1" in str(res.exception)
 
 
-def test_train_rl_rejects_an_unknown_answer_format_before_any_work(tmp_path):
-    from workbench.cli import train
+def test_loop_refuses_bad_settings_and_a_missing_scenario_set_before_any_work(tmp_path):
+    from workbench.cli import main
 
-    tapp = typer.Typer()
-    train.register(tapp)
+    app = main.app
+    out = tmp_path / "out"
+    res = CliRunner().invoke(app, ["loop", "--scenarios", str(tmp_path), "--out", str(out)])
+    assert isinstance(res.exception, BadInputError) and "no scenario manifest" in str(res.exception)
     res = CliRunner().invoke(
-        tapp, ["train", "rl", "--policy", str(tmp_path / "p"), "--answer", "emoji"]
+        app, ["loop", "--scenarios", str(tmp_path), "--out", str(out), "--temperature", "9"]
     )
-    assert isinstance(res.exception, BadInputError)
-    assert "--answer must be one of code, letter, id" in str(res.exception)
-    assert not (tmp_path / "p").exists()  # no fresh policy written for a bad command
+    assert isinstance(res.exception, BadInputError) and "temperature" in str(res.exception)
+    assert not out.exists()  # nothing written for a bad command
