@@ -139,6 +139,7 @@ def loop(
             "teacher (rules)",
             "-",
             t["verified_fix_rate"],
+            t["own_verified_fix_rate"],
             t["mean_attempts_to_fix"],
             "-",
             "-",
@@ -146,7 +147,8 @@ def loop(
         ]
     ]
     rows += [
-        [r["stage"], r["generation"], r["verified_fix_rate"], r["mean_attempts_to_fix"],
+        [r["stage"], r["generation"], r["verified_fix_rate"], r["own_verified_fix_rate"],
+         r["mean_attempts_to_fix"],
          f"{r['fallbacks']}/{r['brain_calls']}", r["tokens"]["longest_turn"], r["wall_s"]]
         for r in res["rows"]
     ]  # fmt: skip
@@ -156,6 +158,7 @@ def loop(
             "policy",
             "gen",
             "verified-fix rate",
+            "own (no fallback)",
             "attempts to fix",
             "fallbacks/calls",
             "longest turn (tok)",

@@ -88,7 +88,8 @@ def run_episodes(
 
 def summarize_results(results: list[dict]) -> dict[str, Any]:
     """The figures of a set of episodes: verified-fix rate, mean attempts to a verified fix,
-    fallbacks per brain decision, episodes with no fallback."""
+    fallbacks per brain decision, episodes with no fallback, and the brain's *own* verified
+    fixes (verified with no fallback: a fix the rules brain took over does not count for it)."""
     n = len(results)
     fixed = [r for r in results if r.get("verified")]
     calls = sum(int(r.get("brain_calls") or 0) for r in results)
@@ -102,6 +103,11 @@ def summarize_results(results: list[dict]) -> dict[str, Any]:
         "fallbacks": falls,
         "brain_calls": calls,
         "no_fallback_rate": round(sum(not r.get("fallbacks") for r in results) / n, 4)
+        if n
+        else 0.0,
+        "own_verified_fix_rate": round(
+            sum(bool(r.get("verified")) and not r.get("fallbacks") for r in results) / n, 4
+        )
         if n
         else 0.0,
         "errors": sum(bool(r.get("error")) for r in results),
