@@ -94,20 +94,14 @@ class KnobSpec(_Strict):
     flags: tuple[str, ...] = ()  # launch-command flags, with their dashes
     enable: float | int | str | bool | None = None  # what ``op: enable`` sets by default
 
-    @field_validator("config")
+    @field_validator("config", "flags")
     @classmethod
-    def _keys(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        bad = [k for k in v if not _KEY.match(k)]
+    def _spelled(cls, v: tuple[str, ...], info) -> tuple[str, ...]:
+        pattern, what = (_KEY, "dotted config keys") if info.field_name == "config" else (
+            _FLAG, "launch flags (--name)")  # fmt: skip
+        bad = [k for k in v if not pattern.match(k)]
         if bad:
-            raise ValueError(f"not dotted config keys: {bad}")
-        return v
-
-    @field_validator("flags")
-    @classmethod
-    def _flags(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        bad = [f for f in v if not _FLAG.match(f)]
-        if bad:
-            raise ValueError(f"not launch flags (--name): {bad}")
+            raise ValueError(f"not {what}: {bad}")
         return v
 
 

@@ -25,6 +25,7 @@ import yaml
 from workbench.cli.options import Json
 from workbench.cli.output import console, err_console, print_json, print_table
 from workbench.errors import BadInputError
+from workbench.runs.repos import SHORT_RUN, deep_merge, init_repo, run_original, template_path
 
 # name → (template repo, config overrides for lm-repo scenarios); each fault is a real setting.
 SCENARIOS: dict[str, tuple[str, dict | None]] = {
@@ -37,9 +38,6 @@ SCENARIOS: dict[str, tuple[str, dict | None]] = {
     "titan-lr-too-low": ("titan-toml-repo", None),
     "lightning-overfit": ("lightning-yaml-repo", None),
 }
-# Every scenario runs the template's config shortened to the fault suite's length (onsets at
-# step 50 leave 70 steps to fail in, and a fix 120 steps to recover): the demo fits in minutes.
-DEMO_BASE = {"steps": 120}
 # Used when the template repo is absent: the fault suite's tiny LM, seconds per run on a CPU.
 FALLBACK_CONFIG = {
     "program": "lm",
@@ -66,28 +64,9 @@ FALLBACK_CONFIG = {
 }
 
 
-def _template(name: str = "lm-repo") -> Path | None:
-    import experiments
-
-    path = Path(experiments.__file__).resolve().parent / "templates" / name
-    return path if (path / "workbench.yaml").exists() else None
-
-
-def _merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def _git(repo: Path, *args: str) -> None:
-    ident = ["-c", "user.name=workbench demo", "-c", "user.email=demo@localhost"]
-    subprocess.run(["git", *ident, *args], cwd=repo, check=True, capture_output=True)
-
-
 def make_repo(repo: Path) -> dict[str, str]:
     """Create the demo's LM repo; returns lm-repo scenario → config path (relative to it)."""
-    template = _template()
+    template = template_path()
     if template is not None:
         shutil.copytree(template, repo, ignore=shutil.ignore_patterns(".git", "mlruns", "*.db"))
     else:
@@ -107,61 +86,23 @@ def make_repo(repo: Path) -> dict[str, str]:
     for name, (tmpl, over) in SCENARIOS.items():
         if tmpl != "lm-repo":
             continue
-        cfg = _merge(_merge(base, DEMO_BASE), over or {})
+        cfg = deep_merge(deep_merge(base, SHORT_RUN), over or {})
         rel = f"configs/demo-{name}.yaml"
         (repo / rel).write_text(yaml.safe_dump(cfg, sort_keys=False))
         configs[name] = rel
-    _commit(repo, "training repo with demo scenarios")
+    init_repo(repo, "training repo with demo scenarios")
     return configs
-
-
-def _commit(repo: Path, message: str) -> None:
-    (repo / ".gitignore").write_text(".workbench/\nmlruns/\n*.db\ncheckpoints/\nout/\n")
-    _git(repo, "init", "-q", "-b", "main")
-    _git(repo, "add", ".")
-    _git(repo, "commit", "-q", "-m", message)
 
 
 def make_foreign_repo(root: Path, template: str) -> Path | None:
     """A copy of a foreign-style template repo as its own git repo (None: not installed)."""
-    src = _template(template)
+    src = template_path(template)
     if src is None:
         return None
     repo = root / template
     shutil.copytree(src, repo, ignore=shutil.ignore_patterns(".git", "mlruns", "*.db", "out"))
-    _commit(repo, f"{template}: a training repo")
+    init_repo(repo, f"{template}: a training repo")
     return repo
-
-
-def run_original(
-    repo: Path, config: str | None, uri: str, experiment_id: str, logs: Path, name: str
-) -> str:
-    """One training run of the untouched repo, sandboxed like every launch; returns its run id.
-    The run is created here and handed over the MLflow way (``MLFLOW_RUN_ID``)."""
-    from mlflow.tracking import MlflowClient
-
-    from workbench.runs import sandbox
-    from workbench.runs.launch import launch_argv, read_repo_spec
-
-    spec = read_repo_spec(repo)
-    client = MlflowClient(uri)
-    rid = client.create_run(experiment_id, run_name=name).info.run_id
-    box = sandbox.SandboxSpec(
-        argv=launch_argv(spec, config or spec.config), cwd=repo, timeout_s=spec.timeout,
-        env={**spec.env, "MLFLOW_TRACKING_URI": uri, "MLFLOW_EXPERIMENT_NAME": "demo",
-             "MLFLOW_EXPERIMENT_ID": experiment_id, "MLFLOW_RUN_ID": rid,
-             "OMP_NUM_THREADS": "1"},
-        log_path=logs / f"{name}.log",
-    )  # fmt: skip
-    t0 = time.monotonic()
-    sandbox.run_local(box)
-    data = client.get_run(rid).data
-    if not (data.metrics or data.params):
-        raise BadInputError(f"the {name} run did not start; see {box.log_path}")
-    if client.get_run(rid).info.status == "RUNNING":
-        client.set_terminated(rid, "FINISHED")
-    client.set_tag(rid, "demo.run_seconds", f"{time.monotonic() - t0:.1f}")
-    return rid
 
 
 def demo_cmd(

@@ -94,7 +94,7 @@ def _jobs(rows, *, home: Path, uri: str, brain: str, tag: str, cfg: LoopConfig,
     ]
 
 
-def policy_samples(episodes: list[Episode]) -> list:
+def policy_samples(episodes: list[tuple[Episode, float]]) -> list:
     """Token-level samples of the policy's own answers (fallback turns are the rules brain's,
     not the policy's: left out); the episode's reward on its last answer."""
     from trainer.rl.data import completion_sample

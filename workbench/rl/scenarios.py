@@ -109,11 +109,11 @@ def _make_repo(root: Path, sc: FixScenario) -> tuple[Path, str]:
 
     import yaml
 
-    from workbench.cli.demo import DEMO_BASE, _commit, _merge, _template
     from workbench.runs.launch import read_repo_spec
+    from workbench.runs.repos import SHORT_RUN, deep_merge, init_repo, template_path
     from workbench.supervisor import configedit
 
-    src = _template(sc.template)
+    src = template_path(sc.template)
     if src is None:
         raise BadInputError(f"template {sc.template} is not installed (experiments/templates)")
     repo = root / sc.name
@@ -122,14 +122,14 @@ def _make_repo(root: Path, sc: FixScenario) -> tuple[Path, str]:
     path = repo / spec.config
     if sc.template == "lm-repo":
         base = yaml.safe_load(path.read_text()) or {}
-        cfg = _merge(_merge(base, DEMO_BASE), json.loads(sc.overrides))
+        cfg = deep_merge(deep_merge(base, SHORT_RUN), json.loads(sc.overrides))
         path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     else:
         text, fmt = path.read_text(), configedit.config_format(spec.config)
         for key, value in sc.edits:
             text = configedit.set_value(text, fmt, key, value, spec.config)
         path.write_text(text)
-    _commit(repo, f"{sc.name}: a training repo")
+    init_repo(repo, f"{sc.name}: a training repo")
     return repo, spec.config
 
 
@@ -143,8 +143,8 @@ def build_scenarios(
     that already holds a set gets only the scenarios it lacks (an interrupted build resumes)."""
     from mlflow.tracking import MlflowClient
 
-    from workbench.cli.demo import run_original
     from workbench.doctor import diagnose_run
+    from workbench.runs.repos import run_original
 
     out = Path(out).resolve()
     done: list[dict] = []
@@ -162,7 +162,7 @@ def build_scenarios(
     def one(sc: FixScenario) -> dict:
         t0 = time.monotonic()
         repo, config = _make_repo(out, sc)
-        rid = run_original(repo, None, uri, exp, out / "logs", sc.name)
+        rid = run_original(repo, None, uri, exp, out / "logs", sc.name, "scenarios")
         verdict = diagnose_run(uri, rid)
         kinds = sorted({f.kind for f in verdict.findings})
         cause = verdict.diagnosis.cause if verdict.diagnosis else None

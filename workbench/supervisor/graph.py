@@ -469,34 +469,24 @@ def _outcome_key(state: EpisodeState, cur: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
-def _reused_run(state: EpisodeState, deps: Deps, cur: dict) -> str | None:
-    if deps.reuse_runs is None:
+def _reused_run(state: EpisodeState, record: Path) -> tuple[str, str] | None:
+    """(run id, status) of the finished run ``record`` names, if it still exists."""
+    if not record.exists():
         return None
-    path = Path(deps.reuse_runs) / f"{_outcome_key(state, cur)}.json"
-    if not path.exists():
-        return None
-    run_id = json.loads(path.read_text())["run_id"]
+    run_id = json.loads(record.read_text())["run_id"]
     try:
-        info = _tracking(state["tracking_uri"]).run(run_id)
+        status = _tracking(state["tracking_uri"]).run(run_id).status
     except WorkbenchError:
         return None
-    return run_id if info.status in launch.TERMINAL else None
-
-
-def _remember_run(state: EpisodeState, deps: Deps, cur: dict, run_id: str) -> None:
-    if deps.reuse_runs is not None:
-        Path(deps.reuse_runs).mkdir(parents=True, exist_ok=True)
-        atomic_write_text(
-            Path(deps.reuse_runs) / f"{_outcome_key(state, cur)}.json",
-            json.dumps({"run_id": run_id, "branch": cur["branch"]}),
-        )
+    return (run_id, status) if status in launch.TERMINAL else None
 
 
 def relaunch(state: EpisodeState, deps: Deps) -> dict:
     cur = dict(state["current"])
     key = f"{state['thread_id']}/{cur['n']}"
-    if (rid := _reused_run(state, deps, cur)) is not None:
-        status = _tracking(state["tracking_uri"]).run(rid).status
+    record = Path(deps.reuse_runs) / f"{_outcome_key(state, cur)}.json" if deps.reuse_runs else None
+    if record is not None and (hit := _reused_run(state, record)) is not None:
+        rid, status = hit
         cur.update(new_run_id=rid, run_status=status, log="", reused_run=True)
         _traj(state).add("launch", run_id=rid, status=status, reused=True, measured_before=True)
         deps.progress(f"attempt {cur['n']}: this exact change already ran as {rid[:8]}; reused")
@@ -524,8 +514,9 @@ def relaunch(state: EpisodeState, deps: Deps) -> dict:
         return _fail(state, cur, f"relaunch: {exc}")
     cur.update(new_run_id=res.run_id, run_status=res.status, log=res.log_path)
     _traj(state).add("launch", run_id=res.run_id, status=res.status, reused=res.reused)
-    if res.status in launch.TERMINAL:
-        _remember_run(state, deps, cur, res.run_id)
+    if record is not None and res.status in launch.TERMINAL:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(record, json.dumps({"run_id": res.run_id, "branch": cur["branch"]}))
     return {"current": cur}
 
 

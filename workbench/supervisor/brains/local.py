@@ -31,14 +31,21 @@ _ENGINES: dict[str, tuple[Any, Any]] = {}
 _LOCK = threading.Lock()
 
 
+_KEEP_ENGINES = 2  # an RL loop loads a checkpoint per iteration: keep the newest only
+
+
 def _engine(model_dir: str):
-    """One loaded checkpoint (engine + tokenizer) per directory, shared by every brain."""
+    """One loaded checkpoint (engine + tokenizer) per directory, shared by every brain; the
+    least recently used beyond ``_KEEP_ENGINES`` are dropped."""
     key = str(Path(model_dir).resolve())
     with _LOCK:
         if key not in _ENGINES:
             from model.serving import load_engine
 
             _ENGINES[key] = load_engine(key, max_batch=16)
+        _ENGINES[key] = _ENGINES.pop(key)  # most recently used last
+        while len(_ENGINES) > _KEEP_ENGINES:  # its decode thread would hold it alive
+            _ENGINES.pop(next(iter(_ENGINES)))[0].shutdown()
         return _ENGINES[key]
 
 
