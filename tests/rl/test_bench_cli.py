@@ -55,3 +55,12 @@ def test_loop_refuses_bad_settings_and_a_missing_scenario_set_before_any_work(tm
     )
     assert isinstance(res.exception, BadInputError) and "temperature" in str(res.exception)
     assert not out.exists()  # nothing written for a bad command
+
+
+def test_train_sft_refuses_a_bad_stop_probability_before_touching_the_policy(tmp_path):
+    from workbench.cli import main
+
+    res = CliRunner().invoke(main.app, ["train", "sft", "--episodes", str(tmp_path),
+                                        "--policy", str(tmp_path / "p"), "--stop-at-p", "1.5"])  # fmt: skip
+    assert isinstance(res.exception, BadInputError) and "stop-at" in str(res.exception)
+    assert not (tmp_path / "p").exists()

@@ -106,8 +106,10 @@ def test_sft_makes_the_policy_drive_the_graph_without_fallback(scenario_set, tmp
     teacher = _rules_episode(scenario_set, home, thread="sft-teacher")
     eps = load_episodes([home])
     model, tok = new_policy(tmp_path / "p0", seed=0, num_hidden_layers=2)
-    res = train_sft(model, tok, eps, SFTConfig(steps=160, lr=3e-3, batch_episodes=1))
-    assert res["final_loss"] < 0.05, res
+    cfg = SFTConfig(steps=400, lr=3e-3, batch_episodes=1, stop_at_p=0.9, check_every=10)
+    res = train_sft(model, tok, eps, cfg)
+    # greedy decoding of the teacher's prompts now reproduces every answer, with margin
+    assert res["worst_token_p"] >= 0.9 and res["steps"] < 400, res
     assert res["longest_turn_tokens"] < res["context"]
     save_policy(model, tok, tmp_path / "p1")
     m = json.loads((scenario_set / "manifest.json").read_text())
@@ -120,6 +122,8 @@ def test_sft_makes_the_policy_drive_the_graph_without_fallback(scenario_set, tmp
     assert out["fallbacks"] == 0 and out["brain_calls"] == 2, out
     assert out["verified"] and out["remedy"] == "lower_lr", out
     ep = parse_episode(Path(out["trajectory"]))
+    # the policy saw exactly the prompts it was trained on (the runs are reused, not rerun)
+    assert [turn_prompt(t) for t in ep.turns] == [turn_prompt(t) for t in eps[0].turns]
     # every answer of the policy carries its exact tokens and log-probs (what RL trains on)
     assert all(
         t.tokens and len(t.tokens["completion"]) == len(t.tokens["logprobs"]) for t in ep.turns

@@ -56,6 +56,13 @@ def train_sft(
     steps: Annotated[int, typer.Option("--steps", min=1)] = 300,
     lr: Annotated[float, typer.Option("--lr")] = 2e-3,
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    stop_at_p: Annotated[
+        float | None,
+        typer.Option(
+            "--stop-at-p",
+            help="Stop early once every teacher token has at least this probability.",
+        ),
+    ] = None,
     exclude_scenarios: Annotated[
         Path | None,
         typer.Option(
@@ -72,7 +79,7 @@ def train_sft(
     from workbench.rl.scenarios import load_manifest
     from workbench.rl.sft import SFTConfig, train_sft
 
-    cfg = SFTConfig(steps=steps, lr=lr, seed=seed)
+    cfg = SFTConfig(steps=steps, lr=lr, seed=seed, stop_at_p=stop_at_p)
     scenario_of, held = {}, set()
     if exclude_scenarios is not None:
         m = load_manifest(exclude_scenarios)

@@ -201,6 +201,7 @@ def run_loop(
         ckpt = out / "policy-sft"
         save_policy(model, tok, ckpt)
         say(f"SFT: {sft['samples']} answers of {sft['episodes']} episodes, loss {sft['final_loss']:.4f}, "
+            f"worst teacher token p {sft['worst_token_p']:.3f}, "
             f"tree compression {sft['tree_compression']:.2f}x, {sft['wall_s']:.0f}s")  # fmt: skip
 
     def held_out(stage: str, generation: int, ckpt: Path) -> None:

@@ -11,6 +11,7 @@ specs, the run's evidence), so each step packs them into one prefix tree
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Callable
@@ -30,10 +31,17 @@ class SFTConfig:
     batch_episodes: int = 4  # episodes per step (all their turns)
     seed: int = 0
     threads: int = 2
+    # Stop early once the policy reproduces every teacher answer under greedy decoding with
+    # margin: each teacher token at least this probable (checked every ``check_every`` steps).
+    # A low mean loss is not enough: one wrong token breaks a tool call's XML.
+    stop_at_p: float | None = None
+    check_every: int = 20
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_episodes < 1:
-            raise BadInputError("steps and batch episodes must be >= 1")
+        if self.steps < 1 or self.batch_episodes < 1 or self.check_every < 1:
+            raise BadInputError("steps, batch episodes and check interval must be >= 1")
+        if self.stop_at_p is not None and not 0 < self.stop_at_p < 1:
+            raise BadInputError(f"stop-at probability must be in (0, 1), not {self.stop_at_p}")
         if not 0 < self.lr < 1:
             raise BadInputError(f"lr must be in (0, 1), not {self.lr}")
 
@@ -63,6 +71,20 @@ def teacher_samples(tok, episodes: list[Episode]) -> list[list[Sample]]:
     return out
 
 
+@torch.no_grad()
+def worst_token_p(model, groups: list[list[Sample]]) -> float:
+    """The smallest probability the policy gives any teacher token (teacher forcing, eval
+    mode): above 0.5 everywhere, greedy decoding of the training prompts reproduces every
+    answer exactly."""
+    from trainer.rl.update import UpdateConfig, sample_logprobs
+
+    was_training = model.training
+    model.eval()
+    worst = min(float(sample_logprobs(model, g, UpdateConfig()).min()) for g in groups)
+    model.train(was_training)
+    return math.exp(worst)
+
+
 def train_sft(
     model,
     tok,
@@ -88,7 +110,7 @@ def train_sft(
     rng = random.Random(cfg.seed)
     opt = make_optimizer(model, cfg.lr)
     ucfg = UpdateConfig()
-    t0, unmerged, merged, losses = time.perf_counter(), 0, 0, []
+    t0, unmerged, merged, losses, worst = time.perf_counter(), 0, 0, [], None
     for step in range(cfg.steps):
         batch = [s for g in rng.sample(groups, min(cfg.batch_episodes, len(groups))) for s in g]
         out = sft_step(model, opt, batch, ucfg)
@@ -98,13 +120,21 @@ def train_sft(
         log({"step": step, "sft_loss": out["sft_loss"]})
         if (step + 1) % 25 == 0 or step + 1 == cfg.steps:
             progress(f"sft step {step + 1}/{cfg.steps}: loss {out['sft_loss']:.4f}")
+        if cfg.stop_at_p is not None and (step + 1) % cfg.check_every == 0:
+            worst = worst_token_p(model, groups)
+            if worst >= cfg.stop_at_p:
+                progress(f"sft step {step + 1}: every teacher token has p >= {worst:.3f}; done")
+                break
+    if worst is None or (step + 1) % cfg.check_every:
+        worst = worst_token_p(model, groups)
     return {
-        "steps": cfg.steps,
+        "steps": step + 1,
         "episodes": len(groups),
         "samples": sum(len(g) for g in groups),
         "longest_turn_tokens": longest,
         "context": context,
         "final_loss": losses[-1],
+        "worst_token_p": worst,
         "tree_compression": unmerged / max(merged, 1),
         "wall_s": round(time.perf_counter() - t0, 1),
     }
