@@ -94,6 +94,52 @@ def test_rules_episode_becomes_turns_the_local_brain_would_see(scenario_set, tmp
     assert again["verified"] and launches and launches[0]["measured_before"] is True
 
 
+def test_rewritten_episodes_keep_the_format_and_get_the_teachers_answers(scenario_set, tmp_path):
+    """A rewrite that changes nothing renders the recorded prompts byte for byte; a rewrite that
+    changes the doctor's cause gets the teacher's answers for that cause (its first remedy that
+    has a patch and was not skipped), under a new run id, config path, names and numbers."""
+    import random
+
+    from scaffold.loader import load_scaffold
+    from workbench.rl.augment import Rewrite, augment_episode, replayable
+
+    res = _rules_episode(scenario_set, tmp_path / "home", "quad-b", thread="aug")
+    ep = parse_episode(Path(res["trajectory"]))
+    assert replayable(ep)
+    old_id = ep.run_id
+    same = Rewrite(run_id=old_id, config="configs/train.yaml", names={}, cause=None,
+                   remedies=None, skipped=[], scale={})  # fmt: skip
+    import workbench.rl.augment as aug
+
+    orig = aug.sample_rewrite
+    aug.sample_rewrite = lambda *a, **k: same
+    try:
+        copy = augment_episode(ep, random.Random(0))
+    finally:
+        aug.sample_rewrite = orig
+    assert [turn_prompt(t) for t in copy.turns] == [turn_prompt(t) for t in ep.turns]
+    assert [answer_text(t.answer) for t in copy.turns] == [answer_text(t.answer) for t in ep.turns]
+
+    causes = load_scaffold().playbook.causes
+    rng, seen = random.Random(1), set()
+    for _ in range(12):
+        new = augment_episode(ep, rng, relabel=1.0)
+        calls = [t.answer["tool_calls"][0] for t in new.turns]
+        cause = calls[1]["args"]["cause"]
+        seen.add(cause)
+        prompts = [turn_prompt(t) for t in new.turns]
+        i = prompts[-1].find(old_id)
+        assert i < 0, prompts[-1][i - 300 : i + 60]
+        result = json.loads(new.turns[-1].messages[-1]["content"])
+        assert result["doctor_diagnosis"]["cause"] == cause
+        first = next(r["id"] for r in result["remedies"] if r["patch"])
+        assert calls[3] == {"id": "aug", "name": "propose_config_patch",
+                            "args": {"remedy_id": first}}  # fmt: skip
+        assert first in {r.id for r in causes[cause].remedies}
+        assert f'"cause": "{cause}"' in new.turns[-1].messages[1]["content"]
+    assert len(seen) >= 4  # the cause really varies
+
+
 def test_sft_makes_the_policy_drive_the_graph_without_fallback(scenario_set, tmp_path):
     """Distil one teacher episode; the local brain then runs the whole episode on its own:
     every decision a parsed tool call of the policy, no fallback, a verified fix. (How well

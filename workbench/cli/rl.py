@@ -63,6 +63,13 @@ def train_sft(
             help="Stop early once every teacher token has at least this probability.",
         ),
     ] = None,
+    augment: Annotated[
+        float,
+        typer.Option(
+            "--augment",
+            help="Share of episodes per step replaced by a rewrite the teacher answers again.",
+        ),
+    ] = 0.0,
     exclude_scenarios: Annotated[
         Path | None,
         typer.Option(
@@ -79,7 +86,7 @@ def train_sft(
     from workbench.rl.scenarios import load_manifest
     from workbench.rl.sft import SFTConfig, train_sft
 
-    cfg = SFTConfig(steps=steps, lr=lr, seed=seed, stop_at_p=stop_at_p)
+    cfg = SFTConfig(steps=steps, lr=lr, seed=seed, stop_at_p=stop_at_p, augment=augment)
     scenario_of, held = {}, set()
     if exclude_scenarios is not None:
         m = load_manifest(exclude_scenarios)
@@ -109,6 +116,10 @@ def loop(
     out: Annotated[Path, typer.Option("--out", help="Folder for episodes and checkpoints.")],
     generations: Annotated[int, typer.Option("--generations", min=1)] = 1,
     sft_steps: Annotated[int, typer.Option("--sft-steps", min=1)] = 300,
+    sft_augment: Annotated[
+        float,
+        typer.Option("--augment", help="Share of SFT episodes that are rewritten copies."),
+    ] = 0.75,
     rl_iterations: Annotated[int, typer.Option("--rl-iterations", min=0)] = 2,
     group_size: Annotated[int, typer.Option("--group-size", min=2)] = 4,
     temperature: Annotated[float, typer.Option("--temperature")] = 1.0,
@@ -129,7 +140,7 @@ def loop(
     from workbench.rl.loop import LoopConfig, run_loop
 
     cfg = LoopConfig(
-        generations=generations, sft_steps=sft_steps, rl_iterations=rl_iterations,
+        generations=generations, sft_steps=sft_steps, sft_augment=sft_augment, rl_iterations=rl_iterations,
         group_size=group_size, temperature=temperature, workers=workers, ray=ray,
         ray_address=ray_address, seed=seed,
     )  # fmt: skip

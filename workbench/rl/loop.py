@@ -41,6 +41,7 @@ class LoopConfig:
     generations: int = 1
     sft_steps: int = 300
     sft_lr: float = 2e-3
+    sft_augment: float = 0.75  # share of SFT episodes that are teacher-answered rewrites
     rl_iterations: int = 2
     group_size: int = 4
     scenarios_per_iter: int = 3
@@ -196,7 +197,7 @@ def run_loop(
         policy_dir = out / "policy-init"
         model, tok = new_policy(policy_dir, seed=cfg.seed, num_hidden_layers=cfg.policy_layers)
         sft = train_sft(model, tok, teacher_eps, SFTConfig(steps=cfg.sft_steps, lr=cfg.sft_lr,
-                        seed=cfg.seed), log=lambda r: tracker.log_metrics({"sft_loss": r["sft_loss"]}, r["step"]),
+                        seed=cfg.seed, augment=cfg.sft_augment), log=lambda r: tracker.log_metrics({"sft_loss": r["sft_loss"]}, r["step"]),
                         progress=say)  # fmt: skip
         ckpt = out / "policy-sft"
         save_policy(model, tok, ckpt)

@@ -36,10 +36,15 @@ class SFTConfig:
     # A low mean loss is not enough: one wrong token breaks a tool call's XML.
     stop_at_p: float | None = None
     check_every: int = 20
+    # The chance that an episode of a batch is a fresh rewrite of itself, answered by the
+    # teacher again (``workbench.rl.augment``; rules-teacher episodes only), not the recording.
+    augment: float = 0.0
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_episodes < 1 or self.check_every < 1:
             raise BadInputError("steps, batch episodes and check interval must be >= 1")
+        if not 0 <= self.augment <= 1:
+            raise BadInputError(f"augment must be in [0, 1], not {self.augment}")
         if self.stop_at_p is not None and not 0 < self.stop_at_p < 1:
             raise BadInputError(f"stop-at probability must be in (0, 1), not {self.stop_at_p}")
         if not 0 < self.lr < 1:
@@ -72,17 +77,28 @@ def teacher_samples(tok, episodes: list[Episode]) -> list[list[Sample]]:
 
 
 @torch.no_grad()
-def worst_token_p(model, groups: list[list[Sample]]) -> float:
-    """The smallest probability the policy gives any teacher token (teacher forcing, eval
-    mode): above 0.5 everywhere, greedy decoding of the training prompts reproduces every
+def answer_minima(model, groups: list[list[Sample]]) -> list[float]:
+    """Per answer, the smallest probability the policy gives any of its tokens (teacher
+    forcing, eval mode). Above 0.5 everywhere, greedy decoding of that prompt reproduces the
     answer exactly."""
     from trainer.rl.update import UpdateConfig, sample_logprobs
 
     was_training = model.training
     model.eval()
-    worst = min(float(sample_logprobs(model, g, UpdateConfig()).min()) for g in groups)
+    out = []
+    for g in groups:
+        flat = sample_logprobs(model, g, UpdateConfig()).float().cpu()
+        at = 0
+        for s in g:  # targets come sample by sample
+            n = s.num_trainable
+            out.append(math.exp(float(flat[at : at + n].min())))
+            at += n
     model.train(was_training)
-    return math.exp(worst)
+    return out
+
+
+def worst_token_p(model, groups: list[list[Sample]]) -> float:
+    return min(answer_minima(model, groups))
 
 
 def train_sft(
@@ -95,12 +111,14 @@ def train_sft(
 ) -> dict:
     """Fit the policy to the teacher's answers; returns the figures of the run."""
     from trainer.rl.update import UpdateConfig, make_optimizer, sft_step
+    from workbench.rl.augment import augment_episode, replayable
 
+    episodes = [ep for ep in episodes if ep.turns]
     groups = teacher_samples(tok, episodes)
     if not groups:
         raise BadInputError("no teacher answers in the episodes given (is it a healthy-run set?)")
     context = model.config.max_position_embeddings
-    longest = max(len(s.ids) for g in groups for s in g)
+    longest = max(len(s.ids) for g in groups for s in g)  # rewrites are checked per step
     if longest > context:
         raise BadInputError(
             f"the longest teacher turn has {longest} tokens; the policy's context is {context}"
@@ -110,9 +128,26 @@ def train_sft(
     rng = random.Random(cfg.seed)
     opt = make_optimizer(model, cfg.lr)
     ucfg = UpdateConfig()
+    can_rewrite = [cfg.augment > 0 and replayable(ep) for ep in episodes]
+    # rewrites no step trains on (another seed): does imitation hold beyond the recordings?
+    check_rng = random.Random(cfg.seed + 10_007)
+    unseen = [
+        teacher_samples(tok, [augment_episode(ep, check_rng)])[0]
+        for ep, ok in zip(episodes, can_rewrite, strict=True)
+        if ok
+    ]
     t0, unmerged, merged, losses, worst = time.perf_counter(), 0, 0, [], None
+    rewritten = 0
     for step in range(cfg.steps):
-        batch = [s for g in rng.sample(groups, min(cfg.batch_episodes, len(groups))) for s in g]
+        batch = []
+        for i in rng.sample(range(len(groups)), min(cfg.batch_episodes, len(groups))):
+            fresh = None
+            if can_rewrite[i] and rng.random() < cfg.augment:
+                fresh = teacher_samples(tok, [augment_episode(episodes[i], rng)])[0]
+                if max(len(s.ids) for s in fresh) > context:
+                    fresh = None
+            rewritten += fresh is not None
+            batch += fresh or groups[i]
         out = sft_step(model, opt, batch, ucfg)
         unmerged += out["tokens_unmerged"]
         merged += out["tokens_merged"]
@@ -133,7 +168,15 @@ def train_sft(
         "samples": sum(len(g) for g in groups),
         "longest_turn_tokens": longest,
         "context": context,
+        "rewritten_episodes": rewritten,
+        "replayable_episodes": sum(can_rewrite),
         "final_loss": losses[-1],
+        # answers greedy decoding reproduces (every token p > 0.5) on rewrites never trained on
+        "unseen_rewrites_held": (
+            round(sum(p > 0.5 for p in answer_minima(model, unseen)) / sum(map(len, unseen)), 3)
+            if unseen
+            else None
+        ),
         "worst_token_p": worst,
         "tree_compression": unmerged / max(merged, 1),
         "wall_s": round(time.perf_counter() - t0, 1),
