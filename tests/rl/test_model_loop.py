@@ -139,6 +139,23 @@ def test_rewritten_episodes_keep_the_format_and_get_the_teachers_answers(scenari
         assert f'"cause": "{cause}"' in new.turns[-1].messages[1]["content"]
     assert len(seen) >= 4  # the cause really varies
 
+    # DAgger: a policy's wrong answer in a recorded conversation gets the teacher's answer
+    from dataclasses import replace
+
+    from workbench.rl.augment import relabel
+
+    wrong = {"content": "", "tool_calls": [{"id": "p", "name": "read_diagnosis", "args": {}}]}
+    bad = replace(ep, turns=[replace(t, answer=wrong) for t in ep.turns])
+    assert not replayable(bad)
+    fixed = relabel(bad)
+    assert [t.answer["tool_calls"][0]["name"] for t in fixed.turns] == [
+        t.answer["tool_calls"][0]["name"] for t in ep.turns
+    ]
+    assert (
+        fixed.turns[1].answer["tool_calls"][0]["args"]
+        == ep.turns[1].answer["tool_calls"][0]["args"]
+    )
+
 
 def test_sft_makes_the_policy_drive_the_graph_without_fallback(scenario_set, tmp_path):
     """Distil one teacher episode; the local brain then runs the whole episode on its own:

@@ -70,6 +70,13 @@ def train_sft(
             help="Share of episodes per step replaced by a rewrite the teacher answers again.",
         ),
     ] = 0.0,
+    relabel: Annotated[
+        bool,
+        typer.Option(
+            "--relabel",
+            help="DAgger: every recorded answer replaced by the rules teacher's in that context.",
+        ),
+    ] = False,
     exclude_scenarios: Annotated[
         Path | None,
         typer.Option(
@@ -86,7 +93,9 @@ def train_sft(
     from workbench.rl.scenarios import load_manifest
     from workbench.rl.sft import SFTConfig, train_sft
 
-    cfg = SFTConfig(steps=steps, lr=lr, seed=seed, stop_at_p=stop_at_p, augment=augment)
+    cfg = SFTConfig(
+        steps=steps, lr=lr, seed=seed, stop_at_p=stop_at_p, augment=augment, relabel=relabel
+    )
     scenario_of, held = {}, set()
     if exclude_scenarios is not None:
         m = load_manifest(exclude_scenarios)

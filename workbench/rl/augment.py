@@ -226,3 +226,11 @@ def augment_episode(ep: Episode, rng: random.Random, relabel: float = 0.75) -> E
             replace(t, messages=msgs_t, answer=_rules_answer(msgs_t, t.tools), tokens=None)
         )
     return replace(ep, turns=turns, thread_id=f"{ep.thread_id}~aug")
+
+
+def relabel(ep: Episode) -> Episode:
+    """DAgger: every answer of an episode (a policy's, mistakes and retries included) replaced
+    by what the rules teacher answers in that very conversation, so the policy also learns to
+    recover from the states its own mistakes lead to. Only for training-split episodes."""
+    turns = [replace(t, answer=_rules_answer(t.messages, t.tools), tokens=None) for t in ep.turns]
+    return replace(ep, turns=turns, thread_id=f"{ep.thread_id}~relabel")

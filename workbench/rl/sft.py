@@ -39,6 +39,9 @@ class SFTConfig:
     # The chance that an episode of a batch is a fresh rewrite of itself, answered by the
     # teacher again (``workbench.rl.augment``; rules-teacher episodes only), not the recording.
     augment: float = 0.0
+    # Replace every recorded answer by the rules teacher's answer in that conversation (DAgger
+    # over a policy's own episodes; a no-op on the rules teacher's).
+    relabel: bool = False
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_episodes < 1 or self.check_every < 1:
@@ -111,9 +114,9 @@ def train_sft(
 ) -> dict:
     """Fit the policy to the teacher's answers; returns the figures of the run."""
     from trainer.rl.update import UpdateConfig, make_optimizer, sft_step
-    from workbench.rl.augment import augment_episode, replayable
+    from workbench.rl.augment import augment_episode, relabel, replayable
 
-    episodes = [ep for ep in episodes if ep.turns]
+    episodes = [relabel(ep) if cfg.relabel else ep for ep in episodes if ep.turns]
     groups = teacher_samples(tok, episodes)
     if not groups:
         raise BadInputError("no teacher answers in the episodes given (is it a healthy-run set?)")
