@@ -266,5 +266,5 @@ with mlflow.start_run():
                 f" lr=[{opt.param_groups[0]['lr']}], mom=[(0.9, 0.999)]",
                 flush=True,
             )
-        mlflow.log_metrics(events, step=global_samples, synchronous=False)
+        mlflow.log_metrics(events, step=global_samples)
     print(f"done: {args.iters} steps, {skipped} skipped, loss {train_loss:.4f}")
