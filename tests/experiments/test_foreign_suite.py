@@ -19,11 +19,15 @@ def suite():
     return load_suite()
 
 
-def test_five_programs_split_by_program_and_more_healthy_than_faulty(suite):
-    assert len(suite.programs) >= 5 and set(suite.programs.values()) == {"selection", "heldout"}
+def test_programs_split_by_program_and_more_healthy_than_faulty(suite):
+    assert len(suite.programs) >= 8 and set(suite.programs.values()) == {"selection", "heldout"}
     healthy = [r for r in suite.runs if r.label.cause == "healthy"]
     faulty = [r for r in suite.runs if r.label.cause != "healthy"]
     assert len(healthy) >= 20 and len(healthy) >= len(faulty)
+    # the held-out split alone is big enough to report on: >= 3 programs, >= 20 healthy runs
+    held = select(suite, None, "heldout")
+    assert len({r.program for r in held}) >= 3
+    assert sum(r.label.cause == "healthy" for r in held) >= 20
     for split in ("selection", "heldout"):
         runs = select(suite, None, split)
         assert any(r.label.cause == "healthy" for r in runs)
