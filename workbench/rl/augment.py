@@ -9,7 +9,8 @@ across the episode's turns (the turns still share their prefix) and changes:
 - the run id, the config path, the numbers in the evidence (each scaled by its own factor);
 - the metric names, to other names of the same role from the scaffold's alias map;
 - the doctor's cause, to another cause of the playbook, with that cause's remedies (some
-  dropped into ``skipped``, as the graph does when a repo lacks a knob): the answers become
+  dropped into ``skipped``, as the graph does when a repo lacks a knob, or all of them: then
+  the teacher gives up): the answers become
   what the teacher says for that cause, so the policy learns to read the evidence it is shown
   rather than to recognise a prompt.
 
@@ -188,7 +189,9 @@ def sample_rewrite(ep: Episode, rng: random.Random, relabel: float = 0.75) -> Re
              "patch": [{"key": p.key, "op": p.op, "value": p.value} for p in r.patch]}
             for r in causes[cause].remedies
         ]  # fmt: skip
-        if len(rems) > 1 and rng.random() < 0.3:  # a repo that lacks the first remedy's knob
+        if rng.random() < 0.15:  # every remedy tried or unusable here: the teacher gives up
+            skipped, rems = [r["id"] for r in rems], []
+        elif len(rems) > 1 and rng.random() < 0.3:  # a repo that lacks the first remedy's knob
             skipped = [rems.pop(0)["id"]]
         remedies = rems
     scale = {n: _jitter(n, rng.uniform(0.5, 2.0)) for n in _numbers(ep)}

@@ -12,6 +12,7 @@ token-level record RL needs in ``response_metadata``: ``prompt_token_ids``,
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -56,6 +57,22 @@ def prompt_text(wire: list[dict], tools: list[dict] | None, thinking: bool = Fal
     return render_messages(wire, tools=tools or None, enable_thinking=thinking)
 
 
+def _listed_remedies(wire: list[dict]) -> dict[tuple[str, str], list[str]]:
+    """The remedy ids (with a patch) of the latest ``read_findings`` result: the values a
+    ``propose_config_patch`` by id may name."""
+    for msg in reversed(wire):
+        if msg.get("role") != "tool":
+            continue
+        try:
+            data = json.loads(msg.get("content") or "")
+        except (TypeError, json.JSONDecodeError):
+            continue
+        if isinstance(data, dict) and isinstance(data.get("remedies"), list):
+            ids = [r["id"] for r in data["remedies"] if isinstance(r, dict) and r.get("patch")]
+            return {("propose_config_patch", "remedy_id"): ids}
+    return {}
+
+
 class LocalChatModel(BaseChatModel):
     model_dir: str
     thinking: bool = False
@@ -64,6 +81,9 @@ class LocalChatModel(BaseChatModel):
     max_new_tokens: int = 512
     seed: int | None = None
     timeout_s: float = 600.0
+    # Structured output: tool names, parameter names and enum values only as the schema allows
+    # (model.serving.constrain); the rest of the answer is the model's own.
+    constrain: bool = True
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
@@ -102,6 +122,7 @@ class LocalChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         from model.serving import SamplingParams
+        from model.serving.constrain import ToolSchemaConstraint
 
         engine, tokenizer = _engine(self.model_dir)
         wire = convert_to_openai_messages(messages)
@@ -116,6 +137,9 @@ class LocalChatModel(BaseChatModel):
             stop_token_ids=tuple(
                 t for t in {eos, engine.model.config.eos_token_id} if t is not None
             ),
+            logits_processor=ToolSchemaConstraint(tokenizer, tools, _listed_remedies(wire))
+            if self.constrain and tools
+            else None,
         )
         done = threading.Event()
         failure: list[str] = []

@@ -1,0 +1,112 @@
+"""Structured output for tool calls: the names and enumerated values a tool schema allows.
+
+A small policy writes the tool-call XML well but may misspell an identifier it copies from the
+prompt (``overfit_io`` for ``overfit_capacity``). Serving engines answer this with structured
+outputs; ours is a logits processor over the MiniMax-M2 XML. Inside one of three *slots* only
+tokens that keep the slot's text a prefix of an allowed value (then its terminator) may be
+sampled:
+
+- ``<invoke name="`` … ``">``: a tool on offer;
+- ``<parameter name="`` … ``">``: a parameter of the tool being invoked;
+- ``<parameter name="P">`` … ``</parameter>``: one of P's ``enum`` values, where the schema has one
+  or the caller names the values (e.g. the remedy ids a tool result just listed).
+
+Everywhere else the model's distribution is untouched, and the engine's log-probs stay those of
+the raw model (what RL's importance ratios need).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+# a slot's text runs to the end of the generation; it may hold a partial terminator
+_INVOKE = re.compile(r'<invoke name="((?:(?!">).)*)$', re.S)
+_PARAM_NAME = re.compile(
+    r'<invoke name="([^"]+)">(?:(?!</invoke>).)*<parameter name="([^"]*)$', re.S
+)
+_PARAM_VALUE = re.compile(
+    r'<invoke name="([^"]+)">(?:(?!</invoke>).)*<parameter name="([^"]+)">((?:(?!</parameter>).)*)$',
+    re.S,
+)
+
+
+def _schemas(tools: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    out = {}
+    for t in tools:
+        fn = t.get("function", t)
+        out[fn["name"]] = (fn.get("parameters") or {}).get("properties") or {}
+    return out
+
+
+_PIECES: dict[int, tuple[str, ...]] = {}
+
+
+def _pieces(tokenizer) -> tuple[str, ...]:
+    """Each token's text, decoded once per tokenizer."""
+    key = id(tokenizer)
+    if key not in _PIECES:
+        n = tokenizer.get_vocab_size()
+        _PIECES[key] = tuple(tokenizer.decode([i], skip_special_tokens=False) for i in range(n))
+    return _PIECES[key]
+
+
+class ToolSchemaConstraint:
+    """A logits processor (``SamplingParams.logits_processor``) for the tools of one request."""
+
+    def __init__(
+        self,
+        tokenizer,
+        tools: Sequence[dict[str, Any]],
+        values: dict[tuple[str, str], Sequence[str]] | None = None,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.schemas = _schemas(tools)
+        self.values = {k: [str(v) for v in vs] for k, vs in (values or {}).items() if vs}
+        self.pieces = _pieces(tokenizer)
+
+    def slot(self, text: str) -> tuple[list[str], str, str] | None:
+        """(allowed values, terminator, the value written so far) if ``text`` ends in a slot."""
+        m = _INVOKE.search(text)
+        if m:
+            return list(self.schemas), '">', m.group(1)
+        m = _PARAM_VALUE.search(text)
+        if m:
+            enum = self.values.get((m.group(1), m.group(2))) or (
+                (self.schemas.get(m.group(1)) or {}).get(m.group(2), {}).get("enum")
+            )
+            if enum:
+                return [str(v) for v in enum], "</parameter>", m.group(3)
+            return None
+        m = _PARAM_NAME.search(text)
+        if m and m.group(1) in self.schemas:
+            return list(self.schemas[m.group(1)]), '">', m.group(2)
+        return None
+
+    def allowed(self, written: str, values: list[str], end: str) -> list[int]:
+        targets = [v + end for v in values if (v + end).startswith(written)]
+        ok = []
+        for i, piece in enumerate(self.pieces):
+            if not piece:
+                continue
+            s = written + piece
+            if any(t.startswith(s) or s.startswith(t) for t in targets):
+                ok.append(i)
+        return ok
+
+    def __call__(self, out_ids: list[int], logits: torch.Tensor) -> torch.Tensor:
+        text = self.tokenizer.decode(out_ids, skip_special_tokens=False)
+        found = self.slot(text)
+        if found is None:
+            return logits
+        values, end, written = found
+        ok = self.allowed(written, values, end)
+        if not ok:  # already off every allowed value: leave the mistake to the caller's check
+            return logits
+        masked = torch.full_like(logits, float("-inf"))
+        index = torch.tensor(ok, device=logits.device)
+        masked[index] = logits[index]
+        return masked
