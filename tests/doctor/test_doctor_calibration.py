@@ -72,6 +72,21 @@ def test_climb_to_a_chance_level_plateau_is_divergence_from_lr_too_high():
     assert diag.cause == "lr_too_high" and diag.evidence
 
 
+def test_a_spike_of_a_diverged_loss_is_part_of_the_divergence():
+    """The rise to chance level looks like a spike against a baseline that still holds the good
+    steps, and so does a later jump of the diverged loss: one problem, one finding, with the
+    spike recorded as its run-up."""
+    steps = np.arange(200)
+    rng = np.random.default_rng(4)
+    loss = np.where(steps < 40, 2.3 - steps * 0.055, 0.1) + 0.01 * rng.standard_normal(200)
+    loss[70:] = 2.3 + 0.02 * rng.standard_normal(130)
+    loss[95] = 2.9
+    found = detect({"loss": (steps, loss)}, {"status": "FINISHED"}, "")
+    assert [(f.kind, f.after) for f in found] == [("divergence", ("loss_spike",))]
+    diag, _ = diagnose(found, {}, "", SC.playbook, aliases=SC.metrics)
+    assert diag.cause == "lr_too_high"
+
+
 def _finding(kind, step, after=()):
     return Finding(kind=kind, metric="loss", step=step, severity=0.9, evidence=kind, after=after)
 

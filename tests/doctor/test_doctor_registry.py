@@ -58,3 +58,22 @@ def test_precursors_come_from_the_registry():
     merged = consolidate([div, tp, nan])
     assert [f.kind for f in merged] == ["nan_inf", "throughput_drop"]
     assert merged[0].step == 5
+
+
+def test_a_divergence_absorbs_the_spikes_of_its_own_loss_only():
+    div = Finding(kind="divergence", metric="loss", step=60, severity=1.0, evidence="up")
+    own = Finding(kind="loss_spike", metric="loss", step=90, severity=0.4, evidence="jump")
+    onset = Finding(kind="loss_spike", metric="loss", step=55, severity=0.4, evidence="jump")
+    other = Finding(kind="loss_spike", metric="aux_loss", step=90, severity=0.4, evidence="aux")
+    early = Finding(kind="loss_spike", metric="loss", step=2, severity=0.4, evidence="batch")
+    merged = consolidate([div, own, onset, other, early])
+    assert [(f.kind, f.metric, f.step) for f in merged] == [
+        ("loss_spike", "loss", 2),  # long before the rise: a bad batch of its own
+        ("divergence", "loss", 55),  # the onset spike's step
+        ("loss_spike", "aux_loss", 90),
+    ]
+    assert merged[1].after == ("loss_spike",)
+    # and a NaN that ends the divergence keeps the whole run-up
+    nan = Finding(kind="nan_inf", metric="loss", step=100, severity=1.0, evidence="nan")
+    (first, *_) = [f for f in consolidate([div, own, nan]) if f.kind == "nan_inf"]
+    assert first.after == ("loss_spike", "divergence") and first.step == 60

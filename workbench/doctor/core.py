@@ -184,16 +184,24 @@ def consolidate(findings: list[Finding], window: int | None = None) -> list[Find
         update={
             "step": onset,
             "evidence": f"{first_nan.evidence}; first went wrong at step {onset} ({what})",
-            "after": tuple(f.kind for f in sorted(pre, key=lambda f: f.step)),  # type: ignore[arg-type, return-value]
+            "after": _run_up(sorted(pre, key=lambda f: f.step)),  # type: ignore[arg-type, return-value]
         }
     )
     drop = {id(f) for f in pre} | {id(first_nan)}
     return _order([merged] + [f for f in findings if id(f) not in drop])
 
 
+def _run_up(pre: list[Finding]) -> tuple[str, ...]:
+    """The kinds of absorbed findings in order, each after its own run-up (no repeats)."""
+    return tuple(dict.fromkeys(k for f in pre for k in (*f.after, f.kind)))
+
+
 def _absorb_divergence(findings: list[Finding], window: int = 50) -> list[Finding]:
     """Consequences are not causes: a loss that rises right after a gradient blow-up, and
-    experts that die after the loss blew up, belong to the earlier finding."""
+    experts that die after the loss blew up, belong to the earlier finding.  A divergence is
+    a loss that rose and stayed up, so a spike of that same loss from shortly before its rise
+    on (its onset, or a jump of the diverged loss against a baseline that still holds the
+    good steps) is part of it: recorded in its ``after``, not a second problem."""
     boom = [f.step for f in findings if f.kind == "exploding_gradients" and f.step is not None]
     blown = [
         f.step
@@ -211,7 +219,29 @@ def _absorb_divergence(findings: list[Finding], window: int = 50) -> list[Findin
         if f.step is not None and f.kind == "expert_collapse" and any(b <= f.step for b in blown):
             continue
         out.append(f)
-    return out
+    divs = [f for f in out if f.kind == "divergence" and f.step is not None]
+    for d in divs:
+        spikes = [
+            f
+            for f in out
+            if f.kind == "loss_spike"
+            and f.metric == d.metric
+            and f.step is not None
+            and f.step >= d.step - window  # type: ignore[operator]
+        ]
+        if not spikes:
+            continue
+        first = min(spikes, key=lambda f: f.step)  # type: ignore[arg-type, return-value]
+        merged = d.model_copy(
+            update={
+                "step": min(d.step, first.step),  # type: ignore[type-var]
+                "evidence": f"{d.evidence}; with a spike of {d.metric} at step {first.step}",
+                "after": tuple(dict.fromkeys((*d.after, "loss_spike"))),
+            }
+        )
+        drop = {id(f) for f in spikes} | {id(d)}
+        out = [merged] + [f for f in out if id(f) not in drop]
+    return _order(out)
 
 
 def detect(

@@ -40,7 +40,7 @@ class RunScore:
     delays: dict[str, int] = field(default_factory=dict)  # kind → reported − true onset
     any_of: list[str] = field(default_factory=list)
     allowed: list[str] = field(default_factory=list)
-    # kinds found as a NaN finding's run-up (its `after`): detected, but one problem, one finding
+    # kinds found as another finding's run-up (its `after`): detected, but one problem, one finding
     absorbed: list[str] = field(default_factory=list)
 
     @property
@@ -89,8 +89,8 @@ def score_run(
 
 
 def _counts(s: RunScore, kind: str) -> tuple[int, int, int]:
-    """(tp, fp, fn) of one run for one kind.  A precursor absorbed into a NaN finding was
-    detected (the doctor reports it as the NaN's onset): it counts where the label asks for
+    """(tp, fp, fn) of one run for one kind.  A precursor absorbed into another finding (a
+    NaN's run-up, a divergence's spike) was detected (the doctor reports it as that onset): it counts where the label asks for
     it, and is no extra alarm where the label does not (it is not a finding of its own)."""
     found = kind in s.predicted_kinds
     credited = found or kind in s.absorbed
