@@ -75,7 +75,7 @@ def test_priors_read_tune_tasks_only(tmp_path, monkeypatch):
 
     def fake_score(task, specs, seed, sc, data_dir):
         measured.append(task)
-        return [float(i) for i in range(len(specs))]
+        return [(float(i), 1.0) for i in range(len(specs))]
 
     monkeypatch.setattr(priors, "load_competition", spy)
     record = priors.derive(data_dir=tmp_path / "data", score=fake_score)
@@ -129,7 +129,7 @@ def test_drafts_rank_by_mean_cv_rank_and_take_one_ensemble(tmp_path):
             label = s["family"] + ("+poly2" if (s.get("fe") or {}).get("poly") else "")
             r = wins.get(label, 10)
             lower = infos[task].lower_is_better
-            out.append(None if label == "knn" else (r if lower else -r))
+            out.append((None if label == "knn" else (r if lower else -r), 1.0))
         return out
 
     record = priors.derive(list(infos), scaffold=sc, score=fake_score, info=lambda t, d: infos[t])
@@ -153,6 +153,37 @@ def test_drafts_rank_by_mean_cv_rank_and_take_one_ensemble(tmp_path):
         k: v for k, v in old.items() if k != "drafts"
     }
     load_mle_scaffold(tmp_path)  # still a valid scaffold
+
+
+def test_a_draft_over_the_node_budget_goes_behind_every_one_that_fits():
+    """The two best-ranked candidates take more than a node's budget: they would eat the run,
+    so the drafts are the best ones that fit."""
+    sc = load_mle_scaffold()
+    infos = {"wine-cultivar": _info("log-loss", "proba_multi"),
+             "breast-cancer-diagnosis": _info("roc-auc", "proba_binary")}  # fmt: skip
+    wins = {"stack": 1, "svm": 2, "blend": 3, "hist_gb": 4, "linear": 5}  # lower = better
+    slow = {"stack": 3 * priors.NODE_BUDGET_S, "svm": priors.NODE_BUDGET_S + 0.5}
+
+    def fake_score(task, specs, seed, sc, data_dir):
+        lower = infos[task].lower_is_better
+        return [
+            ((wins.get(s["family"], 10)) * (1 if lower else -1), slow.get(s["family"], 1.0))
+            for s in specs
+        ]
+
+    record = priors.derive(list(infos), scaffold=sc, score=fake_score, info=lambda t, d: infos[t])
+    part = record["kinds"]["classification"]
+    assert part["mean_wall_s"]["stack"] == round(3 * priors.NODE_BUDGET_S, 2)
+    fams = [s["family"] for s in record["drafts"]["classification"]]
+    assert fams[:3] == ["blend", "hist_gb", "linear"]  # ranks 3, 4, 5: the ones that fit
+    # svm is over budget too: behind every one that fits (five of them fit), so not a draft
+    assert len(fams) == priors.DRAFTS and "svm" not in fams and "stack" not in fams
+    # a record without a budget (or without wall times) ranks by CV alone, as before
+    record.pop("node_budget_s")
+    assert [s["family"] for s in priors.drafts_from_record(record)["classification"]][:2] == [
+        "stack",
+        "svm",
+    ]
 
 
 def test_priors_cli_bad_scaffold_is_one_line_and_writes_nothing(tmp_path, capsys):

@@ -10,6 +10,7 @@ import typer
 from workbench.cli.options import DEFAULT_TRACKING_URI, Json, TrackingUri
 from workbench.cli.output import console, err_console, print_json, print_table
 from workbench.errors import BadInputError
+from workbench.mle.config import EVAL_STEPS, EVAL_TIME_LIMIT_S
 
 DataDir = Annotated[
     Path | None,
@@ -209,10 +210,12 @@ def eval_cmd(
     seeds: Annotated[int, typer.Option("--seeds", min=1)] = 3,
     data_dir: DataDir = None,
     brain: Brain = "rules",
-    steps: Annotated[int | None, typer.Option("--steps", min=1, help="Nodes per run.")] = 6,
+    steps: Annotated[
+        int | None, typer.Option("--steps", min=1, help="Nodes per run.")
+    ] = EVAL_STEPS,
     time_limit: Annotated[
         float | None, typer.Option("--time-limit", min=1, help="Seconds per run.")
-    ] = 75,
+    ] = EVAL_TIME_LIMIT_S,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Runs at once.")] = 2,
     scaffold: ScaffoldPath = None,
     tracking_uri: TrackingUri = DEFAULT_TRACKING_URI,

@@ -9,10 +9,14 @@ every built-in task, held-out ones included; here they are derived instead:
    ``train.csv``, the same sandbox) on each ``tune`` task;
 2. a blend and a stack of the three families with the best mean CV rank so far (per kind:
    classification, regression) are scored the same way;
-3. per kind, candidates are ordered by mean CV rank over that kind's tune tasks; the first
-   ``DRAFTS`` of them (at most one ensemble) are the draft recipes.
+3. per kind, candidates are ordered by mean CV rank over that kind's tune tasks, those that
+   fit the eval's budget first: a candidate whose script took longer on average than one
+   node's share of the default eval run (``EVAL_TIME_LIMIT_S / EVAL_STEPS``) goes behind
+   every one that fits, since a draft that eats the run's budget leaves no time to improve it
+   (or, cut by the time limit, no submission at all); the first ``DRAFTS`` of them (at most one
+   ensemble) are the draft recipes.
 
-The record (``experiments/mle/priors.json``) keeps every CV score; ``drafts_from_record``
+The record (``experiments/mle/priors.json``) keeps every CV score and wall time; ``drafts_from_record``
 recomputes the order from it, and a test checks that ``mle.yaml``'s drafts equal it and that no
 held-out task was read.
 
@@ -38,12 +42,19 @@ from experiments.mle.taskinfo import TaskInfo, infer_task
 from model.files import atomic_write_text
 from workbench.errors import BadInputError
 from workbench.mle.brains import NodeView, Proposal, TaskContext, render_script
-from workbench.mle.config import PACKAGED, MleScaffold, load_mle_scaffold
+from workbench.mle.config import (
+    EVAL_STEPS,
+    EVAL_TIME_LIMIT_S,
+    PACKAGED,
+    MleScaffold,
+    load_mle_scaffold,
+)
 
 RECORD = Path(__file__).resolve().parents[2] / "experiments" / "mle" / "priors.json"
 DRAFTS = 5  # draft recipes kept per kind
 TOP = 3  # families an ensemble candidate takes
 KINDS = ("classification", "regression")
+NODE_BUDGET_S = EVAL_TIME_LIMIT_S / EVAL_STEPS  # one node's share of a default eval run
 
 
 def kind_of(info: TaskInfo) -> str:
@@ -99,13 +110,16 @@ def task_info(task: str, data_dir: Path | None) -> TaskInfo:
     return infer_task(comp.public_dir, comp.grader_name)
 
 
+Measured = tuple[float | None, float]  # (CV score or None where the script failed, wall s)
+
+
 def measure(
     task: str, specs: Sequence[dict], seed: int, sc: MleScaffold, data_dir: Path | None
-) -> list[float | None]:
-    """The CV score of each spec on ``task`` (None where its script failed), in order."""
+) -> list[Measured]:
+    """(CV score, wall seconds) of each spec on ``task``, in order."""
     from workbench.mle.agent import run_task
 
-    scores: list[float | None] = []
+    scores: list[Measured] = []
     with tempfile.TemporaryDirectory(prefix="mle-priors-") as tmp:
         run_task(
             task,
@@ -117,7 +131,7 @@ def measure(
             scaffold=sc,
             track=False,
             out_dir=Path(tmp) / task,
-            on_node=lambda n: scores.append(n.score if n.status == "ok" else None),
+            on_node=lambda n: scores.append((n.score if n.status == "ok" else None, n.wall_s)),
         )
     return scores
 
@@ -145,18 +159,32 @@ def ordered(ranks: dict[str, float]) -> list[str]:
     return sorted(ranks, key=lambda label: (ranks[label], label))
 
 
+def mean_walls(walls: dict[str, dict[str, float]]) -> dict[str, float]:
+    """label → mean wall seconds over tasks."""
+    per: dict[str, list[float]] = {}
+    for by_label in walls.values():
+        for label, w in by_label.items():
+            per.setdefault(label, []).append(w)
+    return {label: statistics.fmean(w) for label, w in per.items()}
+
+
 def drafts_from_record(record: dict) -> dict[str, list[dict]]:
-    """Per kind, the ``DRAFTS`` best candidates by mean CV rank, at most one ensemble."""
+    """Per kind, the ``DRAFTS`` best candidates by mean CV rank, those within the record's
+    node budget first, at most one ensemble."""
     out: dict[str, list[dict]] = {}
+    budget = record.get("node_budget_s")
     for kind in KINDS:
         part = record["kinds"].get(kind)
         if not part:
             out[kind] = []
             continue
         lower = {t: record["tasks"][t]["lower_is_better"] for t in part["scores"]}
+        walls = mean_walls(part.get("wall_s", {}))
+        fits = {label: budget is None or walls.get(label, 0.0) <= budget for label in part["specs"]}
+        by_rank = ordered(mean_ranks(part["scores"], lower))
         picks: list[dict] = []
         ensemble_taken = False
-        for label in ordered(mean_ranks(part["scores"], lower)):
+        for label in [lb for lb in by_rank if fits[lb]] + [lb for lb in by_rank if not fits[lb]]:
             spec = part["specs"][label]
             is_ensemble = spec["family"] in ("blend", "stack")
             if is_ensemble and ensemble_taken:
@@ -175,7 +203,7 @@ def derive(
     seed: int = 0,
     scaffold: MleScaffold | None = None,
     data_dir: Path | None = None,
-    score: Callable[..., list[float | None]] | None = None,
+    score: Callable[..., list[Measured]] | None = None,
     info: Callable[[str, Path | None], TaskInfo] | None = None,
 ) -> dict:
     """Measure the candidates on tune tasks; the record ``drafts_from_record`` reads."""
@@ -193,6 +221,7 @@ def derive(
         "split": "tune",
         "seed": seed,
         "folds": sc.validation.folds,
+        "node_budget_s": round(NODE_BUDGET_S, 3),
         "tasks": {
             t: {"kind": kind_of(i), "metric": i.metric, "lower_is_better": i.lower_is_better}
             for t, i in infos.items()
@@ -206,20 +235,26 @@ def derive(
             continue
         singles = single_candidates(sc, kind)
 
-        def scored(t: str, specs: dict[str, dict]) -> dict[str, float | None]:
+        def scored(t: str, specs: dict[str, dict]) -> dict[str, Measured]:
             got = list(score(t, list(specs.values()), seed, sc, data_dir))
-            got += [None] * (len(specs) - len(got))  # a run cut short: the rest failed
+            # a run cut short: the rest failed, after the whole node timeout
+            got += [(None, float(sc.sandbox.node_timeout_s))] * (len(specs) - len(got))
             return dict(zip(specs, got[: len(specs)], strict=True))
 
-        scores = {t: scored(t, singles) for t in mine}
+        measured = {t: scored(t, singles) for t in mine}
+        scores = {t: {lb: v for lb, (v, _) in m.items()} for t, m in measured.items()}
         ensembles = ensemble_candidates(singles, ordered(mean_ranks(scores, lower)))
         for t in mine:
-            scores[t].update(scored(t, ensembles))
+            measured[t].update(scored(t, ensembles))
+        scores = {t: {lb: v for lb, (v, _) in m.items()} for t, m in measured.items()}
+        walls = {t: {lb: round(w, 2) for lb, (_, w) in m.items()} for t, m in measured.items()}
         record["kinds"][kind] = {
             "tasks": mine,
             "specs": {**singles, **ensembles},
             "scores": scores,
+            "wall_s": walls,
             "mean_rank": {k: round(v, 3) for k, v in mean_ranks(scores, lower).items()},
+            "mean_wall_s": {k: round(v, 2) for k, v in mean_walls(walls).items()},
         }
     record["drafts"] = drafts_from_record(record)
     return record
@@ -268,9 +303,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for kind, part in record["kinds"].items():
-        print(f"{kind} ({', '.join(part['tasks'])}): mean CV rank")
+        print(f"{kind} ({', '.join(part['tasks'])}): mean CV rank, mean wall s")
         for label in ordered(part["mean_rank"]):
-            print(f"  {part['mean_rank'][label]:5.2f}  {label}")
+            wall = part["mean_wall_s"][label]
+            over = "" if wall <= record["node_budget_s"] else "  (over the node budget)"
+            print(f"  {part['mean_rank'][label]:5.2f}  {wall:6.1f}  {label}{over}")
     print(f"record: {args.record}")
     return 0
 
