@@ -87,6 +87,43 @@ def test_a_spike_of_a_diverged_loss_is_part_of_the_divergence():
     assert diag.cause == "lr_too_high"
 
 
+def test_stuck_from_the_start_low_rate_or_an_overshoot():
+    """A per-epoch loss that barely moves over 20 epochs is a plateau from a rate too low; a
+    per-step loss thrown above its start by the first updates, then stuck at chance level, is
+    a plateau from a rate too high (the overshoot is its run-up)."""
+    epochs = np.arange(20)
+    slow = 2.47 - 0.0035 * epochs  # 2.47 -> 2.40: under 5 % better
+    found = detect({"train_loss": (epochs, slow)}, {"status": "FINISHED"}, "")
+    assert [(f.kind, f.after) for f in found] == [("plateau", ())]
+    diag, _ = diagnose(found, {}, "", SC.playbook, aliases=SC.metrics)
+    assert diag.cause == "lr_too_low"
+    rng = np.random.default_rng(5)
+    steps = np.arange(300)
+    stuck = 4.12 + 0.01 * rng.standard_normal(300)
+    stuck[:4] = 4.19
+    stuck[4:6] = [4.54, 4.44]  # the first large updates
+    found = detect({"train_loss": (steps, stuck)}, {"status": "FINISHED"}, "")
+    assert [(f.kind, f.after) for f in found] == [("plateau", ("divergence",))]
+    diag, _ = diagnose(found, {}, "", SC.playbook, aliases=SC.metrics)
+    assert diag.cause == "lr_too_high"
+    # the same noise without the overshoot: a rate too low
+    stuck[4:6] = 4.19
+    found = detect({"train_loss": (steps, stuck)}, {"status": "FINISHED"}, "")
+    assert [(f.kind, f.after) for f in found] == [("plateau", ())]
+
+
+def test_composer_names():
+    """Composer's MLFlowLogger: ``loss/train/total`` and ``metrics/eval/CrossEntropy``."""
+    steps = np.arange(100)
+    loss = np.exp(-steps / 30) + 0.5
+    loss[60:68] = 9.0  # a shard of bad batches
+    ev = (np.arange(10, 100, 10), np.full(9, 0.8))
+    hist = {"loss/train/total": (steps, loss), "metrics/eval/CrossEntropy": ev,
+            "metrics/eval/MulticlassAccuracy": (ev[0], np.full(9, 0.7))}  # fmt: skip
+    found = detect(hist, {"status": "FINISHED"}, "")
+    assert {(f.kind, f.metric) for f in found} == {("loss_spike", "loss/train/total")}
+
+
 def _finding(kind, step, after=()):
     return Finding(kind=kind, metric="loss", step=step, severity=0.9, evidence=kind, after=after)
 

@@ -320,12 +320,29 @@ def _plateau(s: Series, th: dict[str, Any], since: int = 0) -> Finding | None:
     chunks = [_median(x[i : i + h]) for i in range(0, n - h + 1, h)]
     if min(chunks) < head * (1 - 2 * th.get("min_improvement", 0.05)):
         return None
+    evidence = f"{s.name} went from {_fmt(head)} to {_fmt(tail)} over {n} points ({100 * gain:.1f}% better, < {100 * th.get('min_improvement', 0.05):.0f}%)"
+    # Stuck from the start has two causes: a rate too small to move anything, or one so large
+    # that the first updates threw the model to where it stays (saturated units at chance
+    # level).  Only the second makes the loss rise above where it started: an overshoot of
+    # many noise units and a material share of the start, early in the run.
+    start = _median(x[: min(3, n)])
+    early = x[: max(3, 2 * h)]
+    rise = float(np.max(early)) - start
+    bar = max(
+        th.get("overshoot_noise", 8.0) * _noise(x), th.get("min_improvement", 0.05) * abs(start)
+    )
+    after: tuple[str, ...] = ()
+    if rise > bar:
+        top = int(np.argmax(early))
+        after = ("divergence",)
+        evidence += f"; it first rose from {_fmt(start)} to {_fmt(early[top])} at step {s.steps[top]} (an overshoot)"
     return Finding(
         kind="plateau",
         metric=s.name,
         step=int(s.steps[0]),
         severity=float(min(1.0, 1 - max(gain, 0) / th.get("min_improvement", 0.05))),
-        evidence=f"{s.name} went from {_fmt(head)} to {_fmt(tail)} over {n} points ({100 * gain:.1f}% better, < {100 * th.get('min_improvement', 0.05):.0f}%)",
+        evidence=evidence,
+        after=after,
     )
 
 
