@@ -401,7 +401,9 @@ def rules_proposal(
     for _ in range(12):
         f = rng.choice(failures)
         fp = sorted(set(f["predicted_kinds"]) - set(f["expected_kinds"]))
-        fn = sorted(set(f["expected_kinds"]) - set(f["predicted_kinds"]))
+        # a kind absorbed into another finding (its run-up) was found: not a miss
+        found = set(f["predicted_kinds"]) | set(f.get("absorbed", ()))
+        fn = sorted(set(f["expected_kinds"]) - found)
         moves = [("fp", k) for k in fp if k in STRICTER] + [("fn", k) for k in fn if k in STRICTER]
         if f["predicted_cause"] != f["expected_cause"] and f["expected_cause"] != "healthy":
             moves.append(("cause", None))

@@ -227,13 +227,18 @@ def failures(summary: dict[str, Any], fixes: Any = None) -> list[dict[str, Any]]
     measurement *on this same run*, else null — looked up, never measured).  Callers pass
     only the selection summary, so no held-out outcome reaches a brain.
     """
-    keys = ("scenario", "expected_kinds", "predicted_kinds", "expected_cause", "predicted_cause")
+    keys = (
+        "scenario",
+        "expected_kinds",
+        "predicted_kinds",
+        "absorbed",
+        "expected_cause",
+        "predicted_cause",
+    )
     out = []
     for s in summary["scores"]:
-        wrong = (
-            s["predicted_kinds"] != s["expected_kinds"]
-            or s["predicted_cause"] != s["expected_cause"]
-        )
+        # kinds as the scorer judges them (a kind absorbed into another finding was found)
+        wrong = not s["kinds_ok"] or s["predicted_cause"] != s["expected_cause"]
         unfixed = (
             s.get("fixed") is False
             and s["expected_cause"] != "healthy"
