@@ -48,7 +48,7 @@ def test_diagnose_json_schema_single_and_batch(runs):
     res = cli("diagnose", ids["oom"], "--tracking-uri", store.uri, "--json")
     assert res.exit_code == 0, res.output
     one = json.loads(res.stdout)
-    assert set(one) == {"run_id", "status", "findings", "diagnosis", "remedies"}
+    assert set(one) == {"run_id", "status", "findings", "diagnosis", "remedies", "note"}
     assert one["status"] == "failing"
     assert set(one["findings"][0]) == {"kind", "metric", "step", "severity", "evidence", "after"}
     assert set(one["diagnosis"]) >= {"cause", "confidence", "summary", "evidence"}
@@ -210,3 +210,22 @@ def test_a_run_without_any_metric_is_no_data_not_healthy(store):
     assert verdicts[0]["findings"] == [] and verdicts[0]["diagnosis"] is None
     res = cli("watch", "--experiment", "exp", "--once", "--tracking-uri", store.uri, "--json")
     assert {v["run_id"]: v["status"] for v in json.loads(res.stdout)}[empty] == "no_data"
+
+
+def test_a_run_whose_loss_the_doctor_cannot_read_is_not_called_healthy(store):
+    """Metrics under names no alias maps to a loss: not judged (no_data, with the names and
+    where to map them), never "healthy"; one mapped name makes the same run judged."""
+    rising = np.linspace(2.0, 9.0, N)  # would be a divergence if read
+    odd = store.log_run({"objective value": (STEPS, rising), "gnorm": (STEPS, np.ones(N))})
+    res = cli("diagnose", odd, "--tracking-uri", store.uri, "--json")
+    v = json.loads(res.stdout)
+    assert res.exit_code == 0 and v["status"] == "no_data" and v["findings"] == []
+    assert "'objective value'" in v["note"] and "metrics.yaml" in v["note"]
+    res = cli("diagnose", odd, "--tracking-uri", store.uri)
+    assert "not judged" in res.stdout and "'objective value'" in res.stdout
+    res = cli("watch", "--experiment", "exp", "--once", "--tracking-uri", store.uri, "--json")
+    got = {w["run_id"]: w for w in json.loads(res.stdout)}[odd]
+    assert got["status"] == "no_data" and got["note"] == v["note"]
+    named = store.log_run({"train/loss": (STEPS, rising), "gnorm": (STEPS, np.ones(N))})
+    v = json.loads(cli("diagnose", named, "--tracking-uri", store.uri, "--json").stdout)
+    assert v["status"] == "failing" and v["note"] == ""

@@ -119,6 +119,12 @@ def diagnose_cmd(
                 console.print(
                     f"  {v.run_id[:12]} {f.kind}: {f.evidence}", highlight=False, soft_wrap=True
                 )
+            if v.note:
+                console.print(
+                    f"  {v.run_id[:12]} [yellow]not judged[/]: {v.note}",
+                    highlight=False,
+                    soft_wrap=True,
+                )
     if failures:
         raise typer.Exit(2)
 

@@ -287,6 +287,25 @@ def diagnose(
     )
 
 
+LOSS_ROLES = ("train_loss", "eval_loss")
+
+
+def unread_losses(series: Mapping[str, Series], aliases: MetricAliases) -> str:
+    """Why the doctor cannot judge a run that logged metrics ("" when it can): none of them
+    plays a loss role, so "no finding" would say nothing about its training."""
+    names = [n for n, s in series.items() if len(s) and not n.startswith("system/")]
+    if not names:
+        return ""
+    roles = resolve_roles({n: len(series[n]) for n in names}, aliases)
+    if any(r in roles for r in LOSS_ROLES):
+        return ""
+    shown = ", ".join(repr(n) for n in sorted(names)[:8]) + (" …" if len(names) > 8 else "")
+    return (
+        f"no logged metric is read as a training or eval loss ({shown}); add its name under "
+        "roles: train_loss (or eval_loss) in the scaffold's metrics.yaml"
+    )
+
+
 def verdict(
     run_id: str,
     findings: list[Finding],
@@ -295,18 +314,23 @@ def verdict(
     scaffold: Scaffold,
     status: str | None = None,
     has_data: bool = True,
+    unread: str = "",
 ) -> RunVerdict:
-    """``has_data=False``: the run has no metric point; without findings that is ``no_data``."""
+    """``has_data=False``: the run has no metric point; without findings that is ``no_data``,
+    and so is a run none of whose metrics the doctor reads as a loss (``unread``, from
+    ``unread_losses``): not judged is not healthy."""
     findings = _order(consolidate(list(findings)))
     diag, remedies = diagnose(
         findings, params, log_text, scaffold.playbook, aliases=scaffold.metrics, status=status
     )
+    healthy = has_data and not unread
     return RunVerdict(
         run_id=run_id,
-        status="failing" if findings else ("healthy" if has_data else "no_data"),
+        status="failing" if findings else ("healthy" if healthy else "no_data"),
         findings=tuple(findings),
         diagnosis=diag,
         remedies=tuple(remedies),
+        note="" if findings or not unread else unread,
     )
 
 
@@ -356,4 +380,5 @@ def judge(
     log = client.log_text(info.run_id) if needs_log(status, pre) else ""
     found = _order(found + detect_status(series, info, log, sc.detectors, now_ms))
     has_data = any(len(s) for s in series.values())
-    return verdict(info.run_id, found, info.params, log, sc, status, has_data=has_data)
+    unread = unread_losses(series, sc.metrics)
+    return verdict(info.run_id, found, info.params, log, sc, status, has_data, unread)

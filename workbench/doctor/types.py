@@ -63,3 +63,4 @@ class RunVerdict(_Frozen):
     findings: tuple[Finding, ...]
     diagnosis: Diagnosis | None
     remedies: tuple[Remedy, ...]
+    note: str = ""  # why a run with metrics is no_data (no metric the doctor reads as a loss)

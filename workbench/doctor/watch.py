@@ -38,6 +38,7 @@ from workbench.doctor.core import (
     median_of_sorted,
     needs_log,
     stall_reference_ms,
+    unread_losses,
     verdict,
 )
 from workbench.doctor.series import Series, normalize, resolve_roles
@@ -284,8 +285,16 @@ class Watcher:
         )
         found.sort(key=lambda f: (f.step is None, f.step or 0, f.kind))
         has_data = any(len(x) for x in st.series.values())
+        unread = unread_losses(st.series, self.scaffold.metrics)
         st.verdict = verdict(
-            st.info.run_id, found, st.info.params, st.log_text, self.scaffold, status, has_data
+            st.info.run_id,
+            found,
+            st.info.params,
+            st.log_text,
+            self.scaffold,
+            status,
+            has_data,
+            unread,
         )
 
 

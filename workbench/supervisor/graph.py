@@ -204,6 +204,8 @@ def monitor(state: EpisodeState, deps: Deps) -> dict:
         traj.add("remedy_skipped", **sk)
         deps.progress(f"remedy {sk['id']} skipped: {sk['reason']}")
     deps.progress(f"run {state['run_id'][:8]}: {verdict.status}, {len(findings)} finding(s)")
+    if verdict.note:
+        deps.progress(f"run {state['run_id'][:8]} not judged: {verdict.note}")
     return {
         "experiment_id": info.experiment_id,
         "experiment_name": exp.name,
@@ -215,7 +217,8 @@ def monitor(state: EpisodeState, deps: Deps) -> dict:
         "before": run_summary(tc, state["run_id"]),
         "skipped": skipped,
         "attempts": state.get("attempts", []),
-        # healthy / no_data: nothing to fix (no metric point at all is not a failure to fix)
+        # healthy / no_data: nothing to fix (no metric point, or none read as a loss, is not a
+        # failure to fix; the note above says which names to map)
         "status": verdict.status if verdict.status in ("healthy", "no_data") else "running",
     }
 
