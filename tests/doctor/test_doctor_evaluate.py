@@ -53,3 +53,13 @@ def test_an_absorbed_precursor_the_label_does_not_name_is_no_false_alarm():
     assert res["per_kind"]["exploding_gradients"]["fp"] == 0
     assert res["per_kind"]["nan_inf"]["tp"] == 1 and res["scores"][0]["kinds_ok"]
     assert s.delays == {"nan_inf": 2}
+
+
+def test_a_run_the_doctor_could_not_judge_is_not_a_right_healthy_verdict():
+    unjudged = RunVerdict(
+        run_id="u", status="no_data", findings=(), diagnosis=None, remedies=(), note="no loss"
+    )
+    res = summarize([score_run(unjudged, "ok", "heldout", {"cause": "healthy"}, None)])
+    assert res["cause_accuracy"] == 0.0 and res["false_alarms"] == 0
+    res = summarize([score_run(_verdict("h"), "ok", "heldout", {"cause": "healthy"}, None)])
+    assert res["cause_accuracy"] == 1.0

@@ -79,7 +79,8 @@ def score_run(
         expected_kinds=sorted(expected.get("findings", [])),
         expected_cause=expected.get("cause", "healthy"),
         predicted_kinds=kinds,
-        predicted_cause=v.diagnosis.cause if v.diagnosis else "healthy",
+        # a run the doctor could not judge (no_data) is not a healthy verdict
+        predicted_cause=v.diagnosis.cause if v.diagnosis else v.status,
         onset=onset,
         delays=delays,
         any_of=list(expected.get("any_of", [])),
