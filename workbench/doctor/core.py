@@ -290,13 +290,19 @@ def diagnose(
 LOSS_ROLES = ("train_loss", "eval_loss")
 
 
-def unread_losses(series: Mapping[str, Series], aliases: MetricAliases) -> str:
+def unread_losses(
+    series: Mapping[str, Series],
+    aliases: MetricAliases,
+    roles: Mapping[str, str] | None = None,
+) -> str:
     """Why the doctor cannot judge a run that logged metrics ("" when it can): none of them
-    plays a loss role, so "no finding" would say nothing about its training."""
+    plays a loss role, so "no finding" would say nothing about its training.  ``roles``: the
+    run's resolved roles when the caller has them already (a watcher's poll)."""
     names = [n for n, s in series.items() if len(s) and not n.startswith("system/")]
     if not names:
         return ""
-    roles = resolve_roles({n: len(series[n]) for n in names}, aliases)
+    if roles is None:
+        roles = resolve_roles({n: len(series[n]) for n in names}, aliases)
     if any(r in roles for r in LOSS_ROLES):
         return ""
     shown = ", ".join(repr(n) for n in sorted(names)[:8]) + (" …" if len(names) > 8 else "")

@@ -285,7 +285,7 @@ class Watcher:
         )
         found.sort(key=lambda f: (f.step is None, f.step or 0, f.kind))
         has_data = any(len(x) for x in st.series.values())
-        unread = unread_losses(st.series, self.scaffold.metrics)
+        unread = unread_losses(st.series, self.scaffold.metrics, st.roles)
         st.verdict = verdict(
             st.info.run_id,
             found,
