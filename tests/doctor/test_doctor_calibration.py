@@ -200,3 +200,22 @@ def test_router_collapse_under_a_custom_trainers_names():
     loss = np.linspace(2.3, 0.3, n)
     k = kinds({"train/ce_loss": loss, "moe/expert_load_entropy": ent, "moe/num_idle_experts": idle})
     assert k == {"expert_collapse"}
+
+
+def test_loss_names_with_any_separator_are_read_and_lookalikes_are_not():
+    """The alias map's last resort: a name with "loss" in it is the training loss, or the eval
+    loss with an eval word, unless it is a loss scale, a perplexity, an accuracy or an auxiliary
+    loss (Megatron's and Ignite's names, which no exact pattern knew)."""
+    from workbench.doctor.series import resolve_roles
+
+    def roles(*names):
+        return resolve_roles(dict.fromkeys(names, 100), SC.metrics)
+
+    got = roles("lm loss", "lm loss validation", "lm loss validation ppl", "loss-scale")
+    assert got["train_loss"] == "lm loss" and got["eval_loss"] == "lm loss validation"
+    got = roles("training batch_loss", "validation loss", "router aux loss")
+    assert got["train_loss"] == "training batch_loss" and got["eval_loss"] == "validation loss"
+    got = roles("loss scale", "val accuracy loss-free", "test perplexity loss")
+    assert "train_loss" not in got and "eval_loss" not in got
+    # the exact names still come first where a run logs them
+    assert roles("train/loss", "train/loss extra")["train_loss"] == "train/loss"
