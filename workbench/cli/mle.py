@@ -10,7 +10,7 @@ import typer
 from workbench.cli.options import DEFAULT_TRACKING_URI, Json, TrackingUri
 from workbench.cli.output import console, err_console, print_json, print_table
 from workbench.errors import BadInputError
-from workbench.mle.config import EVAL_STEPS, EVAL_TIME_LIMIT_S
+from workbench.mle.budget import EVAL_STEPS, EVAL_TIME_LIMIT_S
 
 DataDir = Annotated[
     Path | None,

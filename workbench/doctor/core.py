@@ -180,20 +180,26 @@ def consolidate(findings: list[Finding], window: int | None = None) -> list[Find
         return findings
     onset = min(f.step for f in pre)  # type: ignore[type-var]
     what = ", ".join(sorted({f"{f.kind} at step {f.step}" for f in pre}))
-    merged = first_nan.model_copy(
+    return _absorb(findings, first_nan, pre, f"first went wrong at step {onset} ({what})")
+
+
+def _absorb(
+    findings: list[Finding], into: Finding, parts: list[Finding], why: str
+) -> list[Finding]:
+    """``findings`` with ``parts`` merged into ``into``: one finding whose step is the earliest,
+    whose evidence adds ``why`` and whose ``after`` lists the absorbed kinds in order, each after
+    its own run-up (no repeats)."""
+    parts = sorted(parts, key=lambda f: f.step)  # type: ignore[arg-type, return-value]
+    kinds = (*into.after, *(k for f in parts for k in (*f.after, f.kind)))
+    merged = into.model_copy(
         update={
-            "step": onset,
-            "evidence": f"{first_nan.evidence}; first went wrong at step {onset} ({what})",
-            "after": _run_up(sorted(pre, key=lambda f: f.step)),  # type: ignore[arg-type, return-value]
+            "step": min(f.step for f in (into, *parts)),  # type: ignore[type-var]
+            "evidence": f"{into.evidence}; {why}",
+            "after": tuple(dict.fromkeys(kinds)),
         }
     )
-    drop = {id(f) for f in pre} | {id(first_nan)}
+    drop = {id(f) for f in parts} | {id(into)}
     return _order([merged] + [f for f in findings if id(f) not in drop])
-
-
-def _run_up(pre: list[Finding]) -> tuple[str, ...]:
-    """The kinds of absorbed findings in order, each after its own run-up (no repeats)."""
-    return tuple(dict.fromkeys(k for f in pre for k in (*f.after, f.kind)))
 
 
 def _absorb_divergence(findings: list[Finding], window: int = 50) -> list[Finding]:
@@ -231,17 +237,9 @@ def _absorb_divergence(findings: list[Finding], window: int = 50) -> list[Findin
         ]
         if not spikes:
             continue
-        first = min(spikes, key=lambda f: f.step)  # type: ignore[arg-type, return-value]
-        merged = d.model_copy(
-            update={
-                "step": min(d.step, first.step),  # type: ignore[type-var]
-                "evidence": f"{d.evidence}; with a spike of {d.metric} at step {first.step}",
-                "after": tuple(dict.fromkeys((*d.after, "loss_spike"))),
-            }
-        )
-        drop = {id(f) for f in spikes} | {id(d)}
-        out = [merged] + [f for f in out if id(f) not in drop]
-    return _order(out)
+        first = min(f.step for f in spikes)  # type: ignore[type-var]
+        out = _absorb(out, d, spikes, f"with a spike of {d.metric} at step {first}")
+    return out
 
 
 def detect(
@@ -336,7 +334,7 @@ def verdict(
         findings=tuple(findings),
         diagnosis=diag,
         remedies=tuple(remedies),
-        note="" if findings or not unread else unread,
+        note="" if findings else unread,
     )
 
 

@@ -90,9 +90,9 @@ def score_run(
 
 
 def _counts(s: RunScore, kind: str) -> tuple[int, int, int]:
-    """(tp, fp, fn) of one run for one kind.  A precursor absorbed into another finding (a
-    NaN's run-up, a divergence's spike) was detected (the doctor reports it as that onset): it counts where the label asks for
-    it, and is no extra alarm where the label does not (it is not a finding of its own)."""
+    """(tp, fp, fn) of one run for one kind.  A kind absorbed into another finding (a NaN's
+    run-up, a divergence's spike) was detected: it counts where the label asks for it, and is
+    no extra alarm where the label does not (it is not a finding of its own)."""
     found = kind in s.predicted_kinds
     credited = found or kind in s.absorbed
     if kind in s.expected_kinds:

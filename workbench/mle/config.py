@@ -19,9 +19,6 @@ PACKAGED = Path(__file__).resolve().parents[2] / "scaffold"
 FAMILIES = ("linear", "knn", "svm", "random_forest", "extra_trees", "hist_gb", "mlp")
 ENSEMBLES = ("blend", "stack")
 FEATURE_OPS = ("scale", "poly", "select", "target")
-# `workbench mle eval`'s default budget per (task, seed) run, the one the targets are set for.
-EVAL_STEPS = 6
-EVAL_TIME_LIMIT_S = 75.0
 
 
 class _Strict(BaseModel):

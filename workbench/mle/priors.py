@@ -42,13 +42,8 @@ from experiments.mle.taskinfo import TaskInfo, infer_task
 from model.files import atomic_write_text
 from workbench.errors import BadInputError
 from workbench.mle.brains import NodeView, Proposal, TaskContext, render_script
-from workbench.mle.config import (
-    EVAL_STEPS,
-    EVAL_TIME_LIMIT_S,
-    PACKAGED,
-    MleScaffold,
-    load_mle_scaffold,
-)
+from workbench.mle.budget import EVAL_STEPS, EVAL_TIME_LIMIT_S
+from workbench.mle.config import PACKAGED, MleScaffold, load_mle_scaffold
 
 RECORD = Path(__file__).resolve().parents[2] / "experiments" / "mle" / "priors.json"
 DRAFTS = 5  # draft recipes kept per kind
@@ -159,6 +154,11 @@ def ordered(ranks: dict[str, float]) -> list[str]:
     return sorted(ranks, key=lambda label: (ranks[label], label))
 
 
+def _column(measured: dict[str, dict[str, Measured]], i: int) -> dict[str, dict[str, Any]]:
+    """task → label → the ``i``-th part of each measurement (0: CV score, 1: wall seconds)."""
+    return {t: {label: m[i] for label, m in by_label.items()} for t, by_label in measured.items()}
+
+
 def mean_walls(walls: dict[str, dict[str, float]]) -> dict[str, float]:
     """label → mean wall seconds over tasks."""
     per: dict[str, list[float]] = {}
@@ -180,11 +180,12 @@ def drafts_from_record(record: dict) -> dict[str, list[dict]]:
             continue
         lower = {t: record["tasks"][t]["lower_is_better"] for t in part["scores"]}
         walls = mean_walls(part.get("wall_s", {}))
-        fits = {label: budget is None or walls.get(label, 0.0) <= budget for label in part["specs"]}
-        by_rank = ordered(mean_ranks(part["scores"], lower))
+
+        over = {lb: budget is not None and walls.get(lb, 0.0) > budget for lb in part["specs"]}
         picks: list[dict] = []
         ensemble_taken = False
-        for label in [lb for lb in by_rank if fits[lb]] + [lb for lb in by_rank if not fits[lb]]:
+        # a stable sort: within each side of the budget, the CV order stays
+        for label in sorted(ordered(mean_ranks(part["scores"], lower)), key=over.__getitem__):
             spec = part["specs"][label]
             is_ensemble = spec["family"] in ("blend", "stack")
             if is_ensemble and ensemble_taken:
@@ -242,12 +243,14 @@ def derive(
             return dict(zip(specs, got[: len(specs)], strict=True))
 
         measured = {t: scored(t, singles) for t in mine}
-        scores = {t: {lb: v for lb, (v, _) in m.items()} for t, m in measured.items()}
-        ensembles = ensemble_candidates(singles, ordered(mean_ranks(scores, lower)))
+        singles_rank = mean_ranks(_column(measured, 0), lower)
+        ensembles = ensemble_candidates(singles, ordered(singles_rank))
         for t in mine:
             measured[t].update(scored(t, ensembles))
-        scores = {t: {lb: v for lb, (v, _) in m.items()} for t, m in measured.items()}
-        walls = {t: {lb: round(w, 2) for lb, (_, w) in m.items()} for t, m in measured.items()}
+        scores = _column(measured, 0)
+        walls = {
+            t: {lb: round(w, 2) for lb, w in m.items()} for t, m in _column(measured, 1).items()
+        }
         record["kinds"][kind] = {
             "tasks": mine,
             "specs": {**singles, **ensembles},
