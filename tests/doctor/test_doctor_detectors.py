@@ -130,6 +130,34 @@ def test_throughput_dip_from_a_busy_machine_is_no_drop():
     assert run({"train/loss": healthy_loss(), "tokens_per_sec": tps}) == {}
 
 
+def test_a_slow_stretch_that_recovers_is_a_drop_but_a_blip_or_a_gradual_slowdown_is_not():
+    # A reader slow for some shards: 40 % of the run at 1/4 speed, then full speed again.
+    tps = 1000 + 10 * RNG.standard_normal(N)
+    tps[200:300] = 250
+    assert run({"train/loss": healthy_loss(), "tokens_per_sec": tps}) == {"throughput_drop": 200}
+    # A sparse log (every 10 iterations, rounded as Megatron prints it): too short for the
+    # end rule, and the slow shards end before the run does.
+    sparse = np.array([0.03] * 11 + [0.01] * 11 + [0.02] * 2)
+    hist = {
+        "lm loss": (np.arange(24), 2 - 0.01 * np.arange(24)),
+        "throughput": (np.arange(24), sparse),
+    }
+    found = detect(hist, {"status": "FINISHED"}, "")
+    assert [(f.kind, f.step) for f in found] == [("throughput_drop", 11)]
+    assert "to step 21" in found[0].evidence and "of the run's time lost" in found[0].evidence
+    # Another process for a moment: the same depth, but 20 points of 500 cost little time.
+    tps[200:300] = 1000 + 10 * RNG.standard_normal(100)
+    tps[200:220] = 500
+    assert run({"train/loss": healthy_loss(), "tokens_per_sec": tps}) == {}
+    # Samples/s that fall as a curriculum lengthens the sequences (DeepSpeed, 30 points):
+    # slow by the end, but never an abrupt step.
+    curriculum = [8773, 7974, 6125, 6696, 4264, 4038, 4203, 3688, 3892, 3616, 3736, 2677, 2932,
+                  3453, 2560, 2044, 2516, 2319, 2082, 1917, 2276, 2075, 2343, 2001, 2133, 2170,
+                  1698, 1902, 2210, 1666]  # fmt: skip
+    hist = {"loss": (np.arange(30), healthy_loss(30)), "CurrSamplesPerSec": (np.arange(30), np.array(curriculum, float))}  # fmt: skip
+    assert detect(hist, {"status": "FINISHED"}, "") == []
+
+
 def test_throughput_drop_and_step_time():
     tps = 1000 + 10 * RNG.standard_normal(N)
     tps[250:] = 400

@@ -576,7 +576,8 @@ def _throughput_drop(
     """
     x = s.values
     persist = int(th.get("persist", 16))
-    if len(x) <= th.get("min_history", 10) + persist:
+    min_history = int(th.get("min_history", 10))
+    if len(x) <= min_history + min(persist, int(th.get("stretch_points", persist))):
         return None
     y = _ffill_finite(x)
     if higher_is_worse:
@@ -585,9 +586,12 @@ def _throughput_drop(
         y,
         int(th.get("window", 64)),
         int(th.get("stride", 4)),
-        int(th.get("min_history", 10)),
+        min_history,
         since,
     )
+    shown = (lambda v: 1.0 / v) if higher_is_worse else (lambda v: v)
+    if len(x) <= min_history + persist:  # too short for the end rule
+        return _slow_stretch(s, y, med, th, since, shown)
     fwd = _row_median(
         np.lib.stride_tricks.sliding_window_view(y, persist)
     )  # fwd[i]: y[i:i+persist]
@@ -609,11 +613,10 @@ def _throughput_drop(
             i = int(c)
             break
     if i is None:
-        return None
+        return _slow_stretch(s, y, med, th, since, shown)
     base = float(med[i])
     # The onset is the first slow point of that window.
     j = i + int(np.argmax(y[i : i + persist] < drop * base))
-    shown = (lambda v: 1.0 / v) if higher_is_worse else (lambda v: v)
     return Finding(
         kind="throughput_drop",
         metric=s.name,
@@ -621,6 +624,50 @@ def _throughput_drop(
         severity=float(min(1.0, max(0.0, 1 - fwd[i] / base))) if base > 0 else 0.5,
         evidence=f"{s.name} median {_fmt(shown(fwd[i]))} from step {s.steps[j]} vs {_fmt(shown(base))} before ({100 * (1 - fwd[i] / base):.0f}% slower), still {_fmt(shown(tail))} at the end",
     )
+
+
+def _slow_stretch(
+    s: Series, y: np.ndarray, med: np.ndarray, th: dict[str, Any], since: int, shown: Any
+) -> Finding | None:
+    """A slow stretch that costs the run a good part of its time, whether or not it lasts to
+    the end (a reader that is slow for some shards, a sparse log too short for the end rule).
+
+    The stretch starts abruptly (the points just before it run at the baseline's speed: a
+    gradual slowdown, such as a curriculum's growing sequences, is no fault) and nearly all of
+    its points are slow. Load from other processes can do the same for a moment; what it
+    rarely does is cost ``min_cost`` of the run's whole time, measured as the time per step
+    above the baseline's, summed over the stretch.
+    """
+    drop, sustain = th.get("drop", 0.6), th.get("sustain", 0.6)
+    min_points, min_cost = int(th.get("stretch_points", 8)), th.get("stretch_cost", 0.25)
+    abrupt = th.get("stretch_abrupt", 0.85)
+    step_time = 1.0 / np.maximum(y, 1e-12)
+    total = float(np.sum(step_time))
+    with np.errstate(invalid="ignore"):
+        onsets = np.flatnonzero(y[since:] < drop * med[since:])[:64] + since
+    for j in onsets:
+        base = float(med[j])
+        if not base > 0 or np.median(y[max(0, j - 3) : j]) < abrupt * base:
+            continue
+        slow = y[j:] < drop * base
+        share = np.cumsum(slow) / np.arange(1, len(slow) + 1)
+        ends = np.flatnonzero((share >= sustain) & slow)
+        if not len(ends) or ends[-1] + 1 < min_points:
+            continue
+        k = int(j + ends[-1] + 1)
+        cost = float(np.sum(np.maximum(step_time[j:k] - 1.0 / base, 0.0))) / total
+        if cost < min_cost:
+            continue
+        level = float(np.median(y[j:k]))
+        end = "to the end" if k == len(y) else f"to step {s.steps[k - 1]}"
+        return Finding(
+            kind="throughput_drop",
+            metric=s.name,
+            step=int(s.steps[j]),
+            severity=float(min(1.0, max(0.0, 1 - level / base))),
+            evidence=f"{s.name} median {_fmt(shown(level))} from step {s.steps[j]} {end} vs {_fmt(shown(base))} before ({100 * (1 - level / base):.0f}% slower), {100 * cost:.0f}% of the run's time lost",
+        )
+    return None
 
 
 # ------------------------------------------------------------------------- the registered detectors
@@ -658,14 +705,33 @@ def nan_inf(run: RunView, th: dict[str, Any]) -> list[Finding]:
     return out
 
 
-@detector("divergence", reads=("train_loss", "eval_loss"), stable=True, precursor=True)
+@detector("divergence", reads=("train_loss", "eval_loss", "lr"), stable=True, precursor=True)
 def divergence(run: RunView, th: dict[str, Any]) -> Finding | None:
     loss, ev = run["train_loss"], run["eval_loss"]
     if loss is None:
         return None
     # With an eval loss, a divergence found earlier may be confirmed only now: judged whole.
     since = run.start("divergence", loss) if ev is None else 0
-    return _divergence(loss, th, since, eval_loss=ev)
+    f = _divergence(loss, th, since, eval_loss=ev)
+    lr = run["lr"]
+    if f is None or lr is None or f.step is None:
+        return f
+    return _lr_decayed(f, lr, th.get("lr_decayed", 0.8))
+
+
+def _lr_decayed(f: Finding, lr: Series, ratio: float) -> Finding:
+    """Mark a divergence whose onset came at a learning rate below ``ratio`` × the peak the run
+    had already trained at: the rate alone did not throw it off (it was higher before)."""
+    i = int(np.searchsorted(lr.steps, f.step, side="right"))
+    seen = lr.values[:i][np.isfinite(lr.values[:i])]
+    if not len(seen) or not np.max(seen) > 0 or not seen[-1] < ratio * np.max(seen):
+        return f
+    return f.model_copy(
+        update={
+            "context": (*f.context, "lr_decayed"),
+            "evidence": f"{f.evidence}; at {lr.name} {_fmt(seen[-1])}, below its peak {_fmt(np.max(seen))}",
+        }
+    )
 
 
 def _windowed(run: RunView, kind: str, role: str, th: dict[str, Any], fn: Any) -> Finding | None:
