@@ -124,6 +124,30 @@ def test_composer_names():
     assert {(f.kind, f.metric) for f in found} == {("loss_spike", "loss/train/total")}
 
 
+def test_a_divergence_that_starts_with_a_spike_after_the_rate_fell_is_bad_data():
+    """A loss that trained well at the peak rate, then jumped on a bad shard and stayed up
+    while the rate was decaying: the data threw it off, not the rate (it was higher before).
+    The same rise at the rate's peak is a rate too high."""
+    steps = np.arange(300)
+    loss = np.exp(-steps / 40) + 0.7 + 0.01 * np.sin(steps)
+    loss[176] = 9.0  # the bad shard's first batch
+    loss[177:] = 2.2 + 0.01 * np.sin(steps[177:])  # the model is damaged: it stays up
+    decaying = 0.001 * np.minimum(1.0, (steps + 1) / 20) * (0.5 + 0.5 * np.cos(np.pi * steps / 300))
+    hist = {"loss/train/total": (steps, loss), "lr-DecoupledAdamW/group0": (steps, decaying)}
+    found = detect(hist, {"status": "FINISHED"}, "")
+    (div,) = [f for f in found if f.kind == "divergence"]
+    assert div.context == ("lr_decayed",) and "below its peak" in div.evidence
+    diag, _ = diagnose(found, {}, "", SC.playbook, aliases=SC.metrics)
+    assert diag.cause == "bad_data"
+    assert any("lr_decayed" in e for e in diag.evidence)
+    constant = np.full(300, 0.001)
+    hist["lr-DecoupledAdamW/group0"] = (steps, constant)
+    found = detect(hist, {"status": "FINISHED"}, "")
+    assert [f.context for f in found if f.kind == "divergence"] == [()]
+    diag, _ = diagnose(found, {}, "", SC.playbook, aliases=SC.metrics)
+    assert diag.cause == "lr_too_high"
+
+
 def _finding(kind, step, after=()):
     return Finding(kind=kind, metric="loss", step=step, severity=0.9, evidence=kind, after=after)
 

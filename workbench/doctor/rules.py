@@ -57,6 +57,8 @@ def _signal_holds(
             hits = [f for f in hits if f.metric and roles_of.get(f.metric) == sig.metric_role]
         if sig.after:
             hits = [f for f in hits if sig.after in f.after]
+        if sig.context:
+            hits = [f for f in hits if sig.context in f.context]
         if not hits:
             return False
         if sig.first:
@@ -86,10 +88,15 @@ def _describe(
     """One line naming the evidence a held signal stands for."""
     if sig.finding:
         f = next(
-            f for f in findings if f.kind == sig.finding and (not sig.after or sig.after in f.after)
+            f
+            for f in findings
+            if f.kind == sig.finding
+            and (not sig.after or sig.after in f.after)
+            and (not sig.context or sig.context in f.context)
         )
         run_up = f" after {', '.join(f.after)}" if f.after else ""
-        return f"finding {f.kind}{run_up} on {f.metric or 'the run'} at step {f.step}"
+        facts = f" ({', '.join(f.context)})" if f.context else ""
+        return f"finding {f.kind}{run_up}{facts} on {f.metric or 'the run'} at step {f.step}"
     if sig.absent:
         return f"no {sig.absent}"
     if sig.log:

@@ -31,6 +31,9 @@ class Finding(_Frozen):
     severity: float = Field(ge=0.0, le=1.0)
     evidence: str  # one line, with numbers
     after: tuple[str, ...] = ()  # kinds that were its run-up (absorbed into it), in order
+    # What the detector measured of the finding's setting that a cause may read, e.g.
+    # `lr_decayed`: the learning rate at the onset was well below its peak before it.
+    context: tuple[str, ...] = ()
 
 
 class Diagnosis(_Frozen):
