@@ -56,6 +56,19 @@ def test_a_memorised_loss_wiggling_near_zero_is_not_a_spike():
     assert "loss_spike" in kinds({"train_loss_epoch": loss})
 
 
+def test_one_blown_up_first_point_does_not_set_the_loss_scale():
+    """Adam at a rate far too high: the first iteration's loss is 1e5, the rest sit near 0.8
+    with spikes that come straight back. The 1e5 is one point, not the run's starting level,
+    so the later 13x spike still matters."""
+    rng = np.random.default_rng(4)
+    loss = 0.8 + 0.03 * rng.standard_normal(40)
+    loss[:4] = [1.085e5, 4.53, 2.28, 2.82]
+    loss[30] = 10.7
+    assert "loss_spike" in kinds({"loss": loss})
+    loss[30] = 0.8
+    assert "loss_spike" not in kinds({"loss": loss})
+
+
 def test_climb_to_a_chance_level_plateau_is_divergence_from_lr_too_high():
     """#19 item 5: the loss learns, climbs from its best to chance level and stays there; the
     first eval comes after the climb began."""
@@ -208,10 +221,19 @@ def test_throughput_and_moe_balance_aliases():
         "aux_loss": "moe_aux",
         "moe/load_balancing_loss": "moe_aux",
     }
+    want |= {
+        "tokens_per_second_per_gpu": "throughput",  # torchtune
+        "time_this_iter_s": "step_time",  # Ray Tune
+        "time_per_step": "step_time",
+        "lr/pg0": "lr",  # Ultralytics, per parameter group
+    }
     for name, role in want.items():
         assert roles.matches(role, name) is not None, name
     # an evaluation loop's own speed is not the training throughput
     assert roles.matches("throughput", "eval_samples_per_second") is None
+    # progress counters and totals are no step time (Composer's time/batch, Ray's time_total_s)
+    for name in ("time/batch", "time/sample", "time_total_s", "time_since_restore"):
+        assert roles.matches("step_time", name) is None, name
 
 
 def test_router_collapse_under_a_custom_trainers_names():

@@ -748,11 +748,12 @@ def loss_spike(run: RunView, th: dict[str, Any]) -> Finding | None:
     s = run["train_loss"]
     if s is None:
         return None
-    # The starting level: the highest of the first `min_history` points of the whole series
-    # (a loss can fall by orders of magnitude within them; fixed once they exist, so an
-    # incremental pass judges with the very same number).
-    head = _finite_prefix(s.values)[: int(th.get("min_history", 16))]
-    level = float(np.max(np.abs(head))) if len(head) else None
+    # The starting level: the second highest of the first `min_history` points of the whole
+    # series (a loss can fall by orders of magnitude within them, and one point makes no level:
+    # a rate far too high can throw the very first to 1e5); fixed once they exist, so an
+    # incremental pass judges with the very same number.
+    head = np.sort(np.abs(_finite_prefix(s.values)[: int(th.get("min_history", 16))]))
+    level = float(head[-2] if len(head) > 1 else head[-1]) if len(head) else None
     return _windowed(run, "loss_spike", "train_loss", th, partial(_loss_spike, start_level=level))
 
 
