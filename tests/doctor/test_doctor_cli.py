@@ -50,7 +50,15 @@ def test_diagnose_json_schema_single_and_batch(runs):
     one = json.loads(res.stdout)
     assert set(one) == {"run_id", "status", "findings", "diagnosis", "remedies", "note"}
     assert one["status"] == "failing"
-    assert set(one["findings"][0]) == {"kind", "metric", "step", "severity", "evidence", "after", "context"}
+    assert set(one["findings"][0]) == {
+        "kind",
+        "metric",
+        "step",
+        "severity",
+        "evidence",
+        "after",
+        "context",
+    }
     assert set(one["diagnosis"]) >= {"cause", "confidence", "summary", "evidence"}
     assert any("log:" in e for e in one["diagnosis"]["evidence"])
     assert one["diagnosis"]["cause"] == "oom"
