@@ -56,6 +56,36 @@ def test_a_memorised_loss_wiggling_near_zero_is_not_a_spike():
     assert "loss_spike" in kinds({"train_loss_epoch": loss})
 
 
+def test_an_easy_stretch_of_data_is_no_divergence_when_the_eval_held_its_level():
+    """A language model's smoothed train loss dips on an easy shard (2.3 -> 1.46) and comes
+    back to where it was; its validation bits per byte (another scale than the train loss's
+    nats) held its level over five evals before, and fell after. No divergence. With a single
+    eval before the rise, the eval's level after it still decides as before."""
+    steps = np.arange(0, 300, 5)
+    loss = np.concatenate([np.linspace(5.5, 2.3, 10), np.full(38, 2.3), np.linspace(2.0, 1.46, 2)])
+    loss = np.concatenate([loss, np.full(10, 2.35)]) + 0.03 * np.sin(steps)
+    ev = (np.arange(0, 301, 50), np.array([8.0, 4.14, 4.18, 4.16, 4.37, 4.11, 3.79]))
+    hist = {"train/loss": (steps, loss), "val/bpb": ev}
+    assert "divergence" not in {f.kind for f in detect(hist, {"status": "FINISHED"}, "")}
+    no_eval = {"train/loss": (steps, loss)}
+    assert "divergence" in {f.kind for f in detect(no_eval, {"status": "FINISHED"}, "")}
+
+
+def test_a_plateau_that_ends_worse_than_it_began_is_a_rate_too_high():
+    """Per-epoch SGD at a rate far too high: the first epoch (warm-up) at 2.32, then 2.4-2.65
+    above chance for 14 epochs. A rate too low barely moves the loss; it does not make it
+    worse."""
+    rng = np.random.default_rng(7)
+    epochs = np.arange(15)
+    loss = 2.52 + 0.07 * rng.standard_normal(15)
+    loss[0], loss[1] = 2.316, 2.65
+    found = detect({"train_loss": (epochs, loss)}, {"status": "FINISHED"}, "")
+    assert [(f.kind, f.after) for f in found] == [("plateau", ("divergence",))]
+    assert "worse than it began" in found[0].evidence
+    diag, _ = diagnose(found, {}, "", SC.playbook, aliases=SC.metrics)
+    assert diag.cause == "lr_too_high"
+
+
 def test_one_blown_up_first_point_does_not_set_the_loss_scale():
     """Adam at a rate far too high: the first iteration's loss is 1e5, the rest sit near 0.8
     with spikes that come straight back. The 1e5 is one point, not the run's starting level,
@@ -226,6 +256,12 @@ def test_throughput_and_moe_balance_aliases():
         "time_this_iter_s": "step_time",  # Ray Tune
         "time_per_step": "step_time",
         "lr/pg0": "lr",  # Ultralytics, per parameter group
+        "val/bpb": "eval_loss",  # nanoGPT/nanochat: bits per byte
+        "validation-mlogloss": "eval_loss",  # XGBoost autolog
+        "valid_0-binary_logloss": "eval_loss",  # LightGBM
+        "train/tok_per_sec": "throughput",
+        "train/dt": "step_time",
+        "train/lrm": "lr",  # nanochat's schedule multiplier
     }
     for name, role in want.items():
         assert roles.matches(role, name) is not None, name

@@ -176,7 +176,9 @@ def _divergence(
     worst = float(np.nanmax(np.where(np.isfinite(after), after, np.inf)))
     if not np.isfinite(best) or worst > best * th.get("eval_ratio", 1.3) + 1e-12:
         return f
-    # The eval's first points may come after the rise began: it agrees as well when it sits
+    if len(before) > 1:
+        return None  # the eval had a level before the rise, and did not leave it
+    # The eval's first point may come after the rise began: it agrees as well when it sits
     # where the training loss went, above the bar the training loss crossed.
     train = s.values[(s.steps <= f.step) & np.isfinite(s.values)]
     low = float(train.min()) if len(train) else np.inf
@@ -336,6 +338,11 @@ def _plateau(s: Series, th: dict[str, Any], since: int = 0) -> Finding | None:
         top = int(np.argmax(early))
         after = ("divergence",)
         evidence += f"; it first rose from {_fmt(start)} to {_fmt(early[top])} at step {s.steps[top]} (an overshoot)"
+    elif -gain >= th.get("min_improvement", 0.05):
+        # Ended materially worse than it began: a rate too small barely moves the loss, it
+        # does not make it worse.
+        after = ("divergence",)
+        evidence += f"; it ended {100 * -gain:.1f}% worse than it began"
     return Finding(
         kind="plateau",
         metric=s.name,
