@@ -86,6 +86,43 @@ def test_a_plateau_that_ends_worse_than_it_began_is_a_rate_too_high():
     assert diag.cause == "lr_too_high"
 
 
+def test_a_clock_is_no_step_time_but_a_per_iteration_time_is():
+    """A metric named `time` is MMEngine's seconds per iteration, or elsewhere a clock that
+    only grows: the clock must not read as a run slowing down."""
+    steps = np.arange(10, 560, 10)
+    loss = (steps, 2.3 * np.exp(-steps / 200) + 0.1)
+    clock = (steps, 0.003 * steps + 0.0001 * np.sin(steps))
+    assert detect({"loss": loss, "time": clock}, {"status": "FINISHED"}, "") == []
+    per_iter = 0.003 + 0.0002 * np.sin(steps)
+    per_iter[23:] = 0.012  # a reader that decodes every batch from epoch 6 on
+    found = detect({"loss": loss, "time": (steps, per_iter)}, {"status": "FINISHED"}, "")
+    assert [(f.kind, f.step) for f in found] == [("throughput_drop", 240)]
+
+
+def test_an_early_overshoot_is_not_the_starting_level_of_a_plateau():
+    """SGD at a rate far too high: 2.32 at the first log, 3.94 two logs later, then 2.1-2.7
+    for good. Measured from the overshoot it 'learned' 7 %; from where it started it ended
+    worse."""
+    rng = np.random.default_rng(11)
+    loss = 2.55 + 0.12 * rng.standard_normal(55)
+    loss[:5] = [2.32, 2.77, 3.94, 2.97, 2.7]
+    found = detect({"loss": (np.arange(10, 560, 10), loss)}, {"status": "FINISHED"}, "")
+    assert [(f.kind, f.after) for f in found] == [("plateau", ("divergence",))]
+
+
+def test_a_converged_eval_that_gave_back_nothing_is_not_overfitting():
+    """A full-batch eval of a small net converges to 0.157 after its best 0.14: 0.7 % of what
+    it gained from 0.64, on a curve so smooth that its noise is ~1e-4. The train loss kept
+    falling. Converged, not overfitting; the same shape giving back 30 % is."""
+    ev = np.array([0.635, 0.257, 0.153, 0.172, 0.1395, 0.154, 0.150, 0.152, 0.153, 0.155]
+                  + [0.155 + 0.0001 * i for i in range(15)])  # fmt: skip
+    steps = np.arange(len(ev)) * 10
+    tr = (steps, np.geomspace(0.6, 0.01, len(ev)))
+    assert "overfitting" not in kinds({"eval_loss": (steps, ev), "train_loss": tr})
+    ev[10:] = np.linspace(0.16, 0.29, 15)
+    assert "overfitting" in kinds({"eval_loss": (steps, ev), "train_loss": tr})
+
+
 def test_one_blown_up_first_point_does_not_set_the_loss_scale():
     """Adam at a rate far too high: the first iteration's loss is 1e5, the rest sit near 0.8
     with spikes that come straight back. The 1e5 is one point, not the run's starting level,
@@ -262,6 +299,10 @@ def test_throughput_and_moe_balance_aliases():
         "train/tok_per_sec": "throughput",
         "train/dt": "step_time",
         "train/lrm": "lr",  # nanochat's schedule multiplier
+        "train_inner/gnorm": "grad_norm",  # fairseq
+        "train_inner/lr": "lr",
+        "train_inner/wps": "throughput",
+        "time": "step_time",  # MMEngine: seconds per iteration
     }
     for name, role in want.items():
         assert roles.matches(role, name) is not None, name

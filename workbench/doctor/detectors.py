@@ -312,7 +312,9 @@ def _plateau(s: Series, th: dict[str, Any], since: int = 0) -> Finding | None:
         return None
     h = max(1, int(n * th.get("head", 0.1)))
     t = max(1, int(n * th.get("tail", 0.2)))
-    head, tail = _median(x[:h]), _median(x[-t:])
+    # Where it started: the first point, unless the first 10 % sit lower (a rise in the first
+    # points is an overshoot, not the starting level).
+    head, tail = min(float(x[0]), _median(x[:h])), _median(x[-t:])
     if not head > 0:
         return None
     gain = (head - tail) / abs(head)
@@ -477,6 +479,8 @@ def _overfitting(ev: Series, tr: Series | None, th: dict[str, Any]) -> Finding |
             return None
         if tail - level <= th.get("stall_z", 2.0) * noise:
             return None
+        if tail - level < th.get("give_back", 0.02) * (x[0] - level):
+            return None  # gave back next to nothing of what it gained: converged, not overfitting
         t_at, t_end = _value_at(tr, int(ev.steps[m])), _value_at(tr, int(ev.steps[-1]))
         if t_at is None or t_end is None or t_end > t_at * (1 - th.get("train_drop", 0.15)):
             return None
@@ -809,12 +813,20 @@ def throughput_drop(run: RunView, th: dict[str, Any]) -> Finding | None:
     """The earlier of a throughput drop and a step-time rise ("slow until the end" is judged
     on the run's end: the whole series)."""
     tp, st = run["throughput"], run["step_time"]
+    if st is not None and _is_clock(st.values):
+        st = None  # elapsed time, not time per step
     drops = [
         tp is not None and _throughput_drop(tp, th, 0),
         st is not None and _throughput_drop(st, th, 0, higher_is_worse=True),
     ]
     found = [d for d in drops if d]
     return min(found, key=lambda f: f.step or 0) if found else None
+
+
+def _is_clock(x: np.ndarray) -> bool:
+    """A series that rises at (nearly) every point: a clock or a counter, not a step's time."""
+    d = np.diff(x[np.isfinite(x)])
+    return len(d) >= 8 and float(np.mean(d > 0)) >= 0.95
 
 
 # ------------------------------------------------------------------------- status & log
