@@ -6,6 +6,8 @@ outputs; ours is a logits processor over the MiniMax-M2 XML. Inside one of three
 tokens that keep the slot's text a prefix of an allowed value (then its terminator) may be
 sampled:
 
+- ``<minimax:tool_call>`` … ``">``: a block opens with an invoke of a tool on offer (without
+  this slot a model could close an empty block: an answer with no call in it);
 - ``<invoke name="`` … ``">``: a tool on offer;
 - ``<parameter name="`` … ``">``: a parameter of the tool being invoked;
 - ``<parameter name="P">`` … ``</parameter>``: one of P's ``enum`` values, where the schema has one
@@ -22,6 +24,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+
+from model.chat import TOOL_CALL_BEGIN, TOOL_CALL_END
 
 # a slot's text runs to the end of the generation; it may hold a partial terminator
 _INVOKE = re.compile(r'<invoke name="((?:(?!">).)*)$', re.S)
@@ -42,16 +46,19 @@ def _schemas(tools: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
-_PIECES: dict[int, tuple[str, ...]] = {}
+# id(tokenizer) -> (tokenizer, pieces): the entry holds the tokenizer, so its id is not reused
+# by another tokenizer (another vocabulary) while the pieces are cached
+_PIECES: dict[int, tuple[Any, tuple[str, ...]]] = {}
 
 
 def _pieces(tokenizer) -> tuple[str, ...]:
     """Each token's text, decoded once per tokenizer."""
     key = id(tokenizer)
-    if key not in _PIECES:
+    if key not in _PIECES or _PIECES[key][0] is not tokenizer:
         n = tokenizer.get_vocab_size()
-        _PIECES[key] = tuple(tokenizer.decode([i], skip_special_tokens=False) for i in range(n))
-    return _PIECES[key]
+        pieces = tuple(tokenizer.decode([i], skip_special_tokens=False) for i in range(n))
+        _PIECES[key] = (tokenizer, pieces)
+    return _PIECES[key][1]
 
 
 class ToolSchemaConstraint:
@@ -70,6 +77,11 @@ class ToolSchemaConstraint:
 
     def slot(self, text: str) -> tuple[list[str], str, str] | None:
         """(allowed values, terminator, the value written so far) if ``text`` ends in a slot."""
+        block = text.rfind(TOOL_CALL_BEGIN)
+        if block >= 0:  # a block that has not begun an invoke yet: only one may follow
+            head = text[block + len(TOOL_CALL_BEGIN) :]
+            if '<invoke name="' not in head and TOOL_CALL_END not in head:
+                return [f'\n<invoke name="{name}' for name in self.schemas], '">', head
         m = _INVOKE.search(text)
         if m:
             return list(self.schemas), '">', m.group(1)

@@ -36,7 +36,7 @@ def test_slots_hold_only_the_schemas_values():
     tok = default_tokenizer()
     c = ToolSchemaConstraint(tok, TOOLS, {("propose_config_patch", "remedy_id"): ["more_data"]})
     head = "<minimax:tool_call>\n"
-    assert c.slot(head) is None  # outside a slot: the model's own distribution
+    assert c.slot("The run diverged.") is None  # outside a slot: the model's own distribution
     assert c.slot(head + '<invoke name="sub') == (
         ["read_findings", "submit_diagnosis", "propose_config_patch"],
         '">',
@@ -58,5 +58,47 @@ def test_slots_hold_only_the_schemas_values():
         assert 'remedy_id">more_data</parameter>' in remedy, remedy
     # unconstrained logits pass through untouched outside slots
     logits = torch.randn(tok.get_vocab_size())
-    ids = tok.encode(head, add_special_tokens=False).ids
+    ids = tok.encode("The run diverged.", add_special_tokens=False).ids
     assert torch.equal(c(ids, logits), logits)
+
+
+def test_a_tool_call_block_opens_with_an_invoke():
+    """Measured 2026-12-04: after a rejected remedy the policy answered the retry with an empty
+    block (``<minimax:tool_call>\n</minimax:tool_call>``, unparsable) and the rules brain took
+    over. Once a block opens, its first invoke is a slot: a tool on offer, written whole."""
+    tok = default_tokenizer()
+    c = ToolSchemaConstraint(tok, TOOLS)
+    names = [t["function"]["name"] for t in TOOLS]
+    assert c.slot("<minimax:tool_call>") == ([f'\n<invoke name="{n}' for n in names], '">', "")
+    assert c.slot('<minimax:tool_call>\n<invoke name="give') is not None
+    done = '<minimax:tool_call>\n<invoke name="read_findings">\n</invoke>\n</minimax:tool_call>'
+    assert c.slot(done) is None and c.slot(done + "\nok") is None  # a closed block: free again
+    ids = tok.encode("<minimax:tool_call>", add_special_tokens=False).ids
+    close = tok.encode("</minimax:tool_call>", add_special_tokens=False).ids[0]
+    logits = torch.zeros(tok.get_vocab_size())
+    logits[close] = 100.0  # a model that wants to close the block at once
+    assert c(ids, logits)[close] == float("-inf")
+    for seed in range(5):  # random logits right after the block opens still name a real tool
+        text = _generate(c, tok, "<minimax:tool_call>", 60, seed)
+        assert any(f'<minimax:tool_call>\n<invoke name="{n}">' in text for n in names), text
+
+
+class _Vocab:
+    def __init__(self, pieces):
+        self.pieces = pieces
+
+    def get_vocab_size(self):
+        return len(self.pieces)
+
+    def decode(self, ids, skip_special_tokens=False):
+        return "".join(self.pieces[i] for i in ids)
+
+
+def test_token_texts_are_never_another_tokenizers():
+    """The token texts were cached by ``id(tokenizer)``: once a tokenizer was freed, a new one
+    (another vocabulary) could get its id and be read with the old texts."""
+    from model.serving.constrain import _pieces
+
+    for n in range(2, 40):  # a freed tokenizer's id is soon another's
+        vocab = _Vocab([f"t{i}" for i in range(n)])
+        assert len(_pieces(vocab)) == n
