@@ -228,6 +228,34 @@ def test_a_divergence_that_starts_with_a_spike_after_the_rate_fell_is_bad_data()
     assert diag.cause == "lr_too_high"
 
 
+def test_a_divergence_the_run_trains_its_way_back_from_at_its_rate_is_bad_data():
+    """A loss that had learned, jumped on a bad shard, stayed up for a while and then trained
+    its way back below where it was, at the same rate: the data set it back once. Had the
+    rate been cut before it came back, or had it never come back, the rate is the suspect."""
+    steps = np.arange(300)
+    loss = 2.0 * np.exp(-steps / 40) + 0.9 + 0.01 * np.sin(steps)
+    loss[150] = 9.0  # the bad shard's first batch
+    loss[151:190] = 2.6 + 0.01 * np.sin(steps[151:190])  # thrown off for a while …
+    loss[190:] = 0.8 + 1.8 * np.exp(-(steps[190:] - 190) / 15)  # … then learns its way back
+    hist = {"train/loss": (steps, loss), "lr": (steps, np.full(300, 3e-4))}
+    found = detect(hist, {"status": "FINISHED"}, "")
+    (div,) = [f for f in found if f.kind == "divergence"]
+    assert div.after == ("loss_spike",) and div.context == ("recovered",)
+    assert "back to" in div.evidence and "stayed up" not in div.evidence
+    diag, _ = diagnose(found, {}, "", SC.playbook, aliases=SC.metrics)
+    assert diag.cause == "bad_data" and any("recovered" in e for e in diag.evidence)
+    # the same curve with the rate cut tenfold before it came back: the cut did it
+    hist["lr"] = (steps, np.where(steps < 185, 3e-4, 3e-5))
+    found = detect(hist, {"status": "FINISHED"}, "")
+    assert [f.context for f in found if f.kind == "divergence"] == [()]
+    assert diagnose(found, {}, "", SC.playbook, aliases=SC.metrics)[0].cause == "lr_too_high"
+    # and without the way back (it ends above where it was before the onset)
+    loss[190:] = 1.4 + 1.2 * np.exp(-(steps[190:] - 190) / 15)
+    hist = {"train/loss": (steps, loss), "lr": (steps, np.full(300, 3e-4))}
+    found = detect(hist, {"status": "FINISHED"}, "")
+    assert [f.context for f in found if f.kind == "divergence"] == [()]
+
+
 def _finding(kind, step, after=()):
     return Finding(kind=kind, metric="loss", step=step, severity=0.9, evidence=kind, after=after)
 

@@ -724,10 +724,49 @@ def divergence(run: RunView, th: dict[str, Any]) -> Finding | None:
     # With an eval loss, a divergence found earlier may be confirmed only now: judged whole.
     since = run.start("divergence", loss) if ev is None else 0
     f = _divergence(loss, th, since, eval_loss=ev)
-    lr = run["lr"]
-    if f is None or lr is None or f.step is None:
+    if f is None or f.step is None:
         return f
-    return _lr_decayed(f, lr, th.get("lr_decayed", 0.8))
+    lr = run["lr"]
+    f = _recovered(f, loss, lr, th)
+    return f if lr is None else _lr_decayed(f, lr, th.get("lr_decayed", 0.8))
+
+
+def _recovered(f: Finding, loss: Series, lr: Series | None, th: dict[str, Any]) -> Finding:
+    """Mark a divergence the run came back from by itself: it had learned before the onset
+    (its level there at most ``recover_learned`` × its first value, over at least
+    ``recover_min_points`` points), it ends at or below that level, and, where an lr is
+    logged, the rate when it got back was still at least ``recover_lr`` × the rate at the
+    onset. A rate too high keeps throwing a model off; a bad stretch of data sets it back
+    once, and at the same rate it learns its way back. (Judged on the points seen so far: a
+    live run's divergence is marked only once the recovery is in the log.)"""
+    y, steps = loss.values, loss.steps
+    i = int(np.searchsorted(steps, f.step))
+    before = y[:i][np.isfinite(y[:i])]
+    if len(before) < int(th.get("recover_min_points", 8)) or not np.isfinite(y[i:]).all():
+        return f
+    level = _median(before[-5:])
+    if not level <= th.get("recover_learned", 0.9) * before[0]:
+        return f
+    n = max(3, len(y) // 10)
+    if len(y) - i <= n or not _median(y[-n:]) <= level:
+        return f
+    peak = i + int(np.argmax(y[i:]))
+    k = peak + int(np.argmax(y[peak:] <= level))  # the first point back at the level
+    if lr is not None:
+        onset, back = _value_at(lr, f.step), _value_at(lr, int(steps[k]))
+        if np.isfinite(onset) and onset > 0 and not back >= th.get("recover_lr", 0.5) * onset:
+            return f  # a falling rate brought it back: the rate was the trouble
+    return f.model_copy(
+        update={
+            "context": (*f.context, "recovered"),
+            "evidence": f"{f.evidence.removesuffix(' and stayed up')}, back to {_fmt(y[k])} by step {steps[k]} and ending at {_fmt(_median(y[-n:]))}, at or below its level {_fmt(level)} before the onset",
+        }
+    )
+
+
+def _value_at(s: Series, step: int) -> float:
+    """The value ``s`` last logged at or before ``step`` (its first value if none)."""
+    return float(s.values[max(0, int(np.searchsorted(s.steps, step, side="right")) - 1)])
 
 
 def _lr_decayed(f: Finding, lr: Series, ratio: float) -> Finding:

@@ -32,7 +32,8 @@ class Finding(_Frozen):
     evidence: str  # one line, with numbers
     after: tuple[str, ...] = ()  # kinds that were its run-up (absorbed into it), in order
     # What the detector measured of the finding's setting that a cause may read, e.g.
-    # `lr_decayed`: the learning rate at the onset was well below its peak before it.
+    # `lr_decayed`: the learning rate at the onset was well below its peak before it;
+    # `recovered`: the run came back below its level before the onset, at its rate.
     context: tuple[str, ...] = ()
 
 
