@@ -5,8 +5,9 @@ in the scenario set's MLflow store. The split is by *program*, so held-out work 
 and faults the policy never trained on:
 
 - ``train``: our own LM trainer (``experiments/templates/lm-repo``, YAML config, our metric
-  names): an LR schedule that grows the LR, fp16 with an overflowing loss scale, an LR far too
-  low; two seeds each.
+  names): an LR schedule that grows the LR, fp16 with an overflowing loss scale, an LR 100x
+  too low, an LR 10,000x too low (its one remedy does not verify: the teacher gives up), a
+  shrunken train split that overfits; two seeds each.
 - ``heldout``: the foreign-style templates (HF-style JSON, torchtitan-style TOML,
   Lightning-style YAML; plain ``mlflow``, other vocabularies), each as shipped and a variant
   (another seed and a stronger value of the same defect).
@@ -60,6 +61,9 @@ SCENARIOS: tuple[FixScenario, ...] = (
     ),  # fmt: skip
     # an LR 100x too low: the loss hardly moves
     *(_lm(f"lm-lr-too-low-{s}", {"optimizer": {"lr": 0.00003}}, s) for s in (0, 1)),
+    # an LR 10,000x too low: the playbook's one remedy (x10) does not verify, and nothing else
+    # is listed, so the teacher gives up (the policy must learn to stop, not guess)
+    *(_lm(f"lm-lr-far-too-low-{s}", {"optimizer": {"lr": 3.0e-7}}, s) for s in (0, 1)),
     # a shrunken train split, no weight decay, long training: the eval loss turns up
     *(
         _lm(
