@@ -249,6 +249,10 @@ def test_a_divergence_the_run_trains_its_way_back_from_at_its_rate_is_bad_data()
     found = detect(hist, {"status": "FINISHED"}, "")
     assert [f.context for f in found if f.kind == "divergence"] == [()]
     assert diagnose(found, {}, "", SC.playbook, aliases=SC.metrics)[0].cause == "lr_too_high"
+    # … or with a warm-up that raised it sixfold between the onset and the way back
+    hist["lr"] = (steps, np.where(steps < 170, 5e-5, 3e-4))
+    found = detect(hist, {"status": "FINISHED"}, "")
+    assert [f.context for f in found if f.kind == "divergence"] == [()]
     # and without the way back (it ends above where it was before the onset)
     loss[190:] = 1.4 + 1.2 * np.exp(-(steps[190:] - 190) / 15)
     hist = {"train/loss": (steps, loss), "lr": (steps, np.full(300, 3e-4))}

@@ -735,9 +735,9 @@ def _recovered(f: Finding, loss: Series, lr: Series | None, th: dict[str, Any]) 
     """Mark a divergence the run came back from by itself: it had learned before the onset
     (its level there at most ``recover_learned`` × its first value, over at least
     ``recover_min_points`` points), it ends at or below that level, and, where an lr is
-    logged, the rate when it got back was still at least ``recover_lr`` × the rate at the
-    onset. A rate too high keeps throwing a model off; a bad stretch of data sets it back
-    once, and at the same rate it learns its way back. (Judged on the points seen so far: a
+    logged, the rate when it got back was within a factor ``1 / recover_lr`` of the rate at
+    the onset. A rate too high keeps throwing a model off (or threw it off as a warm-up raised
+    it); a bad stretch of data sets it back once, and at the same rate it learns its way back. (Judged on the points seen so far: a
     live run's divergence is marked only once the recovery is in the log.)"""
     y, steps = loss.values, loss.steps
     i = int(np.searchsorted(steps, f.step))
@@ -754,8 +754,9 @@ def _recovered(f: Finding, loss: Series, lr: Series | None, th: dict[str, Any]) 
     k = peak + int(np.argmax(y[peak:] <= level))  # the first point back at the level
     if lr is not None:
         onset, back = _value_at(lr, f.step), _value_at(lr, int(steps[k]))
-        if np.isfinite(onset) and onset > 0 and not back >= th.get("recover_lr", 0.5) * onset:
-            return f  # a falling rate brought it back: the rate was the trouble
+        ratio = th.get("recover_lr", 0.5)
+        if np.isfinite(onset) and onset > 0 and not ratio * onset <= back <= onset / ratio:
+            return f  # the rate moved (a cut, or a warm-up it diverged in): the rate is implicated
     return f.model_copy(
         update={
             "context": (*f.context, "recovered"),
