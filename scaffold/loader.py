@@ -55,32 +55,51 @@ class _Strict(BaseModel):
 
 
 # ---------------------------------------------------------------- metrics.yaml
+def _name_matches(pattern: str, name: str) -> bool:
+    """A glob (case-insensitive) or, prefixed ``re:``, a regex matched against the whole name."""
+    if pattern.startswith("re:"):
+        return re.fullmatch(pattern[3:], name, flags=re.IGNORECASE) is not None
+    return fnmatch.fnmatchcase(name.lower(), pattern.lower())
+
+
+def _compile_all(what: str, pats: tuple[str, ...]) -> None:
+    for p in pats:
+        if p.startswith("re:"):
+            try:
+                re.compile(p[3:])
+            except re.error as exc:
+                raise ValueError(f"{what}: bad regex {p!r}: {exc}") from exc
+
+
 class MetricAliases(_Strict):
     roles: dict[str, tuple[str, ...]]
     params: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+    # Sums over the steps since the last log whose first point covers a single step (so it
+    # sits far below the next): the first point is dropped before any detector reads them.
+    partial_first: tuple[str, ...] = ()
 
     @field_validator("roles")
     @classmethod
     def _patterns_compile(cls, v: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
         for role, pats in v.items():
-            for p in pats:
-                if p.startswith("re:"):
-                    try:
-                        re.compile(p[3:])
-                    except re.error as exc:
-                        raise ValueError(f"role {role}: bad regex {p!r}: {exc}") from exc
+            _compile_all(f"role {role}", pats)
+        return v
+
+    @field_validator("partial_first")
+    @classmethod
+    def _partial_compile(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        _compile_all("partial_first", v)
         return v
 
     def matches(self, role: str, name: str) -> int | None:
         """Index of the first pattern of ``role`` matching ``name`` (None if none)."""
-        low = name.lower()
         for i, p in enumerate(self.roles.get(role, ())):
-            if p.startswith("re:"):
-                if re.fullmatch(p[3:], name, flags=re.IGNORECASE):
-                    return i
-            elif fnmatch.fnmatchcase(low, p.lower()):
+            if _name_matches(p, name):
                 return i
         return None
+
+    def first_is_partial(self, name: str) -> bool:
+        return any(_name_matches(p, name) for p in self.partial_first)
 
 
 # ---------------------------------------------------------------- knobs.yaml

@@ -260,6 +260,18 @@ def test_a_divergence_the_run_trains_its_way_back_from_at_its_rate_is_bad_data()
     assert [f.context for f in found if f.kind == "divergence"] == [()]
 
 
+def test_a_sum_since_the_last_log_is_judged_without_its_one_step_first_point():
+    """spaCy logs each component's loss summed since the last evaluation, the first time after
+    one update: that point sits ~25x below the next, and a healthy run would "diverge" from
+    it. The alias map's ``partial_first`` drops it; the same curve under a plain name keeps it."""
+    steps = np.arange(0, 401, 25)
+    loss = np.concatenate([[0.137], 3.4 * np.exp(-np.arange(16) / 3) + 0.05])
+    assert not kinds({"loss_textcat": (steps, loss)}, status="FINISHED")
+    assert "divergence" in kinds({"loss": (steps, loss)}, status="FINISHED")
+    flat = np.concatenate([[0.137], np.full(16, 3.49)])  # learn_rate 1e-6: it never moves
+    assert kinds({"loss_textcat": (steps, flat)}, status="FINISHED") == {"plateau"}
+
+
 def _finding(kind, step, after=()):
     return Finding(kind=kind, metric="loss", step=step, severity=0.9, evidence=kind, after=after)
 

@@ -69,6 +69,8 @@ def detect_metrics(
         else resolve_roles({k: len(v) for k, v in series.items()}, aliases)
     )
     by_role = {r: series[n] for r, n in roles.items() if n in series}
+    if aliases.partial_first:
+        by_role, since = _drop_partial_first(by_role, since or {}, aliases)
     out: list[Finding] = []
     for d in REGISTRY.values():
         th = dict(thresholds.get(d.kind, {}))
@@ -87,6 +89,23 @@ def detect_metrics(
         found = d.fn(view, th)
         out += found if isinstance(found, list) else [found] if found else []
     return out
+
+
+def _drop_partial_first(
+    by_role: dict[str, Series], since: Mapping[str, int], aliases: MetricAliases
+) -> tuple[dict[str, Series], dict[str, int]]:
+    """Without the first point of the series the alias map names ``partial_first`` (a sum
+    since the last log, whose first log covers one step: spaCy's ``loss_<component>``); an
+    incremental caller's ``since`` index moves with it."""
+    since = dict(since)
+    out = {}
+    for role, s in by_role.items():
+        if len(s) > 1 and aliases.first_is_partial(s.name):
+            s = Series(s.name, s.steps[1:], s.values[1:], s.timestamps[1:])
+            if s.name in since:
+                since[s.name] = max(0, since[s.name] - 1)
+        out[role] = s
+    return out, since
 
 
 def cadence_series(series: Mapping[str, Series]) -> Series | None:
