@@ -260,6 +260,76 @@ def test_a_divergence_the_run_trains_its_way_back_from_at_its_rate_is_bad_data()
     assert [f.context for f in found if f.kind == "divergence"] == [()]
 
 
+def test_a_bad_stretch_the_loss_is_back_from_within_a_few_points_is_bad_data():
+    """A shard of bad batches throws the loss up for 7 steps before the run has learned much;
+    it is back at its level 3 points later and learns on: no re-learning, so the data, not the
+    rate (slower, the start-overshoot rule needs the run to have learned first)."""
+    steps = np.arange(300)
+    loss = 1.05 - 0.004 * steps[:300]
+    loss = np.maximum(loss, 0.25) + 0.01 * np.random.default_rng(0).standard_normal(300)
+    loss[22:29] = [3.8, 2.5, 2.9, 2.6, 2.3, 2.0, 1.4]
+    hist = {"train_loss": (steps, loss), "lr": (steps, np.full(300, 5e-4))}
+    found = detect(hist, {"status": "FINISHED"}, "")
+    (div,) = [f for f in found if f.kind == "divergence"]
+    assert div.context == ("recovered",)
+    assert diagnose(found, {}, "", SC.playbook, aliases=SC.metrics)[0].cause == "bad_data"
+    # back only after 40 points, the run not having learned before: no verdict on the data
+    loss[22:62] = np.linspace(3.8, 0.95, 40)
+    found = detect(hist, {"status": "FINISHED"}, "")
+    assert [f.context for f in found if f.kind == "divergence"] == [()]
+
+
+def test_findings_on_two_step_axes_are_ordered_by_the_clock():
+    """AllenNLP logs per batch (step = batch) and per epoch (step = epoch): an epoch's NaN
+    validation loss at "step 0" came after the batches' gradients blew up at step 2, as the
+    wall clock shows; the explosion is the NaN's onset, so the cause is the missing clip."""
+    b = np.arange(40)
+    t_batch = 1_000_000 + 100 * b
+    grad = np.concatenate([[1.0, 1.2], 10.0 ** np.arange(2, 12), np.full(28, np.nan)])
+    bl = np.concatenate([np.full(2, 1.7), 1.7 * 10.0 ** np.arange(0, 10), np.full(28, np.nan)])
+    ep = np.arange(2)
+    hist = {
+        "batch_loss": (b, bl, t_batch),
+        "gradient_norm": (b, grad, t_batch),
+        "validation_loss": (ep, np.full(2, np.nan), 1_000_000 + 100 * np.array([20, 40])),
+    }
+    found = detect(hist, {"status": "FINISHED"}, "")
+    first = found[0]
+    assert first.kind == "nan_inf" and "exploding_gradients" in first.after, found
+    assert first.metric != "validation_loss" and first.at_ms is not None
+    params = {"trainer.grad_norm": "null"}
+    d, _ = diagnose(found, params, "", SC.playbook, aliases=SC.metrics)
+    assert d.cause == "missing_grad_clip", d
+    # without clocks (steps only) the epoch axis's step 0 would come first
+    hist = {k: v[:2] for k, v in hist.items()}
+    assert detect(hist, {"status": "FINISHED"}, "")[0].metric == "validation_loss"
+
+
+def test_a_sparse_throughput_log_that_drops_for_good():
+    """A point per eval period (10 in all): a reader that slows every batch from step 130 on
+    drops the rate 3x to the end; a curriculum's gradual slowdown, and one slow period, do not
+    count."""
+    steps = np.arange(20, 201, 20)
+    rng = np.random.default_rng(3)
+    tp = 700 * (1 + 0.04 * rng.standard_normal(10))
+    slow = tp.copy()
+    slow[6:] = [364, 236, 251, 244]
+    found = detect(
+        {"loss": (steps, np.linspace(3, 1, 10)), "timing/seqs_per_second": (steps, slow)},
+        {"status": "FINISHED"},
+        "",
+    )
+    assert [(f.kind, f.step) for f in found] == [("throughput_drop", 140)]
+    assert diagnose(found, {}, "", SC.playbook, aliases=SC.metrics)[0].cause == "slow_io"
+    gradual = 8000 * 0.8 ** np.arange(10)
+    one = tp.copy()
+    one[4] = 200
+    for x in (gradual, one, tp):
+        assert not kinds(
+            {"loss": (steps, np.linspace(3, 1, 10)), "timing/seqs_per_second": (steps, x)}
+        )
+
+
 def test_a_sum_since_the_last_log_is_judged_without_its_one_step_first_point():
     """spaCy logs each component's loss summed since the last evaluation, the first time after
     one update: that point sits ~25x below the next, and a healthy run would "diverge" from

@@ -58,6 +58,7 @@ def test_diagnose_json_schema_single_and_batch(runs):
         "evidence",
         "after",
         "context",
+        "at_ms",
     }
     assert set(one["diagnosis"]) >= {"cause", "confidence", "summary", "evidence"}
     assert any("log:" in e for e in one["diagnosis"]["evidence"])

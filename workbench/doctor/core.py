@@ -14,7 +14,7 @@ from workbench.doctor import detectors as D
 from workbench.doctor import rules
 from workbench.doctor.registry import REGISTRY, RunView, precursors
 from workbench.doctor.series import Series, normalize, resolve_roles
-from workbench.doctor.types import Diagnosis, Finding, Remedy, RunVerdict
+from workbench.doctor.types import Diagnosis, Finding, Remedy, RunVerdict, onset_order
 
 
 def _get(run_info: Any, key: str, default: Any = None) -> Any:
@@ -88,7 +88,7 @@ def detect_metrics(
             continue
         found = d.fn(view, th)
         out += found if isinstance(found, list) else [found] if found else []
-    return out
+    return _clocked(out, series)
 
 
 def _drop_partial_first(
@@ -175,8 +175,22 @@ def stall_reference_ms(run_info: Any, now_ms: int | None) -> int | None:
     return int(now_ms if now_ms is not None else time.time() * 1000)
 
 
-def _order(findings: list[Finding]) -> list[Finding]:
-    return sorted(findings, key=lambda f: (f.step is None, f.step or 0, f.kind))
+def order(findings: list[Finding]) -> list[Finding]:
+    """Findings in the order they happened (``onset_order``)."""
+    return sorted(findings, key=onset_order(findings))
+
+
+def _clocked(found: list[Finding], series: Mapping[str, Series]) -> list[Finding]:
+    """Each metric finding with the wall clock of its onset point (``Finding.at_ms``)."""
+    out = []
+    for f in found:
+        s = series.get(f.metric) if f.metric else None
+        if s is not None and f.step is not None and f.at_ms is None:
+            i = min(int(np.searchsorted(s.steps, f.step)), len(s) - 1)
+            if s.timestamps[i] > 0:
+                f = f.model_copy(update={"at_ms": int(s.timestamps[i])})
+        out.append(f)
+    return out
 
 
 def consolidate(findings: list[Finding], window: int | None = None) -> list[Finding]:
@@ -188,16 +202,20 @@ def consolidate(findings: list[Finding], window: int | None = None) -> list[Find
     nans = [f for f in findings if f.kind == "nan_inf" and f.step is not None]
     if not nans:
         return findings
-    first_nan = min(nans, key=lambda f: f.step)  # type: ignore[arg-type, return-value]
+    key = onset_order(findings)
+    first_nan = min(nans, key=key)
     lo = -1 << 62 if window is None else first_nan.step - window  # type: ignore[operator]
     pre = [
         f
         for f in findings
-        if f.kind in precursors() and f.step is not None and lo <= f.step <= first_nan.step  # type: ignore[operator]
+        if f.kind in precursors()
+        and f.step is not None
+        and lo <= f.step
+        and key(f) <= key(first_nan)
     ]
     if not pre:
         return findings
-    onset = min(f.step for f in pre)  # type: ignore[type-var]
+    onset = min(pre, key=key).step
     what = ", ".join(sorted({f"{f.kind} at step {f.step}" for f in pre}))
     return _absorb(findings, first_nan, pre, f"first went wrong at step {onset} ({what})")
 
@@ -208,17 +226,20 @@ def _absorb(
     """``findings`` with ``parts`` merged into ``into``: one finding whose step is the earliest,
     whose evidence adds ``why`` and whose ``after`` lists the absorbed kinds in order, each after
     its own run-up (no repeats)."""
-    parts = sorted(parts, key=lambda f: f.step)  # type: ignore[arg-type, return-value]
+    key = onset_order(findings)
+    parts = sorted(parts, key=key)
     kinds = (*into.after, *(k for f in parts for k in (*f.after, f.kind)))
+    lead = min((into, *parts), key=key)
     merged = into.model_copy(
         update={
-            "step": min(f.step for f in (into, *parts)),  # type: ignore[type-var]
+            "step": lead.step,
+            "at_ms": lead.at_ms,
             "evidence": f"{into.evidence}; {why}",
             "after": tuple(dict.fromkeys(kinds)),
         }
     )
     drop = {id(f) for f in parts} | {id(into)}
-    return _order([merged] + [f for f in findings if id(f) not in drop])
+    return order([merged] + [f for f in findings if id(f) not in drop])
 
 
 def _absorb_divergence(findings: list[Finding], window: int = 50) -> list[Finding]:
@@ -282,7 +303,7 @@ def detect(
     series = series_of(histories)
     found = detect_metrics(series, thresholds, aliases, params=_get(run_info, "params", None))
     found += detect_status(series, run_info, log_text, thresholds, now_ms)
-    return _order(consolidate(found))
+    return order(consolidate(found))
 
 
 def diagnose(
@@ -342,7 +363,7 @@ def verdict(
     """``has_data=False``: the run has no metric point; without findings that is ``no_data``,
     and so is a run none of whose metrics the doctor reads as a loss (``unread``, from
     ``unread_losses``): not judged is not healthy."""
-    findings = _order(consolidate(list(findings)))
+    findings = order(consolidate(list(findings)))
     diag, remedies = diagnose(
         findings, params, log_text, scaffold.playbook, aliases=scaffold.metrics, status=status
     )
@@ -401,7 +422,7 @@ def judge(
     status = info.status
     pre = found + detect_status(series, info, None, sc.detectors, now_ms)
     log = client.log_text(info.run_id) if needs_log(status, pre) else ""
-    found = _order(found + detect_status(series, info, log, sc.detectors, now_ms))
+    found = order(found + detect_status(series, info, log, sc.detectors, now_ms))
     has_data = any(len(s) for s in series.values())
     unread = unread_losses(series, sc.metrics)
     return verdict(info.run_id, found, info.params, log, sc, status, has_data, unread)

@@ -588,11 +588,12 @@ def _throughput_drop(
     x = s.values
     persist = int(th.get("persist", 16))
     min_history = int(th.get("min_history", 10))
-    if len(x) <= min_history + min(persist, int(th.get("stretch_points", persist))):
-        return None
     y = _ffill_finite(x)
     if higher_is_worse:
         y = 1.0 / np.maximum(y, 1e-12)
+    shown = (lambda v: 1.0 / v) if higher_is_worse else (lambda v: v)
+    if len(x) <= min_history + min(persist, int(th.get("stretch_points", persist))):
+        return _sparse_drop(s, y, th, since, shown)
     med, _ = rolling_baseline(
         y,
         int(th.get("window", 64)),
@@ -600,7 +601,6 @@ def _throughput_drop(
         min_history,
         since,
     )
-    shown = (lambda v: 1.0 / v) if higher_is_worse else (lambda v: v)
     if len(x) <= min_history + persist:  # too short for the end rule
         return _slow_stretch(s, y, med, th, since, shown)
     fwd = _row_median(
@@ -635,6 +635,39 @@ def _throughput_drop(
         severity=float(min(1.0, max(0.0, 1 - fwd[i] / base))) if base > 0 else 0.5,
         evidence=f"{s.name} median {_fmt(shown(fwd[i]))} from step {s.steps[j]} vs {_fmt(shown(base))} before ({100 * (1 - fwd[i] / base):.0f}% slower), still {_fmt(shown(tail))} at the end",
     )
+
+
+def _sparse_drop(
+    s: Series, y: np.ndarray, th: dict[str, Any], since: int, shown: Any
+) -> Finding | None:
+    """A sparse log (a point per eval period or per epoch, too few for a rolling baseline)
+    that drops for good: every point from some onset to the end is below ``drop`` × the
+    median of all points before it, over at least ``sparse_points`` points after at least
+    ``sparse_history``, each of the 3 points just before it ran at ``stretch_abrupt`` × the
+    baseline's speed or faster (an abrupt drop) and the slow points cost ``stretch_cost`` of the run's time. With so few points a
+    lasting drop is the only kind that is not noise."""
+    drop, min_cost = th.get("drop", 0.6), th.get("stretch_cost", 0.25)
+    history, points = int(th.get("sparse_history", 4)), int(th.get("sparse_points", 3))
+    abrupt = th.get("stretch_abrupt", 0.85)
+    step_time = 1.0 / np.maximum(y, 1e-12)
+    for j in range(max(history, since), len(y) - points + 1):
+        base = _median(y[:j])
+        if not base > 0 or not (y[j:] < drop * base).all():
+            continue
+        if np.min(y[j - 3 : j]) < abrupt * base:
+            return None  # a gradual slowdown (growing sequences, a curriculum) is no fault
+        cost = float(np.sum(step_time[j:] - 1.0 / base)) / float(np.sum(step_time))
+        if cost < min_cost:
+            return None
+        level = _median(y[j:])
+        return Finding(
+            kind="throughput_drop",
+            metric=s.name,
+            step=int(s.steps[j]),
+            severity=float(min(1.0, max(0.0, 1 - level / base))),
+            evidence=f"{s.name} median {_fmt(shown(level))} from step {s.steps[j]} to the end vs {_fmt(shown(base))} before ({100 * (1 - level / base):.0f}% slower, {len(y) - j} of {len(y)} points), {100 * cost:.0f}% of the run's time lost",
+        )
+    return None
 
 
 def _slow_stretch(
@@ -732,30 +765,36 @@ def divergence(run: RunView, th: dict[str, Any]) -> Finding | None:
 
 
 def _recovered(f: Finding, loss: Series, lr: Series | None, th: dict[str, Any]) -> Finding:
-    """Mark a divergence the run came back from by itself: it had learned before the onset
-    (its level there at most ``recover_learned`` × its first value, over at least
-    ``recover_min_points`` points), it ends at or below that level, and, where an lr is
+    """Mark a divergence the run came back from by itself: it had trained before the onset
+    (at least ``recover_min_points`` points) and was back at its level there within
+    ``recover_quick`` points, or had learned (that level at most ``recover_learned`` × its
+    first value); it ends at or below that level, and, where an lr is
     logged, the rate when it got back was within a factor ``1 / recover_lr`` of the rate at
     the onset. A rate too high keeps throwing a model off (or threw it off as a warm-up raised
-    it); a bad stretch of data sets it back once, and at the same rate it learns its way back. (Judged on the points seen so far: a
-    live run's divergence is marked only once the recovery is in the log.)"""
+    it); a bad stretch of data sets it back once, and at the same rate it learns its way back.
+    (Judged on the points seen so far: a live run's divergence is marked only once the
+    recovery is in the log.)"""
     y, steps = loss.values, loss.steps
     i = int(np.searchsorted(steps, f.step))
     before = y[:i][np.isfinite(y[:i])]
     if len(before) < int(th.get("recover_min_points", 8)) or not np.isfinite(y[i:]).all():
         return f
     level = _median(before[-5:])
-    if not level <= th.get("recover_learned", 0.9) * before[0]:
-        return f
     n = max(3, len(y) // 10)
     if len(y) - i <= n or not _median(y[-n:]) <= level:
         return f
     peak = i + int(np.argmax(y[i:]))
     k = peak + int(np.argmax(y[peak:] <= level))  # the first point back at the level
+    # Back within a few points, the model was not thrown off (it had nothing to re-learn):
+    # the batches were bad. Slower, only a run that had learned before tells a setback from a
+    # start that overshot.
+    quick = k - i <= int(th.get("recover_quick", 10))
+    if not quick and not level <= th.get("recover_learned", 0.9) * before[0]:
+        return f
     if lr is not None:
         onset, back = _value_at(lr, f.step), _value_at(lr, int(steps[k]))
         ratio = th.get("recover_lr", 0.5)
-        if np.isfinite(onset) and onset > 0 and not ratio * onset <= back <= onset / ratio:
+        if onset and back and onset > 0 and not ratio * onset <= back <= onset / ratio:
             return f  # the rate moved (a cut, or a warm-up it diverged in): the rate is implicated
     return f.model_copy(
         update={
@@ -763,11 +802,6 @@ def _recovered(f: Finding, loss: Series, lr: Series | None, th: dict[str, Any]) 
             "evidence": f"{f.evidence.removesuffix(' and stayed up')}, back to {_fmt(y[k])} by step {steps[k]} and ending at {_fmt(_median(y[-n:]))}, at or below its level {_fmt(level)} before the onset",
         }
     )
-
-
-def _value_at(s: Series, step: int) -> float:
-    """The value ``s`` last logged at or before ``step`` (its first value if none)."""
-    return float(s.values[max(0, int(np.searchsorted(s.steps, step, side="right")) - 1)])
 
 
 def _lr_decayed(f: Finding, lr: Series, ratio: float) -> Finding:

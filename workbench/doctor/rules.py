@@ -12,7 +12,7 @@ from typing import Any
 
 from scaffold.loader import CauseSpec, MetricAliases, Playbook, Signal
 from workbench.doctor.series import as_float, is_falsy, param_value
-from workbench.doctor.types import Diagnosis, Finding, PatchOp, Remedy
+from workbench.doctor.types import Diagnosis, Finding, PatchOp, Remedy, onset_order
 
 
 def _param_holds(
@@ -62,9 +62,9 @@ def _signal_holds(
         if not hits:
             return False
         if sig.first:
-            steps = [f.step for f in findings if f.step is not None]
-            first = min(steps) if steps else None
-            return any(f.step == first for f in hits)
+            key = onset_order(findings)
+            first = min((key(f)[:3] for f in findings if f.step is not None), default=None)
+            return any(key(f)[:3] == first for f in hits)
         return True
     if sig.absent:
         return not any(f.kind == sig.absent or sig.absent in f.after for f in findings)

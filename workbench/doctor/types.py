@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -35,6 +36,22 @@ class Finding(_Frozen):
     # `lr_decayed`: the learning rate at the onset was well below its peak before it;
     # `recovered`: the run came back below its level before the onset, at its rate.
     context: tuple[str, ...] = ()
+    # The wall clock (ms) of the onset point, where the run logged one: steps of different
+    # metrics may count different things (batches, epochs), the clock orders them all.
+    at_ms: int | None = None
+
+
+def onset_order(findings: Sequence[Finding]) -> Callable[[Finding], tuple]:
+    """The sort key that puts ``findings`` in the order they happened: by the wall clock when
+    every metric finding has one (a status finding without one, a crash or a stall, comes
+    last), else by step; findings without a step last of all."""
+    timed = all(f.at_ms is not None for f in findings if f.metric and f.step is not None)
+
+    def key(f: Finding) -> tuple:
+        clock = (f.at_ms if f.at_ms is not None else float("inf")) if timed else 0
+        return (f.step is None, clock, f.step or 0, f.kind)
+
+    return key
 
 
 class Diagnosis(_Frozen):

@@ -37,6 +37,7 @@ from workbench.doctor.core import (
     detect_status,
     median_of_sorted,
     needs_log,
+    order,
     stall_reference_ms,
     unread_losses,
     verdict,
@@ -283,7 +284,7 @@ class Watcher:
         found = st.metric_findings + detect_status(
             st.series, st.info, st.log_text, th, now_ms, last
         )
-        found.sort(key=lambda f: (f.step is None, f.step or 0, f.kind))
+        found = order(found)
         has_data = any(len(x) for x in st.series.values())
         unread = unread_losses(st.series, self.scaffold.metrics, st.roles)
         st.verdict = verdict(
