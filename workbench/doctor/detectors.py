@@ -659,15 +659,31 @@ def _sparse_drop(
         cost = float(np.sum(step_time[j:] - 1.0 / base)) / float(np.sum(step_time))
         if cost < min_cost:
             return None
-        level = _median(y[j:])
-        return Finding(
-            kind="throughput_drop",
-            metric=s.name,
-            step=int(s.steps[j]),
-            severity=float(min(1.0, max(0.0, 1 - level / base))),
-            evidence=f"{s.name} median {_fmt(shown(level))} from step {s.steps[j]} to the end vs {_fmt(shown(base))} before ({100 * (1 - level / base):.0f}% slower, {len(y) - j} of {len(y)} points), {100 * cost:.0f}% of the run's time lost",
+        return _slow_finding(
+            s,
+            j,
+            _median(y[j:]),
+            base,
+            shown,
+            "to the end",
+            f", {len(y) - j} of {len(y)} points",
+            cost,
         )
     return None
+
+
+def _slow_finding(
+    s: Series, j: int, level: float, base: float, shown: Any, end: str, more: str, cost: float
+) -> Finding:
+    """A ``throughput_drop`` from point ``j`` on: ``level`` vs ``base`` (in the series' own
+    direction), ``end`` where the slow stretch ends, the share of the run's time it cost."""
+    return Finding(
+        kind="throughput_drop",
+        metric=s.name,
+        step=int(s.steps[j]),
+        severity=float(min(1.0, max(0.0, 1 - level / base))),
+        evidence=f"{s.name} median {_fmt(shown(level))} from step {s.steps[j]} {end} vs {_fmt(shown(base))} before ({100 * (1 - level / base):.0f}% slower{more}), {100 * cost:.0f}% of the run's time lost",
+    )
 
 
 def _slow_stretch(
@@ -702,15 +718,8 @@ def _slow_stretch(
         cost = float(np.sum(np.maximum(step_time[j:k] - 1.0 / base, 0.0))) / total
         if cost < min_cost:
             continue
-        level = float(np.median(y[j:k]))
         end = "to the end" if k == len(y) else f"to step {s.steps[k - 1]}"
-        return Finding(
-            kind="throughput_drop",
-            metric=s.name,
-            step=int(s.steps[j]),
-            severity=float(min(1.0, max(0.0, 1 - level / base))),
-            evidence=f"{s.name} median {_fmt(shown(level))} from step {s.steps[j]} {end} vs {_fmt(shown(base))} before ({100 * (1 - level / base):.0f}% slower), {100 * cost:.0f}% of the run's time lost",
-        )
+        return _slow_finding(s, int(j), float(np.median(y[j:k])), base, shown, end, "", cost)
     return None
 
 
