@@ -176,8 +176,9 @@ def stall_reference_ms(run_info: Any, now_ms: int | None) -> int | None:
 
 
 def order(findings: list[Finding]) -> list[Finding]:
-    """Findings in the order they happened (``onset_order``)."""
-    return sorted(findings, key=onset_order(findings))
+    """Findings in the order they happened (``onset_order``), by kind at the same moment."""
+    key = onset_order(findings)
+    return sorted(findings, key=lambda f: (key(f), f.kind))
 
 
 def _clocked(found: list[Finding], series: Mapping[str, Series]) -> list[Finding]:

@@ -643,9 +643,9 @@ def _sparse_drop(
     """A sparse log (a point per eval period or per epoch, too few for a rolling baseline)
     that drops for good: every point from some onset to the end is below ``drop`` × the
     median of all points before it, over at least ``sparse_points`` points after at least
-    ``sparse_history``, each of the 3 points just before it ran at ``stretch_abrupt`` × the
-    baseline's speed or faster (an abrupt drop) and the slow points cost ``stretch_cost`` of the run's time. With so few points a
-    lasting drop is the only kind that is not noise."""
+    ``sparse_history``; each of the 3 points just before it ran at ``stretch_abrupt`` × that
+    median or faster (an abrupt drop), and the slow points cost ``stretch_cost`` of the run's
+    time. With so few points a lasting drop is the only kind that is not noise."""
     drop, min_cost = th.get("drop", 0.6), th.get("stretch_cost", 0.25)
     history, points = int(th.get("sparse_history", 4)), int(th.get("sparse_points", 3))
     abrupt = th.get("stretch_abrupt", 0.85)
@@ -654,7 +654,7 @@ def _sparse_drop(
         base = _median(y[:j])
         if not base > 0 or not (y[j:] < drop * base).all():
             continue
-        if np.min(y[j - 3 : j]) < abrupt * base:
+        if np.min(y[max(0, j - 3) : j]) < abrupt * base:
             return None  # a gradual slowdown (growing sequences, a curriculum) is no fault
         cost = float(np.sum(step_time[j:] - 1.0 / base)) / float(np.sum(step_time))
         if cost < min_cost:

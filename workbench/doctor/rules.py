@@ -63,8 +63,8 @@ def _signal_holds(
             return False
         if sig.first:
             key = onset_order(findings)
-            first = min((key(f)[:3] for f in findings if f.step is not None), default=None)
-            return any(key(f)[:3] == first for f in hits)
+            first = min((key(f) for f in findings if f.step is not None), default=None)
+            return any(key(f) == first for f in hits)
         return True
     if sig.absent:
         return not any(f.kind == sig.absent or sig.absent in f.after for f in findings)

@@ -42,14 +42,14 @@ class Finding(_Frozen):
 
 
 def onset_order(findings: Sequence[Finding]) -> Callable[[Finding], tuple]:
-    """The sort key that puts ``findings`` in the order they happened: by the wall clock when
-    every metric finding has one (a status finding without one, a crash or a stall, comes
-    last), else by step; findings without a step last of all."""
+    """The key of when each of ``findings`` happened (equal keys: at the same moment): by the
+    wall clock when every metric finding has one (a status finding without one, a crash or a
+    stall, comes last), else by step; findings without a step last of all."""
     timed = all(f.at_ms is not None for f in findings if f.metric and f.step is not None)
 
     def key(f: Finding) -> tuple:
         clock = (f.at_ms if f.at_ms is not None else float("inf")) if timed else 0
-        return (f.step is None, clock, f.step or 0, f.kind)
+        return (f.step is None, clock, f.step or 0)
 
     return key
 
