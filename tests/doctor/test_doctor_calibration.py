@@ -456,3 +456,58 @@ def test_loss_names_with_any_separator_are_read_and_lookalikes_are_not():
     assert "train_loss" not in got and "eval_loss" not in got
     # the exact names still come first where a run logs them
     assert roles("train/loss", "train/loss extra")["train_loss"] == "train/loss"
+
+
+def test_a_one_batch_loss_is_judged_against_its_own_point_to_point_noise():
+    """NeMo's reduced_train_loss is one batch's loss, read shard by shard: it scatters by
+    ±0.25 all run long, and the few points of an early baseline can be a quiet stretch.  A
+    point 4σ of the run's noise above that stretch is no spike; a bad shard's 10σ is one."""
+    rng = np.random.default_rng(7)
+    steps = np.arange(4, 600, 5)
+    loss = 2.5 + 0.25 * rng.standard_normal(len(steps))
+    loss[:10] = np.linspace(5.8, 2.6, 10)
+    loss[62:78] = 2.4 + 0.05 * rng.standard_normal(16)
+    loss[78] = 3.5
+    hist = {"reduced_train_loss": (steps, loss)}
+    info = {"status": "FINISHED"}
+    local = {**SC.detectors, "loss_spike": {**SC.detectors["loss_spike"], "step_noise": 0.0}}
+    assert "loss_spike" in {f.kind for f in detect(hist, info, "", local)}  # the stretch alone
+    assert "loss_spike" not in kinds({"reduced_train_loss": (steps, loss)})
+    loss[78] = 5.0
+    assert [(f.kind, f.step) for f in detect(hist, info, "")] == [("loss_spike", 394)]
+
+
+def test_a_step_timing_name_is_a_step_time_and_the_validation_loops_is_not():
+    """NeMo/Lightning log `train_step_timing in s` (seconds per step) beside the validation
+    loop's `validation_step_timing in s`: a reader that slows every step is a drop."""
+    steps = np.arange(9, 600, 10)
+    loss = (steps, 2.3 * np.exp(-steps / 200) + 0.5)
+    per_step = 0.02 + 0.001 * np.sin(steps)
+    per_step[30:] = 0.07
+    val_steps = np.arange(99, 600, 100)
+    val = (val_steps, np.array([0.01, 0.01, 0.05, 0.06, 0.05, 0.06]))
+    found = detect(
+        {
+            "reduced_train_loss": loss,
+            "train_step_timing in s": (steps, per_step),
+            "validation_step_timing in s": val,
+        },
+        {"status": "FINISHED"},
+        "",
+    )
+    assert [(f.kind, f.metric) for f in found] == [("throughput_drop", "train_step_timing in s")]
+
+
+def test_a_clip_threshold_of_infinity_is_no_clipping():
+    """ESPnet's `--grad_clip inf` clips nothing: gradients that blow up to NaN under it are a
+    missing clip, not a half-precision overflow."""
+    from workbench.doctor.series import setting_off
+
+    assert setting_off("grad_clip", "inf") and setting_off("grad_clip", "0")
+    assert not setting_off("grad_clip", "5.0") and not setting_off("lr", "inf")
+    blown = [_finding("nan_inf", 40, after=("exploding_gradients",))]
+    d, _ = diagnose(blown, {"grad_clip": "inf"}, "", SC.playbook, aliases=SC.metrics)
+    assert d.cause == "missing_grad_clip"
+    assert any("grad_clip=inf" in e for e in d.evidence)
+    d, _ = diagnose(blown, {"grad_clip": "1.0"}, "", SC.playbook, aliases=SC.metrics)
+    assert d.cause != "missing_grad_clip"

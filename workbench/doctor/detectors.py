@@ -251,6 +251,23 @@ def _divergence_of_loss(s: Series, th: dict[str, Any], since: int = 0) -> Findin
     )
 
 
+def rolling_step_noise(
+    x: np.ndarray, window: int, stride: int, min_history: int, since: int = 0
+) -> np.ndarray:
+    """One point's robust σ from the ``window`` points before each index (all of them while
+    fewer exist; NaN before ``min_history``): the MAD of their first differences over √2,
+    which a falling trend shifts but does not widen.  On ``rolling_baseline``'s block grid,
+    so an incremental pass gets the very same numbers."""
+    n = len(x)
+    out = np.full(n, np.nan)
+    k0 = max(0, (since - min_history) // stride)
+    for start in range(min_history + k0 * stride, n, stride):
+        d = np.diff(x[max(0, start - window) : start])
+        dev = _median(np.abs(d - _median(d)))
+        out[start : start + stride] = 1.4826 * dev / np.sqrt(2)
+    return out
+
+
 def _loss_spike(
     s: Series, th: dict[str, Any], since: int = 0, *, start_level: float | None = None
 ) -> Finding | None:
@@ -267,6 +284,18 @@ def _loss_spike(
         since,
     )
     scale = np.maximum(1.4826 * mad, th.get("rel_floor", 0.01) * np.abs(med))
+    if th.get("step_noise", 0.0):
+        # A loss of single batches scatters by its own noise all run long, and the few points
+        # of an early baseline can be a quiet stretch of it: the point-to-point noise of the
+        # whole window before (free of the trend) is a floor under the scale.
+        noise = rolling_step_noise(
+            x,
+            int(th.get("window", 128)),
+            int(th.get("stride", 4)),
+            int(th.get("min_history", 16)),
+            since,
+        )
+        scale = np.fmax(scale, th["step_noise"] * noise)
     with np.errstate(invalid="ignore", divide="ignore"):
         z = (x - med) / scale
         hit = (z > th.get("z", 6.0)) & (x > med * (1 + th.get("min_rel", 0.25)))

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from scaffold.loader import FINDING_KINDS, MetricAliases
-from workbench.doctor.series import Series, is_falsy, param_value
+from workbench.doctor.series import Series, param_value, setting_off
 from workbench.doctor.types import Finding
 
 
@@ -43,9 +43,9 @@ class RunView:
 
     @property
     def clipped(self) -> bool:
-        """Gradient clipping on: a logged, non-zero clip setting."""
+        """Gradient clipping on: a logged, non-zero, finite clip setting."""
         clip = self.param("grad_clip")
-        return clip is not None and not is_falsy(clip)
+        return clip is not None and not setting_off("grad_clip", clip)
 
 
 DetectFn = Callable[[RunView, dict[str, Any]], "Finding | list[Finding] | None"]

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from scaffold.loader import CauseSpec, MetricAliases, Playbook, Signal
-from workbench.doctor.series import as_float, is_falsy, param_value
+from workbench.doctor.series import as_float, param_value, setting_off
 from workbench.doctor.types import Diagnosis, Finding, PatchOp, Remedy, onset_order
 
 
@@ -24,9 +24,9 @@ def _param_holds(
     if op == "present":
         return raw is not None
     if op == "falsy":  # logged and off (an unlogged setting proves nothing)
-        return raw is not None and is_falsy(raw)
+        return raw is not None and setting_off(role, raw)
     if op == "truthy":
-        return not is_falsy(raw)
+        return not setting_off(role, raw)
     if raw is None:
         return False
     if op == "in":

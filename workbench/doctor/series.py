@@ -7,6 +7,7 @@ logged names to roles (``train_loss``, ``grad_norm``, …) through the scaffold'
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -124,3 +125,15 @@ def is_falsy(text: str | None) -> bool:
         return True
     f = as_float(t)
     return f is not None and f == 0.0
+
+
+# Thresholds that an infinite value turns off: ESPnet's `--grad_clip inf` clips nothing.
+_INFINITE_MEANS_OFF = frozenset({"grad_clip"})
+
+
+def setting_off(role: str, text: str | None) -> bool:
+    """A logged setting of ``role`` meaning "off": falsy, or a threshold set to infinity."""
+    if is_falsy(text):
+        return True
+    f = as_float(text)
+    return role in _INFINITE_MEANS_OFF and f is not None and math.isinf(f)
