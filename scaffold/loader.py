@@ -187,7 +187,8 @@ class Signal(_Strict):
     Exactly one of: ``finding`` (a finding kind is present; ``first: true`` — it is the
     earliest finding; ``metric_role`` — on a metric of that role; ``after: KIND`` — KIND was
     its run-up, e.g. a divergence before the NaN; ``context: FACT`` — its detector measured
-    FACT, e.g. ``lr_decayed``), ``log`` (a regex found in the log),
+    FACT, e.g. ``lr_decayed``; ``alone: true`` — it had no run-up), ``log`` (a regex found
+    in the log),
     ``param`` (a run parameter role compared with ``op``/``value``), ``absent`` (a finding
     kind is *not* present, not even as another's run-up), ``status`` (the run's status is
     one of the list).
@@ -199,6 +200,7 @@ class Signal(_Strict):
     metric_role: str | None = None
     after: str | None = None
     context: str | None = None
+    alone: bool = False
     absent: str | None = None
     log: str | None = None
     param: str | None = None

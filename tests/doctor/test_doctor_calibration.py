@@ -511,3 +511,41 @@ def test_a_clip_threshold_of_infinity_is_no_clipping():
     assert any("grad_clip=inf" in e for e in d.evidence)
     d, _ = diagnose(blown, {"grad_clip": "1.0"}, "", SC.playbook, aliases=SC.metrics)
     assert d.cause != "missing_grad_clip"
+
+
+def test_params_under_any_prefix_and_the_precision_a_run_computed_in():
+    """CLU logs `config.learning_rate` and `config.half_precision`, DeepSpeed
+    `optimizer.params.lr` and `fp16.enabled`, HF both `fp16` and `bf16`: a NaN out of nowhere
+    in a run that said it computed in full precision is the step size, not an overflow."""
+    from workbench.doctor.series import compute_precision, param_value
+
+    m = SC.metrics
+    assert param_value({"config.learning_rate": "5.0"}, m, "lr") == "5.0"
+    assert param_value({"optimizer.params.lr": "0.003"}, m, "lr") == "0.003"
+    assert param_value({"config.blr_schedule": "x"}, m, "lr") is None
+    for params, want in (
+        ({"config.half_precision": "True"}, "half"),
+        ({"config.half_precision": "False"}, "full"),
+        ({"fp16.enabled": "True", "bf16.enabled": "False"}, "half"),
+        ({"fp16": "False", "bf16": "True"}, "half"),
+        ({"fp16": "False", "bf16": "False"}, "full"),
+        ({"trainer.precision": "bf16-mixed"}, "half"),
+        ({"dtype": "float32"}, "full"),
+        ({"lr": "0.1"}, None),
+    ):
+        assert compute_precision(params, m) == want, params
+
+    def cause(params):
+        sudden = [_finding("nan_inf", 20)]
+        d, _ = diagnose(sudden, params, "", SC.playbook, aliases=SC.metrics)
+        return d
+
+    assert cause({"config.half_precision": "True"}).cause == "fp_overflow"
+    assert cause({}).cause == "fp_overflow"  # nothing says otherwise: NaN first is an overflow
+    d = cause({"config.half_precision": "False", "config.learning_rate": "5.0"})
+    assert d.cause == "lr_too_high"
+    assert any(e.startswith("finding nan_inf") for e in d.evidence)
+    # a NaN with a run-up is judged by its run-up, not as one out of nowhere
+    ran_up = [_finding("nan_inf", 20, after=("exploding_gradients",))]
+    d, _ = diagnose(ran_up, {"grad_clip": "0", "dtype": "float32"}, "", SC.playbook, aliases=m)
+    assert d.cause == "missing_grad_clip"

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from scaffold.loader import CauseSpec, MetricAliases, Playbook, Signal
-from workbench.doctor.series import as_float, param_value, setting_off
+from workbench.doctor.series import as_float, param_name, param_value, setting_off
 from workbench.doctor.types import Diagnosis, Finding, PatchOp, Remedy, onset_order
 
 
@@ -59,6 +59,8 @@ def _signal_holds(
             hits = [f for f in hits if sig.after in f.after]
         if sig.context:
             hits = [f for f in hits if sig.context in f.context]
+        if sig.alone:
+            hits = [f for f in hits if not f.after]
         if not hits:
             return False
         if sig.first:
@@ -93,6 +95,7 @@ def _describe(
             if f.kind == sig.finding
             and (not sig.after or sig.after in f.after)
             and (not sig.context or sig.context in f.context)
+            and not (sig.alone and f.after)
         )
         run_up = f" after {', '.join(f.after)}" if f.after else ""
         facts = f" ({', '.join(f.context)})" if f.context else ""
@@ -105,8 +108,7 @@ def _describe(
     if sig.status:
         return f"status {status}"
     raw = param_value(params, aliases, sig.param or "") if aliases else params.get(sig.param or "")
-    names = aliases.params.get(sig.param or "", ()) if aliases else ()
-    name = next((n for n in names if n in params), sig.param)
+    name = (param_name(params, aliases, sig.param or "") if aliases else None) or sig.param
     return f"param {sig.param} ({name}={raw}) {sig.op} {sig.value if sig.value is not None else ''}".rstrip()
 
 

@@ -8,6 +8,7 @@ logged names to roles (``train_loss``, ``grad_norm``, …) through the scaffold'
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -99,11 +100,46 @@ def resolve_roles(counts: Mapping[str, int], aliases: MetricAliases) -> dict[str
     return {role: c[2] for role, c in best.items()}
 
 
-def param_value(params: Mapping[str, str], aliases: MetricAliases, role: str) -> str | None:
-    """The first present parameter among the role's names (None when none is logged)."""
+def param_name(params: Mapping[str, str], aliases: MetricAliases, role: str) -> str | None:
+    """The logged parameter that plays ``role``: the first of the role's names present, a
+    ``re:`` pattern matching the whole name (case-insensitive) where a name is listed."""
     for name in aliases.params.get(role, (role,)):
-        if name in params:
-            return params[name]
+        if name.startswith("re:"):
+            rx = re.compile(name[3:], re.IGNORECASE)
+            hit = next((k for k in sorted(params) if rx.fullmatch(k)), None)
+            if hit is not None:
+                return hit
+        elif name in params:
+            return name
+    return None
+
+
+def param_value(params: Mapping[str, str], aliases: MetricAliases, role: str) -> str | None:
+    """The value of the parameter that plays ``role`` (None when none is logged); the derived
+    role ``compute_precision`` is ``half``, ``full`` or None (see ``compute_precision``)."""
+    if role == "compute_precision":
+        return compute_precision(params, aliases)
+    name = param_name(params, aliases, role)
+    return None if name is None else params[name]
+
+
+# How the precision role's values read (Lightning's "16-mixed", HF's "fp16", Keras's policy
+# "mixed_float16", JAX's "bfloat16", PyTorch's "torch.float32", ...).
+_HALF = re.compile(r"(?i).*(16|half).*")
+_FULL = re.compile(r"(?i).*(32|64|full|double|single).*|no|none|false")
+
+
+def compute_precision(params: Mapping[str, str], aliases: MetricAliases) -> str | None:
+    """``half`` when the run computes in 16 bits (a half precision value, or an fp16/bf16
+    switch on), ``full`` when what it logged says it does not, None when it logged neither."""
+    values = [param_value(params, aliases, r) for r in ("precision", "fp16", "bf16")]
+    precision, switches = values[0], [v for v in values[1:] if v is not None]
+    if (precision is not None and _HALF.fullmatch(precision.strip())) or any(
+        not is_falsy(v) for v in switches
+    ):
+        return "half"
+    if (precision is not None and _FULL.fullmatch(precision.strip())) or switches:
+        return "full"
     return None
 
 
