@@ -549,3 +549,24 @@ def test_params_under_any_prefix_and_the_precision_a_run_computed_in():
     ran_up = [_finding("nan_inf", 20, after=("exploding_gradients",))]
     d, _ = diagnose(ran_up, {"grad_clip": "0", "dtype": "float32"}, "", SC.playbook, aliases=m)
     assert d.cause == "missing_grad_clip"
+
+
+def test_a_run_its_framework_stopped_on_a_nan_loss_went_nan():
+    """Detectron2 raises `FloatingPointError: Loss became infinite or NaN` before any NaN is
+    logged: the run went non-finite (with full precision on record: the step size), and the
+    traceback is a symptom, not a bug in the code."""
+    steps = np.array([19, 39])
+    hist = {"total_loss": (steps, np.array([54.3, 152.0]))}
+    tb = "Traceback (most recent call last):\n  File 'train.py'\n{}\n"
+    info = {"status": "FAILED"}
+    nan_stop = tb.format("FloatingPointError: Loss became infinite or NaN at iteration=41!")
+    found = detect(hist, info, nan_stop)
+    assert {f.kind for f in found} == {"crash", "nan_inf"}
+    params = {"SOLVER.BASE_LR": "200.0", "SOLVER.AMP.ENABLED": "False"}
+    d, _ = diagnose(found, params, nan_stop, SC.playbook, aliases=SC.metrics, status="FAILED")
+    assert d.cause == "lr_too_high"
+    bug = tb.format("IndexError: index out of range in self")
+    found = detect(hist, info, bug)
+    assert {f.kind for f in found} == {"crash"}
+    d, _ = diagnose(found, params, bug, SC.playbook, aliases=SC.metrics, status="FAILED")
+    assert d.cause == "code_error"

@@ -155,6 +155,9 @@ def detect_status(
     f = D.crash(status, log_text or "", last_step, thresholds.get("crash", {}))
     if f:
         out.append(f)
+        nan = D.stopped_on_nonfinite(f, log_text or "", thresholds.get("crash", {}))
+        if nan:
+            out.append(nan)
     ref = stall_reference_ms(run_info, now_ms)
     if ref is not None:
         f = D.stalled(status, last_ts, cadence, last_step, ref, thresholds.get("stalled", {}))

@@ -974,6 +974,24 @@ def crash(status: str, log_text: str, last_step: int | None, th: dict[str, Any])
     )
 
 
+def stopped_on_nonfinite(
+    crash_finding: Finding, log_text: str, th: dict[str, Any]
+) -> Finding | None:
+    """A run its framework stopped because the loss went non-finite (Detectron2's
+    "FloatingPointError: Loss became infinite or NaN", autograd's "returned nan values"): the
+    NaN happened though no NaN was logged."""
+    err = last_error_line(log_text)
+    if not err or not any(re.search(rx, err) for rx in th.get("nonfinite", ())):
+        return None
+    return Finding(
+        kind="nan_inf",
+        metric=None,
+        step=crash_finding.step,
+        severity=1.0,
+        evidence=f"the run stopped on a non-finite value after step {crash_finding.step}: {err}",
+    )
+
+
 def stalled(
     status: str,
     last_ts: int | None,
