@@ -523,6 +523,11 @@ def test_params_under_any_prefix_and_the_precision_a_run_computed_in():
     assert param_value({"config.learning_rate": "5.0"}, m, "lr") == "5.0"
     assert param_value({"optimizer.params.lr": "0.003"}, m, "lr") == "0.003"
     assert param_value({"config.blr_schedule": "x"}, m, "lr") is None
+    assert param_value({"training.optimizer.grad_clip": "1.0"}, m, "grad_clip") == "1.0"
+    # the rate of Adam and kin, whose working range does not depend on the gradients' scale
+    assert param_value({"optim": "adam", "lr": "1.0"}, m, "adaptive_lr") == "1.0"
+    assert param_value({"model.optim.name": "fused_adam", "lr": "0.5"}, m, "adaptive_lr") == "0.5"
+    assert param_value({"optimizer": "SGD", "lr": "1.0"}, m, "adaptive_lr") is None
     for params, want in (
         ({"config.half_precision": "True"}, "half"),
         ({"config.half_precision": "False"}, "full"),
@@ -570,3 +575,18 @@ def test_a_run_its_framework_stopped_on_a_nan_loss_went_nan():
     assert {f.kind for f in found} == {"crash"}
     d, _ = diagnose(found, params, bug, SC.playbook, aliases=SC.metrics, status="FAILED")
     assert d.cause == "code_error"
+
+
+def test_a_rate_far_above_an_adaptive_optimizers_range_is_the_cause():
+    """fairseq's Adam at 1.0 without clipping: gradients blow up at the first update.  No clip
+    would have saved that rate, and a run stuck under it is no rate too low."""
+    boom = [_finding("exploding_gradients", 10)]
+    noclip = {"optimizer": "adam", "clip_norm": "0.0"}
+    for lr, want in (("1.0", "lr_too_high"), ("0.003", "missing_grad_clip")):
+        d, _ = diagnose(boom, {**noclip, "lr": lr}, "", SC.playbook, aliases=SC.metrics)
+        assert d.cause == want, lr
+    stuck = [_finding("plateau", 25)]
+    for lr, want in (("1.0", "lr_too_high"), ("1e-6", "lr_too_low")):
+        params = {"training.optimizer.learn_rate": lr, "optimizer": "AdamW"}
+        d, _ = diagnose(stuck, params, "", SC.playbook, aliases=SC.metrics)
+        assert d.cause == want, lr

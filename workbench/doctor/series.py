@@ -115,10 +115,10 @@ def param_name(params: Mapping[str, str], aliases: MetricAliases, role: str) -> 
 
 
 def param_value(params: Mapping[str, str], aliases: MetricAliases, role: str) -> str | None:
-    """The value of the parameter that plays ``role`` (None when none is logged); the derived
-    role ``compute_precision`` is ``half``, ``full`` or None (see ``compute_precision``)."""
-    if role == "compute_precision":
-        return compute_precision(params, aliases)
+    """The value of the parameter that plays ``role`` (None when none is logged), or of a
+    derived role (``DERIVED``: ``compute_precision``, ``adaptive_lr``)."""
+    if role in DERIVED:
+        return DERIVED[role](params, aliases)
     name = param_name(params, aliases, role)
     return None if name is None else params[name]
 
@@ -173,3 +173,19 @@ def setting_off(role: str, text: str | None) -> bool:
         return True
     f = as_float(text)
     return role in _INFINITE_MEANS_OFF and f is not None and math.isinf(f)
+
+
+# Optimizers that scale each weight's step to about the learning rate itself (so their working
+# range, 1e-5 to 1e-2, does not depend on the gradients' scale as SGD's does).
+_ADAPTIVE = re.compile(
+    r"(?i).*(adam|adagrad|adadelta|rmsprop|adafactor|lamb|lion|novograd|adabelief).*"
+)
+
+
+def adaptive_lr(params: Mapping[str, str], aliases: MetricAliases) -> str | None:
+    """The learning rate when the run's optimizer is an adaptive one (Adam and kin), else None."""
+    opt = param_value(params, aliases, "optimizer")
+    return param_value(params, aliases, "lr") if opt and _ADAPTIVE.fullmatch(opt) else None
+
+
+DERIVED = {"compute_precision": compute_precision, "adaptive_lr": adaptive_lr}
