@@ -254,17 +254,14 @@ def _divergence_of_loss(s: Series, th: dict[str, Any], since: int = 0) -> Findin
 def rolling_step_noise(
     x: np.ndarray, window: int, stride: int, min_history: int, since: int = 0
 ) -> np.ndarray:
-    """One point's robust σ from the ``window`` points before each index (all of them while
-    fewer exist; NaN before ``min_history``): the MAD of their first differences over √2,
-    which a falling trend shifts but does not widen.  On ``rolling_baseline``'s block grid,
-    so an incremental pass gets the very same numbers."""
+    """``_noise`` of the ``window`` points before each index (all of them while fewer exist;
+    NaN before ``min_history``), on ``rolling_baseline``'s block grid, so an incremental pass
+    gets the very same numbers."""
     n = len(x)
     out = np.full(n, np.nan)
     k0 = max(0, (since - min_history) // stride)
     for start in range(min_history + k0 * stride, n, stride):
-        d = np.diff(x[max(0, start - window) : start])
-        dev = _median(np.abs(d - _median(d)))
-        out[start : start + stride] = 1.4826 * dev / np.sqrt(2)
+        out[start : start + stride] = _noise(x[max(0, start - window) : start])
     return out
 
 
