@@ -590,3 +590,22 @@ def test_a_rate_far_above_an_adaptive_optimizers_range_is_the_cause():
         params = {"training.optimizer.learn_rate": lr, "optimizer": "AdamW"}
         d, _ = diagnose(stuck, params, "", SC.playbook, aliases=SC.metrics)
         assert d.cause == want, lr
+
+
+def test_a_grad_norm_jump_with_clipping_logged_off_is_the_updates():
+    """torchtitan's IRNN with `training.max_norm 0.0`: the grad norm jumps 40x now and then.
+    Unclipped, each jump moves the weights as far: exploding gradients.  Where clipping is on,
+    or nothing says, the same jumps are left to the 100x bar (healthy runs reach ~11x)."""
+    rng = np.random.default_rng(5)
+    gn = np.exp(0.3 * rng.standard_normal(200))
+    gn[[40, 77, 120]] = 40.0
+    loss = 3 * np.exp(-np.arange(200) / 80) + 2 + 0.05 * rng.standard_normal(200)
+    hist = {"grad_norm": (np.arange(200), gn), "loss": (np.arange(200), loss)}
+
+    def found(params):
+        fs = detect(hist, {"status": "FINISHED", "params": params}, "")
+        return [(f.kind, f.step) for f in fs]
+
+    assert found({"training.max_norm": "0.0"}) == [("exploding_gradients", 40)]
+    assert found({}) == []
+    assert found({"training.max_norm": "1.0"}) == []

@@ -382,13 +382,17 @@ def _plateau(s: Series, th: dict[str, Any], since: int = 0) -> Finding | None:
 
 
 def _exploding_gradients(
-    s: Series, th: dict[str, Any], since: int = 0, *, clipped: bool = False
+    s: Series, th: dict[str, Any], since: int = 0, *, clipped: bool | None = None
 ) -> Finding | None:
     """A grad norm far above its robust baseline.  With gradient clipping on, the logged
     (pre-clip) norm may spike while the update stays bounded: the bar is ``clip_factor``
-    times higher then."""
+    times higher then.  With clipping logged off (``clipped`` False, not None: unknown), every
+    jump of the norm is a jump of the update: the bar is ``noclip_ratio`` and ``noclip_z``."""
     x = s.values
     ratio = th.get("ratio", 100.0) * (th.get("clip_factor", 100.0) if clipped else 1.0)
+    z_bar = th.get("z", 8.0)
+    if clipped is False:
+        ratio, z_bar = th.get("noclip_ratio", ratio), th.get("noclip_z", z_bar)
     abs_max = th.get("abs_max", 1e4) * (th.get("clip_factor", 100.0) if clipped else 1.0)
     inf_idx = np.flatnonzero(np.isposinf(x[since:]))
     y = np.log10(np.maximum(_ffill_finite(x), 1e-30))
@@ -410,7 +414,7 @@ def _exploding_gradients(
     scale = np.maximum(1.4826 * mad, 0.05)
     with np.errstate(invalid="ignore"):
         z = (y - med) / scale
-        hit = (z > th.get("z", 8.0)) & (y > med + np.log10(ratio))
+        hit = (z > z_bar) & (y > med + np.log10(ratio))
     hit |= np.isfinite(x) & (x > abs_max)
     idx = np.flatnonzero(hit[since:])
     cands = [int(idx[0]) + since] if len(idx) else []
@@ -885,7 +889,8 @@ def plateau(run: RunView, th: dict[str, Any]) -> Finding | None:
 
 @detector("exploding_gradients", reads=("grad_norm",), stable=True, precursor=True)
 def exploding_gradients(run: RunView, th: dict[str, Any]) -> Finding | None:
-    fn = partial(_exploding_gradients, clipped=run.clipped)
+    clip = run.param("grad_clip")
+    fn = partial(_exploding_gradients, clipped=None if clip is None else run.clipped)
     return _windowed(run, "exploding_gradients", "grad_norm", th, fn)
 
 
