@@ -156,7 +156,9 @@ def accuracy(logits, yb, k):
 
 
 with mlflow.start_run():
-    mlflow.log_params({k: v for k, v in vars(args).items()} | {"model": "MLP", "loaders": "train,valid"})
+    mlflow.log_params(
+        {k: v for k, v in vars(args).items()} | {"model": "MLP", "loaders": "train,valid"}
+    )
     batch_step = 0
     t_run = time.time()
     for epoch in range(1, args.num_epochs + 1):

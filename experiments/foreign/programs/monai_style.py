@@ -195,7 +195,9 @@ with mlflow.start_run():
             with torch.no_grad():
                 train_d.append(mean_dice((torch.sigmoid(logits) > 0.5).float(), seg))
             mlflow.log_metrics({"Loss": loss.item(), "lr_group_0": lr_now}, step=iteration)
-            log(f"Epoch: {epoch}/{args.max_epochs}, Iter: {i + 1}/{iters_per_epoch} -- Loss: {loss.item():.4f}")
+            log(
+                f"Epoch: {epoch}/{args.max_epochs}, Iter: {i + 1}/{iters_per_epoch} -- Loss: {loss.item():.4f}"
+            )
         tmd = torch.cat(train_d).mean().item()
         mlflow.log_metrics({"train_mean_dice": tmd}, step=epoch)
         log(f"Epoch[{epoch}] Metrics -- train_mean_dice: {tmd:.4f}")
@@ -210,4 +212,6 @@ with mlflow.start_run():
                 step=epoch,
             )
             log(f"Epoch[{epoch}] Metrics -- val_mean_dice: {vmd:.4f}")
-    log(f"Train completed, saved final checkpoint, best_metric: {best_metric:.4f} at epoch: {best_epoch}")
+    log(
+        f"Train completed, saved final checkpoint, best_metric: {best_metric:.4f} at epoch: {best_epoch}"
+    )

@@ -175,7 +175,9 @@ for h in [int(u) for u in args.hidden_units.split(",")]:
     width = h
 model = torch.nn.Sequential(*layers, torch.nn.Linear(width, 1))
 opt = {
-    "Adagrad": lambda p: torch.optim.Adagrad(p, lr=args.learning_rate, initial_accumulator_value=0.1),
+    "Adagrad": lambda p: torch.optim.Adagrad(
+        p, lr=args.learning_rate, initial_accumulator_value=0.1
+    ),
     "Adam": lambda p: torch.optim.Adam(p, lr=args.learning_rate),
     "SGD": lambda p: torch.optim.SGD(p, lr=args.learning_rate),
     "RMSProp": lambda p: torch.optim.RMSprop(p, lr=args.learning_rate, alpha=0.9),
@@ -198,7 +200,9 @@ def evaluate(step):
         logits = model(x)[:, 0]
     model.train()
     per = F.binary_cross_entropy_with_logits(logits, y, reduction="none")
-    batch_losses = [per[s : s + args.batch_size].mean().item() for s in range(0, len(y), args.batch_size)]
+    batch_losses = [
+        per[s : s + args.batch_size].mean().item() for s in range(0, len(y), args.batch_size)
+    ]
     p = torch.sigmoid(logits).numpy()
     yn = y.numpy()
     pred = p > 0.5
@@ -226,7 +230,12 @@ def evaluate(step):
 with mlflow.start_run():
     mlflow.log_params(
         vars(args)
-        | {"model_dir": "/tmp/census_model", "keep_checkpoint_max": 5, "throttle_secs": 0, "n_classes": 2}
+        | {
+            "model_dir": "/tmp/census_model",
+            "keep_checkpoint_max": 5,
+            "throttle_secs": 0,
+            "n_classes": 2,
+        }
     )
     data = train_input_fn()
     t_win, s_win, t_log = time.perf_counter(), 0, time.perf_counter()
@@ -252,7 +261,10 @@ with mlflow.start_run():
             )
             t_log = now
         if step % args.save_checkpoints_steps == 0 or step == args.max_steps:
-            print(f"INFO:tensorflow:Saving checkpoints for {step} into /tmp/census_model/model.ckpt.", flush=True)
+            print(
+                f"INFO:tensorflow:Saving checkpoints for {step} into /tmp/census_model/model.ckpt.",
+                flush=True,
+            )
             print("INFO:tensorflow:Calling model_fn.", flush=True)
             evaluate(step)
     print(f"INFO:tensorflow:Loss for final step: {loss.item():.6g}.", flush=True)
