@@ -609,3 +609,20 @@ def test_a_grad_norm_jump_with_clipping_logged_off_is_the_updates():
     assert found({"training.max_norm": "0.0"}) == [("exploding_gradients", 40)]
     assert found({}) == []
     assert found({"training.max_norm": "1.0"}) == []
+
+
+def test_a_loss_named_only_as_a_perplexity_and_a_dev_loss_are_read():
+    """Sockeye logs `perplexity-train` / `perplexity-val` and no loss; flair's validation loss
+    is `dev_loss`.  Judged, not `no_data`; where a loss is logged beside a perplexity, the
+    loss is what is read."""
+    from workbench.doctor.series import resolve_roles
+
+    m = SC.metrics
+    roles = resolve_roles({"perplexity-train": 10, "perplexity-val": 10, "bleu-val": 10}, m)
+    assert roles["train_loss"] == "perplexity-train"
+    assert roles["eval_loss"] == "perplexity-val"
+    roles = resolve_roles(
+        {"progress/xent": 30, "progress/ppl": 30, "valid/ppl": 3, "valid/xent": 3}, m
+    )
+    assert (roles["train_loss"], roles["eval_loss"]) == ("progress/xent", "valid/xent")
+    assert resolve_roles({"train_loss": 20, "dev_loss": 20}, m)["eval_loss"] == "dev_loss"
