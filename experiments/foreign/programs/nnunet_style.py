@@ -211,7 +211,7 @@ class PlainConvUNet(torch.nn.Module):
         self.transpconvs = torch.nn.ModuleList()
         self.dec = torch.nn.ModuleList()
         self.seg_layers = torch.nn.ModuleList()
-        for f_skip, f_below in zip(features[-2::-1], features[:0:-1]):
+        for f_skip, f_below in zip(features[-2::-1], features[:0:-1], strict=True):
             self.transpconvs.append(torch.nn.ConvTranspose2d(f_below, f_skip, 2, 2))
             self.dec.append(conv_block(2 * f_skip, f_skip, 1))
             self.seg_layers.append(torch.nn.Conv2d(f_skip, num_classes, 1))
@@ -222,7 +222,9 @@ class PlainConvUNet(torch.nn.Module):
             x = s(x)
             skips.append(x)
         x, outs = skips[-1], []
-        for i, (tc, dec, head) in enumerate(zip(self.transpconvs, self.dec, self.seg_layers)):
+        for i, (tc, dec, head) in enumerate(
+            zip(self.transpconvs, self.dec, self.seg_layers, strict=True)
+        ):
             x = dec(torch.cat([tc(x), skips[-2 - i]], 1))
             outs.append(head(x))
         return outs[::-1][:2]  # deep supervision: full and half resolution
@@ -243,7 +245,9 @@ ds_weights = ds_weights / ds_weights.sum()
 
 
 def deep_supervision_loss(outputs, targets):
-    return sum(w * dc_and_ce_loss(o, t) for w, o, t in zip(ds_weights, outputs, targets))
+    return sum(
+        w * dc_and_ce_loss(o, t) for w, o, t in zip(ds_weights, outputs, targets, strict=True)
+    )
 
 
 network = PlainConvUNet()
