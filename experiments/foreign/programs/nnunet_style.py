@@ -72,6 +72,7 @@ args = _setup.parse_flags(
         "--no_da": 0,
         "--npz_from_epoch": -1,
         "--keep_loss_graph": 0,
+        "--stray_label_case": -1,
     }
 )
 rng = _setup.seeded(args.seed)
@@ -120,8 +121,15 @@ def make_case():
 cases = [f"CT_{i:03d}" for i in range(args.num_cases)]
 fg_values = []
 raw = {}
-for c in cases:
+for i, c in enumerate(cases):
     raw[c] = make_case()
+    if i == args.stray_label_case:  # an annotator's extra "vessel" label, not in dataset.json
+        seg = raw[c][1]
+        zs = np.argwhere(seg.any((1, 2)))[:, 0]
+        z = zs[len(zs) // 2]
+        yx = np.argwhere(seg[z] == 1)
+        y, x = yx[len(yx) // 2]
+        seg[z, max(y - 2, 0) : y + 2, max(x - 2, 0) : x + 2] = 3
     fg_values.append(raw[c][0][raw[c][1] > 0][::10])
 fg = np.concatenate(fg_values)
 lo, hi = np.percentile(fg, [0.5, 99.5])
