@@ -281,7 +281,9 @@ class LiGRU(torch.nn.Module):
     def __init__(self):
         super().__init__()
         sizes = [args.n_mels] + [args.rnn_neurons] * args.rnn_layers
-        self.layers = torch.nn.ModuleList(LiGRULayer(i, o) for i, o in zip(sizes, sizes[1:]))
+        self.layers = torch.nn.ModuleList(
+            LiGRULayer(i, o) for i, o in zip(sizes[:-1], sizes[1:], strict=True)
+        )
         self.embedding = torch.nn.Linear(args.rnn_neurons, args.emb_dim)
 
     def forward(self, x, mask):
