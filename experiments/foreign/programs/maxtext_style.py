@@ -67,7 +67,7 @@ args = _setup.parse_flags(
         "--eval_max_target_length": 0,  # 0: same as max_target_length
         "--per_device_batch_size": 16,
         "--eval_per_device_batch_size": 16,
-        "--steps": 300,
+        "--steps": 250,
         "--learning_rate": 3e-3,
         "--warmup_steps_fraction": 0.1,
         "--learning_rate_schedule_steps": -1,
@@ -77,7 +77,7 @@ args = _setup.parse_flags(
         "--adam_weight_decay": 0.1,
         "--gradient_clipping_threshold": 1.0,
         "--dropout_rate": 0.0,
-        "--eval_interval": 30,
+        "--eval_interval": 25,
         "--eval_steps": 8,
         "--num_shards": 8,
         "--corpus_kb": 128,
@@ -125,7 +125,7 @@ for i in range(args.num_shards):
     records = train_docs[i :: args.num_shards]
     if i == args.blob_shard:  # the wrong column: base64 thumbnails among the text records
         blobs = []
-        for _ in range(len(records) // 4):
+        for _ in range(len(records) // 2):
             raw = torch.randint(0, 256, (900,), generator=blob_rng, dtype=torch.uint8)
             blobs.append(base64.b64encode(bytes(raw.tolist())))
         records = records[: len(records) // 2] + blobs + records[len(records) // 2 :]
