@@ -16,21 +16,26 @@ valid error: 3.12e-01``) and the ``Brain``'s warnings.  Written without looking 
 
 Data: generated speech at 8 kHz: ``--n_speakers`` speakers, each with a mean pitch, a vocal
 tract length (formant scaling), a spectral tilt and a microphone (a short random FIR); an
-utterance is a random sequence of vowel-like phones (harmonics of a jittered pitch shaped by
-the phone's formants) with additive noise at ``--snr_db``.  Features are computed per batch as
-``compute_forward`` does: ``Fbank`` (STFT, ``--n_mels`` mel filters, log) and
-``InputNormalization`` (sentence mean).  Models: ``--model xvector`` (TDNN layers, statistics
-pooling, embedding, classifier) or an RNN encoder (``--model rnn``: ``sb.nnet.RNN.RNN`` with
-tanh cells, ``--model lstm``, ``--model gru``) with mean pooling; ``nll_loss`` on log-softmax
-outputs.  ``Brain.fit_batch``: backward, ``check_gradients`` (a non-finite loss skips the
-step, up to ``--nonfinite_patience`` times, then ``ValueError``), gradient-norm clipping at
+utterance (``--min_dur`` to ``--max_dur`` seconds, about one in fifty a clipped recording of
+0.25-0.35 s) is a random sequence of vowel-like phones (harmonics of a jittered pitch shaped by
+the phone's formants) with additive noise at ``--snr_db``.  As ``compute_forward`` does, per
+batch: optionally ``DropChunk`` augmentation on the training waveforms (``--drop_chunk 1``:
+``--drop_count_low``-``--drop_count_high`` chunks of ``--drop_length_low``-
+``--drop_length_high`` samples zeroed), ``Fbank`` (STFT, ``--n_mels`` mel filters, dB with
+``top_db`` 80) and ``InputNormalization`` (sentence mean).  Models: ``--model xvector`` (TDNN
+layers, statistics pooling, embedding, classifier), an RNN encoder (``--model rnn``, ``lstm``,
+``gru``) or ``--model ligru`` (Light GRU cells), mean-pooled; ``nll_loss`` on log-softmax
+outputs.  ``Brain.fit_batch``: backward, ``check_gradients`` (a non-finite loss skips the step,
+up to ``--nonfinite_patience`` times, then ``ValueError``), gradient-norm clipping at
 ``--max_grad_norm`` (0 = off), optimizer step.  Learning-rate annealing per epoch:
 ``LinearScheduler``, ``NewBobScheduler`` (x``--annealing_factor`` when the valid loss improves
 by less than 0.25 %) or none.
 
-Faults are real settings: ``--max_grad_norm 0`` on a tanh RNN trained with plain SGD (no
-clipping); ``--lr`` far too high; a handful of ``--train_utts_per_spk`` with a wide model and
-no dropout for many epochs; ``--lr`` far too low.
+Faults are real settings: ``--lr`` far too high; ``--lr`` far too low; a handful of
+``--train_utts_per_spk`` with a wide model, no dropout and a constant learning rate for many
+epochs; ``DropChunk`` with ``--drop_length_high`` longer than the clipped recordings (the
+augmentation's ``torch.randint`` for the chunk start gets an empty range when a clip shorter
+than the drawn chunk comes up).
 """
 
 import copy
