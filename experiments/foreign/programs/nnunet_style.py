@@ -33,10 +33,12 @@ norm clipped at 12.
 Faults are real settings: ``--initial_lr`` far too high; ``--npz_from_epoch K`` - from epoch K
 the unpacked ``.npy`` files are gone (a scratch-disk clean-up) and the loader falls back to
 decompressing each case's ``.npz`` every time it samples it, as nnU-Net does when no ``.npy``
-exists; ``--num_train_cases`` a handful of cases with ``--no_da 1`` for many epochs;
-``--keep_loss_graph 1`` - a trainer variant that logs ``torch.stack(losses).mean()`` without
-``detach``, so every epoch's loss keeps that epoch's whole autograd graph alive in the
-logger's list.
+exists; ``--keep_loss_graph 1`` - a trainer variant that back-propagates with
+``retain_graph=True`` and logs ``torch.stack(losses).mean()`` without ``detach``, so every
+epoch's loss keeps that epoch's graphs and their saved activations alive in the logger's list;
+``--stray_label_case K`` - case K's segmentation carries a small patch of label 3, a class the
+dataset does not have (no ``--verify_dataset_integrity`` run); ``--num_train_cases`` a handful
+of cases with ``--no_da 1`` for many epochs.
 """
 
 import datetime
