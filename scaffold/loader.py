@@ -77,13 +77,23 @@ class MetricAliases(_Strict):
     # Sums over the steps since the last log whose first point covers a single step (so it
     # sits far below the next): the first point is dropped before any detector reads them.
     partial_first: tuple[str, ...] = ()
+    # Names that never play a role whatever pattern matches them (the evaluation loader's
+    # own learning rate and timings, a validation loss per batch of one evaluation).
+    exclude: dict[str, tuple[str, ...]] = Field(default_factory=dict)
 
-    @field_validator("roles")
+    @field_validator("roles", "exclude")
     @classmethod
-    def _patterns_compile(cls, v: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+    def _patterns_compile(cls, v: dict[str, tuple[str, ...]], info) -> dict[str, tuple[str, ...]]:
         for role, pats in v.items():
-            _compile_all(f"role {role}", pats)
+            _compile_all(f"{info.field_name} {role}", pats)
         return v
+
+    @model_validator(mode="after")
+    def _excluded_roles_exist(self) -> MetricAliases:
+        unknown = sorted(set(self.exclude) - set(self.roles))
+        if unknown:
+            raise ValueError(f"exclude names roles that do not exist: {unknown}")
+        return self
 
     @field_validator("partial_first")
     @classmethod
@@ -93,6 +103,8 @@ class MetricAliases(_Strict):
 
     def matches(self, role: str, name: str) -> int | None:
         """Index of the first pattern of ``role`` matching ``name`` (None if none)."""
+        if any(_name_matches(p, name) for p in self.exclude.get(role, ())):
+            return None
         for i, p in enumerate(self.roles.get(role, ())):
             if _name_matches(p, name):
                 return i

@@ -626,3 +626,134 @@ def test_a_loss_named_only_as_a_perplexity_and_a_dev_loss_are_read():
     )
     assert (roles["train_loss"], roles["eval_loss"]) == ("progress/xent", "valid/xent")
     assert resolve_roles({"train_loss": 20, "dev_loss": 20}, m)["eval_loss"] == "dev_loss"
+
+
+# tf.estimator's one-batch loss at step 1 and every 50 steps after (the tenth blind set's
+# tfe-healthy-s4): the task is learnt before the second log, 0.70 -> ~0.37, then flat.
+LEARNT_AT_ONCE = [
+    0.698, 0.403, 0.425, 0.325, 0.364, 0.242, 0.274, 0.34, 0.385, 0.377, 0.341, 0.497, 0.371,
+    0.451, 0.35, 0.419, 0.419, 0.238, 0.395, 0.302, 0.295, 0.303, 0.515, 0.495, 0.484, 0.304,
+    0.317, 0.467, 0.276, 0.481, 0.241, 0.305, 0.49, 0.329, 0.4, 0.389, 0.465, 0.364, 0.397,
+    0.291, 0.278, 0.344, 0.31, 0.408, 0.367, 0.334, 0.425, 0.377, 0.35, 0.392, 0.394, 0.443,
+    0.404, 0.391, 0.458, 0.368, 0.399, 0.403, 0.412, 0.47, 0.405,
+]  # fmt: skip
+
+
+def test_a_run_that_learned_in_its_first_points_is_no_plateau():
+    """The untrained first point is the start: a run that fell from it at once and stayed
+    learned; a rate too small never leaves it."""
+    steps = np.concatenate([[1], np.arange(50, 3001, 50)])
+    loss = np.array(LEARNT_AT_ONCE)
+    assert "plateau" not in kinds({"loss": (steps, loss)})
+    loss[0] = 0.40  # a first batch inside the noise: the run never moved
+    assert "plateau" in kinds({"loss": (steps, loss)})
+
+
+# tf.estimator, plain SGD at 20 on a logistic task (the tenth blind set's tfe-lr-high): 0.63 at
+# step 1, then batches from 0.36 to 2.5 with no trend (healthy runs: 0.34-0.39 after step 500).
+SGD_AT_20 = [
+    0.632, 1.168, 0.633, 1.001, 0.773, 0.691, 0.475, 1.076, 1.271, 1.174, 0.587, 1.319, 0.889,
+    0.637, 0.992, 1.116, 0.73, 0.723, 1.831, 0.885, 0.581, 0.525, 0.483, 0.507, 0.536, 1.005,
+    2.004, 0.744, 1.334, 1.728, 0.717, 0.408, 0.469, 0.519, 0.984, 0.75, 0.595, 2.295, 0.461,
+    1.716, 0.364, 0.624, 0.858, 0.924, 2.36, 0.558, 0.757, 0.681, 0.467, 2.538, 0.766, 2.047,
+    0.725, 0.393, 0.536, 0.619, 0.962, 0.683, 0.611, 0.946, 0.591,
+]  # fmt: skip
+
+
+def test_a_loss_that_scatters_by_factors_above_its_start_is_a_plateau_of_a_rate_too_high():
+    """A chunk whose median sits 0.1 below the start is that scatter, not a run that learned
+    and came back: stuck, and worse than it began."""
+    steps = np.concatenate([[1], np.arange(50, 3001, 50)])
+    loss = np.array(SGD_AT_20)
+    found = detect({"loss": (steps, loss)}, {"status": "FINISHED"}, "")
+    plateau = [f for f in found if f.kind == "plateau"]
+    assert plateau and plateau[0].after == ("divergence",)
+    params = {"optimizer": "SGD", "learning_rate": "20"}
+    d, _ = diagnose(found, params, "", SC.playbook, aliases=SC.metrics)
+    assert d.cause == "lr_too_high"
+    # a run that learned for real and came back to where it began is no plateau
+    back = np.concatenate([np.linspace(0.63, 0.2, 30), np.linspace(0.2, 0.66, 31)])
+    assert "plateau" not in kinds({"loss": (steps, back)})
+
+
+def test_a_spike_that_recurs_every_epoch_is_one_even_when_it_inflates_the_noise():
+    """A second site's mirrored masks fill 2 of the 13 iterations of every epoch: the Dice loss
+    jumps to ~1.5x its level there, every epoch.  The recurrences inflate the point-to-point
+    noise that floors a spike's scale; 3 of them within one window are the evidence."""
+    rng = np.random.default_rng(6)
+    n = 325
+    it = np.arange(1, n + 1)
+    level = 0.2 + 0.6 * np.exp(-it / 120)
+    loss = level * (1 + 0.06 * rng.standard_normal(n))
+    healthy = loss.copy()
+    bad = ((it - 1) % 13 == 8) | ((it - 1) % 13 == 9)
+    loss[bad] = level[bad] * 1.4 + 0.05
+    assert "loss_spike" not in kinds({"Loss": (it, healthy)})
+    local = {**SC.detectors, "loss_spike": {**SC.detectors["loss_spike"], "recur": 0}}
+    hist = {"Loss": (it, loss)}
+    assert "loss_spike" not in {f.kind for f in detect(hist, {"status": "FINISHED"}, "", local)}
+    found = [f for f in detect(hist, {"status": "FINISHED"}, "") if f.kind == "loss_spike"]
+    assert found and "within 128 points" in found[0].evidence
+
+
+def test_a_loader_per_metric_vocabulary_reads_the_training_loaders_and_epoch_losses():
+    """Catalyst logs every metric per loader and per batch and epoch: lr/valid/batch and
+    _timer/batch_time/valid/batch are the evaluation loop's, loss/valid/batch one batch of an
+    evaluation, loss/std/valid/epoch a spread; loss/valid/epoch is the validation curve."""
+    from workbench.doctor.series import resolve_roles
+
+    names = {
+        "loss/train/batch": 528, "loss/valid/batch": 780, "loss/std/valid/epoch": 12,
+        "loss/std/train/epoch": 12, "loss/valid/epoch": 12, "loss/train/epoch": 12,
+        "lr/train/batch": 528, "lr/valid/batch": 780, "_timer/_fps/train/batch": 528,
+        "_timer/_fps/valid/batch": 780, "_timer/batch_time/train/batch": 528,
+        "_timer/batch_time/valid/batch": 780,
+    }  # fmt: skip
+    got = resolve_roles(names, SC.metrics)
+    assert got["train_loss"] == "loss/train/batch"
+    assert got["eval_loss"] == "loss/valid/epoch"
+    assert got["lr"] == "lr/train/batch"
+    assert got["throughput"] == "_timer/_fps/train/batch"
+    assert got["step_time"] == "_timer/batch_time/train/batch"
+    # tf.estimator's steps per second and SB3's frames per second are throughputs
+    for name in ("global_step/sec", "time/fps"):
+        assert resolve_roles({name: 10}, SC.metrics) == {"throughput": name}
+
+
+def test_an_exclusion_for_a_role_that_does_not_exist_is_a_scaffold_error(tmp_path):
+    import shutil
+
+    import pytest
+    import yaml
+
+    from scaffold.loader import ScaffoldError
+
+    root = tmp_path / "scaffold"
+    shutil.copytree(SC.root, root)
+    data = yaml.safe_load((root / "metrics.yaml").read_text())
+    data["exclude"]["learning_rate"] = ["re:.*valid.*"]
+    (root / "metrics.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(ScaffoldError, match="learning_rate"):
+        load_scaffold(root)
+
+
+def test_a_slow_reader_is_found_after_a_noisy_healthy_stretch():
+    """One batch's samples per second on a shared machine is bimodal (2e3 or 2e4, by whether
+    another process ran): many short "slow" stretches come before a reader that slows every
+    batch 30x for the last third of the run.  Every stretch is a candidate onset."""
+    rng = np.random.default_rng(8)
+    n = 528
+    fps = np.where(rng.random(n) < 0.35, 2e3, 2e4) * np.exp(0.3 * rng.standard_normal(n))
+    healthy = fps.copy()
+    fps[352:] = 300 * np.exp(0.2 * rng.standard_normal(n - 352))
+    loss = 2.3 * np.exp(-np.arange(n) / 80) + 0.05
+    assert "throughput_drop" not in kinds(
+        {"loss/train/batch": loss, "_timer/_fps/train/batch": healthy}
+    )
+    found = detect(
+        {"loss/train/batch": (np.arange(n), loss), "_timer/_fps/train/batch": (np.arange(n), fps)},
+        {"status": "FINISHED"},
+        "",
+    )
+    drops = [f for f in found if f.kind == "throughput_drop"]
+    assert drops and 320 <= drops[0].step <= 360

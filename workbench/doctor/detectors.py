@@ -126,6 +126,11 @@ def _median(a: np.ndarray) -> float:
     return float((p[k - 1] + p[k]) / 2)
 
 
+def _mad(a: np.ndarray) -> float:
+    """Median absolute deviation from the median."""
+    return _median(np.abs(a - _median(a)))
+
+
 def _row_median(a: np.ndarray) -> np.ndarray:
     """Median of each row (a lower median for even widths: one partition, twice as fast)."""
     k = (a.shape[1] - 1) // 2
@@ -269,62 +274,68 @@ def _loss_spike(
     s: Series, th: dict[str, Any], since: int = 0, *, start_level: float | None = None
 ) -> Finding | None:
     """A point far above the robust baseline of the preceding window, by an amount that
-    matters: at least ``min_rise`` of the loss's starting level (``start_level``)."""
+    matters: at least ``min_rise`` of the loss's starting level (``start_level``).
+
+    Or a recurring spike: ``recur`` points within one ``window`` that stand out from the
+    window's robust spread (median/MAD) but not from its point-to-point noise, which the
+    recurrences themselves inflate (a bad shard read at the same place in every epoch)."""
     x = _finite_prefix(s.values)
-    if len(x) <= th.get("min_history", 16):
+    window, stride = int(th.get("window", 128)), int(th.get("stride", 4))
+    min_history = int(th.get("min_history", 16))
+    if len(x) <= min_history:
         return None
-    med, mad = rolling_baseline(
-        x,
-        int(th.get("window", 128)),
-        int(th.get("stride", 4)),
-        int(th.get("min_history", 16)),
-        since,
-    )
-    scale = np.maximum(1.4826 * mad, th.get("rel_floor", 0.01) * np.abs(med))
+    recur = int(th.get("recur", 0))
+    # Recurrences count over the window before a new point: judge from a window earlier.
+    lo = max(0, since - window) if recur else since
+    med, mad = rolling_baseline(x, window, stride, min_history, lo)
+    spread = np.maximum(1.4826 * mad, th.get("rel_floor", 0.01) * np.abs(med))
+    scale = spread
     if th.get("step_noise", 0.0):
         # A loss of single batches scatters by its own noise all run long, and the few points
         # of an early baseline can be a quiet stretch of it: the point-to-point noise of the
         # whole window before (free of the trend) is a floor under the scale.
-        noise = rolling_step_noise(
-            x,
-            int(th.get("window", 128)),
-            int(th.get("stride", 4)),
-            int(th.get("min_history", 16)),
-            since,
-        )
-        scale = np.fmax(scale, th["step_noise"] * noise)
+        noise = rolling_step_noise(x, window, stride, min_history, lo)
+        scale = np.fmax(spread, th["step_noise"] * noise)
     with np.errstate(invalid="ignore", divide="ignore"):
         z = (x - med) / scale
-        hit = (z > th.get("z", 6.0)) & (x > med * (1 + th.get("min_rel", 0.25)))
-    if start_level:
-        # A memorised loss (1e-6 after starting at 0.7) wiggles by factors of two on float
-        # rounding alone: both z-scores call that a spike, yet it gives back nothing of what
-        # training gained.  A spike must rise by a material share of where the loss started.
-        hit &= x - med > th.get("min_rise", 0.0) * start_level
-    if hit[since:].any() and (x > 0).all() and th.get("log_z", 0):
+        big = x > med * (1 + th.get("min_rel", 0.25))
+        if start_level:
+            # A memorised loss (1e-6 after starting at 0.7) wiggles by factors of two on float
+            # rounding alone: both z-scores call that a spike, yet it gives back nothing of
+            # what training gained.  A spike must rise by a material share of where the loss
+            # started.
+            big &= x - med > th.get("min_rise", 0.0) * start_level
+        hit = (z > th.get("z", 6.0)) & big
+        raw = ((x - med) / spread > th.get("z", 6.0)) & big if recur else np.zeros_like(hit)
+    if (hit[since:].any() or raw[since:].any()) and (x > 0).all() and th.get("log_z", 0):
         # A small minibatch loss is noisy by factors, not by amounts (one wrong sample moves
         # 0.05 to 0.2): the point must stand out on a log scale as well.
         lx = np.log(x)
-        lmed, lmad = rolling_baseline(
-            lx,
-            int(th.get("window", 128)),
-            int(th.get("stride", 4)),
-            int(th.get("min_history", 16)),
-            since,
-        )
+        lmed, lmad = rolling_baseline(lx, window, stride, min_history, lo)
         with np.errstate(invalid="ignore", divide="ignore"):
-            hit &= (lx - lmed) / np.maximum(1.4826 * lmad, 1e-6) > th["log_z"]
+            on_log = (lx - lmed) / np.maximum(1.4826 * lmad, 1e-6) > th["log_z"]
+        hit &= on_log
+        raw &= on_log
+    if recur and raw[since:].any():
+        # the recur-th raw spike within a window: the recurrence is the evidence
+        counts = np.cumsum(raw)
+        before = np.concatenate([np.zeros(window, dtype=counts.dtype), counts])[: len(x)]
+        hit |= raw & (counts - before >= recur)
     idx = np.flatnonzero(hit[since:])
     if not len(idx):
         return None
     i = int(idx[0]) + since
     n_spikes = int(np.count_nonzero(hit))
+    zi = float(max(z[i], (x[i] - med[i]) / spread[i]))
+    why = f"robust z {zi:.1f}"
+    if not z[i] > th.get("z", 6.0):
+        why += f" against the window's spread, the {recur}th such point within {window} points"
     return Finding(
         kind="loss_spike",
         metric=s.name,
         step=int(s.steps[i]),
-        severity=float(min(1.0, z[i] / (4 * th.get("z", 6.0)))),
-        evidence=f"{s.name} = {_fmt(x[i])} at step {s.steps[i]} vs median {_fmt(med[i])} of the previous points (robust z {z[i]:.1f}); {n_spikes} spike point(s)",
+        severity=float(min(1.0, zi / (4 * th.get("z", 6.0)))),
+        evidence=f"{s.name} = {_fmt(x[i])} at step {s.steps[i]} vs median {_fmt(med[i])} of the previous points ({why}); {n_spikes} spike point(s)",
     )
 
 
@@ -343,12 +354,26 @@ def _plateau(s: Series, th: dict[str, Any], since: int = 0) -> Finding | None:
     head, tail = min(float(x[0]), _median(x[:h])), _median(x[-t:])
     if not head > 0:
         return None
+    min_gain = th.get("min_improvement", 0.05)
+    # Learned within its first points and converged there (a fast learner, or an easy task
+    # logged from step 1): the untrained first point sits far above the rest of the head, by
+    # a material share and beyond the head's own scatter (a noisy first batch is no lesson).
+    rest = x[1 : h + 1]
+    first_drop = float(x[0]) - _median(rest) if len(rest) >= 3 else 0.0
+    if first_drop >= max(
+        th.get("early_drop", 0.2) * abs(float(x[0])),
+        th.get("early_drop_spread", 1.5) * 1.4826 * _mad(rest),
+    ):
+        return None
     gain = (head - tail) / abs(head)
-    if gain >= th.get("min_improvement", 0.05) or tail > head * 1.2:
+    if gain >= min_gain or tail > head * 1.2:
         return None  # learned, or went up (divergence's business)
-    # Learned for a while and came back up (to chance level): divergence's business too.
+    # Learned for a while and came back up (to chance level): divergence's business too.  The
+    # dip must be one beyond the chunk medians' own error (a loss that scatters by factors
+    # has chunks below its start by chance).
     chunks = [_median(x[i : i + h]) for i in range(0, n - h + 1, h)]
-    if min(chunks) < head * (1 - 2 * th.get("min_improvement", 0.05)):
+    dip, chunk_err = head - min(chunks), 1.2533 * _noise(x) / np.sqrt(h)
+    if dip > 2 * min_gain * head and dip > th.get("dip_noise", 3.0) * chunk_err:
         return None
     evidence = f"{s.name} went from {_fmt(head)} to {_fmt(tail)} over {n} points ({100 * gain:.1f}% better, < {100 * th.get('min_improvement', 0.05):.0f}%)"
     # Stuck from the start has two causes: a rate too small to move anything, or one so large
@@ -647,10 +672,20 @@ def _throughput_drop(
     sustain = th.get("sustain", 0.6)
     min_tail = int(th.get("min_tail", persist))
     i = None
-    for c in np.flatnonzero(bad[since:])[:64] + since:
+    # Every candidate onset is tried (a noisy healthy stretch makes many before the real
+    # one).  The baseline changes once per block of `stride` points, so one suffix count of
+    # slow points per block answers all its candidates (up to 256 blocks: bounded cost).
+    cand = np.flatnonzero(bad[since:]) + since
+    blocks, last, slow_after = 0, np.nan, np.zeros(0)
+    for c in cand:
         if len(y) - c < min_tail:
             break
-        if np.mean(y[c:] < drop * med[c]) >= sustain:
+        if not med[c] == last:
+            blocks, last = blocks + 1, med[c]
+            if blocks > 256:
+                break
+            slow_after = np.cumsum((y < drop * last)[::-1])[::-1]  # slow points from j on
+        if slow_after[c] / (len(y) - c) >= sustain:
             i = int(c)
             break
     if i is None:
