@@ -757,3 +757,14 @@ def test_a_slow_reader_is_found_after_a_noisy_healthy_stretch():
     )
     drops = [f for f in found if f.kind == "throughput_drop"]
     assert drops and 320 <= drops[0].step <= 360
+
+
+def test_an_rl_critics_value_loss_is_no_validation_loss():
+    """SB3's PPO logs `train/value_loss` (the critic's regression loss, a training loss): "val"
+    inside "value" is no evaluation word; `lm loss validation` still is one."""
+    from workbench.doctor.series import resolve_roles
+
+    got = resolve_roles({"train/loss": 58, "train/value_loss": 58}, SC.metrics)
+    assert got == {"train_loss": "train/loss"}
+    got = resolve_roles({"lm loss": 100, "lm loss validation": 10}, SC.metrics)
+    assert got["eval_loss"] == "lm loss validation"
