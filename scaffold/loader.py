@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 PACKAGED = Path(__file__).resolve().parent
 
@@ -83,7 +91,9 @@ class MetricAliases(_Strict):
 
     @field_validator("roles", "exclude")
     @classmethod
-    def _patterns_compile(cls, v: dict[str, tuple[str, ...]], info) -> dict[str, tuple[str, ...]]:
+    def _patterns_compile(
+        cls, v: dict[str, tuple[str, ...]], info: ValidationInfo
+    ) -> dict[str, tuple[str, ...]]:
         for role, pats in v.items():
             _compile_all(f"{info.field_name} {role}", pats)
         return v

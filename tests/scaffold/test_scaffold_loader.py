@@ -106,6 +106,12 @@ def test_user_extends_aliases_without_code(tmp_path):
     "file, edit, needle",
     [
         ("metrics.yaml", lambda d: d["roles"]["train_loss"].append("re:(unclosed"), "bad regex"),
+        # an exclusion for a role that does not exist
+        (
+            "metrics.yaml",
+            lambda d: d["exclude"].update(learning_rate=["re:.*valid.*"]),
+            "learning_rate",
+        ),
         ("detectors.yaml", lambda d: d.update({"nonsense": {"x": 1}}), "not a finding kind"),
         ("detectors.yaml", lambda d: d["loss_spike"].update({"z": "high"}), "loss_spike.z"),
         (

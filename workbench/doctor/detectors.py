@@ -297,7 +297,7 @@ def _loss_spike(
         noise = rolling_step_noise(x, window, stride, min_history, lo)
         scale = np.fmax(spread, th["step_noise"] * noise)
     with np.errstate(invalid="ignore", divide="ignore"):
-        z = (x - med) / scale
+        z, z_spread = (x - med) / scale, (x - med) / spread
         big = x > med * (1 + th.get("min_rel", 0.25))
         if start_level:
             # A memorised loss (1e-6 after starting at 0.7) wiggles by factors of two on float
@@ -306,7 +306,7 @@ def _loss_spike(
             # started.
             big &= x - med > th.get("min_rise", 0.0) * start_level
         hit = (z > th.get("z", 6.0)) & big
-        raw = ((x - med) / spread > th.get("z", 6.0)) & big if recur else np.zeros_like(hit)
+        raw = (z_spread > th.get("z", 6.0)) & big if recur else np.zeros_like(hit)
     if (hit[since:].any() or raw[since:].any()) and (x > 0).all() and th.get("log_z", 0):
         # A small minibatch loss is noisy by factors, not by amounts (one wrong sample moves
         # 0.05 to 0.2): the point must stand out on a log scale as well.
@@ -326,10 +326,10 @@ def _loss_spike(
         return None
     i = int(idx[0]) + since
     n_spikes = int(np.count_nonzero(hit))
-    zi = float(max(z[i], (x[i] - med[i]) / spread[i]))
+    zi = float(max(z[i], z_spread[i]))
     why = f"robust z {zi:.1f}"
     if not z[i] > th.get("z", 6.0):
-        why += f" against the window's spread, the {recur}th such point within {window} points"
+        why += f" against the window's spread alone, {recur} such points within {window} points"
     return Finding(
         kind="loss_spike",
         metric=s.name,
@@ -375,7 +375,7 @@ def _plateau(s: Series, th: dict[str, Any], since: int = 0) -> Finding | None:
     dip, chunk_err = head - min(chunks), 1.2533 * _noise(x) / np.sqrt(h)
     if dip > 2 * min_gain * head and dip > th.get("dip_noise", 3.0) * chunk_err:
         return None
-    evidence = f"{s.name} went from {_fmt(head)} to {_fmt(tail)} over {n} points ({100 * gain:.1f}% better, < {100 * th.get('min_improvement', 0.05):.0f}%)"
+    evidence = f"{s.name} went from {_fmt(head)} to {_fmt(tail)} over {n} points ({100 * gain:.1f}% better, < {100 * min_gain:.0f}%)"
     # Stuck from the start has two causes: a rate too small to move anything, or one so large
     # that the first updates threw the model to where it stays (saturated units at chance
     # level).  Only the second makes the loss rise above where it started: an overshoot of
@@ -383,15 +383,13 @@ def _plateau(s: Series, th: dict[str, Any], since: int = 0) -> Finding | None:
     start = _median(x[: min(3, n)])
     early = x[: max(3, 2 * h)]
     rise = float(np.max(early)) - start
-    bar = max(
-        th.get("overshoot_noise", 8.0) * _noise(x), th.get("min_improvement", 0.05) * abs(start)
-    )
+    bar = max(th.get("overshoot_noise", 8.0) * _noise(x), min_gain * abs(start))
     after: tuple[str, ...] = ()
     if rise > bar:
         top = int(np.argmax(early))
         after = ("divergence",)
         evidence += f"; it first rose from {_fmt(start)} to {_fmt(early[top])} at step {s.steps[top]} (an overshoot)"
-    elif -gain >= th.get("min_improvement", 0.05):
+    elif -gain >= min_gain:
         # Ended materially worse than it began: a rate too small barely moves the loss, it
         # does not make it worse.
         after = ("divergence",)
@@ -400,7 +398,7 @@ def _plateau(s: Series, th: dict[str, Any], since: int = 0) -> Finding | None:
         kind="plateau",
         metric=s.name,
         step=int(s.steps[0]),
-        severity=float(min(1.0, 1 - max(gain, 0) / th.get("min_improvement", 0.05))),
+        severity=float(min(1.0, 1 - max(gain, 0) / min_gain)),
         evidence=evidence,
         after=after,
     )
@@ -501,7 +499,7 @@ def _noise(x: np.ndarray) -> float:
     d = np.diff(x)
     if len(d) < 3:
         return 0.0
-    return float(1.4826 * np.median(np.abs(d - np.median(d))) / np.sqrt(2))
+    return 1.4826 * _mad(d) / float(np.sqrt(2))
 
 
 def _overfitting(ev: Series, tr: Series | None, th: dict[str, Any]) -> Finding | None:
