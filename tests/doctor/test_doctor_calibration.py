@@ -753,3 +753,97 @@ def test_an_rl_critics_value_loss_is_no_validation_loss():
     assert got == {"train_loss": "train/loss"}
     got = resolve_roles({"lm loss": 100, "lm loss validation": 10}, SC.metrics)
     assert got["eval_loss"] == "lm loss validation"
+
+
+def test_a_lone_heavy_tailed_batch_is_no_spike_but_a_burst_or_a_far_one_is():
+    """A byte-level language model's loss of single batches has a heavy right tail: one batch
+    of a table or code sits ~1.3x the median (robust z ~7) once in a run.  Alone, and not far
+    above the rest, it is no corrupted batch; two such batches within a window, or one far
+    above the rest, are."""
+    rng = np.random.default_rng(9)
+    n = 300
+    steps = np.arange(n)
+    level = 2.7 + 3.3 * np.exp(-steps / 25)
+    loss = level * (1 + 0.04 * rng.standard_normal(n))
+    loss[200] = 1.3 * level[200]
+    old = {**SC.detectors, "loss_spike": {**SC.detectors["loss_spike"], "lone_z": None}}
+    hist = {"learning/loss": (steps, loss)}
+    assert "loss_spike" in {f.kind for f in detect(hist, {"status": "FINISHED"}, "", old)}
+    assert "loss_spike" not in kinds({"learning/loss": loss})
+    burst = loss.copy()
+    burst[230] = 1.3 * level[230]
+    found = [f for f in detect({"learning/loss": (steps, burst)}, {"status": "FINISHED"}, "")]
+    assert [f.step for f in found if f.kind == "loss_spike"] == [230]
+    far = loss.copy()
+    far[200] = 2.0 * level[200]
+    assert "loss_spike" in kinds({"learning/loss": far})
+    # one that hurt the model (the loss stays up after it) is reported where that shows
+    hurt = loss.copy()
+    hurt[201:] *= 1.15
+    found = [f for f in detect({"learning/loss": (steps, hurt)}, {"status": "FINISHED"}, "")]
+    spikes = [f for f in found if f.kind == "loss_spike"]
+    assert [f.step for f in spikes] == [216] and "stayed up" in spikes[0].evidence
+
+
+def test_a_label_outside_the_classes_after_training_is_bad_data():
+    """nnU-Net's cross-entropy meets an annotator's stray label 3 in a 3-class dataset in its
+    ninth epoch: a rare sample's label is wrong.  The same error at the first batch is a head
+    too small for the classes (a config bug), and another error after training is code."""
+    log = "Traceback (most recent call last):\n  ...\nIndexError: Target 3 is out of bounds.\n"
+    late = detect(
+        {"train_losses": (np.arange(9), np.linspace(0.65, -0.27, 9))}, {"status": "FAILED"}, log
+    )
+    assert [f.context for f in late if f.kind == "crash"] == [("after_training",)]
+    d, _ = diagnose(late, {}, log, SC.playbook)
+    assert d.cause == "bad_data"
+    for other in (log.replace("Target 3 is out of bounds.", "index out of range in self"), ""):
+        d, _ = diagnose(late, {}, other, SC.playbook)
+        assert d.cause == "code_error", other
+    early = detect({"train/loss": (np.arange(1), np.array([2.05]))}, {"status": "FAILED"}, log)
+    d, _ = diagnose(early, {}, log, SC.playbook)
+    assert d.cause == "code_error"
+
+
+def test_epochs_timed_by_start_and_end_stamps_show_a_slow_reader():
+    """nnU-Net logs each epoch's start and end as Unix timestamps, no step time: an epoch's
+    duration is end minus start.  A reader that decompresses every case from epoch 10 on
+    doubles it; a healthy run's epochs wander by a tenth or so."""
+    rng = np.random.default_rng(10)
+    ep = np.arange(20)
+    dur = 0.8 * (1 + 0.06 * rng.standard_normal(20))
+    slow = dur.copy()
+    slow[10:] *= 1.95
+    loss = np.linspace(0.65, -0.75, 20)
+    for d, want in ((dur, set()), (slow, {"throughput_drop"})):
+        start = 1.797e9 + np.concatenate([[0.0], np.cumsum(d + 0.3)[:-1]])  # + validation
+        m = {
+            "train_losses": loss,
+            "epoch_start_timestamps": start,
+            "epoch_end_timestamps": start + d,
+        }
+        assert kinds(m) == want
+    # the end stamps alone: their spacing is the time per epoch (validation included)
+    dur[11:] *= 1.95  # (the spacing's first point is the second stamp's)
+    end = 1.797e9 + np.cumsum(dur + 0.05)
+    found = detect(
+        {"train_losses": (ep, loss), "epoch_end_timestamps": (ep, end)}, {"status": "FINISHED"}, ""
+    )
+    assert [f.metric for f in found if f.kind == "throughput_drop"] == ["epoch_end_timestamps"]
+
+
+def test_an_eval_thrown_off_from_its_first_point_confirms_the_divergence():
+    """SGD at 5.0: the first epoch's validation loss is 6e4 (a 16-class problem, chance 2.77),
+    then falls while the training loss climbs from 14 to 114 and never comes back below 16.
+    An eval loss still falling 25x between its two evals before the rise had no level to
+    hold: it agrees where it sits above the bar the training loss crossed."""
+    ep = np.arange(1, 16)
+    train = np.array(
+        [13.8, 31.5, 47.0, 45.0, 56.4, 79.6, 114, 86.8, 63.1, 38.3, 27.8, 29.8, 20.7, 18.4, 17.0]
+    )
+    val = np.array(
+        [6.2e4, 2502, 2735, 55.1, 53.8, 37.2, 45.9, 58.6, 19.8, 2259, 14.0, 19.5, 292, 16.8, 16.75]
+    )
+    assert "divergence" in kinds({"loss/train": (ep, train), "loss/valid": (ep, val)})
+    # an eval at the training loss's level that holds it still vetoes a rise of the train loss
+    held = np.full(15, 13.0)
+    assert "divergence" not in kinds({"loss/train": (ep, train), "loss/valid": (ep, held)})

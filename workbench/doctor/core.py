@@ -152,7 +152,9 @@ def detect_status(
     status = _get(run_info, "status", "FINISHED") or "FINISHED"
     last_step, last_ts, cadence = last if last is not None else _last_point(series)
     out = []
-    f = D.crash(status, log_text or "", last_step, thresholds.get("crash", {}))
+    dense = cadence_series(series)
+    points = len(dense) if dense is not None else 0
+    f = D.crash(status, log_text or "", last_step, thresholds.get("crash", {}), points)
     if f:
         out.append(f)
         nan = D.stopped_on_nonfinite(f, log_text or "", thresholds.get("crash", {}))

@@ -181,10 +181,12 @@ def _divergence(
     worst = float(np.nanmax(np.where(np.isfinite(after), after, np.inf)))
     if not np.isfinite(best) or worst > best * th.get("eval_ratio", 1.3) + 1e-12:
         return f
-    if len(before) > 1:
+    last = before[-2:]
+    if len(before) > 1 and np.max(last) <= th.get("eval_ratio", 1.3) * np.min(last):
         return None  # the eval had a level before the rise, and did not leave it
-    # The eval's first point may come after the rise began: it agrees as well when it sits
-    # where the training loss went, above the bar the training loss crossed.
+    # The eval's first point may come after the rise began, or the eval had no level yet (a
+    # rate far too high: 6e4, then 2.5e3 against a training loss of 14): it agrees as well
+    # when it sits where the training loss went, above the bar the training loss crossed.
     train = s.values[(s.steps <= f.step) & np.isfinite(s.values)]
     low = float(train.min()) if len(train) else np.inf
     bar = max(low * th.get("ratio", 1.5), low + th.get("min_delta", 0.5))
@@ -270,6 +272,13 @@ def rolling_step_noise(
     return out
 
 
+def _count_within(mask: np.ndarray, window: int) -> np.ndarray:
+    """How many of the ``window`` points up to and including each point are set."""
+    counts = np.cumsum(mask)
+    before = np.concatenate([np.zeros(window, dtype=counts.dtype), counts])[: len(mask)]
+    return counts - before
+
+
 def _loss_spike(
     s: Series, th: dict[str, Any], since: int = 0, *, start_level: float | None = None
 ) -> Finding | None:
@@ -285,8 +294,10 @@ def _loss_spike(
     if len(x) <= min_history:
         return None
     recur = int(th.get("recur", 0))
-    # Recurrences count over the window before a new point: judge from a window earlier.
-    lo = max(0, since - window) if recur else since
+    lone_z, lone_rel = th.get("lone_z"), th.get("lone_rel")
+    # Recurrences (and a spike's company) count over the window before a new point: judge
+    # from a window earlier.
+    lo = max(0, since - window) if recur or lone_z else since
     med, mad = rolling_baseline(x, window, stride, min_history, lo)
     spread = np.maximum(1.4826 * mad, th.get("rel_floor", 0.01) * np.abs(med))
     scale = spread
@@ -316,31 +327,65 @@ def _loss_spike(
             on_log = (lx - lmed) / np.maximum(1.4826 * lmad, 1e-6) > th["log_z"]
         hit &= on_log
         raw &= on_log
+    confirmed: dict[int, int] = {}  # a lone spike's confirming point -> the spike
+    if lone_z and hit[lo:].any():
+        # A loss of single batches of mixed text (a table, code, a rare script) has a heavy
+        # right tail: a lone batch 1.3-1.5x the median is its nature, not a corrupted batch.
+        # A spike with no other within the window before it must stand out further (z or
+        # relative rise), or the loss must stay up after it (the batch hurt the model: the
+        # median of the next `lone_after` points `lone_shift` scales above the baseline),
+        # reported at the point that shows it.  Corrupted data comes in bursts or far above.
+        with np.errstate(invalid="ignore"):
+            strong = (z > lone_z) | (x > med * (1 + (lone_rel or np.inf)))
+        weak = hit & ~strong & (_count_within(hit, window) == 1)
+        hit &= ~weak
+        k, shift = int(th.get("lone_after", 0)), th.get("lone_shift", 2.0)
+        for i in np.flatnonzero(weak[lo:]) + lo if k else ():
+            if i + k < len(x) and _median(x[i + 1 : i + k + 1]) > med[i] + shift * scale[i]:
+                confirmed.setdefault(int(i + k), int(i))
+        for j in confirmed:
+            hit[j] = True
     if recur and raw[since:].any():
         # the recur-th raw spike within a window: the recurrence is the evidence
-        counts = np.cumsum(raw)
-        before = np.concatenate([np.zeros(window, dtype=counts.dtype), counts])[: len(x)]
-        hit |= raw & (counts - before >= recur)
+        hit |= raw & (_count_within(raw, window) >= recur)
     idx = np.flatnonzero(hit[since:])
     if not len(idx):
         return None
-    i = int(idx[0]) + since
+    j = int(idx[0]) + since
+    i = confirmed.get(j, j)
     n_spikes = int(np.count_nonzero(hit))
     zi = float(max(z[i], z_spread[i]))
     why = f"robust z {zi:.1f}"
     if not z[i] > th.get("z", 6.0):
         why += f" against the window's spread alone, {recur} such points within {window} points"
+    if i != j:
+        why += f"; the loss stayed up after it: median {_fmt(_median(x[i + 1 : j + 1]))} over the next {j - i} points"
     return Finding(
         kind="loss_spike",
         metric=s.name,
-        step=int(s.steps[i]),
+        step=int(s.steps[j]),
         severity=float(min(1.0, zi / (4 * th.get("z", 6.0)))),
         evidence=f"{s.name} = {_fmt(x[i])} at step {s.steps[i]} vs median {_fmt(med[i])} of the previous points ({why}); {n_spikes} spike point(s)",
     )
 
 
-def _plateau(s: Series, th: dict[str, Any], since: int = 0) -> Finding | None:
-    """The loss did not improve over the whole run (a relative gain below min_improvement)."""
+def _gain(x: np.ndarray, th: dict[str, Any]) -> tuple[float, float, float]:
+    """(start, end, relative gain) of a loss: the first point, unless the first 10 % sit lower
+    (a rise in the first points is an overshoot, not the starting level), against the median
+    of the last 20 %."""
+    n = len(x)
+    h = max(1, int(n * th.get("head", 0.1)))
+    t = max(1, int(n * th.get("tail", 0.2)))
+    head, tail = min(float(x[0]), _median(x[:h])), _median(x[-t:])
+    return head, tail, (head - tail) / abs(head) if head else 0.0
+
+
+def _plateau(
+    s: Series, th: dict[str, Any], since: int = 0, *, eval_loss: Series | None = None
+) -> Finding | None:
+    """The loss did not improve over the whole run (a relative gain below min_improvement),
+    or it and the eval loss both gained less than ``slow_gain`` (a rate too low still moves
+    a loss by a few per cent over a short run; a healthy one gains far more)."""
     if not np.all(np.isfinite(s.values)):
         return None  # a run that went non-finite did not "plateau" (nan_inf's business)
     x = s.values
@@ -348,10 +393,7 @@ def _plateau(s: Series, th: dict[str, Any], since: int = 0) -> Finding | None:
     if n < th.get("min_points", 40):
         return None
     h = max(1, int(n * th.get("head", 0.1)))
-    t = max(1, int(n * th.get("tail", 0.2)))
-    # Where it started: the first point, unless the first 10 % sit lower (a rise in the first
-    # points is an overshoot, not the starting level).
-    head, tail = min(float(x[0]), _median(x[:h])), _median(x[-t:])
+    head, tail, gain = _gain(x, th)
     if not head > 0:
         return None
     min_gain = th.get("min_improvement", 0.05)
@@ -365,9 +407,17 @@ def _plateau(s: Series, th: dict[str, Any], since: int = 0) -> Finding | None:
         th.get("early_drop_spread", 1.5) * 1.4826 * _mad(rest),
     ):
         return None
-    gain = (head - tail) / abs(head)
-    if gain >= min_gain or tail > head * 1.2:
-        return None  # learned, or went up (divergence's business)
+    if tail > head * 1.2:
+        return None  # went up (divergence's business)
+    slow = ""
+    if gain >= min_gain:
+        ev = eval_loss.values[np.isfinite(eval_loss.values)] if eval_loss is not None else []
+        if not gain < th.get("slow_gain", 0.0) or len(ev) < th.get("slow_evals", 4):
+            return None  # learned
+        e_head, e_tail, e_gain = _gain(ev, th)
+        if not (e_head > 0 and e_gain < th["slow_gain"]):
+            return None
+        slow = f", and {eval_loss.name} from {_fmt(e_head)} to {_fmt(e_tail)} over {len(ev)} evals ({100 * e_gain:.1f}% better): both under {100 * th['slow_gain']:.0f}%, a run that barely learns"  # type: ignore[union-attr]
     # Learned for a while and came back up (to chance level): divergence's business too.  The
     # dip must be one beyond the chunk medians' own error (a loss that scatters by factors
     # has chunks below its start by chance).
@@ -375,7 +425,7 @@ def _plateau(s: Series, th: dict[str, Any], since: int = 0) -> Finding | None:
     dip, chunk_err = head - min(chunks), 1.2533 * _noise(x) / np.sqrt(h)
     if dip > 2 * min_gain * head and dip > th.get("dip_noise", 3.0) * chunk_err:
         return None
-    evidence = f"{s.name} went from {_fmt(head)} to {_fmt(tail)} over {n} points ({100 * gain:.1f}% better, < {100 * min_gain:.0f}%)"
+    evidence = f"{s.name} went from {_fmt(head)} to {_fmt(tail)} over {n} points ({100 * gain:.1f}% better{slow or f', < {100 * min_gain:.0f}%'})"
     # Stuck from the start has two causes: a rate too small to move anything, or one so large
     # that the first updates threw the model to where it stays (saturated units at chance
     # level).  Only the second makes the loss rise above where it started: an overshoot of
@@ -398,7 +448,7 @@ def _plateau(s: Series, th: dict[str, Any], since: int = 0) -> Finding | None:
         kind="plateau",
         metric=s.name,
         step=int(s.steps[0]),
-        severity=float(min(1.0, 1 - max(gain, 0) / min_gain)),
+        severity=0.3 if slow else float(min(1.0, 1 - max(gain, 0) / min_gain)),
         evidence=evidence,
         after=after,
     )
@@ -914,10 +964,10 @@ def loss_spike(run: RunView, th: dict[str, Any]) -> Finding | None:
     return _windowed(run, "loss_spike", "train_loss", th, partial(_loss_spike, start_level=level))
 
 
-@detector("plateau", reads=("train_loss",), precursor=True)
+@detector("plateau", reads=("train_loss", "eval_loss"), precursor=True)
 def plateau(run: RunView, th: dict[str, Any]) -> Finding | None:
     s = run["train_loss"]
-    return _plateau(s, th) if s is not None else None
+    return _plateau(s, th, eval_loss=run["eval_loss"]) if s is not None else None
 
 
 @detector("exploding_gradients", reads=("grad_norm",), stable=True, precursor=True)
@@ -955,19 +1005,42 @@ def expert_collapse(run: RunView, th: dict[str, Any]) -> Finding | None:
     )
 
 
-@detector("throughput_drop", reads=("throughput", "step_time"))
+@detector("throughput_drop", reads=("throughput", "step_time", "clock", "clock_start"))
 def throughput_drop(run: RunView, th: dict[str, Any]) -> Finding | None:
     """The earlier of a throughput drop and a step-time rise ("slow until the end" is judged
-    on the run's end: the whole series)."""
-    tp, st = run["throughput"], run["step_time"]
+    on the run's end: the whole series).  Without a step time, a logged clock's time per
+    step between its points stands in, or the time from each start stamp to its end stamp
+    (nnU-Net's epoch_start_timestamps, epoch_end_timestamps: the epoch without its pauses)."""
+    tp, st, clock = run["throughput"], run["step_time"], run["clock"]
     if st is not None and _is_clock(st.values):
         st = None  # elapsed time, not time per step
+    from_clock = st is None and clock is not None and _is_clock(clock.values)
+    if from_clock:
+        st = _per_step(clock, run["clock_start"])  # type: ignore[arg-type]
     drops = [
         tp is not None and _throughput_drop(tp, th, 0),
         st is not None and _throughput_drop(st, th, 0, higher_is_worse=True),
     ]
     found = [d for d in drops if d]
-    return min(found, key=lambda f: f.step or 0) if found else None
+    if not found:
+        return None
+    first = min(found, key=lambda f: f.step or 0)
+    if from_clock and first is drops[1]:
+        first = first.model_copy(update={"metric": clock.name})  # the metric the run logged
+    return first
+
+
+def _per_step(clock: Series, start: Series | None = None) -> Series:
+    """A clock's time per step between consecutive points (finite points only), or, with a
+    start stamp at the very same steps, the time from each start to its end."""
+    if start is not None and np.array_equal(start.steps, clock.steps):
+        dur = clock.values - start.values
+        if np.all(dur[np.isfinite(dur)] >= 0):
+            return Series(f"{clock.name} - {start.name}", clock.steps, dur, clock.timestamps)
+    ok = np.isfinite(clock.values)
+    steps, values, ts = clock.steps[ok], clock.values[ok], clock.timestamps[ok]
+    dt = np.diff(values) / np.maximum(np.diff(steps), 1)
+    return Series(f"time per step from {clock.name}", steps[1:], dt, ts[1:])
 
 
 def _is_clock(x: np.ndarray) -> bool:
@@ -994,18 +1067,25 @@ def last_error_line(log_text: str) -> str | None:
     return m[-1].group(0).strip()[:200] if m else "Traceback (exception line not found)"
 
 
-def crash(status: str, log_text: str, last_step: int | None, th: dict[str, Any]) -> Finding | None:
+def crash(
+    status: str, log_text: str, last_step: int | None, th: dict[str, Any], points: int = 0
+) -> Finding | None:
+    """A failed run (or an exception in the log of one that did not finish).  ``points``: how
+    many points its densest metric logged; from ``trained_points`` on, the context says
+    ``after_training`` (the code ran many steps before something in the data stopped it)."""
     failed = status in th.get("statuses", ["FAILED"])
     err = last_error_line(log_text)
     if not failed and not (err and status != "FINISHED"):
         return None
     why = err or "no traceback in the log"
+    trained = points >= th.get("trained_points", np.inf)
     return Finding(
         kind="crash",
         metric=None,
         step=last_step,
         severity=1.0,
         evidence=f"run status {status} after step {last_step}: {why}",
+        context=("after_training",) if trained else (),
     )
 
 
