@@ -215,7 +215,5 @@ with mlflow.start_run():
                 optimizer.step()
 
             if global_step % args.target_network_frequency == 0:
-                for tp, qp in zip(
-                    target_network.parameters(), q_network.parameters(), strict=True
-                ):
+                for tp, qp in zip(target_network.parameters(), q_network.parameters(), strict=True):
                     tp.data.copy_(args.tau * qp.data + (1.0 - args.tau) * tp.data)
