@@ -183,7 +183,9 @@ with mlflow.start_run():
             r, ln = info["episode"]["r"], info["episode"]["l"]
             print(f"global_step={global_step}, episodic_return={r}", flush=True)
             mlflow.log_metrics(
-                {"charts/episodic_return": r, "charts/episodic_length": ln}, step=global_step
+                {"charts/episodic_return": r, "charts/episodic_length": ln},
+                step=global_step,
+                synchronous=False,
             )
         real_next_obs = next_obs.copy()
         rb.add(obs, real_next_obs, action, reward, terminated)
@@ -209,6 +211,7 @@ with mlflow.start_run():
                             "charts/SPS": sps,
                         },
                         step=global_step,
+                        synchronous=False,
                     )
                 optimizer.zero_grad()
                 loss.backward()
