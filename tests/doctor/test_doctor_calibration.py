@@ -847,3 +847,32 @@ def test_an_eval_thrown_off_from_its_first_point_confirms_the_divergence():
     # an eval at the training loss's level that holds it still vetoes a rise of the train loss
     held = np.full(15, 13.0)
     assert "divergence" not in kinds({"loss/train": (ep, train), "loss/valid": (ep, held)})
+
+
+def test_a_reinforcement_learner_is_judged_by_its_return_not_its_loss():
+    """PPO's `train/loss` (the last minibatch's, value loss included) grows with the returns
+    it learns to predict and jumps from rollout to rollout: with an episode return logged, the
+    loss says nothing of progress.  A return that rises is healthy; one that stays where a
+    random policy is (CartPole ~20) is a plateau, whatever the loss does."""
+    rng = np.random.default_rng(11)
+    steps = np.arange(2048, 2048 * 60, 2048)
+    n = len(steps)
+    loss = np.linspace(0.5, 40, n) * np.exp(0.8 * rng.standard_normal(n))
+    rising = 20 + 400 * (1 - np.exp(-np.arange(n) / 15)) + 5 * rng.standard_normal(n)
+    hist = {"train/loss": (steps, loss)}
+    assert {"divergence"} <= {f.kind for f in detect(hist, {"status": "FINISHED"}, "")}
+    assert kinds({"train/loss": (steps, loss), "rollout/ep_rew_mean": (steps, rising)}) == set()
+    flat = 21 + rng.standard_normal(n)
+    found = detect(
+        {"train/loss": (steps, loss), "rollout/ep_rew_mean": (steps, flat)},
+        {"status": "FINISHED"},
+        "",
+    )
+    assert [f.metric for f in found] == ["rollout/ep_rew_mean"]
+    d, _ = diagnose(found, {}, "", SC.playbook)
+    assert d.cause == "lr_too_low"
+    # CleanRL's and RLlib's names for the return play the role as well
+    from workbench.doctor.series import resolve_roles
+
+    for name in ("charts/episodic_return", "episode_reward_mean"):
+        assert resolve_roles({name: 50}, SC.metrics) == {"reward": name}

@@ -871,10 +871,14 @@ def nan_inf(run: RunView, th: dict[str, Any]) -> list[Finding]:
     return out
 
 
-@detector("divergence", reads=("train_loss", "eval_loss", "lr"), stable=True, precursor=True)
+@detector(
+    "divergence", reads=("train_loss", "eval_loss", "lr", "reward"), stable=True, precursor=True
+)
 def divergence(run: RunView, th: dict[str, Any]) -> Finding | None:
     loss, ev = run["train_loss"], run["eval_loss"]
-    if loss is None:
+    if loss is None or run["reward"] is not None:
+        # A reinforcement learner's loss is no measure of progress (a critic's or a TD loss
+        # grows with the returns it learns to predict): its episode return is.
         return None
     # With an eval loss, a divergence found earlier may be confirmed only now: judged whole.
     since = run.start("divergence", loss) if ev is None else 0
@@ -950,11 +954,11 @@ def _windowed(run: RunView, kind: str, role: str, th: dict[str, Any], fn: Any) -
     return fn(tail, th, at)
 
 
-@detector("loss_spike", reads=("train_loss",), stable=True, precursor=True)
+@detector("loss_spike", reads=("train_loss", "reward"), stable=True, precursor=True)
 def loss_spike(run: RunView, th: dict[str, Any]) -> Finding | None:
     s = run["train_loss"]
-    if s is None:
-        return None
+    if s is None or run["reward"] is not None:
+        return None  # a reinforcement learner's loss jumps as its returns do (see divergence)
     # The starting level: the second highest of the first `min_history` points of the whole
     # series (a loss can fall by orders of magnitude within them, and one point makes no level:
     # a rate far too high can throw the very first to 1e5); fixed once they exist, so an
@@ -964,10 +968,36 @@ def loss_spike(run: RunView, th: dict[str, Any]) -> Finding | None:
     return _windowed(run, "loss_spike", "train_loss", th, partial(_loss_spike, start_level=level))
 
 
-@detector("plateau", reads=("train_loss", "eval_loss"), precursor=True)
+@detector("plateau", reads=("train_loss", "eval_loss", "reward"), precursor=True)
 def plateau(run: RunView, th: dict[str, Any]) -> Finding | None:
+    if run["reward"] is not None:
+        return _return_plateau(run["reward"], th)  # a reinforcement learner: its return
     s = run["train_loss"]
     return _plateau(s, th, eval_loss=run["eval_loss"]) if s is not None else None
+
+
+def _return_plateau(r: Series, th: dict[str, Any]) -> Finding | None:
+    """A reinforcement learner's episode return (higher is better) that did not rise by
+    ``return_gain`` of its starting magnitude from its first 10 % to its last 20 %."""
+    x = r.values[np.isfinite(r.values)]
+    if len(x) < th.get("min_points", 12):
+        return None
+    n = len(x)
+    head = _median(x[: max(1, int(n * th.get("head", 0.1)))])
+    tail = _median(x[-max(1, int(n * th.get("tail", 0.2))) :])
+    if head == 0:
+        return None  # a sparse reward not found yet tells nothing of the rate
+    gain = (tail - head) / abs(head)
+    bar = th.get("return_gain", 0.25)
+    if gain >= bar:
+        return None
+    return Finding(
+        kind="plateau",
+        metric=r.name,
+        step=int(r.steps[0]),
+        severity=float(min(1.0, max(0.3, 1 - max(gain, 0) / bar))),
+        evidence=f"{r.name} (the episode return) went from {_fmt(head)} to {_fmt(tail)} over {n} points ({100 * gain:+.1f}%, < {100 * bar:.0f}%)",
+    )
 
 
 @detector("exploding_gradients", reads=("grad_norm",), stable=True, precursor=True)
