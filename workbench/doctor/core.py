@@ -152,7 +152,8 @@ def detect_status(
     status = _get(run_info, "status", "FINISHED") or "FINISHED"
     last_step, last_ts, cadence = last if last is not None else _last_point(series)
     out = []
-    dense = cadence_series(series)
+    # how far the run got (only a run that did not finish can have crashed)
+    dense = cadence_series(series) if status != "FINISHED" else None
     points = len(dense) if dense is not None else 0
     f = D.crash(status, log_text or "", last_step, thresholds.get("crash", {}), points)
     if f:

@@ -340,11 +340,10 @@ def _loss_spike(
         weak = hit & ~strong & (_count_within(hit, window) == 1)
         hit &= ~weak
         k, shift = int(th.get("lone_after", 0)), th.get("lone_shift", 2.0)
-        for i in np.flatnonzero(weak[lo:]) + lo if k else ():
-            if i + k < len(x) and _median(x[i + 1 : i + k + 1]) > med[i] + shift * scale[i]:
+        for i in np.flatnonzero(weak[lo : len(x) - k]) + lo if k else []:
+            if _median(x[i + 1 : i + k + 1]) > med[i] + shift * scale[i]:
                 confirmed.setdefault(int(i + k), int(i))
-        for j in confirmed:
-            hit[j] = True
+        hit[list(confirmed)] = True
     if recur and raw[since:].any():
         # the recur-th raw spike within a window: the recurrence is the evidence
         hit |= raw & (_count_within(raw, window) >= recur)
@@ -369,14 +368,20 @@ def _loss_spike(
     )
 
 
+def _head_tail(x: np.ndarray, th: dict[str, Any]) -> tuple[float, float]:
+    """The medians of a series' first ``head`` share and its last ``tail`` share."""
+    n = len(x)
+    h = max(1, int(n * th.get("head", 0.1)))
+    t = max(1, int(n * th.get("tail", 0.2)))
+    return _median(x[:h]), _median(x[-t:])
+
+
 def _gain(x: np.ndarray, th: dict[str, Any]) -> tuple[float, float, float]:
     """(start, end, relative gain) of a loss: the first point, unless the first 10 % sit lower
     (a rise in the first points is an overshoot, not the starting level), against the median
     of the last 20 %."""
-    n = len(x)
-    h = max(1, int(n * th.get("head", 0.1)))
-    t = max(1, int(n * th.get("tail", 0.2)))
-    head, tail = min(float(x[0]), _median(x[:h])), _median(x[-t:])
+    first, tail = _head_tail(x, th)
+    head = min(float(x[0]), first)
     return head, tail, (head - tail) / abs(head) if head else 0.0
 
 
@@ -983,8 +988,7 @@ def _return_plateau(r: Series, th: dict[str, Any]) -> Finding | None:
     if len(x) < th.get("min_points", 12):
         return None
     n = len(x)
-    head = _median(x[: max(1, int(n * th.get("head", 0.1)))])
-    tail = _median(x[-max(1, int(n * th.get("tail", 0.2))) :])
+    head, tail = _head_tail(x, th)
     if head == 0:
         return None  # a sparse reward not found yet tells nothing of the rate
     gain = (tail - head) / abs(head)
