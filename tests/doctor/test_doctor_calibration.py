@@ -869,6 +869,14 @@ def test_a_reinforcement_learner_is_judged_by_its_return_not_its_loss():
         "",
     )
     assert [f.metric for f in found] == ["rollout/ep_rew_mean"]
+    # (the cause reads the loss: one that climbs 80x under a flat return overshoots, see
+    # test_a_return_judged_from_the_learners_first_update; one that stays is a rate too low)
+    still = 0.5 * np.exp(0.8 * rng.standard_normal(n))
+    found = detect(
+        {"train/loss": (steps, still), "rollout/ep_rew_mean": (steps, flat)},
+        {"status": "FINISHED"},
+        "",
+    )
     d, _ = diagnose(found, {}, "", SC.playbook)
     assert d.cause == "lr_too_low"
     # CleanRL's and RLlib's names for the return play the role as well
@@ -876,3 +884,104 @@ def test_a_reinforcement_learner_is_judged_by_its_return_not_its_loss():
 
     for name in ("charts/episodic_return", "episode_reward_mean"):
         assert resolve_roles({name: 50}, SC.metrics) == {"reward": name}
+
+
+def test_nan_from_the_first_batches_without_half_precision_is_the_data():
+    """torchvision's classification reference on scans of which three are blank: the team's
+    per-image standardisation divides by a zero deviation, so the loss is finite once (step 0)
+    and NaN from then on, the eval loss NaN from its first epoch.  Nothing was "fine, then
+    overflowed", nothing rose first: the inputs are not finite.  The same NaN in a float16
+    model is its range; NaN after a finite stretch stays an overflow."""
+    steps = np.arange(0, 450, 5)
+    loss = np.full(len(steps), np.nan)
+    loss[0] = 2.41
+    hist = {"loss": (steps, loss), "test_loss": (np.arange(10) * 45, np.full(10, np.nan))}
+    found = detect(hist, {"status": "FINISHED"}, "")
+    assert {f.context for f in found if f.kind == "nan_inf"} == {("from_start",)}
+    d, _ = diagnose(found, {"lr": "0.05"}, "", SC.playbook, aliases=SC.metrics)
+    assert d.cause == "bad_data"
+    d, _ = diagnose(found, {"dtype": "float16"}, "", SC.playbook, aliases=SC.metrics)
+    assert d.cause == "fp_overflow"
+    later = np.linspace(2.4, 0.9, len(steps))
+    later[40:] = np.nan
+    found = detect({"loss": (steps, later)}, {"status": "FINISHED"}, "")
+    assert [f.context for f in found] == [()]
+    d, _ = diagnose(found, {}, "", SC.playbook, aliases=SC.metrics)
+    assert d.cause == "fp_overflow"
+
+
+def test_a_reader_thread_that_died_leaves_a_hang_not_a_crash():
+    """DLRM's reader thread dies on a truncated file ('BadZipFile') and the training loop
+    waits on its queue for ever: the run is RUNNING, silent, with a traceback in its log.  The
+    hang is the finding and the error its evidence; a run that is not silent is a crash."""
+    steps = np.arange(20, 640, 20)
+    t0 = 1_800_000_000_000
+    ts = t0 + steps * 190
+    hist = {"Train/Loss": (steps, np.linspace(0.65, 0.52, len(steps)), ts)}
+    log = "Exception in thread reader:\nTraceback (most recent call last):\n  ...\nzipfile.BadZipFile: File is not a zip file\n"
+    found = detect(hist, {"status": "RUNNING"}, log, now_ms=int(ts[-1]) + 240_000)
+    assert [f.kind for f in found] == ["stalled"]
+    assert "BadZipFile" in found[0].evidence
+    d, _ = diagnose(found, {}, log, SC.playbook, aliases=SC.metrics, status="RUNNING")
+    assert d.cause == "hung_process"
+    found = detect(hist, {"status": "RUNNING"}, log, now_ms=int(ts[-1]) + 1_000)
+    assert [f.kind for f in found] == ["crash"]
+
+
+def test_a_return_judged_from_the_learners_first_update():
+    """CleanRL's DQN explores for 2,000 steps (a random policy's returns) before its first
+    update.  A run that crashed before any update logged no loss: it was never seen learning,
+    so its flat exploring returns are no plateau.  A return that stays flat while the TD loss
+    climbs many-fold is a rate that overshoots (Adam at 0.25); a flat one whose loss stays
+    where it began is a rate too small to move the values."""
+    rng = np.random.default_rng(12)
+    ep_steps = np.arange(20, 2000, 28)
+    explore = {"charts/episodic_return": (ep_steps, 22 + 8 * rng.standard_normal(len(ep_steps)))}
+    assert kinds(explore) == set()
+    steps = np.arange(2000, 60_000, 20)
+    ret = 12 + 2 * rng.standard_normal(len(steps))
+    upd = steps[::8]
+    for loss, want in (
+        (
+            np.linspace(0.6, 4.5, len(upd)) * np.exp(0.3 * rng.standard_normal(len(upd))),
+            "lr_too_high",
+        ),
+        (np.linspace(1.07, 0.98, len(upd)), "lr_too_low"),
+    ):
+        hist = {"charts/episodic_return": (steps, ret), "losses/td_loss": (upd, loss)}
+        found = detect(hist, {"status": "FINISHED"}, "")
+        assert [f.kind for f in found] == ["plateau"]
+        d, _ = diagnose(found, {}, "", SC.playbook, aliases=SC.metrics)
+        assert d.cause == want
+
+
+def test_a_slow_loss_at_a_rate_that_moves_weights_is_no_plateau():
+    """DLRM's click-through log-loss under SGD at 0.3-1.0 gains 5-6 % over a pass (the task
+    leaves little room), its test loss 2-7 %: a slow learner.  The same curve at 1e-5 is a rate
+    too small, and a loss that gains nothing is a plateau at any rate."""
+    rng = np.random.default_rng(13)
+    steps = np.arange(20, 940, 20)
+    train = np.linspace(0.605, 0.572, len(steps)) + 0.008 * rng.standard_normal(len(steps))
+    test = (np.array([200, 400, 600, 800, 936]), np.array([0.598, 0.590, 0.591, 0.580, 0.578]))
+    hist = {"Train/Loss": (steps, train), "Test/Loss": test}
+    for lr, want in (("1.0", set()), ("0.3", set()), ("1e-5", {"plateau"})):
+        assert kinds(hist, params={"learning_rate": lr}) == want, lr
+    flat = 0.59 + 0.008 * rng.standard_normal(len(steps))
+    assert kinds({"Train/Loss": (steps, flat)}, params={"learning_rate": "1.0"}) == {"plateau"}
+
+
+def test_an_eval_loss_that_creeps_back_a_sliver_of_its_gain_is_not_overfitting():
+    """flair on a small dev set (AnnealOnPlateau): the dev loss falls from 1.76 to 0.61 by
+    epoch 8 and settles at 0.66-0.67 while the train loss keeps falling, many times its late
+    eval-to-eval noise but 5 % of what it had gained.  An eval loss that gives back 45 % of its
+    gain while the train loss keeps falling is memorising."""
+    ev_steps = np.arange(1, 21)
+    tr_steps = ev_steps
+    train = np.geomspace(1.8, 0.19, 20)
+    dev = [1.757, 1.223, 0.7393, 0.7023, 0.6798, 0.6328, 0.6271, 0.6123, 0.6671, 0.6285]
+    dev += [0.6673, 0.6691, 0.6681, 0.6572, 0.6567, 0.6588, 0.6639, 0.6617, 0.6689, 0.6678]
+    hist = {"train_loss": (tr_steps, train), "dev_loss": (ev_steps, np.array(dev))}
+    assert kinds(hist) == set()
+    memorise = np.concatenate([np.linspace(2.09, 0.95, 8), np.linspace(0.96, 1.46, 12)])
+    hist = {"train_loss": (tr_steps, train), "dev_loss": (ev_steps, memorise)}
+    assert kinds(hist) == {"overfitting"}

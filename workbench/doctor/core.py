@@ -155,17 +155,26 @@ def detect_status(
     # how far the run got (only a run that did not finish can have crashed)
     dense = cadence_series(series) if status != "FINISHED" else None
     points = len(dense) if dense is not None else 0
-    f = D.crash(status, log_text or "", last_step, thresholds.get("crash", {}), points)
-    if f:
-        out.append(f)
-        nan = D.stopped_on_nonfinite(f, log_text or "", thresholds.get("crash", {}))
+    crashed = D.crash(status, log_text or "", last_step, thresholds.get("crash", {}), points)
+    ref = stall_reference_ms(run_info, now_ms)
+    hung = (
+        D.stalled(status, last_ts, cadence, last_step, ref, thresholds.get("stalled", {}))
+        if ref is not None
+        else None
+    )
+    if crashed and hung and status != "FAILED":
+        # The process lives on, silent, after an exception: a worker (a reader thread) died
+        # and the loop waits for it for ever.  The hang is the finding; the error its evidence.
+        err = D.last_error_line(log_text or "")
+        hung = hung.model_copy(update={"evidence": f"{hung.evidence}; the log's last error: {err}"})
+        crashed = None
+    if crashed:
+        out.append(crashed)
+        nan = D.stopped_on_nonfinite(crashed, log_text or "", thresholds.get("crash", {}))
         if nan:
             out.append(nan)
-    ref = stall_reference_ms(run_info, now_ms)
-    if ref is not None:
-        f = D.stalled(status, last_ts, cadence, last_step, ref, thresholds.get("stalled", {}))
-        if f:
-            out.append(f)
+    if hung:
+        out.append(hung)
     return out
 
 

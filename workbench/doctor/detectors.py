@@ -126,6 +126,12 @@ def _median(a: np.ndarray) -> float:
     return float((p[k - 1] + p[k]) / 2)
 
 
+# For a normal sample: its standard deviation per unit of its median absolute deviation, and
+# the standard error of its median per unit of its mean's (sqrt(pi / 2)).
+MAD_TO_SIGMA = 1.4826
+MEDIAN_SE = 1.2533
+
+
 def _mad(a: np.ndarray) -> float:
     """Median absolute deviation from the median."""
     return _median(np.abs(a - _median(a)))
@@ -152,12 +158,16 @@ def _nan_inf(s: Series, th: dict[str, Any], since: int = 0) -> Finding | None:
         if len(ok)
         else " (no finite value logged)"
     )
+    # Non-finite from the first points on: no finite stretch showed the loss "fine, then
+    # overflowing" or climbing first; the inputs themselves may not be finite.
+    start = ("from_start",) if len(ok) <= th.get("from_start_points", 1) else ()
     return Finding(
         kind="nan_inf",
         metric=s.name,
         step=int(s.steps[i]),
         severity=1.0,
         evidence=f"{s.name} is {s.values[i]} at step {s.steps[i]}{before}; {int(bad.sum())}/{len(s)} points non-finite",
+        context=start,
     )
 
 
@@ -299,7 +309,7 @@ def _loss_spike(
     # from a window earlier.
     lo = max(0, since - window) if recur or lone_z else since
     med, mad = rolling_baseline(x, window, stride, min_history, lo)
-    spread = np.maximum(1.4826 * mad, th.get("rel_floor", 0.01) * np.abs(med))
+    spread = np.maximum(MAD_TO_SIGMA * mad, th.get("rel_floor", 0.01) * np.abs(med))
     scale = spread
     if th.get("step_noise", 0.0):
         # A loss of single batches scatters by its own noise all run long, and the few points
@@ -324,7 +334,7 @@ def _loss_spike(
         lx = np.log(x)
         lmed, lmad = rolling_baseline(lx, window, stride, min_history, lo)
         with np.errstate(invalid="ignore", divide="ignore"):
-            on_log = (lx - lmed) / np.maximum(1.4826 * lmad, 1e-6) > th["log_z"]
+            on_log = (lx - lmed) / np.maximum(MAD_TO_SIGMA * lmad, 1e-6) > th["log_z"]
         hit &= on_log
         raw &= on_log
     confirmed: dict[int, int] = {}  # a lone spike's confirming point -> the spike
@@ -386,11 +396,17 @@ def _gain(x: np.ndarray, th: dict[str, Any]) -> tuple[float, float, float]:
 
 
 def _plateau(
-    s: Series, th: dict[str, Any], since: int = 0, *, eval_loss: Series | None = None
+    s: Series,
+    th: dict[str, Any],
+    since: int = 0,
+    *,
+    eval_loss: Series | None = None,
+    lr: float | None = None,
 ) -> Finding | None:
     """The loss did not improve over the whole run (a relative gain below min_improvement),
     or it and the eval loss both gained less than ``slow_gain`` (a rate too low still moves
-    a loss by a few per cent over a short run; a healthy one gains far more)."""
+    a loss by a few per cent over a short run; a healthy one gains far more).  ``lr``: the
+    rate the run was configured with, where it said."""
     if not np.all(np.isfinite(s.values)):
         return None  # a run that went non-finite did not "plateau" (nan_inf's business)
     x = s.values
@@ -409,7 +425,7 @@ def _plateau(
     first_drop = float(x[0]) - _median(rest) if len(rest) >= 3 else 0.0
     if first_drop >= max(
         th.get("early_drop", 0.2) * abs(float(x[0])),
-        th.get("early_drop_spread", 1.5) * 1.4826 * _mad(rest),
+        th.get("early_drop_spread", 1.5) * MAD_TO_SIGMA * _mad(rest),
     ):
         return None
     if tail > head * 1.2:
@@ -427,7 +443,7 @@ def _plateau(
     # dip must be one beyond the chunk medians' own error (a loss that scatters by factors
     # has chunks below its start by chance).
     chunks = [_median(x[i : i + h]) for i in range(0, n - h + 1, h)]
-    dip, chunk_err = head - min(chunks), 1.2533 * _noise(x) / np.sqrt(h)
+    dip, chunk_err = head - min(chunks), MEDIAN_SE * _noise(x) / np.sqrt(h)
     if dip > 2 * min_gain * head and dip > th.get("dip_noise", 3.0) * chunk_err:
         return None
     evidence = f"{s.name} went from {_fmt(head)} to {_fmt(tail)} over {n} points ({100 * gain:.1f}% better{slow or f', < {100 * min_gain:.0f}%'})"
@@ -449,6 +465,11 @@ def _plateau(
         # does not make it worse.
         after = ("divergence",)
         evidence += f"; it ended {100 * -gain:.1f}% worse than it began"
+    if not after and lr is not None and lr >= th.get("lr_not_low", np.inf):
+        if gain >= th.get("lr_not_low_gain", 0.0):
+            # A loss that still gains at a rate this large learns slowly (a task whose loss
+            # has little room, a click-through log-loss), its rate does not hold it back.
+            return None
     return Finding(
         kind="plateau",
         metric=s.name,
@@ -489,7 +510,7 @@ def _exploding_gradients(
         int(th.get("min_history", 16)),
         since,
     )
-    scale = np.maximum(1.4826 * mad, 0.05)
+    scale = np.maximum(MAD_TO_SIGMA * mad, 0.05)
     with np.errstate(invalid="ignore"):
         z = (y - med) / scale
         hit = (z > z_bar) & (y > med + np.log10(ratio))
@@ -554,7 +575,7 @@ def _noise(x: np.ndarray) -> float:
     d = np.diff(x)
     if len(d) < 3:
         return 0.0
-    return 1.4826 * _mad(d) / float(np.sqrt(2))
+    return MAD_TO_SIGMA * _mad(d) / float(np.sqrt(2))
 
 
 def _overfitting(ev: Series, tr: Series | None, th: dict[str, Any]) -> Finding | None:
@@ -600,6 +621,10 @@ def _overfitting(ev: Series, tr: Series | None, th: dict[str, Any]) -> Finding |
             severity=0.6,
             evidence=f"{ev.name} stopped improving at {_fmt(best)} (step {ev.steps[m]}) for {n - 1 - m} evals (now {_fmt(tail)}, eval-to-eval noise {_fmt(noise)}) while {tr.name} fell {_fmt(t_at)} → {_fmt(t_end)}",
         )
+    if tail - level < th.get("give_back_rise", 0.0) * (x[0] - level):
+        # Rose by a sliver of what it had gained: a loss learned to nearly zero whose rise is
+        # large only next to that zero (one example less confident of fifty), not memorising.
+        return None
     rise_at = m + 1 + int(np.argmax(x[m + 1 :] > limit))
     if tr is not None and len(tr):
         t_at = _value_at(tr, int(ev.steps[m]))
@@ -976,15 +1001,21 @@ def loss_spike(run: RunView, th: dict[str, Any]) -> Finding | None:
 @detector("plateau", reads=("train_loss", "eval_loss", "reward"), precursor=True)
 def plateau(run: RunView, th: dict[str, Any]) -> Finding | None:
     if run["reward"] is not None:
-        return _return_plateau(run["reward"], th)  # a reinforcement learner: its return
+        return _return_plateau(run["reward"], run["train_loss"], th)  # a reinforcement learner
     s = run["train_loss"]
-    return _plateau(s, th, eval_loss=run["eval_loss"]) if s is not None else None
+    if s is None:
+        return None
+    return _plateau(s, th, eval_loss=run["eval_loss"], lr=as_float(run.param("lr")))
 
 
-def _return_plateau(r: Series, th: dict[str, Any]) -> Finding | None:
+def _return_plateau(r: Series, loss: Series | None, th: dict[str, Any]) -> Finding | None:
     """A reinforcement learner's episode return (higher is better) that did not rise by
-    ``return_gain`` of its starting magnitude from its first 10 % to its last 20 %."""
-    x = r.values[np.isfinite(r.values)]
+    ``return_gain`` of its starting magnitude from its first 10 % to its last 20 %, counted
+    from the learner's first update (its first loss point): before it, the returns are a
+    random policy's, and a run that logged no update was never seen learning."""
+    if loss is None or not len(loss):
+        return None
+    x = r.values[(r.steps >= loss.steps[0]) & np.isfinite(r.values)]
     if len(x) < th.get("min_points", 12):
         return None
     n = len(x)
@@ -995,12 +1026,23 @@ def _return_plateau(r: Series, th: dict[str, Any]) -> Finding | None:
     bar = th.get("return_gain", 0.25)
     if gain >= bar:
         return None
+    evidence = f"{r.name} (the episode return) went from {_fmt(head)} to {_fmt(tail)} over {n} points ({100 * gain:+.1f}%, < {100 * bar:.0f}%)"
+    # A rate too small barely moves the learner's loss; one too large throws it up many-fold
+    # while the return stays where it was (the TD targets chase the overshooting values).
+    lx = loss.values[np.isfinite(loss.values)]
+    after: tuple[str, ...] = ()
+    if len(lx) >= th.get("min_points", 12):
+        l_head, l_tail = _head_tail(lx, th)
+        if l_head > 0 and l_tail >= th.get("loss_rise", 3.0) * l_head:
+            after = ("divergence",)
+            evidence += f"; its loss {loss.name} rose from {_fmt(l_head)} to {_fmt(l_tail)}"
     return Finding(
         kind="plateau",
         metric=r.name,
         step=int(r.steps[0]),
         severity=float(min(1.0, max(0.3, 1 - max(gain, 0) / bar))),
-        evidence=f"{r.name} (the episode return) went from {_fmt(head)} to {_fmt(tail)} over {n} points ({100 * gain:+.1f}%, < {100 * bar:.0f}%)",
+        evidence=evidence,
+        after=after,
     )
 
 
@@ -1089,6 +1131,7 @@ _TRACEBACK = re.compile(r"Traceback \(most recent call last\)")
 _ERROR_LINE = re.compile(
     r"^(?:[\w.]+\.)?([A-Z]\w*(?:Error|Exception|Interrupt))(?::\s*(.*))?$", re.M
 )
+_RAISED_LINE = re.compile(r"^(?:[a-z_]\w*\.)*[A-Z]\w*(?::\s.*)?$", re.M)
 
 
 def last_error_line(log_text: str) -> str | None:
@@ -1098,7 +1141,12 @@ def last_error_line(log_text: str) -> str | None:
         return None
     tail = log_text[tb[-1].end() :]
     m = list(_ERROR_LINE.finditer(tail))
-    return m[-1].group(0).strip()[:200] if m else "Traceback (exception line not found)"
+    if m:
+        return m[-1].group(0).strip()[:200]
+    # An exception named otherwise (zipfile.BadZipFile, StopIteration): the traceback's first
+    # line back at the margin after its indented frames.
+    m2 = _RAISED_LINE.search(tail)
+    return m2.group(0).strip()[:200] if m2 else "Traceback (exception line not found)"
 
 
 def crash(
