@@ -968,20 +968,3 @@ def test_a_slow_loss_at_a_rate_that_moves_weights_is_no_plateau():
         assert kinds(hist, params={"learning_rate": lr}) == want, lr
     flat = 0.59 + 0.008 * rng.standard_normal(len(steps))
     assert kinds({"Train/Loss": (steps, flat)}, params={"learning_rate": "1.0"}) == {"plateau"}
-
-
-def test_an_eval_loss_that_creeps_back_a_sliver_of_its_gain_is_not_overfitting():
-    """flair on a small dev set (AnnealOnPlateau): the dev loss falls from 1.76 to 0.61 by
-    epoch 8 and settles at 0.66-0.67 while the train loss keeps falling, many times its late
-    eval-to-eval noise but under 4 % of what it had gained.  An eval loss that gives back 45 %
-    of its gain while the train loss keeps falling is memorising."""
-    ev_steps = np.arange(1, 21)
-    tr_steps = ev_steps
-    train = np.geomspace(1.8, 0.19, 20)
-    dev = [1.757, 1.223, 0.7393, 0.7023, 0.6798, 0.6328, 0.6271, 0.6123, 0.6671, 0.6285]
-    dev += [0.6673, 0.6691, 0.6681, 0.6572, 0.6567, 0.6588, 0.6639, 0.6617, 0.6689, 0.6678]
-    hist = {"train_loss": (tr_steps, train), "dev_loss": (ev_steps, np.array(dev))}
-    assert kinds(hist) == set()
-    memorise = np.concatenate([np.linspace(2.09, 0.95, 8), np.linspace(0.96, 1.46, 12)])
-    hist = {"train_loss": (tr_steps, train), "dev_loss": (ev_steps, memorise)}
-    assert kinds(hist) == {"overfitting"}

@@ -621,10 +621,6 @@ def _overfitting(ev: Series, tr: Series | None, th: dict[str, Any]) -> Finding |
             severity=0.6,
             evidence=f"{ev.name} stopped improving at {_fmt(best)} (step {ev.steps[m]}) for {n - 1 - m} evals (now {_fmt(tail)}, eval-to-eval noise {_fmt(noise)}) while {tr.name} fell {_fmt(t_at)} → {_fmt(t_end)}",
         )
-    if tail - level < th.get("give_back_rise", 0.0) * (x[0] - level):
-        # Rose by a sliver of what it had gained: a loss learned to nearly zero whose rise is
-        # large only next to that zero (one example less confident of fifty), not memorising.
-        return None
     rise_at = m + 1 + int(np.argmax(x[m + 1 :] > limit))
     if tr is not None and len(tr):
         t_at = _value_at(tr, int(ev.steps[m]))
