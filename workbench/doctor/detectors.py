@@ -465,11 +465,11 @@ def _plateau(
         # does not make it worse.
         after = ("divergence",)
         evidence += f"; it ended {100 * -gain:.1f}% worse than it began"
-    if not after and lr is not None and lr >= th.get("lr_not_low", np.inf):
-        if gain >= th.get("lr_not_low_gain", 0.0):
-            # A loss that still gains at a rate this large learns slowly (a task whose loss
-            # has little room, a click-through log-loss), its rate does not hold it back.
-            return None
+    lr_not_low = lr is not None and lr >= th.get("lr_not_low", np.inf)
+    if not after and lr_not_low and gain >= th.get("lr_not_low_gain", 0.0):
+        # A loss that still gains at a rate this large learns slowly (a task whose loss has
+        # little room, a click-through log-loss): its rate does not hold it back.
+        return None
     return Finding(
         kind="plateau",
         metric=s.name,
@@ -1127,7 +1127,8 @@ _TRACEBACK = re.compile(r"Traceback \(most recent call last\)")
 _ERROR_LINE = re.compile(
     r"^(?:[\w.]+\.)?([A-Z]\w*(?:Error|Exception|Interrupt))(?::\s*(.*))?$", re.M
 )
-_RAISED_LINE = re.compile(r"^(?:[a-z_]\w*\.)*[A-Z]\w*(?::\s.*)?$", re.M)
+# an exception line named otherwise: a dotted name (zipfile.BadZipFile) or a name and message
+_RAISED_LINE = re.compile(r"^(?:(?:[a-z_]\w*\.)+[A-Z]\w*(?::\s.*)?|[A-Z]\w*:\s.*)$", re.M)
 
 
 def last_error_line(log_text: str) -> str | None:
@@ -1139,8 +1140,8 @@ def last_error_line(log_text: str) -> str | None:
     m = list(_ERROR_LINE.finditer(tail))
     if m:
         return m[-1].group(0).strip()[:200]
-    # An exception named otherwise (zipfile.BadZipFile, StopIteration): the traceback's first
-    # line back at the margin after its indented frames.
+    # An exception named otherwise (zipfile.BadZipFile): the traceback's first line back at
+    # the margin after its indented frames.
     m2 = _RAISED_LINE.search(tail)
     return m2.group(0).strip()[:200] if m2 else "Traceback (exception line not found)"
 
