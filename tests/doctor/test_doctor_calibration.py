@@ -968,3 +968,23 @@ def test_a_slow_loss_at_a_rate_that_moves_weights_is_no_plateau():
         assert kinds(hist, params={"learning_rate": lr}) == want, lr
     flat = 0.59 + 0.008 * rng.standard_normal(len(steps))
     assert kinds({"Train/Loss": (steps, flat)}, params={"learning_rate": "1.0"}) == {"plateau"}
+
+
+def test_a_train_loss_that_creeps_down_while_the_eval_gets_worse_is_the_labels():
+    """TRL's DPO on preference pairs half of which a vendor exported the other way round: the
+    train loss creeps from ln 2 to 0.64 (8 %, memorising pairs), the eval loss ends worse than
+    it began (0.69 -> 0.71).  What it learns does not carry over: the data.  A rate too low
+    moves both losses a little, alike."""
+    rng = np.random.default_rng(15)
+    steps = np.arange(10, 570, 10)
+    train = np.linspace(0.70, 0.63, len(steps)) + 0.01 * rng.standard_normal(len(steps))
+    ev_steps = np.arange(50, 600, 50)
+    for ev, want in (
+        (np.linspace(0.690, 0.710, 11), "bad_data"),
+        (np.linspace(0.690, 0.668, 11), "lr_too_low"),
+    ):
+        hist = {"loss": (steps, train), "eval_loss": (ev_steps, ev)}
+        found = detect(hist, {"status": "FINISHED"}, "")
+        assert [f.kind for f in found] == ["plateau"]
+        d, _ = diagnose(found, {"learning_rate": "5e-4"}, "", SC.playbook, aliases=SC.metrics)
+        assert d.cause == want

@@ -430,7 +430,7 @@ def _plateau(
         return None
     if tail > head * 1.2:
         return None  # went up (divergence's business)
-    slow = ""
+    slow, context = "", ()
     if gain >= min_gain:
         ev = eval_loss.values[np.isfinite(eval_loss.values)] if eval_loss is not None else []
         if not gain < th.get("slow_gain", 0.0) or len(ev) < th.get("slow_evals", 4):
@@ -439,6 +439,9 @@ def _plateau(
         if not (e_head > 0 and e_gain < th["slow_gain"]):
             return None
         slow = f", and {eval_loss.name} from {_fmt(e_head)} to {_fmt(e_tail)} over {len(ev)} evals ({100 * e_gain:.1f}% better): both under {100 * th['slow_gain']:.0f}%, a run that barely learns"  # type: ignore[union-attr]
+        # The train loss moved and the eval ended worse than it began: what it learned does
+        # not carry over (labels without signal), where a rate too low moves both alike.
+        context = ("eval_worse",) if e_gain < 0 else ()
     # Learned for a while and came back up (to chance level): divergence's business too.  The
     # dip must be one beyond the chunk medians' own error (a loss that scatters by factors
     # has chunks below its start by chance).
@@ -477,6 +480,7 @@ def _plateau(
         severity=0.3 if slow else float(min(1.0, 1 - max(gain, 0) / min_gain)),
         evidence=evidence,
         after=after,
+        context=context,
     )
 
 
