@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from workbench.doctor.registry import RunView, detector
+from workbench.doctor.registry import QUALITY_ROLES, RunView, detector
 from workbench.doctor.series import Series, as_float
 from workbench.doctor.types import Finding
 
@@ -402,11 +402,13 @@ def _plateau(
     *,
     eval_loss: Series | None = None,
     lr: float | None = None,
+    adaptive_lr: float | None = None,
 ) -> Finding | None:
     """The loss did not improve over the whole run (a relative gain below min_improvement),
     or it and the eval loss both gained less than ``slow_gain`` (a rate too low still moves
     a loss by a few per cent over a short run; a healthy one gains far more).  ``lr``: the
-    rate the run was configured with, where it said."""
+    rate the run was configured with, where it said; ``adaptive_lr``: that rate, where its
+    optimizer is an adaptive one (Adam and kin)."""
     if not np.all(np.isfinite(s.values)):
         return None  # a run that went non-finite did not "plateau" (nan_inf's business)
     x = s.values
@@ -421,9 +423,12 @@ def _plateau(
     # Learned within its first points and converged there (a fast learner, or an easy task
     # logged from step 1): the untrained first point sits far above the rest of the head, by
     # a material share and beyond the head's own scatter (a noisy first batch is no lesson).
+    # Not at an adaptive rate far too high: that throws the weights at the first steps, and
+    # the first point far above the rest is where they landed, not a lesson.
     rest = x[1 : h + 1]
     first_drop = float(x[0]) - _median(rest) if len(rest) >= 3 else 0.0
-    if first_drop >= max(
+    thrown = adaptive_lr is not None and adaptive_lr >= th.get("adaptive_lr_high", np.inf)
+    if not thrown and first_drop >= max(
         th.get("early_drop", 0.2) * abs(float(x[0])),
         th.get("early_drop_spread", 1.5) * MAD_TO_SIGMA * _mad(rest),
     ):
@@ -901,14 +906,23 @@ def nan_inf(run: RunView, th: dict[str, Any]) -> list[Finding]:
     return out
 
 
+QUALITY_READS = tuple(role for role, _ in QUALITY_ROLES)
+
+
 @detector(
-    "divergence", reads=("train_loss", "eval_loss", "lr", "reward"), stable=True, precursor=True
+    "divergence",
+    reads=("train_loss", "eval_loss", "lr", *QUALITY_READS),
+    stable=True,
+    precursor=True,
 )
 def divergence(run: RunView, th: dict[str, Any]) -> Finding | None:
     loss, ev = run["train_loss"], run["eval_loss"]
-    if loss is None or run["reward"] is not None:
-        # A reinforcement learner's loss is no measure of progress (a critic's or a TD loss
-        # grows with the returns it learns to predict): its episode return is.
+    if run.quality is not None:
+        # Where the run measures its progress (see RunView.quality), its losses do not.
+        q, higher = run.quality
+        f = None if higher else _distance_worse(q, th)
+        return f if f is None or f.step >= _step_at(q, run.start("divergence", q)) else None
+    if loss is None:
         return None
     # With an eval loss, a divergence found earlier may be confirmed only now: judged whole.
     since = run.start("divergence", loss) if ev is None else 0
@@ -916,8 +930,51 @@ def divergence(run: RunView, th: dict[str, Any]) -> Finding | None:
     if f is None or f.step is None:
         return f
     lr = run["lr"]
+    if _warmup_transient(f, loss, ev, lr, th):
+        return None
     f = _recovered(f, loss, lr, th)
     return f if lr is None else _lr_decayed(f, lr, th.get("lr_decayed", 0.8))
+
+
+def _warmup_transient(
+    f: Finding, loss: Series, ev: Series | None, lr: Series | None, th: dict[str, Any]
+) -> bool:
+    """A rise in the run's first points (fewer than ``recover_min_points`` before the onset:
+    the run had no level of its own yet) that it learned its way out of at its rate, ending at
+    or below ``recover_learned`` × its lowest point before the rise, and its eval loss, where
+    logged, below its best before it and that point: the optimizer's first moves (momentum
+    building up, a probe on a backbone still settling), not a divergence.  (A judgement of
+    the whole run: only a finished one, ``_final``.)"""
+    y, steps = loss.values, loss.steps
+    i = int(np.searchsorted(steps, f.step))
+    before = y[:i][np.isfinite(y[:i])]
+    if not th.get("_final", True) or not 1 <= len(before) < int(th.get("recover_min_points", 8)):
+        return False
+    if not np.isfinite(y[i:]).all():
+        return False
+    n = max(3, len(y) // 10)
+    low = float(np.min(before))
+    if (
+        len(y) - i <= n
+        or not low > 0
+        or not _median(y[-n:]) <= th.get("recover_learned", 0.9) * low
+    ):
+        return False
+    if ev is not None:
+        # The model got back too: its eval ends below its best before the rise and below the
+        # level the training loss rose from (where it had no eval yet, that level alone).
+        e_before = ev.values[(ev.steps <= f.step) & np.isfinite(ev.values)]
+        e = ev.values[np.isfinite(ev.values)]
+        m = max(1, len(e) // 10)
+        if len(e) and not _median(e[-m:]) <= min([low, *e_before]):
+            return False
+    if lr is not None:
+        k = i + int(np.argmax(y[i:] <= low))  # first point back below where it started
+        onset, back = _value_at(lr, f.step), _value_at(lr, int(steps[k]))
+        ratio = th.get("recover_lr", 0.5)
+        if onset and back and onset > 0 and not ratio * onset <= back <= onset / ratio:
+            return False  # the rate moved: the schedule, not the run, brought it back
+    return True
 
 
 def _recovered(f: Finding, loss: Series, lr: Series | None, th: dict[str, Any]) -> Finding:
@@ -984,11 +1041,17 @@ def _windowed(run: RunView, kind: str, role: str, th: dict[str, Any], fn: Any) -
     return fn(tail, th, at)
 
 
-@detector("loss_spike", reads=("train_loss", "reward"), stable=True, precursor=True)
+@detector("loss_spike", reads=("train_loss", *QUALITY_READS), stable=True, precursor=True)
 def loss_spike(run: RunView, th: dict[str, Any]) -> Finding | None:
     s = run["train_loss"]
-    if s is None or run["reward"] is not None:
-        return None  # a reinforcement learner's loss jumps as its returns do (see divergence)
+    if run.quality is not None:
+        # A critic's loss jumps as its returns do, a GAN's as its players trade places: the
+        # run's measure of progress is judged instead (a return has no scale to judge by).
+        q, higher = run.quality
+        f = None if higher else _distance_spike(q, th)
+        return f if f is None or f.step >= _step_at(q, run.start("loss_spike", q)) else None
+    if s is None:
+        return None
     # The starting level: the second highest of the first `min_history` points of the whole
     # series (a loss can fall by orders of magnitude within them, and one point makes no level:
     # a rate far too high can throw the very first to 1e5); fixed once they exist, so an
@@ -998,35 +1061,46 @@ def loss_spike(run: RunView, th: dict[str, Any]) -> Finding | None:
     return _windowed(run, "loss_spike", "train_loss", th, partial(_loss_spike, start_level=level))
 
 
-@detector("plateau", reads=("train_loss", "eval_loss", "reward"), precursor=True)
+@detector("plateau", reads=("train_loss", "eval_loss", *QUALITY_READS), precursor=True)
 def plateau(run: RunView, th: dict[str, Any]) -> Finding | None:
-    if run["reward"] is not None:
-        return _return_plateau(run["reward"], run["train_loss"], th)  # a reinforcement learner
+    if run.quality is not None:
+        return _quality_plateau(*run.quality, run["train_loss"], th)
     s = run["train_loss"]
     if s is None:
         return None
-    return _plateau(s, th, eval_loss=run["eval_loss"], lr=as_float(run.param("lr")))
+    return _plateau(
+        s,
+        th,
+        eval_loss=run["eval_loss"],
+        lr=as_float(run.param("lr")),
+        adaptive_lr=as_float(run.param("adaptive_lr")),
+    )
 
 
-def _return_plateau(r: Series, loss: Series | None, th: dict[str, Any]) -> Finding | None:
-    """A reinforcement learner's episode return (higher is better) that did not rise by
-    ``return_gain`` of its starting magnitude from its first 10 % to its last 20 %, counted
+def _quality_plateau(
+    r: Series, higher: bool, loss: Series | None, th: dict[str, Any]
+) -> Finding | None:
+    """A measure of progress (see ``RunView.quality``) that did not improve by
+    ``quality_gain`` of its starting magnitude from its first 10 % to its last 20 %, counted
     from the learner's first update (its first loss point): before it, the returns are a
-    random policy's, and a run that logged no update was never seen learning."""
+    random policy's, and a run that logged no update was never seen learning.  An episode
+    return is noisy (``min_points``); a distance over a fixed sample set is one number a
+    snapshot (``distance_min_points``)."""
     if loss is None or not len(loss):
         return None
     x = r.values[(r.steps >= loss.steps[0]) & np.isfinite(r.values)]
-    if len(x) < th.get("min_points", 12):
+    if len(x) < th.get("min_points" if higher else "distance_min_points", 12):
         return None
     n = len(x)
     head, tail = _head_tail(x, th)
     if head == 0:
         return None  # a sparse reward not found yet tells nothing of the rate
-    gain = (tail - head) / abs(head)
-    bar = th.get("return_gain", 0.25)
+    gain = (tail - head if higher else head - tail) / abs(head)
+    bar = th.get("quality_gain", 0.25)
     if gain >= bar:
         return None
-    evidence = f"{r.name} (the episode return) went from {_fmt(head)} to {_fmt(tail)} over {n} points ({100 * gain:+.1f}%, < {100 * bar:.0f}%)"
+    what = "the episode return" if higher else "a distance from the data, lower is better"
+    evidence = f"{r.name} ({what}) went from {_fmt(head)} to {_fmt(tail)} over {n} points ({100 * gain:+.1f}% better, < {100 * bar:.0f}%)"
     # A rate too small barely moves the learner's loss; one too large throws it up many-fold
     # while the return stays where it was (the TD targets chase the overshooting values).
     lx = loss.values[np.isfinite(loss.values)]
@@ -1044,6 +1118,55 @@ def _return_plateau(r: Series, loss: Series | None, th: dict[str, Any]) -> Findi
         evidence=evidence,
         after=after,
     )
+
+
+def _distance_worse(d: Series, th: dict[str, Any]) -> Finding | None:
+    """A distance from the data (lower is better, ≥ 0) whose last 20 % ended ``quality_worse``
+    × above its first point: the model ended worse than untrained.  Onset: the first point
+    above that bar."""
+    fin = np.isfinite(d.values)
+    x, steps = d.values[fin], d.steps[fin]
+    if len(x) < 3 or not x[0] > 0:
+        return None
+    bar = th.get("quality_worse", 2.0) * float(x[0])
+    _, tail = _head_tail(x, th)
+    if tail < bar:
+        return None
+    i = int(np.argmax(x >= bar))
+    return Finding(
+        kind="divergence",
+        metric=d.name,
+        step=int(steps[i]),
+        severity=1.0,
+        evidence=f"{d.name} (a distance from the data, lower is better) rose from {_fmt(x[0])} at the start to {_fmt(x[i])} at step {steps[i]} and ended at {_fmt(tail)}: worse than untrained",
+    )
+
+
+def _distance_spike(d: Series, th: dict[str, Any]) -> Finding | None:
+    """A distance from the data that jumped above its start and ``quality_worse`` × its best so
+    far (the model got worse than untrained), then came back (otherwise: ``_distance_worse``)."""
+    fin = np.isfinite(d.values)
+    x, steps = d.values[fin], d.steps[fin]
+    if len(x) < 3 or not x[0] > 0 or _distance_worse(d, th) is not None:
+        return None
+    best = np.minimum.accumulate(x)
+    up = (x[1:-1] >= th.get("quality_worse", 2.0) * best[:-2]) & (x[1:-1] > x[0])
+    if not up.any():
+        return None
+    i = int(np.argmax(up)) + 1
+    return Finding(
+        kind="loss_spike",
+        metric=d.name,
+        step=int(steps[i]),
+        severity=float(min(1.0, x[i] / best[i - 1] / 10)),
+        context=("fixed_set",),
+        evidence=f"{d.name} (a distance from the data, lower is better) jumped from its best {_fmt(best[i - 1])} to {_fmt(x[i])} at step {steps[i]}, above its start {_fmt(x[0])}, then came back to {_fmt(x[-1])}",
+    )
+
+
+def _step_at(s: Series, i: int) -> int:
+    """The step of a series' ``i``-th point (past its end: beyond every step)."""
+    return int(s.steps[i]) if i < len(s) else int(s.steps[-1]) + 1 if len(s) else 0
 
 
 @detector("exploding_gradients", reads=("grad_norm",), stable=True, precursor=True)
