@@ -524,6 +524,10 @@ def test_params_under_any_prefix_and_the_precision_a_run_computed_in():
     assert param_value({"config.learning_rate": "5.0"}, m, "lr") == "5.0"
     assert param_value({"optimizer.params.lr": "0.003"}, m, "lr") == "0.003"
     assert param_value({"config.blr_schedule": "x"}, m, "lr") is None
+    # a schedule's starting or peak rate (Sockeye's and Keras's initial_learning_rate)
+    assert param_value({"initial_learning_rate": "0.03"}, m, "lr") == "0.03"
+    assert param_value({"scheduler.peak_lr": "3e-4"}, m, "lr") == "3e-4"
+    assert param_value({"warmup_lr": "1e-6", "min_lr": "0"}, m, "lr") is None
     assert param_value({"training.optimizer.grad_clip": "1.0"}, m, "grad_clip") == "1.0"
     # the rate of Adam and kin, whose working range does not depend on the gradients' scale
     assert param_value({"optim": "adam", "lr": "1.0"}, m, "adaptive_lr") == "1.0"
