@@ -1047,6 +1047,21 @@ def test_a_rise_in_the_first_points_the_run_learned_out_of_is_no_divergence():
     assert "divergence" not in kinds({**base, "lr-SGD": (steps, lr)})
     cut = np.where(ep < 9, 0.125, 0.0125)
     assert "divergence" in kinds({**base, "lr-SGD": (steps, cut)})
+    # Levanter's AdamW at 3.0: the loss rose while the warm-up still climbed, and came back
+    # only as the cosine brought the rate down again (at the onset's rate, past a peak 6x it)
+    it = np.arange(120)
+    lev = np.concatenate(
+        [
+            [4.7, 4.8],
+            np.linspace(9.8, 60, 18),
+            np.full(70, 40.0),
+            np.linspace(30, 4.0, 10),
+            np.full(20, 4.1),
+        ]
+    )
+    warm = np.where(it < 20, 0.15 * (it + 1), 0.3 + 2.7 * (1 + np.cos(np.pi * (it - 20) / 100)) / 2)
+    hist = {"train/loss": (it, lev), "optim/learning_rate": (it, warm)}
+    assert "divergence" in kinds(hist)
     stays = loss.copy()
     stays[10:] = np.linspace(3.0, 2.1, 20)
     assert "divergence" in kinds(

@@ -974,6 +974,12 @@ def _warmup_transient(
         ratio = th.get("recover_lr", 0.5)
         if onset and back and onset > 0 and not ratio * onset <= back <= onset / ratio:
             return False  # the rate moved: the schedule, not the run, brought it back
+        # nor did it pass through a peak on the way (a warm-up that went on rising after the
+        # onset, then a decay that brought the loss back)
+        between = lr.values[(lr.steps >= f.step) & (lr.steps <= steps[k])]
+        between = between[np.isfinite(between)]
+        if back and len(between) and back < ratio * float(np.max(between)):
+            return False
     return True
 
 
