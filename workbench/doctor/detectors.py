@@ -942,9 +942,10 @@ def _warmup_transient(
     """A rise in the run's first points (fewer than ``recover_min_points`` before the onset:
     the run had no level of its own yet) that it learned its way out of at its rate, ending at
     or below ``recover_learned`` × its lowest point before the rise, and its eval loss, where
-    logged, below its best before it and that point: the optimizer's first moves (momentum
-    building up, a probe on a backbone still settling), not a divergence.  (A judgement of
-    the whole run: only a finished one, ``_final``.)"""
+    logged, below its best before it and that point, with the rate when it got back within
+    ``1 / recover_lr`` of the onset's and of every rate in between: the optimizer's first moves
+    (momentum building up, a probe on a backbone still settling), not a divergence.  (A
+    judgement of the whole run: only a finished one, ``_final``.)"""
     y, steps = loss.values, loss.steps
     i = int(np.searchsorted(steps, f.step))
     before = y[:i][np.isfinite(y[:i])]
