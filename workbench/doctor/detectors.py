@@ -919,9 +919,7 @@ def divergence(run: RunView, th: dict[str, Any]) -> Finding | None:
     loss, ev = run["train_loss"], run["eval_loss"]
     if run.quality is not None:
         # Where the run measures its progress (see RunView.quality), its losses do not.
-        q, higher = run.quality
-        f = None if higher else _distance_worse(q, th)
-        return f if f is None or f.step >= _step_at(q, run.start("divergence", q)) else None
+        return _on_distance(run, "divergence", _distance_worse, th)
     if loss is None:
         return None
     # With an eval loss, a divergence found earlier may be confirmed only now: judged whole.
@@ -1053,10 +1051,8 @@ def loss_spike(run: RunView, th: dict[str, Any]) -> Finding | None:
     s = run["train_loss"]
     if run.quality is not None:
         # A critic's loss jumps as its returns do, a GAN's as its players trade places: the
-        # run's measure of progress is judged instead (a return has no scale to judge by).
-        q, higher = run.quality
-        f = None if higher else _distance_spike(q, th)
-        return f if f is None or f.step >= _step_at(q, run.start("loss_spike", q)) else None
+        # run's measure of progress is judged instead.
+        return _on_distance(run, "loss_spike", _distance_spike, th)
     if s is None:
         return None
     # The starting level: the second highest of the first `min_history` points of the whole
@@ -1171,9 +1167,16 @@ def _distance_spike(d: Series, th: dict[str, Any]) -> Finding | None:
     )
 
 
-def _step_at(s: Series, i: int) -> int:
-    """The step of a series' ``i``-th point (past its end: beyond every step)."""
-    return int(s.steps[i]) if i < len(s) else int(s.steps[-1]) + 1 if len(s) else 0
+def _on_distance(run: RunView, kind: str, fn: Any, th: dict[str, Any]) -> Finding | None:
+    """``fn(series, th)`` on the run's measure of progress where it is a distance from the
+    data (a return, signed, has no scale to judge a blow-up by), kept only from where the
+    incremental caller has not judged yet (a ``stable`` detector's promise)."""
+    q, higher = run.quality  # type: ignore[misc]
+    f = None if higher else fn(q, th)
+    i = run.start(kind, q)
+    if f is None or i >= len(q) or f.step < int(q.steps[i]):
+        return None  # (every point judged already, or the onset among them)
+    return f
 
 
 @detector("exploding_gradients", reads=("grad_norm",), stable=True, precursor=True)
