@@ -59,11 +59,16 @@ def run_one(run: Run, suite: Suite, out: Path, uri: str) -> BuiltRun:
     env.pop("MLFLOW_EXPERIMENT_NAME", None)
     env.pop("MLFLOW_EXPERIMENT_ID", None)
     log = out / "logs" / run.id / "train.log"  # the run's `logs/train.log` artifact
+    # Each run works in a folder of its own, as a team's separate jobs do: programs write
+    # checkpoints under fixed or per-second names (RecBole's saved/BPR-<time>.pth), which two
+    # runs started side by side would otherwise share.
+    cwd = out / "work" / run.id
+    cwd.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     _, hung = run_watched(
         command(run),
         log,
-        out,
+        cwd,
         suite.stall_timeout_s,
         suite.run_timeout_s,
         env=env,

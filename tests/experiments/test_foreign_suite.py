@@ -128,6 +128,11 @@ def test_two_tiny_foreign_runs_built_and_scored(tmp_path):
         "keras-healthy-s0": "FINISHED",
         "hf-oom": "FAILED",
     }
+    # each run worked in a folder of its own (no checkpoint name two runs could share)
+    assert {p.name for p in (tmp_path / "store" / "work").iterdir()} == {
+        "keras-healthy-s0",
+        "hf-oom",
+    }
     res = evaluate_suite(tmp_path / "store", split="all", suite="foreign", suite_file=path)
     by_id = {s["scenario"]: s for s in res["scores"]}
     assert by_id["keras-healthy-s0"]["predicted_kinds"] == []
