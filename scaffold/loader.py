@@ -85,6 +85,9 @@ class MetricAliases(_Strict):
     # Sums over the steps since the last log whose first point covers a single step (so it
     # sits far below the next): the first point is dropped before any detector reads them.
     partial_first: tuple[str, ...] = ()
+    # Rates of the hardware's use (MFU, TFLOP/s): work grown by design (longer sequences)
+    # does not lower them, so a gradual fall of one counts as a slowdown.
+    utilization: tuple[str, ...] = ()
     # Names that never play a role whatever pattern matches them (the evaluation loader's
     # own learning rate and timings, a validation loss per batch of one evaluation).
     exclude: dict[str, tuple[str, ...]] = Field(default_factory=dict)
@@ -105,10 +108,10 @@ class MetricAliases(_Strict):
             raise ValueError(f"exclude names roles that do not exist: {unknown}")
         return self
 
-    @field_validator("partial_first")
+    @field_validator("partial_first", "utilization")
     @classmethod
-    def _partial_compile(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        _compile_all("partial_first", v)
+    def _names_compile(cls, v: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        _compile_all(str(info.field_name), v)
         return v
 
     def matches(self, role: str, name: str) -> int | None:
@@ -122,6 +125,9 @@ class MetricAliases(_Strict):
 
     def first_is_partial(self, name: str) -> bool:
         return any(_name_matches(p, name) for p in self.partial_first)
+
+    def is_utilization(self, name: str) -> bool:
+        return any(_name_matches(p, name) for p in self.utilization)
 
 
 # ---------------------------------------------------------------- knobs.yaml

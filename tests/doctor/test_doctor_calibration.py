@@ -1085,3 +1085,134 @@ def test_an_adaptive_rate_far_too_high_lands_the_first_step_on_a_plateau():
     assert [f.kind for f in found] == ["plateau"]
     d, _ = diagnose(found, {**params, "learning_rate": "1.0"}, "", SC.playbook, aliases=SC.metrics)
     assert d.cause == "lr_too_high"
+
+
+def test_adam_known_by_its_beta2_and_a_rise_at_an_adam_rate_far_too_high_is_no_warmup():
+    """nanoGPT logs beta1 and beta2 but no optimizer name (it is AdamW).  At learning_rate 1.0
+    the warm-up throws the loss from 4.5 to 24 (chance is 5.1); the cosine decay lets it back
+    to 3.1.  Without knowing the optimizer that reads as a warm-up transient; with Adam's
+    second-moment decay logged, the rate is 3x Adam's working range: a divergence, the rate."""
+    from workbench.doctor.series import adaptive_lr
+
+    assert adaptive_lr({"learning_rate": "1.0", "beta2": "0.99"}, SC.metrics) == "1.0"
+    assert (
+        adaptive_lr({"learning_rate": "1.0", "optimizer": "sgd", "beta2": "0.99"}, SC.metrics)
+        is None
+    )
+    assert adaptive_lr({"learning_rate": "1.0"}, SC.metrics) is None
+    it = np.arange(0, 601, 25)
+    loss = np.array(
+        [4.99, 4.5, 5.27, 14.7, 18.4, 24.4, 19.3, 13.5, 7.57, 9.94, 4.87, 4.87, 3.4]
+        + [3.88, 3.19, 3.15, 3.16, 3.14, 3.15, 3.13, 3.11, 3.09, 3.12, 3.06, 3.15]
+    )
+    val = loss + 0.05
+    lr = np.where(
+        it < 50, (it + 1) / 51, 1e-4 + (1 - 1e-4) * (1 + np.cos(np.pi * (it - 50) / 550)) / 2
+    )
+    hist = {"train/loss": (it, loss), "val/loss": (it, val), "lr": (it, lr)}
+    params = {"learning_rate": "1.0", "beta1": "0.9", "weight_decay": "0.1"}
+    assert "divergence" not in kinds(hist, params=params)
+    params["beta2"] = "0.99"
+    found = detect(hist, {"status": "FINISHED", "params": params}, "")
+    assert [f.kind for f in found] == ["divergence"]
+    d, _ = diagnose(found, params, "", SC.playbook, aliases=SC.metrics)
+    assert d.cause == "lr_too_high"
+    assert any("adaptive_lr" in e for e in d.evidence)
+
+
+def test_a_schedule_that_ends_the_rate_early_stopped_the_training():
+    """nanoGPT with lr_decay_iters 60 (a zero dropped from 600) and min_lr 0: the rate is 0
+    from iter 75 of 600 and the loss sits at 3.1 from then on, after it had learned from 4.99.
+    A cosine that reaches nothing only at the end, over a loss that converged, is healthy."""
+    it = np.arange(0, 601, 25)
+    rng = np.random.default_rng(5)
+    flat = 3.12 + 0.02 * rng.standard_normal(22)
+    loss = np.concatenate([[4.99, 3.75, 3.14], flat])
+    dead = np.where(it <= 25, it / 25 * 1e-3, np.where(it <= 50, 1e-4, 0.0))
+    found = detect(
+        {"train/loss": (it, loss), "lr": (it, dead)}, {"status": "FINISHED", "params": {}}, ""
+    )
+    assert [(f.kind, f.step, f.context) for f in found] == [("plateau", 75, ("lr_dead",))]
+    d, _ = diagnose(found, {}, "", SC.playbook, aliases=SC.metrics)
+    assert d.cause == "lr_too_low"
+    cosine = 1e-3 * (1 + np.cos(np.pi * it / 600)) / 2
+    converged = np.concatenate([np.linspace(4.99, 3.2, 6), 3.1 + 0.02 * rng.standard_normal(19)])
+    assert not kinds({"train/loss": (it, converged), "lr": (it, cosine)})
+    # ReduceLROnPlateau cut a converged run's rate to 1 % at its middle: no stop, a finish
+    cuts = np.where(it < 250, 1e-3, np.where(it < 300, 1e-4, 1e-5))
+    assert not kinds({"train/loss": (it, converged), "lr": (it, cuts)})
+
+
+def test_a_utilization_that_falls_gradually_and_deep_is_a_slowdown():
+    """nanoGPT's mfu is an average over the last iterations (and -100 until measured): a busy
+    thread that takes ever more of each step makes it fall gradually to a third.  A rate of
+    the hardware's use does not fall for longer sequences, so that counts; samples per second
+    that fall the same way may be a curriculum's growing work, and do not."""
+    it = np.arange(0, 601, 25)
+    rng = np.random.default_rng(2)
+    mfu = 0.0122 * (1 + 0.02 * rng.standard_normal(25))
+    mfu[13:23] = [0.0098, 0.0083, 0.0069, 0.0064, 0.0055, 0.0053, 0.0044, 0.004, 0.0032, 0.0032]
+    mfu[23:] = [0.0031, 0.0032]
+    loss = np.linspace(5.0, 2.2, 25)
+    samples = mfu / 0.0122 * 800
+    mfu[0] = -100.0
+    found = detect({"train/loss": (it, loss), "mfu": (it, mfu)}, {"status": "FINISHED"}, "")
+    assert [f.kind for f in found] == ["throughput_drop"]
+    assert diagnose(found, {}, "", SC.playbook, aliases=SC.metrics)[0].cause == "slow_io"
+    assert not kinds({"train/loss": (it, loss), "samples_per_second": (it, samples)})
+
+
+def test_a_held_out_score_that_falls_while_the_train_loss_does_is_overfitting():
+    """RecBole logs no validation loss, only ranking scores (valid/mrr@10, higher is better).
+    A 256-wide BPR without weight decay: MRR peaks at 0.30 at epoch 11 and falls to 0.20 while
+    the train loss goes to 0.01.  A healthy run's score that settles 2 % under its best while
+    early stopping waits out its patience is no overfitting."""
+    ep = np.arange(120)
+    mrr = np.concatenate([np.linspace(0.02, 0.299, 12), np.linspace(0.295, 0.203, 108)])
+    train = 8.3 * np.exp(-ep / 12) + 0.013
+    found = detect(
+        {"train/train_loss": (ep, train), "valid/mrr_at_10": (ep, mrr)},
+        {"status": "FINISHED"},
+        "",
+    )
+    assert [(f.kind, f.metric) for f in found] == [("overfitting", "valid/mrr_at_10")]
+    assert "peaked at 0.299" in found[0].evidence
+    assert diagnose(found, {}, "", SC.playbook, aliases=SC.metrics)[0].cause == "overfit_capacity"
+    ep = np.arange(54)
+    settled = np.concatenate(
+        [
+            np.linspace(0.02, 0.652, 44),
+            [0.645, 0.64, 0.646, 0.637, 0.641, 0.636, 0.64, 0.638, 0.636, 0.636],
+        ]
+    )
+    train = 8.3 * np.exp(-ep / 20) + 1.2
+    assert not kinds({"train/train_loss": (ep, train), "valid/hit_at_10": (ep, settled)})
+
+
+def test_a_return_that_falls_below_the_untrained_policys_is_a_divergence():
+    """RLlib PPO at lr 0.1 (typed for 1e-4): CartPole's return 20.5 at the first iteration (a
+    random policy), 10.4 three iterations later (the policy collapsed onto one action), then
+    a slow climb to 100.  A rate too small leaves a return where it was; only a step too
+    large makes the policy worse than untrained.  A healthy return that dips as it climbs is
+    not worse than that, and a negative one (a cost) is not judged so: a lander that learns
+    to hover burns fuel before it learns to land."""
+    steps = 4000 * np.arange(1, 41)
+    r = np.concatenate([[20.5, 41.1, 23.7, 13.6, 10.4, 10.4, 11.4], np.linspace(28, 100, 33)])
+    hist = {
+        "episode_reward_mean": (steps, r),
+        "info/learner/default_policy/learner_stats/total_loss": (steps, np.full(40, 5.0)),
+    }
+    found = detect(hist, {"status": "FINISHED", "params": {}}, "")
+    assert [(f.kind, f.step) for f in found] == [("divergence", 20000)]
+    assert diagnose(found, {}, "", SC.playbook, aliases=SC.metrics)[0].cause == "lr_too_high"
+    rng = np.random.default_rng(1)
+    healthy = np.linspace(21, 470, 40) * (1 + 0.1 * rng.standard_normal(40))
+    healthy[5:8] = [60, 41, 70]  # a dip on the way up, above the start
+    lander = np.concatenate([np.full(8, -180.0), np.full(8, -320.0), np.linspace(-250, 200, 24)])
+    for x in (healthy, lander):
+        assert not kinds(
+            {
+                "episode_reward_mean": (steps, x),
+                "info/learner/default_policy/learner_stats/total_loss": (steps, np.full(40, 5.0)),
+            }
+        )

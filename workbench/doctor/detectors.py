@@ -587,19 +587,23 @@ def _noise(x: np.ndarray) -> float:
     return MAD_TO_SIGMA * _mad(d) / float(np.sqrt(2))
 
 
-def _overfitting(ev: Series, tr: Series | None, th: dict[str, Any]) -> Finding | None:
+def _overfitting(
+    ev: Series, tr: Series | None, th: dict[str, Any], *, higher: bool = False
+) -> Finding | None:
     """Eval loss turned up from its minimum (for the last ``persist`` evals) while the train
-    loss kept at or below its value at that minimum.
+    loss kept at or below its value at that minimum.  ``higher``: ``ev`` is a held-out score
+    (accuracy, MRR), judged as a loss with its sign turned and reported as logged.
 
     Calibrated to the run's own noise: the best eval is taken as the median of the ``smooth``
     evals around the minimum (a minimum picked from noisy evals is biased low), and the rise
     must exceed both ``rise`` × the best and ``z`` × the eval's eval-to-eval noise (small
     validation sets, logged once per epoch, wander a lot)."""
-    x = _finite_prefix(ev.values)
+    x = _finite_prefix(-ev.values if higher else ev.values)
     n = len(x)
     persist = int(th.get("persist", 2))
     if n < max(th.get("min_points", 4), persist + 2):
         return None
+    shown = (lambda v: _fmt(-v)) if higher else _fmt  # as logged
     m = int(np.argmin(x[: n - persist]))  # the best eval before the last `persist` ones
     best = float(x[m])
     half = int(th.get("smooth", 3)) // 2
@@ -611,9 +615,11 @@ def _overfitting(ev: Series, tr: Series | None, th: dict[str, Any]) -> Finding |
     if not np.all(x[n - persist :] > limit):
         # Or: eval loss stalled for `stall_evals` evals while the train loss kept falling,
         # and the evals since sit above the best by more than their noise explains.
+        # (Not a score: one that stops improving while the loss still falls is a ranking or
+        # an accuracy that has settled while the model's confidence still sharpens.)
         m = int(np.argmin(x))
         stall = int(th.get("stall_evals", 4))
-        if n - 1 - m < stall or tr is None or not len(tr):
+        if higher or n - 1 - m < stall or tr is None or not len(tr):
             return None
         if tail - level <= th.get("stall_z", 2.0) * noise:
             return None
@@ -628,7 +634,7 @@ def _overfitting(ev: Series, tr: Series | None, th: dict[str, Any]) -> Finding |
             metric=ev.name,
             step=int(ev.steps[m]),
             severity=0.6,
-            evidence=f"{ev.name} stopped improving at {_fmt(best)} (step {ev.steps[m]}) for {n - 1 - m} evals (now {_fmt(tail)}, eval-to-eval noise {_fmt(noise)}) while {tr.name} fell {_fmt(t_at)} → {_fmt(t_end)}",
+            evidence=f"{ev.name} stopped improving at {shown(best)} (step {ev.steps[m]}) for {n - 1 - m} evals (now {shown(tail)}, eval-to-eval noise {_fmt(noise)}) while {tr.name} fell {_fmt(t_at)} → {_fmt(t_end)}",
         )
     rise_at = m + 1 + int(np.argmax(x[m + 1 :] > limit))
     if tr is not None and len(tr):
@@ -648,7 +654,7 @@ def _overfitting(ev: Series, tr: Series | None, th: dict[str, Any]) -> Finding |
         metric=ev.name,
         step=int(ev.steps[m]),
         severity=float(min(1.0, (x[-1] - best) / max(abs(best), 1e-12))),
-        evidence=f"{ev.name} bottomed at {_fmt(best)} (step {ev.steps[m]}), {_fmt(x[rise_at])} by step {ev.steps[rise_at]}, now {_fmt(x[-1])}: {(tail - level) / max(noise, 1e-12):.1f}× its eval-to-eval noise {_fmt(noise)}{train_txt}",
+        evidence=f"{ev.name} {'peaked' if higher else 'bottomed'} at {shown(best)} (step {ev.steps[m]}), {shown(x[rise_at])} by step {ev.steps[rise_at]}, now {shown(x[-1])}: {(tail - level) / max(noise, 1e-12):.1f}× its eval-to-eval noise {_fmt(noise)}{train_txt}",
     )
 
 
@@ -793,7 +799,8 @@ def _sparse_drop(
     median of all points before it, over at least ``sparse_points`` points after at least
     ``sparse_history``; each of the 3 points just before it ran at ``stretch_abrupt`` × that
     median or faster (an abrupt drop), and the slow points cost ``stretch_cost`` of the run's
-    time. With so few points a lasting drop is the only kind that is not noise."""
+    time. With so few points a lasting drop is the only kind that is not noise; a gradual one
+    counts only where it ends deep (``gradual_deep``)."""
     drop, min_cost = th.get("drop", 0.6), th.get("stretch_cost", 0.25)
     history, points = int(th.get("sparse_history", 4)), int(th.get("sparse_points", 3))
     abrupt = th.get("stretch_abrupt", 0.85)
@@ -802,8 +809,8 @@ def _sparse_drop(
         base = _median(y[:j])
         if not base > 0 or not (y[j:] < drop * base).all():
             continue
-        if np.min(y[max(0, j - 3) : j]) < abrupt * base:
-            return None  # a gradual slowdown (growing sequences, a curriculum) is no fault
+        if np.min(y[max(0, j - 3) : j]) < abrupt * base and not _deep(y, j, len(y), base, th):
+            return None  # a gradual slowdown that did not go deep
         cost = float(np.sum(step_time[j:] - 1.0 / base)) / float(np.sum(step_time))
         if cost < min_cost:
             return None
@@ -818,6 +825,15 @@ def _sparse_drop(
             cost,
         )
     return None
+
+
+def _deep(y: np.ndarray, j: int, k: int, base: float, th: dict[str, Any]) -> bool:
+    """A slow stretch ``y[j:k]`` whose last 3 points run at ``gradual_deep`` × ``base`` or
+    slower.  A gradual slowdown (growing sequences, a curriculum) is no fault, except on a
+    rate of the hardware's use (MFU: the caller sets ``gradual_deep`` only there), which
+    growing work leaves level: one that falls that deep is an input stage or a thread that
+    takes ever more of the step."""
+    return _median(y[max(j, k - 3) : k]) <= th.get("gradual_deep", 0.0) * base
 
 
 def _slow_finding(
@@ -841,8 +857,8 @@ def _slow_stretch(
     the end (a reader that is slow for some shards, a sparse log too short for the end rule).
 
     The stretch starts abruptly (the points just before it run at the baseline's speed: a
-    gradual slowdown, such as a curriculum's growing sequences, is no fault) and nearly all of
-    its points are slow. Load from other processes can do the same for a moment; what it
+    gradual slowdown, such as a curriculum's growing sequences, is no fault unless it goes
+    deep, ``_deep``) and nearly all of its points are slow. Load from other processes can do the same for a moment; what it
     rarely does is cost ``min_cost`` of the run's whole time, measured as the time per step
     above the baseline's, summed over the stretch.
     """
@@ -855,7 +871,7 @@ def _slow_stretch(
         onsets = np.flatnonzero(y[since:] < drop * med[since:])[:64] + since
     for j in onsets:
         base = float(med[j])
-        if not base > 0 or np.median(y[max(0, j - 3) : j]) < abrupt * base:
+        if not base > 0:
             continue
         slow = y[j:] < drop * base
         share = np.cumsum(slow) / np.arange(1, len(slow) + 1)
@@ -863,6 +879,8 @@ def _slow_stretch(
         if not len(ends) or ends[-1] + 1 < min_points:
             continue
         k = int(j + ends[-1] + 1)
+        if np.median(y[max(0, j - 3) : j]) < abrupt * base and not _deep(y, j, k, base, th):
+            continue  # a gradual slowdown that did not go deep
         cost = float(np.sum(np.maximum(step_time[j:k] - 1.0 / base, 0.0))) / total
         if cost < min_cost:
             continue
@@ -919,7 +937,7 @@ def divergence(run: RunView, th: dict[str, Any]) -> Finding | None:
     loss, ev = run["train_loss"], run["eval_loss"]
     if run.quality is not None:
         # Where the run measures its progress (see RunView.quality), its losses do not.
-        return _on_distance(run, "divergence", _distance_worse, th)
+        return _on_quality(run, "divergence", _quality_worse, th)
     if loss is None:
         return None
     # With an eval loss, a divergence found earlier may be confirmed only now: judged whole.
@@ -928,14 +946,20 @@ def divergence(run: RunView, th: dict[str, Any]) -> Finding | None:
     if f is None or f.step is None:
         return f
     lr = run["lr"]
-    if _warmup_transient(f, loss, ev, lr, th):
+    if _warmup_transient(f, loss, ev, lr, th, adaptive_lr=as_float(run.param("adaptive_lr"))):
         return None
     f = _recovered(f, loss, lr, th)
     return f if lr is None else _lr_decayed(f, lr, th.get("lr_decayed", 0.8))
 
 
 def _warmup_transient(
-    f: Finding, loss: Series, ev: Series | None, lr: Series | None, th: dict[str, Any]
+    f: Finding,
+    loss: Series,
+    ev: Series | None,
+    lr: Series | None,
+    th: dict[str, Any],
+    *,
+    adaptive_lr: float | None = None,
 ) -> bool:
     """A rise in the run's first points (fewer than ``recover_min_points`` before the onset:
     the run had no level of its own yet) that it learned its way out of at its rate, ending at
@@ -943,11 +967,15 @@ def _warmup_transient(
     logged, below its best before it and that point, with the rate when it got back within
     ``1 / recover_lr`` of the onset's and of every rate in between: the optimizer's first moves
     (momentum building up, a probe on a backbone still settling), not a divergence.  (A
-    judgement of the whole run: only a finished one, ``_final``.)"""
+    judgement of the whole run: only a finished one, ``_final``.)  Not at an Adam-family rate
+    of ``adaptive_lr_high`` or more: such a rate throws the weights (Adam steps each by about
+    the rate), and where the run got back, its schedule's decay let it."""
     y, steps = loss.values, loss.steps
     i = int(np.searchsorted(steps, f.step))
     before = y[:i][np.isfinite(y[:i])]
     if not th.get("_final", True) or not 1 <= len(before) < int(th.get("recover_min_points", 8)):
+        return False
+    if adaptive_lr is not None and adaptive_lr >= th.get("adaptive_lr_high", np.inf):
         return False
     if not np.isfinite(y[i:]).all():
         return False
@@ -1052,7 +1080,7 @@ def loss_spike(run: RunView, th: dict[str, Any]) -> Finding | None:
     if run.quality is not None:
         # A critic's loss jumps as its returns do, a GAN's as its players trade places: the
         # run's measure of progress is judged instead.
-        return _on_distance(run, "loss_spike", _distance_spike, th)
+        return _on_quality(run, "loss_spike", _distance_spike, th)
     if s is None:
         return None
     # The starting level: the second highest of the first `min_history` points of the whole
@@ -1064,19 +1092,62 @@ def loss_spike(run: RunView, th: dict[str, Any]) -> Finding | None:
     return _windowed(run, "loss_spike", "train_loss", th, partial(_loss_spike, start_level=level))
 
 
-@detector("plateau", reads=("train_loss", "eval_loss", *QUALITY_READS), precursor=True)
+@detector("plateau", reads=("train_loss", "eval_loss", "lr", *QUALITY_READS), precursor=True)
 def plateau(run: RunView, th: dict[str, Any]) -> Finding | None:
     if run.quality is not None:
         return _quality_plateau(*run.quality, run["train_loss"], th)
     s = run["train_loss"]
     if s is None:
         return None
-    return _plateau(
+    f = _plateau(
         s,
         th,
         eval_loss=run["eval_loss"],
         lr=as_float(run.param("lr")),
         adaptive_lr=as_float(run.param("adaptive_lr")),
+    )
+    lr = run["lr"]
+    return f if f is not None or lr is None else _schedule_stopped(s, lr, th)
+
+
+def _schedule_stopped(s: Series, lr: Series, th: dict[str, Any]) -> Finding | None:
+    """The logged rate fell to ``lr_dead`` × its peak or less and stayed there for the last
+    ``lr_dead_share`` of the run or more, where the loss had still fallen by
+    ``lr_dead_falling`` over the last quarter of its points before (at least 2), and has not
+    moved since (it gained less than ``min_improvement`` over at least
+    ``distance_min_points`` points): the schedule stopped the training early (a decay horizon
+    or a floor set wrong).  A schedule that decays to nothing does so at the end."""
+    fin = np.isfinite(lr.values)
+    lv, ls = lr.values[fin], lr.steps[fin]
+    if len(lv) < 3 or not float(np.max(lv)) > 0:
+        return None
+    dead = lv <= th.get("lr_dead", 0.01) * float(np.max(lv))
+    if not dead[-1]:
+        return None
+    k = len(dead) - int(np.argmin(dead[::-1]))  # the first point of the last dead stretch
+    span = float(s.steps[-1] - s.steps[0])
+    if not span > 0 or (s.steps[-1] - ls[k]) / span < th.get("lr_dead_share", 0.4):
+        return None
+    after = s.values[(s.steps >= ls[k]) & np.isfinite(s.values)]
+    if len(after) < th.get("distance_min_points", 5) or not after[0] > 0:
+        return None
+    # …while the loss was still falling fast: a rate cut because the loss had levelled off
+    # (ReduceLROnPlateau) follows a converged run, it does not stop one.
+    was = s.values[(s.steps < ls[k]) & np.isfinite(s.values)]
+    w = max(2, len(was) // 4)
+    if len(was) < w or not (was[-w] - after[0]) >= th.get("lr_dead_falling", 0.1) * was[-w]:
+        return None
+    _, tail = _head_tail(after, th)
+    gain = (float(after[0]) - tail) / float(after[0])
+    if gain >= th.get("min_improvement", 0.05):
+        return None
+    return Finding(
+        kind="plateau",
+        metric=s.name,
+        step=int(ls[k]),
+        severity=float(min(1.0, 1 - max(gain, 0) / th.get("min_improvement", 0.05))),
+        evidence=f"{lr.name} fell to {_fmt(float(lv[k]))} (≤ {100 * th.get('lr_dead', 0.01):g}% of its peak {_fmt(float(np.max(lv)))}) at step {ls[k]} and stayed there for the last {100 * (s.steps[-1] - ls[k]) / span:.0f}% of the run; {s.name} went from {_fmt(float(after[0]))} to {_fmt(tail)} since ({100 * gain:.1f}% better): the schedule stopped the training",
+        context=("lr_dead",),
     )
 
 
@@ -1145,9 +1216,14 @@ def _distance_worse(d: Series, th: dict[str, Any]) -> Finding | None:
     )
 
 
-def _distance_spike(d: Series, th: dict[str, Any]) -> Finding | None:
+def _distance_spike(
+    d: Series, higher: bool, th: dict[str, Any], loss: Series | None = None
+) -> Finding | None:
     """A distance from the data that jumped above its start and ``quality_worse`` × its best so
-    far (the model got worse than untrained), then came back (otherwise: ``_distance_worse``)."""
+    far (the model got worse than untrained), then came back (otherwise: ``_distance_worse``).
+    Not a return (``higher``): signed, it has no scale to judge a jump by."""
+    if higher:
+        return None
     fin = np.isfinite(d.values)
     x, steps = d.values[fin], d.steps[fin]
     if len(x) < 3 or not x[0] > 0 or _distance_worse(d, th) is not None:
@@ -1167,12 +1243,53 @@ def _distance_spike(d: Series, th: dict[str, Any]) -> Finding | None:
     )
 
 
-def _on_distance(run: RunView, kind: str, fn: Any, th: dict[str, Any]) -> Finding | None:
-    """``fn(series, th)`` on the run's measure of progress where it is a distance from the
-    data (a return, signed, has no scale to judge a blow-up by), kept only from where the
-    incremental caller has not judged yet (a ``stable`` detector's promise)."""
+def _quality_worse(
+    q: Series, higher: bool, th: dict[str, Any], loss: Series | None
+) -> Finding | None:
+    """The run's measure of progress got worse than untrained: a distance by the bar of
+    ``_distance_worse``, a return by that of ``_return_worse``."""
+    return _return_worse(q, th, loss) if higher else _distance_worse(q, th)
+
+
+def _return_worse(r: Series, th: dict[str, Any], loss: Series | None) -> Finding | None:
+    """A positive episode return whose rolling median (over ``max(5, n / 10)`` points) fell
+    by ``return_worse`` of its first 10 %'s level below it: the policy got worse than the
+    untrained one it started as (which a step too large does, by collapsing onto a bad
+    action; a rate too small leaves it where it was).  Judged from the learner's first update
+    (its first loss point), as ``_quality_plateau``.  Onset: that window's first point that
+    low."""
+    if loss is None or not len(loss):
+        return None
+    fin = np.isfinite(r.values) & (r.steps >= loss.steps[0])
+    x, steps = r.values[fin], r.steps[fin]
+    n = len(x)
+    if n < th.get("return_min_points", 12):
+        return None
+    head, _ = _head_tail(x, th)
+    if not head > 0:
+        return None  # a cost (negative) can get worse while new behaviour is tried out
+    bar = (1 - th.get("return_worse", 0.4)) * head
+    w = max(5, n // 10)
+    med = _row_median(np.lib.stride_tricks.sliding_window_view(x, w))
+    low = np.flatnonzero(med <= bar)
+    if not len(low):
+        return None
+    i = int(low[0])
+    j = i + int(np.argmax(x[i : i + w] <= bar))  # its first point that low
+    return Finding(
+        kind="divergence",
+        metric=r.name,
+        step=int(steps[j]),
+        severity=float(min(1.0, (head - med[i]) / head)),
+        evidence=f"{r.name} (the episode return) fell to a median of {_fmt(float(med[i]))} over the {w} points from step {steps[i]}, {100 * (head - med[i]) / head:.0f}% below its start's {_fmt(head)}: worse than the untrained policy",
+    )
+
+
+def _on_quality(run: RunView, kind: str, fn: Any, th: dict[str, Any]) -> Finding | None:
+    """``fn(series, higher, th, loss)`` on the run's measure of progress, kept only from where
+    the incremental caller has not judged yet (a ``stable`` detector's promise)."""
     q, higher = run.quality  # type: ignore[misc]
-    f = None if higher else fn(q, th)
+    f = fn(q, higher, th, run["train_loss"])
     i = run.start(kind, q)
     if f is None or i >= len(q) or f.step < int(q.steps[i]):
         return None  # (every point judged already, or the onset among them)
@@ -1193,10 +1310,13 @@ def vanishing_gradients(run: RunView, th: dict[str, Any]) -> Finding | None:
     return _vanishing_gradients(s, th, 0, loss=run["train_loss"]) if s is not None else None
 
 
-@detector("overfitting", reads=("eval_loss", "train_loss"))
+@detector("overfitting", reads=("eval_loss", "eval_score", "train_loss"))
 def overfitting(run: RunView, th: dict[str, Any]) -> Finding | None:
-    ev = run["eval_loss"]
-    return _overfitting(ev, run["train_loss"], th) if ev is not None else None
+    ev, higher = run["eval_loss"], False
+    if ev is None and run["eval_score"] is not None:
+        # No eval loss: the held-out score (higher is better) is judged as one, sign turned
+        ev, higher = run["eval_score"], True
+    return _overfitting(ev, run["train_loss"], th, higher=higher) if ev is not None else None
 
 
 @detector("expert_collapse", reads=("moe_load", "moe_dead", "moe_entropy", "moe_aux"))
@@ -1221,14 +1341,21 @@ def throughput_drop(run: RunView, th: dict[str, Any]) -> Finding | None:
     step between its points stands in, or the time from each start stamp to its end stamp
     (nnU-Net's epoch_start_timestamps, epoch_end_timestamps: the epoch without its pauses)."""
     tp, st, clock = run["throughput"], run["step_time"], run["clock"]
+    if tp is not None and (tp.values < 0).any():
+        # a negative rate is a placeholder (nanoGPT's mfu is -100 until it has measured one)
+        tp = Series(tp.name, tp.steps, np.where(tp.values < 0, np.nan, tp.values), tp.timestamps)
     if st is not None and _is_clock(st.values):
         st = None  # elapsed time, not time per step
     from_clock = st is None and clock is not None and _is_clock(clock.values)
     if from_clock:
         st = _per_step(clock, run["clock_start"])  # type: ignore[arg-type]
+    # A gradual fall that goes deep counts only on a rate of the hardware's use (``_deep``)
+    use = tp is not None and run.aliases is not None and run.aliases.is_utilization(tp.name)
+    th_tp = th if use else {**th, "gradual_deep": 0.0}
     drops = [
-        tp is not None and _throughput_drop(tp, th, 0),
-        st is not None and _throughput_drop(st, th, 0, higher_is_worse=True),
+        tp is not None and _throughput_drop(tp, th_tp, 0),
+        st is not None
+        and _throughput_drop(st, {**th, "gradual_deep": 0.0}, 0, higher_is_worse=True),
     ]
     found = [d for d in drops if d]
     if not found:

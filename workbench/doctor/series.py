@@ -183,9 +183,11 @@ _ADAPTIVE = re.compile(
 
 
 def adaptive_lr(params: Mapping[str, str], aliases: MetricAliases) -> str | None:
-    """The learning rate when the run's optimizer is an adaptive one (Adam and kin), else None."""
+    """The learning rate when the run's optimizer is an adaptive one (Adam and kin), else None:
+    named so, or not named and the run logged Adam's second-moment decay (``adam_beta2``)."""
     opt = param_value(params, aliases, "optimizer")
-    return param_value(params, aliases, "lr") if opt and _ADAPTIVE.fullmatch(opt) else None
+    adaptive = bool(_ADAPTIVE.fullmatch(opt)) if opt else param_name(params, aliases, "adam_beta2")
+    return param_value(params, aliases, "lr") if adaptive else None
 
 
 DERIVED = {"compute_precision": compute_precision, "adaptive_lr": adaptive_lr}
