@@ -858,9 +858,9 @@ def _slow_stretch(
 
     The stretch starts abruptly (the points just before it run at the baseline's speed: a
     gradual slowdown, such as a curriculum's growing sequences, is no fault unless it goes
-    deep, ``_deep``) and nearly all of its points are slow. Load from other processes can do the same for a moment; what it
-    rarely does is cost ``min_cost`` of the run's whole time, measured as the time per step
-    above the baseline's, summed over the stretch.
+    deep, ``_deep``) and nearly all of its points are slow. Load from other processes can do
+    the same for a moment; what it rarely does is cost ``min_cost`` of the run's whole time,
+    measured as the time per step above the baseline's, summed over the stretch.
     """
     drop, sustain = th.get("drop", 0.6), th.get("sustain", 0.6)
     min_points, min_cost = int(th.get("stretch_points", 8)), th.get("stretch_cost", 0.25)
