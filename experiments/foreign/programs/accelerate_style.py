@@ -33,10 +33,10 @@ looking at the doctor.
 Faults are real code paths and data: ``--learning_rate`` typed far too large;
 ``--freeze_encoder``: the team's port of the seq2seq examples' flag freezes ``model.tf``, the
 whole ``nn.Transformer`` (encoder *and* decoder), leaving only the tied embeddings and the
-positions to train; ``--target_skip_lines 2`` (the count of an older
-export with two header lines) on a target file with one, so every source sentence is paired
-with the next sentence's translation; ``--max_source_length`` raised past the model's 64
-positions, which the long sentences then overrun once the curriculum lets them in.
+positions to train; ``--target_skip_lines 2`` (the count of an older export with two header
+lines) on a target file with one, so every source sentence is paired with the next
+sentence's translation; ``--max_source_length`` raised past the model's 64 positions, which
+the long sentences then overrun once the curriculum lets them in.
 """
 
 import math

@@ -27,13 +27,13 @@ external aligner (as ``ForwardTTS`` with ``use_aligner: false``).  ``signal_norm
 mels to mean 0, unit range (Coqui's ``AudioProcessor`` normalisation); without it the targets
 are dB values (about -100 to 0).  Written without looking at the doctor.
 
-Faults are real code paths: ``--precision fp16`` (the model and its batches cast to half, as a
-team did to halve memory) on dB targets, where the masked L1 *sum* of a batch passes 65504;
-``--lr`` typed far too small; ``--audit_log``: the team's dataset records every loaded item in
-a JSON file it reads and rewrites whole at each item; ``--extra_recordings``: newly
-recorded sessions added to the training set from an export that skipped the normalisation
-(dB values among normalised ones); ``--max_audio_len`` raised past the
-corpus's one unsegmented 1.6-hour recording, whose batch is padded to its length.
+Faults are real code paths and data: ``--precision fp16`` (the model and its batches cast
+to half, as a team did to halve memory) on dB targets, where the masked L1 *sum* of a batch
+passes 65504; ``--extra_recordings``: newly recorded sessions added to the training set from an
+export that skipped the normalisation (dB values among normalised ones); ``--audit_log``: the
+team's dataset records every loaded item in a JSON file it reads and rewrites whole at each
+item; ``--max_audio_len`` raised past the corpus's one unsegmented 1.6-hour recording, whose
+batch is padded to its length.
 """
 
 import json

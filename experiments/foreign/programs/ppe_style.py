@@ -24,14 +24,14 @@ gain, plus noise; a subject-wise split (``--val_subjects``).  Models: the exampl
 (``conv1``, ``conv2``, ``fc1``, ``fc2``).  Written
 without looking at the doctor.
 
-Faults are real code paths: ``--train_size`` small with a wide ``fc1`` and many epochs;
-``--snapshot_n_retains``: the team's pruning in the writer thread builds the old snapshot's
-name without its ``.pt`` suffix, so the writer thread dies at the first prune and the bounded
-queue then blocks the training loop; ``--iteration_log``: a second ``LogReport(filename=..., trigger=(1, 'iteration'))``, which
-(as Chainer's and ppe's ``LogReport`` do) rewrites its whole log as indented JSON at every
-trigger, so each iteration costs more than the last; ``--sort_by_subject``:
-the loader reorders the windows by subject for caching but keeps the label array in file
-order.
+Faults are real code paths: ``--train_size`` small with a wide ``fc1``, no weight decay and
+many epochs; ``--snapshot_n_retains``: the team's pruning in the writer thread builds the old
+snapshot's name without its ``.pt`` suffix, so the writer thread dies at the first prune and
+the bounded queue then blocks the training loop; ``--iteration_log``: a second
+``LogReport(filename=..., trigger=(1, 'iteration'))``, which (as Chainer's and ppe's
+``LogReport`` do) rewrites its whole log as indented JSON at every trigger, so each iteration
+costs more than the last; ``--sort_by_subject``: the loader reorders the windows by subject
+for caching but keeps the label array in file order.
 """
 
 import json
