@@ -721,7 +721,12 @@ def _expert_collapse(
 
 
 def _throughput_drop(
-    s: Series, th: dict[str, Any], since: int = 0, *, higher_is_worse: bool = False
+    s: Series,
+    th: dict[str, Any],
+    since: int = 0,
+    *,
+    higher_is_worse: bool = False,
+    utilization: bool = False,
 ) -> Finding | None:
     """Throughput falls below ``drop`` × its rolling median and stays there.
 
@@ -737,7 +742,7 @@ def _throughput_drop(
         y = 1.0 / np.maximum(y, 1e-12)
     shown = (lambda v: 1.0 / v) if higher_is_worse else (lambda v: v)
     if len(x) <= min_history + min(persist, int(th.get("stretch_points", persist))):
-        return _sparse_drop(s, y, th, since, shown)
+        return _sparse_drop(s, y, th, since, shown, utilization)
     med, _ = rolling_baseline(
         y,
         int(th.get("window", 64)),
@@ -746,7 +751,7 @@ def _throughput_drop(
         since,
     )
     if len(x) <= min_history + persist:  # too short for the end rule
-        return _slow_stretch(s, y, med, th, since, shown)
+        return _slow_stretch(s, y, med, th, since, shown, utilization)
     fwd = _row_median(
         np.lib.stride_tricks.sliding_window_view(y, persist)
     )  # fwd[i]: y[i:i+persist]
@@ -778,7 +783,7 @@ def _throughput_drop(
             i = int(c)
             break
     if i is None:
-        return _slow_stretch(s, y, med, th, since, shown)
+        return _slow_stretch(s, y, med, th, since, shown, utilization)
     base = float(med[i])
     # The onset is the first slow point of that window.
     j = i + int(np.argmax(y[i : i + persist] < drop * base))
@@ -792,7 +797,12 @@ def _throughput_drop(
 
 
 def _sparse_drop(
-    s: Series, y: np.ndarray, th: dict[str, Any], since: int, shown: Any
+    s: Series,
+    y: np.ndarray,
+    th: dict[str, Any],
+    since: int,
+    shown: Any,
+    utilization: bool = False,
 ) -> Finding | None:
     """A sparse log (a point per eval period or per epoch, too few for a rolling baseline)
     that drops for good: every point from some onset to the end is below ``drop`` × the
@@ -800,7 +810,7 @@ def _sparse_drop(
     ``sparse_history``; each of the 3 points just before it ran at ``stretch_abrupt`` × that
     median or faster (an abrupt drop), and the slow points cost ``stretch_cost`` of the run's
     time. With so few points a lasting drop is the only kind that is not noise; a gradual one
-    counts only where it ends deep (``gradual_deep``)."""
+    counts only on a ``utilization`` where it ends deep (``_deep``)."""
     drop, min_cost = th.get("drop", 0.6), th.get("stretch_cost", 0.25)
     history, points = int(th.get("sparse_history", 4)), int(th.get("sparse_points", 3))
     abrupt = th.get("stretch_abrupt", 0.85)
@@ -809,7 +819,9 @@ def _sparse_drop(
         base = _median(y[:j])
         if not base > 0 or not (y[j:] < drop * base).all():
             continue
-        if np.min(y[max(0, j - 3) : j]) < abrupt * base and not _deep(y, j, len(y), base, th):
+        if np.min(y[max(0, j - 3) : j]) < abrupt * base and not (
+            utilization and _deep(y, j, len(y), base, th)
+        ):
             return None  # a gradual slowdown that did not go deep
         cost = float(np.sum(step_time[j:] - 1.0 / base)) / float(np.sum(step_time))
         if cost < min_cost:
@@ -830,7 +842,7 @@ def _sparse_drop(
 def _deep(y: np.ndarray, j: int, k: int, base: float, th: dict[str, Any]) -> bool:
     """A slow stretch ``y[j:k]`` whose last 3 points run at ``gradual_deep`` × ``base`` or
     slower.  A gradual slowdown (growing sequences, a curriculum) is no fault, except on a
-    rate of the hardware's use (MFU: the caller sets ``gradual_deep`` only there), which
+    rate of the hardware's use (MFU: the callers ask only there, ``utilization``), which
     growing work leaves level: one that falls that deep is an input stage or a thread that
     takes ever more of the step."""
     return _median(y[max(j, k - 3) : k]) <= th.get("gradual_deep", 0.0) * base
@@ -851,7 +863,13 @@ def _slow_finding(
 
 
 def _slow_stretch(
-    s: Series, y: np.ndarray, med: np.ndarray, th: dict[str, Any], since: int, shown: Any
+    s: Series,
+    y: np.ndarray,
+    med: np.ndarray,
+    th: dict[str, Any],
+    since: int,
+    shown: Any,
+    utilization: bool = False,
 ) -> Finding | None:
     """A slow stretch that costs the run a good part of its time, whether or not it lasts to
     the end (a reader that is slow for some shards, a sparse log too short for the end rule).
@@ -879,7 +897,9 @@ def _slow_stretch(
         if not len(ends) or ends[-1] + 1 < min_points:
             continue
         k = int(j + ends[-1] + 1)
-        if np.median(y[max(0, j - 3) : j]) < abrupt * base and not _deep(y, j, k, base, th):
+        if np.median(y[max(0, j - 3) : j]) < abrupt * base and not (
+            utilization and _deep(y, j, k, base, th)
+        ):
             continue  # a gradual slowdown that did not go deep
         cost = float(np.sum(np.maximum(step_time[j:k] - 1.0 / base, 0.0))) / total
         if cost < min_cost:
@@ -1139,13 +1159,14 @@ def _schedule_stopped(s: Series, lr: Series, th: dict[str, Any]) -> Finding | No
         return None
     _, tail = _head_tail(after, th)
     gain = (float(after[0]) - tail) / float(after[0])
-    if gain >= th.get("min_improvement", 0.05):
+    min_gain = th.get("min_improvement", 0.05)
+    if gain >= min_gain:
         return None
     return Finding(
         kind="plateau",
         metric=s.name,
         step=int(ls[k]),
-        severity=float(min(1.0, 1 - max(gain, 0) / th.get("min_improvement", 0.05))),
+        severity=float(min(1.0, 1 - max(gain, 0) / min_gain)),
         evidence=f"{lr.name} fell to {_fmt(float(lv[k]))} (≤ {100 * th.get('lr_dead', 0.01):g}% of its peak {_fmt(float(np.max(lv)))}) at step {ls[k]} and stayed there for the last {100 * (s.steps[-1] - ls[k]) / span:.0f}% of the run; {s.name} went from {_fmt(float(after[0]))} to {_fmt(tail)} since ({100 * gain:.1f}% better): the schedule stopped the training",
         context=("lr_dead",),
     )
@@ -1351,11 +1372,9 @@ def throughput_drop(run: RunView, th: dict[str, Any]) -> Finding | None:
         st = _per_step(clock, run["clock_start"])  # type: ignore[arg-type]
     # A gradual fall that goes deep counts only on a rate of the hardware's use (``_deep``)
     use = tp is not None and run.aliases is not None and run.aliases.is_utilization(tp.name)
-    th_tp = th if use else {**th, "gradual_deep": 0.0}
     drops = [
-        tp is not None and _throughput_drop(tp, th_tp, 0),
-        st is not None
-        and _throughput_drop(st, {**th, "gradual_deep": 0.0}, 0, higher_is_worse=True),
+        tp is not None and _throughput_drop(tp, th, 0, utilization=use),
+        st is not None and _throughput_drop(st, th, 0, higher_is_worse=True),
     ]
     found = [d for d in drops if d]
     if not found:

@@ -186,7 +186,10 @@ def adaptive_lr(params: Mapping[str, str], aliases: MetricAliases) -> str | None
     """The learning rate when the run's optimizer is an adaptive one (Adam and kin), else None:
     named so, or not named and the run logged Adam's second-moment decay (``adam_beta2``)."""
     opt = param_value(params, aliases, "optimizer")
-    adaptive = bool(_ADAPTIVE.fullmatch(opt)) if opt else param_name(params, aliases, "adam_beta2")
+    if opt:
+        adaptive = _ADAPTIVE.fullmatch(opt) is not None
+    else:
+        adaptive = param_name(params, aliases, "adam_beta2") is not None
     return param_value(params, aliases, "lr") if adaptive else None
 
 
