@@ -1216,3 +1216,125 @@ def test_a_return_that_falls_below_the_untrained_policys_is_a_divergence():
                 "info/learner/default_policy/learner_stats/total_loss": (steps, np.full(40, 5.0)),
             }
         )
+
+
+def test_an_eval_loss_never_better_than_untrained_is_labels_without_signal():
+    """A loader that reorders the windows but not their labels: train loss at ln 6 for five
+    epochs, then memorised to 0.33; the validation loss never gets below its first value
+    (ln 6, the untrained model's) and rises from epoch 7.  A model too large for its data
+    first generalises (its eval loss falls by half), then memorises: overfit_capacity."""
+    ep = np.arange(1, 21)
+    train = np.concatenate([np.linspace(1.796, 1.756, 5), np.linspace(1.70, 0.33, 15)])
+    val = np.concatenate([[1.789, 1.783, 1.777, 1.806, 1.789, 1.802], np.linspace(1.87, 4.6, 14)])
+    hist = {"train/loss": (ep, train), "val/loss": (ep, val)}
+    found = detect(hist, {"status": "FINISHED"}, "")
+    assert [(f.kind, f.context) for f in found] == [("overfitting", ("eval_never_better",))]
+    assert diagnose(found, {}, "", SC.playbook, aliases=SC.metrics)[0].cause == "bad_data"
+    learned = np.concatenate([np.linspace(1.78, 0.92, 6), np.linspace(1.0, 1.6, 14)])
+    found = detect(
+        {"train/loss": (ep, train), "val/loss": (ep, learned)}, {"status": "FINISHED"}, ""
+    )
+    assert [(f.kind, f.context) for f in found] == [("overfitting", ())]
+    assert diagnose(found, {}, "", SC.playbook, aliases=SC.metrics)[0].cause == "overfit_capacity"
+    # AllenNLP: a per-batch train loss by batch, the eval by epoch (other step axes).  80
+    # examples a label and no dropout: the train loss falls from the first epoch, the eval
+    # gains 7 % by epoch 3, then memorisation throws it up: overfit_capacity, not bad_data.
+    ep40 = np.arange(40)
+    batches = np.arange(10, 1210, 10)
+    batch_loss = 1.77 * np.exp(-batches / 150) + 0.0005
+    val40 = np.concatenate([[1.773, 1.693, 1.724, 1.648, 1.688], np.linspace(1.83, 3.5, 35)])
+    found = detect(
+        {"batch_loss": (batches, batch_loss), "validation_loss": (ep40, val40)},
+        {"status": "FINISHED"},
+        "",
+    )
+    assert [(f.kind, f.context) for f in found] == [("overfitting", ())]
+    # a model that memorises at once: its eval rises from the first eval on
+    flair_val = np.concatenate([[1.784, 1.862, 2.114, 2.441], np.linspace(2.98, 3.86, 16)])
+    flair_train = np.concatenate([[1.809, 1.321, 0.778, 0.385], np.geomspace(0.2, 0.0007, 16)])
+    found = detect(
+        {"train/loss": (ep, flair_train), "val/loss": (ep, flair_val)}, {"status": "FINISHED"}, ""
+    )
+    assert [(f.kind, f.context) for f in found] == [("overfitting", ())]
+
+
+def test_a_time_that_grows_through_the_run_is_a_slowdown_and_a_step_up_is_not():
+    """An extension that rewrites its whole log at every iteration: the time per epoch grows
+    from 0.55 s to 2.2 s, within each half of the run.  A data loader that rewrites a growing
+    audit file: its wait grows 60x and ends far above the step's own time (which stays
+    level).  Load from another process that starts mid-run is a step up, not a ramp; a
+    curriculum's growing work levels off before the end; a data wait that grows but stays a
+    small share of the step costs nothing."""
+    ep = np.arange(1, 25)
+    per_epoch = np.linspace(0.55, 2.2, 24) * (1 + 0.08 * np.sin(ep))
+    clock = np.cumsum(per_epoch)
+    loss = 1.6 * np.exp(-ep / 4) + 0.01
+    found = detect(
+        {"train/loss": (ep * 68, loss), "elapsed_time": (ep * 68, clock)},
+        {"status": "FINISHED"},
+        "",
+    )
+    assert [(f.kind, f.metric, f.context) for f in found] == [
+        ("throughput_drop", "elapsed_time", ("growing",))
+    ]
+    assert diagnose(found, {}, "", SC.playbook, aliases=SC.metrics)[0].cause == "slow_io"
+    step_up = np.cumsum(np.where(ep < 12, 0.6, 0.9))  # 1.5x: under the drop bar
+    curriculum = np.cumsum(np.minimum(np.linspace(0.3, 2.4, 24), 1.6))
+    for c in (step_up, curriculum):
+        assert not kinds({"train/loss": (ep * 68, loss), "elapsed_time": (ep * 68, c)})
+    it = np.arange(0, 220, 5)
+    rng = np.random.default_rng(0)
+    step_time = 0.04 * (1 + 0.1 * rng.standard_normal(len(it)))
+    wait = np.linspace(0.01, 0.6, len(it)) * (1 + 0.2 * rng.standard_normal(len(it)))
+    hist = {"loss": (it, 3 * np.exp(-it / 40) + 0.15), "step_time": (it, step_time)}
+    found = detect({**hist, "loader_time": (it, wait)}, {"status": "FINISHED"}, "")
+    assert [(f.kind, f.metric) for f in found] == [("throughput_drop", "loader_time")]
+    assert not kinds({**hist, "loader_time": (it, wait / 100)})  # 6 ms of a 40 ms step
+
+
+def test_a_held_out_score_that_never_rises_is_a_plateau():
+    """A translation script logs BLEU (0-100) once an epoch and no validation loss.  With the
+    whole Transformer frozen, only the embeddings train: the train loss falls 5.1 -> 2.7
+    while BLEU stays at 0.03 (eval_flat: what it learns does not carry over).  At a rate 25x
+    too high, the loss rises from its best after epoch 1 and BLEU ends below its start.  A
+    healthy run's BLEU goes 0.2 -> 91; an accuracy that starts at 0.9 has no room to gain."""
+    st = 44 * np.arange(1, 11)
+    frozen_loss = np.array([5.13, 3.76, 3.39, 3.19, 3.03, 2.91, 2.81, 2.74, 2.68, 2.67])
+    frozen_bleu = np.array(
+        [0.0327, 0.0328, 0.0341, 0.0345, 0.0346, 0.0346, 0.0346, 0.0348, 0.0348, 0.0348]
+    )
+    found = detect(
+        {"train_loss": (st, frozen_loss), "bleu": (st, frozen_bleu)}, {"status": "FINISHED"}, ""
+    )
+    assert [(f.kind, f.metric, f.context) for f in found] == [("plateau", "bleu", ("eval_flat",))]
+    assert diagnose(found, {}, "", SC.playbook, aliases=SC.metrics)[0].cause == "bad_data"
+    thrown_loss = np.array([3.72, 2.86, 3.28, 3.57, 3.42, 3.39, 3.37, 3.33, 3.33, 3.31])
+    thrown_bleu = np.array([0.119, 0.033, 0.207, 0.036, 0.033, 0.030, 0.033, 0.033, 0.033, 0.033])
+    found = detect(
+        {"train_loss": (st, thrown_loss), "bleu": (st, thrown_bleu)}, {"status": "FINISHED"}, ""
+    )
+    assert [(f.kind, f.after) for f in found] == [("plateau", ("divergence",))]
+    assert diagnose(found, {}, "", SC.playbook, aliases=SC.metrics)[0].cause == "lr_too_high"
+    healthy_loss = np.array([4.34, 2.96, 1.99, 1.45, 1.12, 0.83, 0.59, 0.48, 0.42, 0.39])
+    healthy_bleu = np.array([0.21, 1.34, 15.0, 21.2, 39.4, 73.0, 80.5, 84.9, 90.5, 91.2])
+    assert not kinds({"train_loss": (st, healthy_loss), "bleu": (st, healthy_bleu)})
+    high = np.array([0.9, 0.93, 0.95, 0.96, 0.965, 0.97, 0.97, 0.972, 0.971, 0.972])
+    assert not kinds({"train_loss": (st, healthy_loss), "val_acc": (st, high)})
+
+
+def test_a_score_that_rose_and_fell_back_is_no_plateau():
+    """RecBole, a model too large for 24 interactions a user: valid/hit_at_10 climbs 0.06 ->
+    0.63 in ten epochs, then sinks to 0.53 as it memorises, while the train loss falls to a
+    converged 0.014 that wanders by 0.003.  Its tail is below its first tenth's median (which
+    holds the climb), but it learned and gave back: overfitting, not a plateau, and the
+    converged loss's wander is no throw-back."""
+    ep = np.arange(120)
+    climb = [0.061, 0.093, 0.256, 0.396, 0.482, 0.541, 0.568, 0.592, 0.61, 0.624, 0.627]
+    hit = np.concatenate([climb, np.linspace(0.626, 0.531, 109)])
+    train = np.concatenate([8.32 * np.exp(-ep[:60] / 8), np.linspace(0.0136, 0.0167, 60)])
+    train[:60] = np.maximum(train[:60], 0.0136)
+    found = detect(
+        {"train/train_loss": (ep, train), "valid/hit_at_10": (ep, hit)}, {"status": "FINISHED"}, ""
+    )
+    assert [f.kind for f in found] == ["overfitting"]
+    assert diagnose(found, {}, "", SC.playbook, aliases=SC.metrics)[0].cause == "overfit_capacity"

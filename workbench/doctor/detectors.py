@@ -637,6 +637,9 @@ def _overfitting(
             evidence=f"{ev.name} stopped improving at {shown(best)} (step {ev.steps[m]}) for {n - 1 - m} evals (now {shown(tail)}, eval-to-eval noise {_fmt(noise)}) while {tr.name} fell {_fmt(t_at)} → {_fmt(t_end)}",
         )
     rise_at = m + 1 + int(np.argmax(x[m + 1 :] > limit))
+    never = not higher and _never_better(x, m, level, ev, tr, th)
+    context = ("eval_never_better",) if never else ()
+    never_txt = "; it was never better than the untrained model's" if never else ""
     if tr is not None and len(tr):
         t_at = _value_at(tr, int(ev.steps[m]))
         t_end = _value_at(tr, int(ev.steps[n - 1]))
@@ -654,7 +657,31 @@ def _overfitting(
         metric=ev.name,
         step=int(ev.steps[m]),
         severity=float(min(1.0, (x[-1] - best) / max(abs(best), 1e-12))),
-        evidence=f"{ev.name} {'peaked' if higher else 'bottomed'} at {shown(best)} (step {ev.steps[m]}), {shown(x[rise_at])} by step {ev.steps[rise_at]}, now {shown(x[-1])}: {(tail - level) / max(noise, 1e-12):.1f}× its eval-to-eval noise {_fmt(noise)}{train_txt}",
+        evidence=f"{ev.name} {'peaked' if higher else 'bottomed'} at {shown(best)} (step {ev.steps[m]}), {shown(x[rise_at])} by step {ev.steps[rise_at]}, now {shown(x[-1])}: {(tail - level) / max(noise, 1e-12):.1f}× its eval-to-eval noise {_fmt(noise)}{train_txt}{never_txt}",
+        context=context,
+    )
+
+
+def _never_better(
+    x: np.ndarray, m: int, level: float, ev: Series, tr: Series | None, th: dict[str, Any]
+) -> bool:
+    """Labels without signal: the eval loss's best ``level`` sat within ``never_better`` of its
+    first value and of the train loss's first point (the untrained model's level), it came
+    no earlier than the third eval, and the train loss too was still at its first point's
+    level then.  Nothing in the data could be learned, so both sat at the untrained level
+    until the model began to memorise; a model merely too large for its data fits its
+    training set at once, so its eval turns up from the first evals while the train loss
+    has already fallen (or gains something first)."""
+    if m < 2 or tr is None or not len(tr) or not np.isfinite(tr.values[0]):
+        return False
+    t0 = float(tr.values[0])
+    # at the same share of the run: a per-batch train loss and a per-epoch eval may count
+    # steps on different axes (AllenNLP logs batches by batch and evals by epoch)
+    share = (ev.steps[m] - ev.steps[0]) / max(ev.steps[len(x) - 1] - ev.steps[0], 1)
+    t_at = _value_at(tr, int(tr.steps[0] + share * (tr.steps[-1] - tr.steps[0])))
+    bar = 1 - th.get("never_better", 0.05)
+    return t_at is not None and all(
+        v > 0 and lv >= bar * v for v, lv in ((x[0], level), (t0, level), (t0, t_at))
     )
 
 
@@ -1112,7 +1139,9 @@ def loss_spike(run: RunView, th: dict[str, Any]) -> Finding | None:
     return _windowed(run, "loss_spike", "train_loss", th, partial(_loss_spike, start_level=level))
 
 
-@detector("plateau", reads=("train_loss", "eval_loss", "lr", *QUALITY_READS), precursor=True)
+@detector(
+    "plateau", reads=("train_loss", "eval_loss", "eval_score", "lr", *QUALITY_READS), precursor=True
+)
 def plateau(run: RunView, th: dict[str, Any]) -> Finding | None:
     if run.quality is not None:
         return _quality_plateau(*run.quality, run["train_loss"], th)
@@ -1127,7 +1156,69 @@ def plateau(run: RunView, th: dict[str, Any]) -> Finding | None:
         adaptive_lr=as_float(run.param("adaptive_lr")),
     )
     lr = run["lr"]
-    return f if f is not None or lr is None else _schedule_stopped(s, lr, th)
+    if f is None and lr is not None:
+        f = _schedule_stopped(s, lr, th)
+    if f is None and run["eval_loss"] is None and run["eval_score"] is not None:
+        # No eval loss: the held-out score is the measure of what the run learned
+        f = _score_plateau(run["eval_score"], s, th)
+    return f
+
+
+def _score_plateau(sc: Series, loss: Series, th: dict[str, Any]) -> Finding | None:
+    """A held-out score (higher is better, bounded: accuracy, F1, BLEU) that did not improve:
+    its last 20 % gained less than ``score_gain`` both of its first 10 % (floored at a tenth of
+    its scale) and of the room left above them (to 1, or to 100 for a score logged in per
+    cent: an accuracy from 0.9 to 0.97 gained little of its start and most of its room), and
+    neither did its best over its first eval, over ``score_min_points`` evals or more.  Not
+    a score that starts near its top (``score_high``): it has nothing left to gain.  Where
+    the loss ended ``score_loss_rise`` above its best (of its level and of its fall), the
+    run learned and was thrown back (``divergence`` before it); where the loss fell by ``slow_gain`` or
+    more, what it learned on the training data does not carry over (``eval_flat``)."""
+    fin = np.isfinite(sc.values)
+    x = sc.values[fin]
+    if len(x) < th.get("score_min_points", 5) or np.any(x < 0):
+        return None
+    scale = 100.0 if float(np.max(x)) > 1 else 1.0
+    head, tail = _head_tail(x, th)
+    if head >= th.get("score_high", 0.9) * scale:
+        return None
+    bar = th.get("score_gain", 0.25)
+
+    def gain(v: float, ref: float) -> float:
+        # of its start (floored at a tenth of the scale: BLEU 0.1 → 1.2 is no gain) and of its room
+        return max((v - ref) / max(ref, 0.1 * scale), (v - ref) / (scale - ref))
+
+    # the tail gained little, and so did its best level over its first eval: one that rose and
+    # fell back learned something and lost it (overfitting, judged by its own rule)
+    g = gain(tail, head)
+    k, half = int(np.argmax(x)), int(th.get("score_smooth", 3)) // 2
+    peak = _median(x[max(0, k - half) : k + half + 1])  # a level held, not one lucky eval
+    if g >= bar or gain(peak, float(x[0])) >= bar:
+        return None
+    evidence = f"{sc.name} (a held-out score) went from {_fmt(head)} to {_fmt(tail)} over {len(x)} evals ({100 * (tail - head) / max(head, 1e-12):+.0f}%, {100 * (tail - head) / (scale - head):+.1f}% of the room to {scale:g})"
+    lx = loss.values[np.isfinite(loss.values)]
+    after: tuple[str, ...] = ()
+    context: tuple[str, ...] = ()
+    if len(lx) >= 3 and float(np.min(lx)) > 0:
+        _, l_tail = _head_tail(lx, th)
+        l_gain = (float(lx[0]) - l_tail) / float(lx[0])
+        l_best, rise = float(np.min(lx)), th.get("score_loss_rise", 0.1)
+        # thrown back: the rise is a share of both the loss's level and of what it had gained
+        if l_tail - l_best >= rise * max(l_best, float(lx[0]) - l_best):
+            after = ("divergence",)
+            evidence += f"; {loss.name} rose from its best {_fmt(l_best)} to {_fmt(l_tail)} and stayed there"
+        elif l_gain >= th.get("slow_gain", 0.1):
+            context = ("eval_flat",)
+            evidence += f"; {loss.name} fell {_fmt(float(lx[0]))} → {_fmt(l_tail)}: what it learned does not carry over"
+    return Finding(
+        kind="plateau",
+        metric=sc.name,
+        step=int(sc.steps[fin][0]),
+        severity=float(min(1.0, max(0.3, 1 - max(g, 0) / bar))),
+        evidence=evidence,
+        after=after,
+        context=context,
+    )
 
 
 def _schedule_stopped(s: Series, lr: Series, th: dict[str, Any]) -> Finding | None:
@@ -1355,7 +1446,7 @@ def expert_collapse(run: RunView, th: dict[str, Any]) -> Finding | None:
     )
 
 
-@detector("throughput_drop", reads=("throughput", "step_time", "clock", "clock_start"))
+@detector("throughput_drop", reads=("throughput", "step_time", "clock", "clock_start", "data_time"))
 def throughput_drop(run: RunView, th: dict[str, Any]) -> Finding | None:
     """The earlier of a throughput drop and a step-time rise ("slow until the end" is judged
     on the run's end: the whole series).  Without a step time, a logged clock's time per
@@ -1378,11 +1469,61 @@ def throughput_drop(run: RunView, th: dict[str, Any]) -> Finding | None:
     ]
     found = [d for d in drops if d]
     if not found:
-        return None
+        # No drop: a time that grew through the whole run, the step's own or the wait for
+        # its data (a loader that takes ever longer while the step's compute stays level).
+        dt = run["data_time"]
+        grown = [
+            st is not None and _growing_time(st, th),
+            dt is not None and not _is_clock(dt.values) and _growing_time(dt, th, step_time=st),
+        ]
+        found = [g for g in grown if g]
+        if not found:
+            return None
     first = min(found, key=lambda f: f.step or 0)
-    if from_clock and first is drops[1]:
+    if from_clock and st is not None and first.metric == st.name:
         first = first.model_copy(update={"metric": clock.name})  # the metric the run logged
     return first
+
+
+def _growing_time(
+    t: Series, th: dict[str, Any], *, step_time: Series | None = None
+) -> Finding | None:
+    """A time per unit (a step's, an epoch's, a data wait's) that grew through the whole run:
+    within each half of its points (the second quarter's median ≥ ``grow_step`` × the
+    first's, the fourth's ≥ ``grow_step`` × the third's, the third not below the second's by
+    that much), the last quarter ``grow_ratio`` × the first or more, costing
+    ``stretch_cost`` of the run's time.  A cost that grows with the run (a log or file
+    rewritten whole at every step, a list scanned in full) does that; load from other
+    processes comes and goes (a step up grows across the halves, not within them), and a
+    curriculum's growing work levels off when it ends.  A data wait (``step_time`` given)
+    must also end at ``data_share`` × the step's own time (its last quarter) or more to be
+    a cost at all."""
+    fin = np.isfinite(t.values) & (t.values > 0)
+    x, steps = t.values[fin], t.steps[fin]
+    if len(x) < th.get("grow_points", 8):
+        return None
+    q = [_median(c) for c in np.array_split(x, 4)]
+    step = th.get("grow_step", 1.1)
+    if not (q[1] >= step * q[0] and q[3] >= step * q[2] and q[2] * step >= q[1]):
+        return None  # a ramp grows within each half (a step up from load grows only across)
+    if q[3] < th.get("grow_ratio", 2.5) * q[0]:
+        return None
+    if step_time is not None:
+        own = step_time.values[np.isfinite(step_time.values)]
+        if len(own) >= 4 and q[3] < th.get("data_share", 0.5) * _median(np.array_split(own, 4)[-1]):
+            return None
+    cost = float(np.sum(np.maximum(x - q[0], 0.0)) / np.sum(x))
+    if cost < th.get("stretch_cost", 0.25):
+        return None
+    j = int(np.argmax(x >= q[0] / th.get("drop", 0.6)))
+    return Finding(
+        kind="throughput_drop",
+        metric=t.name,
+        step=int(steps[j]),
+        severity=float(min(1.0, 1 - q[0] / q[3])),
+        evidence=f"{t.name} grew through the run, quarter by quarter: {', '.join(_fmt(v) for v in q)} (medians; {q[3] / q[0]:.1f}× at the end, {100 * cost:.0f}% of the run's time lost): a cost that grows with every step",
+        context=("growing",),
+    )
 
 
 def _per_step(clock: Series, start: Series | None = None) -> Series:
