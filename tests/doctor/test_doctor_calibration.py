@@ -1338,3 +1338,23 @@ def test_a_score_that_rose_and_fell_back_is_no_plateau():
     )
     assert [f.kind for f in found] == ["overfitting"]
     assert diagnose(found, {}, "", SC.playbook, aliases=SC.metrics)[0].cause == "overfit_capacity"
+
+
+def test_an_eval_that_rises_while_the_train_loss_barely_moves_is_no_overfitting():
+    """pytorch-tabnet at a rate typed 1000x too low: the batch-norm statistics drift under
+    barely changed weights, so valid_logloss rises 0.693 -> 0.838 while the train loss moves
+    0.835 -> 0.803 (4 %); and a healthy run's valid_logloss wanders up 7 % in its last ten
+    epochs while its loss moved 1 %.  Nothing was memorised: overfitting needs the train loss
+    to fall (by 15 %) while the eval rises.  A model that memorises does."""
+    ep = np.arange(31)
+    drift_eval = np.concatenate([np.linspace(0.6933, 0.8384, 13), np.linspace(0.836, 0.814, 18)])
+    slow_train = np.linspace(0.8354, 0.8043, 31)
+    found = detect(
+        {"loss": (ep, slow_train), "valid_logloss": (ep, drift_eval)}, {"status": "FINISHED"}, ""
+    )
+    assert "overfitting" not in [f.kind for f in found]
+    memorised = 0.8354 * np.exp(-ep / 6) + 0.01
+    found = detect(
+        {"loss": (ep, memorised), "valid_logloss": (ep, drift_eval)}, {"status": "FINISHED"}, ""
+    )
+    assert "overfitting" in [f.kind for f in found]

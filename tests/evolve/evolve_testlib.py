@@ -104,7 +104,7 @@ overfitting:
   min_points: 4          # eval points
   rise: 0.05             # eval loss rises this much above its minimum …
   persist: 2             # … for the last `persist` eval points
-  train_slack: 0.02      # while train loss stays at or below (1 + slack) × its value at the minimum
+  train_drop: 0.15       # while the train loss fell by at least this fraction
 expert_collapse:
   warmup: 0.1            # ignore the first 10 % of points
   load_ratio: 3.0        # moe load max/mean above this …

@@ -591,7 +591,7 @@ def _overfitting(
     ev: Series, tr: Series | None, th: dict[str, Any], *, higher: bool = False
 ) -> Finding | None:
     """Eval loss turned up from its minimum (for the last ``persist`` evals) while the train
-    loss kept at or below its value at that minimum.  ``higher``: ``ev`` is a held-out score
+    loss fell by ``train_drop`` or more from its value at that minimum: memorisation.  ``higher``: ``ev`` is a held-out score
     (accuracy, MRR), judged as a loss with its sign turned and reported as logged.
 
     Calibrated to the run's own noise: the best eval is taken as the median of the ``smooth``
@@ -625,7 +625,7 @@ def _overfitting(
             return None
         if tail - level < th.get("give_back", 0.02) * (x[0] - level):
             return None  # gave back next to nothing of what it gained: converged, not overfitting
-        t_at, t_end = _value_at(tr, int(ev.steps[m])), _value_at(tr, int(ev.steps[-1]))
+        t_at, t_end = _train_at(tr, ev, m), _train_at(tr, ev, n - 1)
         if t_at is None or t_end is None or t_end > t_at * (1 - th.get("train_drop", 0.15)):
             return None
         best = float(x[m])
@@ -641,14 +641,15 @@ def _overfitting(
     context = ("eval_never_better",) if never else ()
     never_txt = "; it was never better than the untrained model's" if never else ""
     if tr is not None and len(tr):
-        t_at = _value_at(tr, int(ev.steps[m]))
-        t_end = _value_at(tr, int(ev.steps[n - 1]))
+        t_at, t_end = _train_at(tr, ev, m), _train_at(tr, ev, n - 1)
         if (
             t_at is not None
             and t_end is not None
-            and t_end > t_at * (1 + th.get("train_slack", 0.02))
+            and t_end > t_at * (1 - th.get("train_drop", 0.15))
         ):
-            return None  # train loss rose too: not overfitting (divergence or noise)
+            # the train loss barely moved (or rose) while the eval rose: nothing was memorised
+            # (an eval drifting at a rate too low, a divergence, noise)
+            return None
         train_txt = f"; {tr.name} {_fmt(t_at or np.nan)} → {_fmt(t_end or np.nan)}"
     else:
         train_txt = ""
@@ -660,6 +661,17 @@ def _overfitting(
         evidence=f"{ev.name} {'peaked' if higher else 'bottomed'} at {shown(best)} (step {ev.steps[m]}), {shown(x[rise_at])} by step {ev.steps[rise_at]}, now {shown(x[-1])}: {(tail - level) / max(noise, 1e-12):.1f}× its eval-to-eval noise {_fmt(noise)}{train_txt}{never_txt}",
         context=context,
     )
+
+
+def _train_at(tr: Series, ev: Series, i: int) -> float | None:
+    """The train loss where eval ``i`` was taken: at its step, or at the same share of the
+    run where the two count steps on other axes (AllenNLP logs its batch loss by batch and
+    its evals by epoch: their last steps differ by more than 2×)."""
+    step = float(ev.steps[i])
+    if not 0.5 <= tr.steps[-1] / max(ev.steps[-1], 1) <= 2:
+        share = (ev.steps[i] - ev.steps[0]) / max(ev.steps[-1] - ev.steps[0], 1)
+        step = tr.steps[0] + share * (tr.steps[-1] - tr.steps[0])
+    return _value_at(tr, int(step))
 
 
 def _never_better(
@@ -675,10 +687,7 @@ def _never_better(
     if m < 2 or tr is None or not len(tr) or not np.isfinite(tr.values[0]):
         return False
     t0 = float(tr.values[0])
-    # at the same share of the run: a per-batch train loss and a per-epoch eval may count
-    # steps on different axes (AllenNLP logs batches by batch and evals by epoch)
-    share = (ev.steps[m] - ev.steps[0]) / max(ev.steps[len(x) - 1] - ev.steps[0], 1)
-    t_at = _value_at(tr, int(tr.steps[0] + share * (tr.steps[-1] - tr.steps[0])))
+    t_at = _train_at(tr, ev, m)
     bar = 1 - th.get("never_better", 0.05)
     return t_at is not None and all(
         v > 0 and lv >= bar * v for v, lv in ((x[0], level), (t0, level), (t0, t_at))

@@ -111,7 +111,7 @@ STRICTER = {
     "plateau": {"min_improvement": -1, "min_points": 1},
     "exploding_gradients": {"z": 1, "ratio": 1, "abs_max": 1},
     "vanishing_gradients": {"ratio": -1, "abs_min": -1, "persist": 1},
-    "overfitting": {"rise": 1, "persist": 1, "train_slack": -1},
+    "overfitting": {"rise": 1, "persist": 1, "train_drop": 1},
     "expert_collapse": {"load_ratio": 1, "dead": 1, "entropy_frac": -1, "persist": 1},
     "throughput_drop": {"drop": -1, "persist": 1},
     "stalled": {"factor": 1, "min_seconds": 1},
