@@ -1358,3 +1358,30 @@ def test_an_eval_that_rises_while_the_train_loss_barely_moves_is_no_overfitting(
         {"loss": (ep, memorised), "valid_logloss": (ep, drift_eval)}, {"status": "FINISHED"}, ""
     )
     assert "overfitting" in [f.kind for f in found]
+
+
+def test_a_step_down_after_a_dip_from_load_is_a_slow_stretch():
+    """nanochat from step 192 on reads raw gzip shards: tokens/s ~32k -> ~5k for the last 22
+    logged steps.  Load from another process had slowed the three steps before it to ~21k
+    (0.67x the baseline: not "at the baseline's speed"), yet each of them ran at 4x what the
+    stretch runs at: a step down.  A box whose load makes every other step slow (1k and 20k
+    alternating) has no such step: the points before it are no faster than the stretch's
+    upper quarter."""
+    rng = np.random.default_rng(0)
+    steps = np.arange(0, 300, 5)
+    fast = 32000 * (1 + 0.06 * rng.standard_normal(35))
+    dip = np.array([21662.0, 20306.0, 22258.0])
+    slow = 5000 * (1 + 0.1 * rng.standard_normal(22))
+    tps = np.concatenate([fast, dip, slow])
+    loss = 5.5 * np.exp(-steps / 30) + 2.3
+    found = detect(
+        {"train/loss": (steps, loss), "train/tok_per_sec": (steps, tps)}, {"status": "FINISHED"}, ""
+    )
+    assert [(f.kind, f.metric) for f in found] == [("throughput_drop", "train/tok_per_sec")]
+    noisy = np.concatenate([fast, dip, np.where(np.arange(22) % 2, 20000.0, 1200.0)])
+    found = detect(
+        {"train/loss": (steps, loss), "train/tok_per_sec": (steps, noisy)},
+        {"status": "FINISHED"},
+        "",
+    )
+    assert "throughput_drop" not in [f.kind for f in found]

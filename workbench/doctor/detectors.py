@@ -910,7 +910,9 @@ def _slow_stretch(
     """A slow stretch that costs the run a good part of its time, whether or not it lasts to
     the end (a reader that is slow for some shards, a sparse log too short for the end rule).
 
-    The stretch starts abruptly (the points just before it run at the baseline's speed: a
+    The stretch starts abruptly (the points just before it run at the baseline's speed, or
+    each at ``stretch_step`` × what three quarters of the stretch run at: a step down after
+    a dip from load, not a box whose load makes every other step slow; a
     gradual slowdown, such as a curriculum's growing sequences, is no fault unless it goes
     deep, ``_deep``) and nearly all of its points are slow. Load from other processes can do
     the same for a moment; what it rarely does is cost ``min_cost`` of the run's whole time,
@@ -933,8 +935,14 @@ def _slow_stretch(
         if not len(ends) or ends[-1] + 1 < min_points:
             continue
         k = int(j + ends[-1] + 1)
-        if np.median(y[max(0, j - 3) : j]) < abrupt * base and not (
-            utilization and _deep(y, j, k, base, th)
+        before = y[max(0, j - 3) : j]
+        if (
+            np.median(before) < abrupt * base
+            and not (
+                len(before)
+                and np.min(before) >= th.get("stretch_step", 2.0) * np.percentile(y[j:k], 75)
+            )
+            and not (utilization and _deep(y, j, k, base, th))
         ):
             continue  # a gradual slowdown that did not go deep
         cost = float(np.sum(np.maximum(step_time[j:k] - 1.0 / base, 0.0))) / total
