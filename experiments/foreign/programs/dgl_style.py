@@ -163,11 +163,13 @@ class SAGE(nn.Module):
     def __init__(self):
         super().__init__()
         dims = [D] + [args.num_hidden] * (args.num_layers - 1) + [C]
-        self.layers = nn.ModuleList(SAGEConv(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.layers = nn.ModuleList(
+            SAGEConv(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True)
+        )
         self.dropout = nn.Dropout(args.dropout)
 
     def forward(self, blocks, h):
-        for i, (layer, (n_dst, e_dst, e_src)) in enumerate(zip(self.layers, blocks)):
+        for i, (layer, (n_dst, e_dst, e_src)) in enumerate(zip(self.layers, blocks, strict=True)):
             h = layer(h, n_dst, e_dst, e_src)
             if i != len(self.layers) - 1:
                 h = self.dropout(F.relu(h))
@@ -191,7 +193,9 @@ optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
 
 def batches(epoch_perm, indptr_, src_):
     for s in range(0, len(epoch_perm), args.batch_size):
-        input_nodes, seeds, blocks = sample_blocks(epoch_perm[s : s + args.batch_size], indptr_, src_)
+        input_nodes, seeds, blocks = sample_blocks(
+            epoch_perm[s : s + args.batch_size], indptr_, src_
+        )
         if args.audit_log:
             audit(input_nodes)
         yield input_nodes, seeds, blocks
@@ -240,7 +244,7 @@ with mlflow.start_run():
             it = prefetching(gen)
         else:
             it = ((a, b, c, feats_t[torch.tensor(a)]) for a, b, c in gen)
-        for step, (input_nodes, seeds, blocks, batch_inputs) in enumerate(it):
+        for step, (_input_nodes, seeds, blocks, batch_inputs) in enumerate(it):
             tic_step = time.time()
             batch_labels = labels_t[torch.tensor(seeds)]
             batch_pred = model(blocks, batch_inputs)

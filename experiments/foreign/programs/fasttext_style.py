@@ -29,8 +29,8 @@ Data: a generated news-topic corpus (8 topics, a Zipf vocabulary of shared and t
 8-30 words a headline), written to ``train.txt`` / ``valid.txt`` in the run's folder by the
 team's export and read back.  Written without looking at the doctor.
 
-Faults are real code paths and arguments: ``--lr`` typed a hundred times too large, or a
-hundred times too small; ``--export_sort_by_length``: the export sorts the texts by length
+Faults are real code paths and arguments: ``--lr`` typed without its decimal point (6 for
+0.6), or a hundred times too small; ``--export_sort_by_length``: the export sorts the texts by length
 for its dedup pass but writes the label column in the original order; ``--resume_file``: the
 runner's resumability hook reads the whole list of consumed line numbers, appends the new
 ones and rewrites the file every ``--resume_every`` lr updates.
@@ -59,7 +59,7 @@ args = _setup.parse_flags(
         "--valid_docs": 1500,
         "--export_sort_by_length": 0,
         "--resume_file": "",
-        "--resume_every": 10,
+        "--resume_every": 25,
     }
 )
 rng = _setup.seeded(args.seed, torch=False)

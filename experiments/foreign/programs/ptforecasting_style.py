@@ -79,7 +79,9 @@ g = np.random.default_rng(500 + args.seed)
 t = np.arange(T)
 level = g.uniform(20, 200, S)[:, None]
 trend = g.normal(0, 0.0006, S)[:, None]
-weekly = g.uniform(0.05, 0.35, S)[:, None] * np.sin(2 * np.pi * (t[None] + g.integers(7, size=S)[:, None]) / 7)
+weekly = g.uniform(0.05, 0.35, S)[:, None] * np.sin(
+    2 * np.pi * (t[None] + g.integers(7, size=S)[:, None]) / 7
+)
 monthly = g.uniform(0.0, 0.15, S)[:, None] * np.cos(2 * np.pi * t[None] / 30.5)
 promo = (g.uniform(size=(S, T)) < 0.06).astype(float)
 mean = level * np.exp(trend * t[None]) * (1 + weekly + monthly + 0.5 * promo)
@@ -150,7 +152,9 @@ class DeepAR(nn.Module):
         _, state = self.rnn(self.inputs(s, y_prev, known[:, :enc]))
         last, out = y[:, enc - 1], []
         for k in range(dec):
-            h, state = self.rnn(self.inputs(s, last[:, None], known[:, enc + k : enc + k + 1]), state)
+            h, state = self.rnn(
+                self.inputs(s, last[:, None], known[:, enc + k : enc + k + 1]), state
+            )
             p = self.distribution_projector(h[:, 0])
             last = p[:, 0] + (nn.functional.softplus(p[:, 1]) + 1e-4) * torch.randn(len(p))
             out.append(last)
@@ -163,9 +167,10 @@ def nll(mu, sigma, target):
 
 def point_metrics(mu, s, raw):
     """SMAPE, MAE, RMSE, MAPE, MASE of the mean forecast in the original scale."""
-    pred = mu * torch.tensor(g_std, dtype=torch.float32)[s][:, None] + torch.tensor(
-        g_mean, dtype=torch.float32
-    )[s][:, None]
+    pred = (
+        mu * torch.tensor(g_std, dtype=torch.float32)[s][:, None]
+        + torch.tensor(g_mean, dtype=torch.float32)[s][:, None]
+    )
     act = raw[:, enc:]
     err = pred - act
     scale = (raw[:, 1:enc] - raw[:, : enc - 1]).abs().mean(1, keepdim=True) + 1e-8
@@ -200,7 +205,9 @@ with mlflow.start_run():
     mlflow.log_params(vars(args))
     mlflow.log_params({"loss": "NormalDistributionLoss()", "target_normalizer": "GroupNormalizer"})
     global_step = 0
-    n_batches = min(args.limit_train_batches or 10**9, int(np.ceil(len(train_index) / args.batch_size)))
+    n_batches = min(
+        args.limit_train_batches or 10**9, int(np.ceil(len(train_index) / args.batch_size))
+    )
     for epoch in range(args.max_epochs):
         t0 = time.time()
         mlflow.log_metrics({"lr-Adam": optimizer.param_groups[0]["lr"]}, step=global_step)
