@@ -1385,3 +1385,40 @@ def test_a_step_down_after_a_dip_from_load_is_a_slow_stretch():
         "",
     )
     assert "throughput_drop" not in [f.kind for f in found]
+
+
+def test_a_rate_since_the_start_is_judged_by_its_implied_clock():
+    """fastText logs words/sec/thread as the tokens so far over the seconds so far, at step =
+    tokens so far.  A hook that rewrites a growing file slows the steps from 82k to 21k
+    tokens/s over the run, yet the logged average only drifts 89k -> 32k: no drop at any
+    point.  step / rate is its elapsed time (the points' timestamps agree); per print, the
+    time grows 4x.  A healthy run's average is level; a rate of the moment with ordinary
+    noise implies no clock at all, and one that only falls implies a rising one that is not
+    the run's seconds."""
+    rng = np.random.default_rng(0)
+    tokens = np.arange(1, 301) * 5400.0
+    inst = np.linspace(82000, 21000, 300) * (1 + 0.05 * rng.standard_normal(300))
+    elapsed = np.cumsum(5400.0 / inst)
+    avg_loss = 2.08 * np.exp(-tokens / 4e5) + 0.2
+
+    def logged(values, seconds):  # with the points' own timestamps (ms)
+        return (tokens, values, (1.8e12 + 1000 * seconds).astype(np.int64))
+
+    found = detect(
+        {
+            "avg_loss": logged(avg_loss, elapsed),
+            "words_per_sec_per_thread": logged(tokens / elapsed, elapsed),
+        },
+        {"status": "FINISHED"},
+        "",
+    )
+    assert [(f.kind, f.metric) for f in found] == [("throughput_drop", "words_per_sec_per_thread")]
+    level = 90000 * (1 + 0.05 * rng.standard_normal(300))
+    level_elapsed = np.cumsum(5400.0 / level)
+    for wps in (
+        tokens / level_elapsed,  # healthy: level
+        level,  # a rate of the moment: its noise makes step / rate step back
+        np.linspace(90000, 30000, 300),  # only falls: a rising "clock", not the run's seconds
+    ):
+        hist = {"words_per_sec_per_thread": logged(wps, level_elapsed)}
+        assert not detect(hist, {"status": "FINISHED"}, "")

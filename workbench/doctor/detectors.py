@@ -1478,6 +1478,10 @@ def throughput_drop(run: RunView, th: dict[str, Any]) -> Finding | None:
     from_clock = st is None and clock is not None and _is_clock(clock.values)
     if from_clock:
         st = _per_step(clock, run["clock_start"])  # type: ignore[arg-type]
+    elif st is None and tp is not None and (since_start := _rate_clock(tp, th)) is not None:
+        # A rate since the start damps every change (it falls 2.9k -> 0.7k where the steps
+        # after a slowdown run at 0.3k): judged as the time per step of its implied clock
+        st, clock, from_clock = _per_step(since_start), tp, True
     # A gradual fall that goes deep counts only on a rate of the hardware's use (``_deep``)
     use = tp is not None and run.aliases is not None and run.aliases.is_utilization(tp.name)
     drops = [
@@ -1541,6 +1545,30 @@ def _growing_time(
         evidence=f"{t.name} grew through the run, quarter by quarter: {', '.join(_fmt(v) for v in q)} (medians; {q[3] / q[0]:.1f}× at the end, {100 * cost:.0f}% of the run's time lost): a cost that grows with every step",
         context=("growing",),
     )
+
+
+def _rate_clock(tp: Series, th: dict[str, Any]) -> Series | None:
+    """The clock implied by a rate since the start, or None where ``tp`` is no such rate.
+    fastText's words/sec/thread and SB3's time/fps are the count so far over the time so far,
+    logged at step = that count, so step / rate is the elapsed time: it rises at every one of
+    ``rate_clock_points`` points or more, and agrees with the points' timestamps within
+    ``rate_clock_agree``×.  A rate of the moment with its ordinary noise
+    implies no such clock (step / rate steps back wherever the rate ticks up by more than
+    one step's share of the steps so far)."""
+    ok = np.isfinite(tp.values) & (tp.values > 0) & (tp.steps > 0)
+    if int(ok.sum()) < th.get("rate_clock_points", 16):
+        return None
+    steps, ts = tp.steps[ok], tp.timestamps[ok]
+    elapsed = steps / tp.values[ok]
+    if not np.all(np.diff(elapsed) > 0):
+        return None
+    # and the points' own timestamps tell the same time (a rate of the moment that only falls,
+    # a curriculum's, implies a rising "clock" too, but not the seconds the run took)
+    wall = (float(ts[-1]) - float(ts[0])) / 1000.0
+    agree = th.get("rate_clock_agree", 1.5)
+    if not (ts[0] > 0 and wall > 0 and 1 / agree <= (elapsed[-1] - elapsed[0]) / wall <= agree):
+        return None
+    return Series(f"{tp.name} (a rate since the start)", steps, elapsed, tp.timestamps[ok])
 
 
 def _per_step(clock: Series, start: Series | None = None) -> Series:
