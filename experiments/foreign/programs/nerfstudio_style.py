@@ -112,7 +112,7 @@ def rays_of(c2w):
 def render_gt(o, d):
     best_t = np.full(len(o), np.inf)
     rgb = np.ones((len(o), 3))
-    for c, r, col in zip(centers, radii, colors):
+    for c, r, col in zip(centers, radii, colors, strict=True):
         oc = o - c
         b = (oc * d).sum(1)
         disc = b**2 - ((oc**2).sum(1) - r**2)
