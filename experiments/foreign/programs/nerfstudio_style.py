@@ -233,11 +233,11 @@ def lr_at(step):  # ExponentialDecayScheduler
 
 
 # ----------------------------------------------------------------------------- datamanager
-def batch_from(images, rays):
+def batch_from(images, rays, gen=torch_gen):
     """PixelSampler: random rays from random images (images: N x S*S x 3, rays: (o, d))."""
     n = args.train_num_rays_per_batch
-    ci = torch.randint(len(images), (n,), generator=torch_gen)
-    pi = torch.randint(S * S, (n,), generator=torch_gen)
+    ci = torch.randint(len(images), (n,), generator=gen)
+    pi = torch.randint(S * S, (n,), generator=gen)
     return rays[0][ci, pi], rays[1][ci, pi], images[ci, pi]
 
 
@@ -262,13 +262,14 @@ class ParallelDataManager:
 
     def _worker(self):
         wrng = np.random.default_rng(args.seed + 1)
+        wgen = torch.Generator().manual_seed(args.seed + 2)  # the worker's own sampler seed
         while True:
             k = args.train_num_images_to_sample_from
             pick = wrng.permutation(len(train_frames))[: k if k > 0 else None]
             images, rays = stack([train_frames[i] for i in pick])
             repeats = args.train_num_times_to_repeat_images
             for _ in range(repeats if repeats > 0 else 10**9):
-                self.q.put(batch_from(images, rays))
+                self.q.put(batch_from(images, rays, wgen))
 
     def next_train(self, step):
         return self.q.get()
