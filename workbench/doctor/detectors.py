@@ -1478,9 +1478,11 @@ def throughput_drop(run: RunView, th: dict[str, Any]) -> Finding | None:
     from_clock = st is None and clock is not None and _is_clock(clock.values)
     if from_clock:
         st = _per_step(clock, run["clock_start"])  # type: ignore[arg-type]
-    elif st is None and tp is not None and (since_start := _rate_clock(tp, th)) is not None:
+    own_step = st  # the step's own time in seconds, where the run gave one
+    if st is None and tp is not None and (since_start := _rate_clock(tp, th)) is not None:
         # A rate since the start damps every change (it falls 2.9k -> 0.7k where the steps
         # after a slowdown run at 0.3k): judged as the time per step of its implied clock
+        # (per unit counted: a token's, a sample's, no step time to weigh a data wait by)
         st, clock, from_clock = _per_step(since_start), tp, True
     # A gradual fall that goes deep counts only on a rate of the hardware's use (``_deep``)
     use = tp is not None and run.aliases is not None and run.aliases.is_utilization(tp.name)
@@ -1495,7 +1497,9 @@ def throughput_drop(run: RunView, th: dict[str, Any]) -> Finding | None:
         dt = run["data_time"]
         grown = [
             st is not None and _growing_time(st, th),
-            dt is not None and not _is_clock(dt.values) and _growing_time(dt, th, step_time=st),
+            dt is not None
+            and not _is_clock(dt.values)
+            and _growing_time(dt, th, step_time=own_step),
         ]
         found = [g for g in grown if g]
         if not found:
