@@ -607,7 +607,7 @@ def _overfitting(
     m = int(np.argmin(x[: n - persist]))  # the best eval before the last `persist` ones
     best = float(x[m])
     half = int(th.get("smooth", 3)) // 2
-    level = _median(x[max(0, m - half) : m + half + 1])
+    level = _level_around(x, m, th.get("smooth", 3))
     noise = _noise(x[n // 4 :])
     bar = max(abs(best) * th.get("rise", 0.05), th.get("z", 4.0) * noise)
     limit = level + bar
@@ -637,11 +637,12 @@ def _overfitting(
             evidence=f"{ev.name} stopped improving at {shown(best)} (step {ev.steps[m]}) for {n - 1 - m} evals (now {shown(tail)}, eval-to-eval noise {_fmt(noise)}) while {tr.name} fell {_fmt(t_at)} → {_fmt(t_end)}",
         )
     rise_at = m + 1 + int(np.argmax(x[m + 1 :] > limit))
-    never = not higher and _never_better(x, m, level, ev, tr, th)
+    has_train = tr is not None and len(tr) > 0
+    t_at, t_end = (_train_at(tr, ev, m), _train_at(tr, ev, n - 1)) if has_train else (None, None)
+    never = not higher and has_train and _never_better(x, m, level, tr.values[0], t_at, th)
     context = ("eval_never_better",) if never else ()
     never_txt = "; it was never better than the untrained model's" if never else ""
-    if tr is not None and len(tr):
-        t_at, t_end = _train_at(tr, ev, m), _train_at(tr, ev, n - 1)
+    if has_train:
         if (
             t_at is not None
             and t_end is not None
@@ -674,8 +675,15 @@ def _train_at(tr: Series, ev: Series, i: int) -> float | None:
     return _value_at(tr, int(step))
 
 
+def _level_around(x: np.ndarray, i: int, width: int) -> float:
+    """The median of the ``width`` points around ``i``: a level the series held there, not one
+    lucky (or unlucky) point."""
+    half = int(width) // 2
+    return _median(x[max(0, i - half) : i + half + 1])
+
+
 def _never_better(
-    x: np.ndarray, m: int, level: float, ev: Series, tr: Series | None, th: dict[str, Any]
+    x: np.ndarray, m: int, level: float, t0: float, t_at: float | None, th: dict[str, Any]
 ) -> bool:
     """Labels without signal: the eval loss's best ``level`` sat within ``never_better`` of its
     first value and of the train loss's first point (the untrained model's level), it came
@@ -683,11 +691,10 @@ def _never_better(
     level then.  Nothing in the data could be learned, so both sat at the untrained level
     until the model began to memorise; a model merely too large for its data fits its
     training set at once, so its eval turns up from the first evals while the train loss
-    has already fallen (or gains something first)."""
-    if m < 2 or tr is None or not len(tr) or not np.isfinite(tr.values[0]):
+    has already fallen (or gains something first).  ``t0``: the train loss's first point;
+    ``t_at``: the train loss at the eval's best."""
+    if m < 2 or not np.isfinite(t0):
         return False
-    t0 = float(tr.values[0])
-    t_at = _train_at(tr, ev, m)
     bar = 1 - th.get("never_better", 0.05)
     return t_at is not None and all(
         v > 0 and lv >= bar * v for v, lv in ((x[0], level), (t0, level), (t0, t_at))
@@ -1208,8 +1215,7 @@ def _score_plateau(sc: Series, loss: Series, th: dict[str, Any]) -> Finding | No
     # the tail gained little, and so did its best level over its first eval: one that rose and
     # fell back learned something and lost it (overfitting, judged by its own rule)
     g = gain(tail, head)
-    k, half = int(np.argmax(x)), int(th.get("score_smooth", 3)) // 2
-    peak = _median(x[max(0, k - half) : k + half + 1])  # a level held, not one lucky eval
+    peak = _level_around(x, int(np.argmax(x)), th.get("score_smooth", 3))
     if g >= bar or gain(peak, float(x[0])) >= bar:
         return None
     evidence = f"{sc.name} (a held-out score) went from {_fmt(head)} to {_fmt(tail)} over {len(x)} evals ({100 * (tail - head) / max(head, 1e-12):+.0f}%, {100 * (tail - head) / (scale - head):+.1f}% of the room to {scale:g})"
