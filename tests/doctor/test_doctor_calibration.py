@@ -1422,3 +1422,58 @@ def test_a_rate_since_the_start_is_judged_by_its_implied_clock():
     ):
         hist = {"words_per_sec_per_thread": logged(wps, level_elapsed)}
         assert not detect(hist, {"status": "FINISHED"}, "")
+
+
+def test_a_loss_unmoved_by_a_rate_annealed_hundreds_fold_was_thrown_by_its_first_steps():
+    """nerfstudio at lr 0.3 (a typo of 0.003): the RGB loss falls from 0.17 to 0.06 in ten
+    steps and sits there for 790 more while the exponential decay takes the rate to 1e-4; the
+    field never gets out.  A healthy twin keeps falling as its rate anneals, and a small LM
+    whose loss barely moves under a cosine to a tenth is no such thing either."""
+    rng = np.random.default_rng(3)
+    step = np.arange(0, 800, 10)
+    warm = np.minimum(1.0, (step + 1) / 50)
+    decay = 0.3 * warm * (1e-4 / 0.3) ** (np.maximum(step - 50, 0) / 750)
+    stuck = 0.055 * (1 + 0.08 * rng.standard_normal(80))
+    stuck[0] = 0.174
+    found = detect(
+        {"Train Loss": (step, stuck), "learning_rate/fields": (step, decay)},
+        {"status": "FINISHED", "params": {}},
+        "",
+    )
+    assert [(f.kind, f.context) for f in found] == [("plateau", ("thrown",))]
+    d, _ = diagnose(found, {}, "", SC.playbook, aliases=SC.metrics)
+    assert d.cause == "lr_too_high"
+    healthy = np.concatenate([[0.174], 0.06 * np.exp(-step[1:] / 250)]) * (
+        1 + 0.08 * rng.standard_normal(80)
+    )
+    assert not kinds({"Train Loss": (step, healthy), "learning_rate/fields": (step, decay)})
+    # a loss that learned at once and barely moves later under a cosine to a tenth: healthy
+    cosine = 3e-3 * (0.1 + 0.9 * (1 + np.cos(np.pi * step / 800)) / 2)
+    lm = np.concatenate([[4.2], 2.5 - 0.3 * step[1:] / 800]) * (1 + 0.02 * rng.standard_normal(80))
+    assert not kinds({"Train Loss": (step, lm), "learning_rate/fields": (step, cosine)})
+
+
+def test_an_epoch_time_that_grows_at_every_epoch_is_a_cost_not_a_clock():
+    """DGL with a collate hook that rewrites a growing audit file at every batch: the epoch
+    takes 0.9 s, then 1.5, 1.7, ... 5.3 s, longer at every epoch, so it rises at every point
+    as a clock does.  The stamps tell them apart: an epoch's time keeps pace with the time
+    between its points, a clock's rises do; an elapsed-time clock stays no step time."""
+    ep = np.arange(10)
+    epoch_time = np.array([0.92, 1.49, 1.65, 2.31, 2.70, 3.13, 3.26, 4.29, 4.99, 5.30])
+    ts = (1e3 * (100 + np.cumsum(epoch_time + 0.2))).astype(np.int64)  # + an eval's 0.2 s
+    loss = 2.1 * np.exp(-ep / 4) + 0.09
+    found = detect(
+        {"loss": (ep, loss), "epoch_time_s": (ep, epoch_time, ts)},
+        {"status": "FINISHED", "params": {}},
+        "",
+    )
+    assert [(f.kind, f.metric, f.context) for f in found] == [
+        ("throughput_drop", "epoch_time_s", ("growing",))
+    ]
+    d, _ = diagnose(found, {}, "", SC.playbook, aliases=SC.metrics)
+    assert d.cause == "slow_io"
+    # the same epochs at a level 0.5 s, logged as the time elapsed since the start: a clock
+    level = np.full(10, 0.5)
+    ts = (1e3 * (100 + np.cumsum(level + 0.2))).astype(np.int64)
+    elapsed = np.cumsum(level + 0.2)
+    assert not kinds({"loss": (ep, loss), "epoch_time_s": (ep, elapsed, ts)})

@@ -1182,6 +1182,8 @@ def plateau(run: RunView, th: dict[str, Any]) -> Finding | None:
     lr = run["lr"]
     if f is None and lr is not None:
         f = _schedule_stopped(s, lr, th)
+    if f is None and lr is not None:
+        f = _stuck_while_annealed(s, lr, th)
     if f is None and run["eval_loss"] is None and run["eval_score"] is not None:
         # No eval loss: the held-out score is the measure of what the run learned
         f = _score_plateau(run["eval_score"], s, th)
@@ -1283,6 +1285,53 @@ def _schedule_stopped(s: Series, lr: Series, th: dict[str, Any]) -> Finding | No
         severity=float(min(1.0, 1 - max(gain, 0) / min_gain)),
         evidence=f"{lr.name} fell to {_fmt(float(lv[k]))} (≤ {100 * th.get('lr_dead', 0.01):g}% of its peak {_fmt(float(np.max(lv)))}) at step {ls[k]} and stayed there for the last {100 * (s.steps[-1] - ls[k]) / span:.0f}% of the run; {s.name} went from {_fmt(float(after[0]))} to {_fmt(tail)} since ({100 * gain:.1f}% better): the schedule stopped the training",
         context=("lr_dead",),
+    )
+
+
+def _stuck_while_annealed(s: Series, lr: Series, th: dict[str, Any]) -> Finding | None:
+    """The loss fell in its first ``head`` share of points and then stopped: from there to the
+    end it gained less than ``stuck_gain`` of its level while the logged rate annealed
+    ``stuck_anneal``-fold or more before the last ``tail`` share, and it stayed at ``stuck_level`` of its start or above.  A
+    healthy run that learned at once keeps gaining as its rate anneals (smaller steps settle
+    into the minimum it found); one that does not move at a rate hundreds of times smaller
+    was thrown by its first steps to a place no step size gets it out of (saturated units, a
+    collapsed field): the rate was too high from the start (``thrown``)."""
+    x = s.values
+    n = len(x)
+    if n < th.get("min_points", 12) or not np.all(np.isfinite(x)):
+        return None
+    h = max(1, int(n * th.get("head", 0.1)))
+    start = float(x[0])
+    rest = x[h:]
+    if not start > 0 or len(rest) < 2 * h:
+        return None
+    level, tail = _median(rest[:h]), _head_tail(x, th)[1]
+    if not (level > 0 and tail >= th.get("stuck_level", 0.2) * start):
+        return None
+    # flat all the way: no stretch of it (chunk medians) left the level by the bar either way
+    # (one that fell further learned; one that rose or dipped and came back was hit by
+    # something else)
+    bar = th.get("stuck_gain", 0.15)
+    chunks = [_median(rest[i : i + h]) for i in range(0, len(rest) - h + 1, h)]
+    gain = (level - tail) / level
+    if abs(gain) >= bar or any(abs(c - level) >= bar * level for c in chunks):
+        return None
+    # the anneal before the tail (a cosine to zero falls most in its last points, after the
+    # loss has had its chance to answer)
+    t = max(1, int(n * th.get("tail", 0.2)))
+    at_level, at_tail = _value_at(lr, int(s.steps[h])), _value_at(lr, int(s.steps[n - t]))
+    if at_level is None or at_tail is None or not at_tail > 0:
+        return None
+    fold = at_level / at_tail
+    if fold < th.get("stuck_anneal", 30.0):
+        return None
+    return Finding(
+        kind="plateau",
+        metric=s.name,
+        step=int(s.steps[h]),
+        severity=float(min(1.0, 1 - max(gain, 0) / bar)),
+        evidence=f"{s.name} fell from {_fmt(start)} to {_fmt(level)} by step {s.steps[h]}, then went to {_fmt(tail)} ({100 * gain:+.1f}%) while {lr.name} annealed {fold:.0f}-fold ({_fmt(at_level)} → {_fmt(at_tail)} at step {s.steps[n - t]}): stuck where its first steps threw it",
+        context=("thrown",),
     )
 
 
@@ -1479,9 +1528,9 @@ def throughput_drop(run: RunView, th: dict[str, Any]) -> Finding | None:
     if tp is not None and (tp.values < 0).any():
         # a negative rate is a placeholder (nanoGPT's mfu is -100 until it has measured one)
         tp = Series(tp.name, tp.steps, np.where(tp.values < 0, np.nan, tp.values), tp.timestamps)
-    if st is not None and _is_clock(st.values):
+    if st is not None and _is_clock(st):
         st = None  # elapsed time, not time per step
-    from_clock = st is None and clock is not None and _is_clock(clock.values)
+    from_clock = st is None and clock is not None and _is_clock(clock)
     if from_clock:
         st = _per_step(clock, run["clock_start"])  # type: ignore[arg-type]
     own_step = st  # the step's own time in seconds, where the run gave one
@@ -1503,9 +1552,7 @@ def throughput_drop(run: RunView, th: dict[str, Any]) -> Finding | None:
         dt = run["data_time"]
         grown = [
             st is not None and _growing_time(st, th),
-            dt is not None
-            and not _is_clock(dt.values)
-            and _growing_time(dt, th, step_time=own_step),
+            dt is not None and not _is_clock(dt) and _growing_time(dt, th, step_time=own_step),
         ]
         found = [g for g in grown if g]
         if not found:
@@ -1594,10 +1641,26 @@ def _per_step(clock: Series, start: Series | None = None) -> Series:
     return Series(f"time per step from {clock.name}", steps[1:], dt, ts[1:])
 
 
-def _is_clock(x: np.ndarray) -> bool:
-    """A series that rises at (nearly) every point: a clock or a counter, not a step's time."""
-    d = np.diff(x[np.isfinite(x)])
-    return len(d) >= 8 and float(np.mean(d > 0)) >= 0.95
+def _is_clock(s: Series) -> bool:
+    """A series that rises at (nearly) every point: a clock or a counter, not a step's time.
+    A time per unit that a cost grows at every step (a file rewritten whole each batch) rises
+    at every point too; where the points carry wall-clock stamps, the two part: a clock's
+    rises keep pace with the time between its points, a time per unit its values do."""
+    fin = np.isfinite(s.values)
+    x = s.values[fin]
+    d = np.diff(x)
+    if not (len(d) >= 8 and float(np.mean(d > 0)) >= 0.95):
+        return False
+    gap = np.diff(s.timestamps[fin].astype(float))
+    ok = gap > 0
+    if int(ok.sum()) < 8:
+        return True  # no stamps to tell them apart by
+
+    def spread(r: np.ndarray) -> float:  # relative robust spread of a ratio
+        m = _median(r)
+        return _mad(r) / m if m > 0 else np.inf
+
+    return spread(d[ok] / gap[ok]) <= spread(x[1:][ok] / gap[ok])
 
 
 # ------------------------------------------------------------------------- status & log
