@@ -135,7 +135,7 @@ def _worker(remote, parent_remote, seed):
     while True:
         try:
             cmd, data = remote.recv()
-        except EOFError:
+        except (EOFError, OSError):  # the trainer is gone
             return
         if cmd == "reset":
             remote.send(env.reset())
