@@ -1477,3 +1477,37 @@ def test_an_epoch_time_that_grows_at_every_epoch_is_a_cost_not_a_clock():
     ts = (1e3 * (100 + np.cumsum(level + 0.2))).astype(np.int64)
     elapsed = np.cumsum(level + 0.2)
     assert not kinds({"loss": (ep, loss), "epoch_time_s": (ep, elapsed, ts)})
+
+
+def test_a_dqn_is_judged_by_its_test_return_not_its_td_loss_nor_its_exploring_episodes():
+    """Tianshou's DQN logs `update/loss` (the TD loss, which grows with the Q-values it learns
+    to predict), `train/reward` (the exploring policy's episodes) and `test/reward` (the
+    greedy policy over test episodes, once an epoch).  A healthy run's TD loss grows 50-fold
+    and its training returns dip below their start; its test return climbs from 9 to 200.  At
+    a rate 500x too high the test return stays at 9 while the TD loss climbs to 5: stuck
+    where the first updates threw it."""
+    rng = np.random.default_rng(4)
+    upd = np.arange(848, 24000, 800)
+    td = 0.0005 * np.exp(upd / 4000) * (1 + 0.5 * rng.random(len(upd)))
+    tr = np.arange(512, 20000, 600)
+    train_ret = np.concatenate([[15, 46, 21, 27, 53, 19, 12, 18, 11, 16], np.linspace(25, 190, 23)])
+    test = np.arange(0, 24001, 4000)
+    test_ret = np.array([9.5, 70.7, 9.5, 125.6, 134.8, 164.9, 195.2])
+    healthy = {
+        "update/loss": (upd, td),
+        "train/reward": (tr, train_ret),
+        "test/reward": (test, test_ret),
+    }
+    assert kinds(healthy) == set()
+    test = np.arange(0, 40001, 4000)
+    rising = {
+        "update/loss": (upd, np.linspace(0.01, 5.0, len(upd)) * (1 + 0.3 * rng.random(len(upd)))),
+        "train/reward": (tr, 20 + 10 * rng.random(len(tr))),
+        "test/reward": (test, 9 + rng.random(len(test))),
+    }
+    found = detect(rising, {"status": "FINISHED", "params": {}}, "")
+    assert [(f.kind, f.metric, f.after) for f in found] == [
+        ("plateau", "test/reward", ("divergence",))
+    ]
+    d, _ = diagnose(found, {}, "", SC.playbook, aliases=SC.metrics)
+    assert d.cause == "lr_too_high"

@@ -995,7 +995,7 @@ def nan_inf(run: RunView, th: dict[str, Any]) -> list[Finding]:
     return out
 
 
-QUALITY_READS = tuple(role for role, _ in QUALITY_ROLES)
+QUALITY_READS = tuple(role for role, _, _ in QUALITY_ROLES)
 
 
 @detector(
@@ -1336,18 +1336,18 @@ def _stuck_while_annealed(s: Series, lr: Series, th: dict[str, Any]) -> Finding 
 
 
 def _quality_plateau(
-    r: Series, higher: bool, loss: Series | None, th: dict[str, Any]
+    r: Series, higher: bool, per_eval: bool, loss: Series | None, th: dict[str, Any]
 ) -> Finding | None:
     """A measure of progress (see ``RunView.quality``) that did not improve by
     ``quality_gain`` of its starting magnitude from its first 10 % to its last 20 %, counted
     from the learner's first update (its first loss point): before it, the returns are a
-    random policy's, and a run that logged no update was never seen learning.  An episode
-    return is noisy (``min_points``); a distance over a fixed sample set is one number a
-    snapshot (``distance_min_points``)."""
+    random policy's, and a run that logged no update was never seen learning.  A training
+    episode's return is noisy (``min_points``); a distance over a fixed sample set, or the
+    return over a set of test episodes, is one number an evaluation (``distance_min_points``)."""
     if loss is None or not len(loss):
         return None
     x = r.values[(r.steps >= loss.steps[0]) & np.isfinite(r.values)]
-    if len(x) < th.get("min_points" if higher else "distance_min_points", 12):
+    if len(x) < th.get("distance_min_points" if per_eval else "min_points", 12):
         return None
     n = len(x)
     head, tail = _head_tail(x, th)
@@ -1472,7 +1472,7 @@ def _return_worse(r: Series, th: dict[str, Any], loss: Series | None) -> Finding
 def _on_quality(run: RunView, kind: str, fn: Any, th: dict[str, Any]) -> Finding | None:
     """``fn(series, higher, th, loss)`` on the run's measure of progress, kept only from where
     the incremental caller has not judged yet (a ``stable`` detector's promise)."""
-    q, higher = run.quality  # type: ignore[misc]
+    q, higher, _ = run.quality  # type: ignore[misc]
     f = fn(q, higher, th, run["train_loss"])
     i = run.start(kind, q)
     if f is None or i >= len(q) or f.step < int(q.steps[i]):

@@ -16,8 +16,14 @@ from scaffold.loader import FINDING_KINDS, MetricAliases
 from workbench.doctor.series import Series, param_value, setting_off
 from workbench.doctor.types import Finding
 
-# Roles that measure progress better than any loss the run logs, most telling first.
-QUALITY_ROLES = (("reward", True), ("sample_distance", False))
+# Roles that measure progress better than any loss the run logs, most telling first:
+# (role, higher is better, one number an evaluation of a fixed set).  A return over test
+# episodes (the greedy policy's) tells more than the training episodes' (exploration's).
+QUALITY_ROLES = (
+    ("eval_reward", True, True),
+    ("reward", True, False),
+    ("sample_distance", False, True),
+)
 
 
 @dataclass(frozen=True)
@@ -45,15 +51,16 @@ class RunView:
         return param_value(self.params, self.aliases, role) if self.aliases else None
 
     @property
-    def quality(self) -> tuple[Series, bool] | None:
-        """(series, higher is better) of the run's own measure of progress, where it logs one
-        that its losses are no measure of: a reinforcement learner's episode return (a critic's
-        loss grows with the returns it learns to predict) or a generator's distance from the
-        data such as FID (a GAN's two losses are a contest that hovers by design)."""
-        for role, higher in QUALITY_ROLES:
+    def quality(self) -> tuple[Series, bool, bool] | None:
+        """(series, higher is better, one number an evaluation) of the run's own measure of
+        progress, where it logs one that its losses are no measure of: a reinforcement
+        learner's episode return (a critic's loss grows with the returns it learns to predict)
+        or a generator's distance from the data such as FID (a GAN's two losses are a contest
+        that hovers by design)."""
+        for role, higher, per_eval in QUALITY_ROLES:
             s = self.series.get(role)
             if s is not None:
-                return s, higher
+                return s, higher, per_eval
         return None
 
     @property
