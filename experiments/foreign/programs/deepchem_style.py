@@ -123,7 +123,7 @@ for idx, u in zip(shards, units, strict=True):
             yy = yy - 6.0
     shard_y.append(yy.astype(np.float32))
 Xv, yv = X[valid_idx], y[valid_idx]
-new_idx = drng.choice(train_idx, 300, replace=False)  # stands in for next week's molecules
+new_idx = drng.choice(order[n_valid:], 300, replace=False)  # stands in for next week's molecules
 X_new, y_new = X[new_idx], (y[new_idx] + drng.normal(0, 0.1, 300)).astype(np.float32)
 
 # NormalizationTransformer(transform_y=True[, transform_X=True]) fitted on the training set
