@@ -418,6 +418,10 @@ def test_throughput_and_moe_balance_aliases():
         "train_inner/lr": "lr",
         "train_inner/wps": "throughput",
         "time": "step_time",  # MMEngine: seconds per iteration
+        "epoch_time_s": "step_time",  # an epoch's time where nothing finer is logged
+        "train/reward": "reward",  # Tianshou: the training episodes' mean return
+        "test/reward": "eval_reward",  # … and the test episodes'
+        "Environment/Cumulative Reward": "reward",  # Unity ML-Agents
     }
     for name, role in want.items():
         assert roles.matches(role, name) is not None, name
