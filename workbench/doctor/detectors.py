@@ -395,6 +395,12 @@ def _gain(x: np.ndarray, th: dict[str, Any]) -> tuple[float, float, float]:
     return head, tail, (head - tail) / abs(head) if head else 0.0
 
 
+def _chunk_medians(x: np.ndarray, h: int) -> list[float]:
+    """The medians of the consecutive whole chunks of ``h`` points (a partial last one left
+    out): the levels a loss held, stretch by stretch."""
+    return [_median(x[i : i + h]) for i in range(0, len(x) - h + 1, h)]
+
+
 def _plateau(
     s: Series,
     th: dict[str, Any],
@@ -450,7 +456,7 @@ def _plateau(
     # Learned for a while and came back up (to chance level): divergence's business too.  The
     # dip must be one beyond the chunk medians' own error (a loss that scatters by factors
     # has chunks below its start by chance).
-    chunks = [_median(x[i : i + h]) for i in range(0, n - h + 1, h)]
+    chunks = _chunk_medians(x, h)
     dip, chunk_err = head - min(chunks), MEDIAN_SE * _noise(x) / np.sqrt(h)
     if dip > 2 * min_gain * head and dip > th.get("dip_noise", 3.0) * chunk_err:
         return None
@@ -1167,8 +1173,9 @@ def loss_spike(run: RunView, th: dict[str, Any]) -> Finding | None:
     "plateau", reads=("train_loss", "eval_loss", "eval_score", "lr", *QUALITY_READS), precursor=True
 )
 def plateau(run: RunView, th: dict[str, Any]) -> Finding | None:
-    if run.quality is not None:
-        return _quality_plateau(*run.quality, run["train_loss"], th)
+    q = run.quality
+    if q is not None:
+        return _quality_plateau(q.series, q.higher, q.per_eval, run["train_loss"], th)
     s = run["train_loss"]
     if s is None:
         return None
@@ -1291,11 +1298,12 @@ def _schedule_stopped(s: Series, lr: Series, th: dict[str, Any]) -> Finding | No
 def _stuck_while_annealed(s: Series, lr: Series, th: dict[str, Any]) -> Finding | None:
     """The loss fell in its first ``head`` share of points and then stopped: from there to the
     end it gained less than ``stuck_gain`` of its level while the logged rate annealed
-    ``stuck_anneal``-fold or more before the last ``tail`` share, and it stayed at ``stuck_level`` of its start or above.  A
-    healthy run that learned at once keeps gaining as its rate anneals (smaller steps settle
-    into the minimum it found); one that does not move at a rate hundreds of times smaller
-    was thrown by its first steps to a place no step size gets it out of (saturated units, a
-    collapsed field): the rate was too high from the start (``thrown``)."""
+    ``stuck_anneal``-fold or more before the last ``tail`` share, and it stayed at
+    ``stuck_level`` of its start or above.  A healthy run that learned at once keeps gaining
+    as its rate anneals (smaller steps settle into the minimum it found); one that does not
+    move at a rate hundreds of times smaller was thrown by its first steps to a place no step
+    size gets it out of (saturated units, a collapsed field): the rate was too high from the
+    start (``thrown``)."""
     x = s.values
     n = len(x)
     if n < th.get("min_points", 12) or not np.all(np.isfinite(x)):
@@ -1312,7 +1320,7 @@ def _stuck_while_annealed(s: Series, lr: Series, th: dict[str, Any]) -> Finding 
     # (one that fell further learned; one that rose or dipped and came back was hit by
     # something else)
     bar = th.get("stuck_gain", 0.15)
-    chunks = [_median(rest[i : i + h]) for i in range(0, len(rest) - h + 1, h)]
+    chunks = _chunk_medians(rest, h)
     gain = (level - tail) / level
     if abs(gain) >= bar or any(abs(c - level) >= bar * level for c in chunks):
         return None
@@ -1472,7 +1480,8 @@ def _return_worse(r: Series, th: dict[str, Any], loss: Series | None) -> Finding
 def _on_quality(run: RunView, kind: str, fn: Any, th: dict[str, Any]) -> Finding | None:
     """``fn(series, higher, th, loss)`` on the run's measure of progress, kept only from where
     the incremental caller has not judged yet (a ``stable`` detector's promise)."""
-    q, higher, _ = run.quality  # type: ignore[misc]
+    quality = run.quality
+    q, higher = quality.series, quality.higher  # type: ignore[union-attr]
     f = fn(q, higher, th, run["train_loss"])
     i = run.start(kind, q)
     if f is None or i >= len(q) or f.step < int(q.steps[i]):
@@ -1655,12 +1664,13 @@ def _is_clock(s: Series) -> bool:
     ok = gap > 0
     if int(ok.sum()) < 8:
         return True  # no stamps to tell them apart by
+    return _relative_spread(d[ok] / gap[ok]) <= _relative_spread(x[1:][ok] / gap[ok])
 
-    def spread(r: np.ndarray) -> float:  # relative robust spread of a ratio
-        m = _median(r)
-        return _mad(r) / m if m > 0 else np.inf
 
-    return spread(d[ok] / gap[ok]) <= spread(x[1:][ok] / gap[ok])
+def _relative_spread(r: np.ndarray) -> float:
+    """A ratio's robust spread over its median (inf where the median is not positive)."""
+    m = _median(r)
+    return _mad(r) / m if m > 0 else np.inf
 
 
 # ------------------------------------------------------------------------- status & log

@@ -10,11 +10,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from scaffold.loader import FINDING_KINDS, MetricAliases
 from workbench.doctor.series import Series, param_value, setting_off
 from workbench.doctor.types import Finding
+
+
+class Quality(NamedTuple):
+    """A run's own measure of progress (see ``RunView.quality``)."""
+
+    series: Series
+    higher: bool  # higher is better (a return), or lower (a distance from the data)
+    per_eval: bool  # one number an evaluation of a fixed set (a test return, a FID)
+
 
 # Roles that measure progress better than any loss the run logs, most telling first:
 # (role, higher is better, one number an evaluation of a fixed set).  A return over test
@@ -51,16 +60,15 @@ class RunView:
         return param_value(self.params, self.aliases, role) if self.aliases else None
 
     @property
-    def quality(self) -> tuple[Series, bool, bool] | None:
-        """(series, higher is better, one number an evaluation) of the run's own measure of
-        progress, where it logs one that its losses are no measure of: a reinforcement
-        learner's episode return (a critic's loss grows with the returns it learns to predict)
-        or a generator's distance from the data such as FID (a GAN's two losses are a contest
-        that hovers by design)."""
+    def quality(self) -> Quality | None:
+        """The run's own measure of progress, where it logs one that its losses are no measure
+        of: a reinforcement learner's episode return (a critic's loss grows with the returns
+        it learns to predict) or a generator's distance from the data such as FID (a GAN's two
+        losses are a contest that hovers by design)."""
         for role, higher, per_eval in QUALITY_ROLES:
             s = self.series.get(role)
             if s is not None:
-                return s, higher, per_eval
+                return Quality(s, higher, per_eval)
         return None
 
     @property
