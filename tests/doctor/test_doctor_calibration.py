@@ -794,6 +794,45 @@ def test_a_lone_heavy_tailed_batch_is_no_spike_but_a_burst_or_a_far_one_is():
     assert [f.step for f in spikes] == [216] and "stayed up" in spikes[0].evidence
 
 
+def test_a_lone_top_of_a_loss_that_scatters_by_factors_is_its_tail():
+    """DeepChem's per-batch L2 loss on a molecule set scatters by factors (a batch holding one
+    outlier molecule sits 3-5x the median now and then); one batch 9x the median, straight
+    back after, is about 5 of its log-spreads: one more of that tail, no corrupted batch.  In
+    a loss that never left a narrow band the same batch is a spike."""
+    rng = np.random.default_rng(3)
+    n = 168
+    steps = 10 * np.arange(1, n + 1)
+    level = 0.03 + 0.6 * np.exp(-np.arange(n) / 20)
+    loss = level * np.exp(0.4 * rng.standard_normal(n))
+    loss[63] = 9.0 * level[63]
+    hist = {"train/loss": (steps, loss)}
+    assert "loss_spike" not in {f.kind for f in detect(hist, {"status": "FINISHED"}, "")}
+    old = {**SC.detectors, "loss_spike": {**SC.detectors["loss_spike"], "lone_log_z": None}}
+    assert "loss_spike" in {f.kind for f in detect(hist, {"status": "FINISHED"}, "", old)}
+    narrow = level * (1 + 0.03 * rng.standard_normal(n))
+    narrow[63] = 9.0 * level[63]
+    found = detect({"train/loss": (steps, narrow)}, {"status": "FINISHED"}, "")
+    assert [f.step for f in found if f.kind == "loss_spike"] == [640]
+
+
+def test_a_loss_thrown_far_above_its_first_point_early_is_a_spike_of_the_rate():
+    """GPT-NeoX at lr 0.3 (3e-3 with the point one place off), clipped at 1.0: 7.1 at
+    iteration 1, then 7.4, 3.9, 7.4, 10.2, 19.4 within the warm-up, before any baseline for
+    a spike exists; it then learns, slowly.  A loss 2x above the untrained model's is no
+    batch's doing: a spike of the rate (`lr_too_high`).  A healthy start only falls."""
+    rng = np.random.default_rng(0)
+    n = 400
+    it = np.arange(1, n + 1)
+    healthy = 2.8 + 4.3 * np.exp(-it / 8) + 0.03 * rng.standard_normal(n)
+    assert "loss_spike" not in kinds({"train/lm_loss": (it, healthy)})
+    thrown = 2.9 + 0.8 * np.exp(-it / 60) + 0.05 * rng.standard_normal(n)
+    thrown[:8] = [7.11, 7.35, 3.88, 7.35, 10.16, 19.38, 5.54, 4.27]
+    found = detect({"train/lm_loss": (it, thrown)}, {"status": "FINISHED"}, "")
+    assert [(f.kind, f.step, f.context) for f in found] == [("loss_spike", 6, ("untrained",))]
+    v, _ = diagnose(found, {}, "", SC.playbook, aliases=SC.metrics)
+    assert v is not None and v.cause == "lr_too_high"
+
+
 def test_a_label_outside_the_classes_after_training_is_bad_data():
     """nnU-Net's cross-entropy meets an annotator's stray label 3 in a 3-class dataset in its
     ninth epoch: a rare sample's label is wrong.  The same error at the first batch is a head
@@ -977,6 +1016,13 @@ def test_a_slow_loss_at_a_rate_that_moves_weights_is_no_plateau():
         assert kinds(hist, params={"learning_rate": lr}) == want, lr
     flat = 0.59 + 0.008 * rng.standard_normal(len(steps))
     assert kinds({"Train/Loss": (steps, flat)}, params={"learning_rate": "1.0"}) == {"plateau"}
+    # AdamW at 0.3 (LitGPT's 3e-3 typed a hundred times larger) is no rate that learns
+    # slowly: Adam steps every weight by about the rate, and the loss sits where it was thrown
+    params = {"learning_rate": "0.3", "optimizer": "AdamW"}
+    found = detect(hist, {"status": "FINISHED", "params": params}, "")
+    assert [f.kind for f in found] == ["plateau"]
+    d, _ = diagnose(found, params, "", SC.playbook, aliases=SC.metrics)
+    assert d is not None and d.cause == "lr_too_high"
 
 
 def test_a_train_loss_that_creeps_down_while_the_eval_gets_worse_is_the_labels():

@@ -328,26 +328,32 @@ def _loss_spike(
             big &= x - med > th.get("min_rise", 0.0) * start_level
         hit = (z > th.get("z", 6.0)) & big
         raw = (z_spread > th.get("z", 6.0)) & big if recur else np.zeros_like(hit)
+    log_z = np.full(len(x), np.inf)  # (a loss that is not positive has no log scale)
     if (hit[since:].any() or raw[since:].any()) and (x > 0).all() and th.get("log_z", 0):
         # A small minibatch loss is noisy by factors, not by amounts (one wrong sample moves
         # 0.05 to 0.2): the point must stand out on a log scale as well.
         lx = np.log(x)
         lmed, lmad = rolling_baseline(lx, window, stride, min_history, lo)
         with np.errstate(invalid="ignore", divide="ignore"):
-            on_log = (lx - lmed) / np.maximum(MAD_TO_SIGMA * lmad, 1e-6) > th["log_z"]
+            log_z = (lx - lmed) / np.maximum(MAD_TO_SIGMA * lmad, 1e-6)
+        on_log = log_z > th["log_z"]
         hit &= on_log
         raw &= on_log
     confirmed: dict[int, int] = {}  # a lone spike's confirming point -> the spike
     if lone_z and hit[lo:].any():
         # A loss of single batches of mixed text (a table, code, a rare script) has a heavy
         # right tail: a lone batch 1.3-1.5x the median is its nature, not a corrupted batch.
-        # A spike with no other within the window before it must stand out further (z or
-        # relative rise), or the loss must stay up after it (the batch hurt the model: the
-        # median of the next `lone_after` points `lone_shift` scales above the baseline),
-        # reported at the point that shows it.  Corrupted data comes in bursts or far above.
+        # A spike with no other within the window before it must stand out further: by z or
+        # by its relative rise, and on the log scale too (a regression loss of single batches
+        # scatters by factors: a batch with one outlier molecule sits 9x the median, 5 of its
+        # log-spreads), or the loss must stay up after it (the batch hurt the model: the median
+        # of the next `lone_after` points `lone_shift` scales above the baseline), reported at
+        # the point that shows it.  Corrupted data comes in bursts or far above.
         with np.errstate(invalid="ignore"):
             strong = (z > lone_z) | (x > med * (1 + (lone_rel or np.inf)))
-        weak = hit & ~strong & (_count_within(hit, window) == 1)
+            strong &= log_z > (th.get("lone_log_z") or -np.inf)
+        lone = hit & (_count_within(hit, window) == 1)
+        weak = lone & ~strong
         hit &= ~weak
         k, shift = int(th.get("lone_after", 0)), th.get("lone_shift", 2.0)
         for i in np.flatnonzero(weak[lo : len(x) - k]) + lo if k else []:
@@ -480,9 +486,10 @@ def _plateau(
         after = ("divergence",)
         evidence += f"; it ended {100 * -gain:.1f}% worse than it began"
     lr_not_low = lr is not None and lr >= th.get("lr_not_low", np.inf)
-    if not after and lr_not_low and gain >= th.get("lr_not_low_gain", 0.0):
+    if not after and lr_not_low and not thrown and gain >= th.get("lr_not_low_gain", 0.0):
         # A loss that still gains at a rate this large learns slowly (a task whose loss has
-        # little room, a click-through log-loss): its rate does not hold it back.
+        # little room, a click-through log-loss under SGD at 0.3-1): its rate does not hold it
+        # back.  Not at an adaptive rate far too high: that rate holds it stuck.
         return None
     return Finding(
         kind="plateau",
@@ -1166,7 +1173,34 @@ def loss_spike(run: RunView, th: dict[str, Any]) -> Finding | None:
     # incremental pass judges with the very same number.
     head = np.sort(np.abs(_finite_prefix(s.values)[: int(th.get("min_history", 16))]))
     level = float(head[-2] if len(head) > 1 else head[-1]) if len(head) else None
-    return _windowed(run, "loss_spike", "train_loss", th, partial(_loss_spike, start_level=level))
+    early = _thrown_early(s, th, run.start("loss_spike", s))
+    return early or _windowed(
+        run, "loss_spike", "train_loss", th, partial(_loss_spike, start_level=level)
+    )
+
+
+def _thrown_early(s: Series, th: dict[str, Any], since: int = 0) -> Finding | None:
+    """A point of the first ``min_history`` (before any baseline exists) ``early_ratio`` times
+    the first point or more: the model got far worse than it was untrained.  A batch cannot
+    do that to a model that has barely moved (an untrained one is equally unsure of every
+    batch); a step far too large can (GPT-NeoX at 0.3: 7.1 at iteration 1, 19.4 at 6)."""
+    ratio = th.get("early_ratio")
+    x = _finite_prefix(s.values)[: int(th.get("min_history", 16))]
+    if not ratio or len(x) < 3 or not x[0] > 0:
+        return None
+    above = np.flatnonzero(x[1:] > ratio * x[0]) + 1
+    above = above[above >= since]
+    if not len(above):
+        return None
+    i = int(above[0])
+    return Finding(
+        kind="loss_spike",
+        metric=s.name,
+        step=int(s.steps[i]),
+        severity=float(min(1.0, x[i] / x[0] / (4 * ratio))),
+        evidence=f"{s.name} = {_fmt(x[i])} at step {s.steps[i]}, {x[i] / x[0]:.1f}x its first point {_fmt(x[0])} (the untrained model's), before any baseline: thrown far above where it began",
+        context=("untrained",),
+    )
 
 
 @detector(

@@ -35,7 +35,8 @@ class Finding(_Frozen):
     # What the detector measured of the finding's setting that a cause may read, e.g.
     # `lr_decayed`: the learning rate at the onset was well below its peak before it;
     # `recovered`: the run came back below its level before the onset, at its rate.
-    # `fixed_set`: measured on a fixed sample set (a FID), so the model moved, not a batch.
+    # `fixed_set`: measured on a fixed sample set (a FID), so the model moved, not a batch;
+    # `untrained`: far above the untrained model's loss before any baseline: the model moved.
     context: tuple[str, ...] = ()
     # The wall clock (ms) of the onset point, where the run logged one: steps of different
     # metrics may count different things (batches, epochs), the clock orders them all.
