@@ -1025,6 +1025,61 @@ def test_a_slow_loss_at_a_rate_that_moves_weights_is_no_plateau():
     assert d is not None and d.cause == "lr_too_high"
 
 
+def test_a_loss_with_a_large_floor_that_gains_a_few_per_cent_at_adams_rate_learned():
+    """scvi-tools' ELBO (a count likelihood: ~1,250 of its 1,500 is the data's own entropy)
+    falls 1,513 -> 1,250 over 120 epochs, 7 % between the first tenth and the last fifth of the
+    run, its validation alike, at Adam's 1e-3: it learned.  The same few per cent at 1e-5 is a
+    rate too small.  Its first point is its highest: nothing rose, no overshoot."""
+    rng = np.random.default_rng(5)
+    ep = np.arange(120)
+    train = 1240 + 110 * np.exp(-ep / 45) + 165 * np.exp(-ep / 2.5)
+    train = train + 0.5 * rng.standard_normal(120)
+    val = train + 5 + 2.0 * rng.standard_normal(120)
+    hist = {"train_loss_epoch": (ep, train), "validation_loss": (ep, val)}
+    assert kinds(hist, params={"lr": "0.001"}) == set()
+    found = detect(hist, {"status": "FINISHED", "params": {"lr": "1e-05"}}, "")
+    assert [(f.kind, f.after) for f in found] == [("plateau", ())]
+    d, _ = diagnose(found, {"lr": "1e-05"}, "", SC.playbook, aliases=SC.metrics)
+    assert d is not None and d.cause == "lr_too_low"
+
+
+def test_a_detectors_total_loss_is_its_training_loss():
+    """YOLOX logs train/total_loss beside its terms (train/cls_loss rises as the boxes get
+    better: the IoU-aware target), Detectron2 total_loss beside loss_cls, loss_box_reg: the
+    sum is the training loss, not the first term by name."""
+    from workbench.doctor.series import resolve_roles
+
+    yolox = ["train/cls_loss", "train/conf_loss", "train/iou_loss", "train/l1_loss"]
+    got = resolve_roles({n: 20 for n in [*yolox, "train/total_loss", "train/lr"]}, SC.metrics)
+    assert got["train_loss"] == "train/total_loss"
+    d2 = ["loss_box_reg", "loss_cls", "total_loss", "validation_loss"]
+    assert resolve_roles({n: 30 for n in d2}, SC.metrics)["train_loss"] == "total_loss"
+
+
+def test_data_held_in_half_precision_that_goes_non_finite_at_once_overflowed():
+    """A scvi pipeline stores the count matrix as float16 (`x_dtype`) to halve its memory; a
+    cohort sequenced ten times deeper has cells whose library size overflows it: NaN from the
+    first minibatch, as TRL's torch_dtype float16 weights.  A uint16 memmap is no precision."""
+    from workbench.doctor.series import param_value
+
+    assert param_value({"x_dtype": "float16"}, SC.metrics, "compute_precision") == "half"
+    assert param_value({"torch_dtype": "float16"}, SC.metrics, "compute_precision") == "half"
+    assert param_value({"memmap_dtype": "uint16"}, SC.metrics, "compute_precision") is None
+    ep = np.arange(45)
+    hist = {
+        "train_loss_epoch": (ep, np.full(45, np.nan)),
+        "validation_loss": (ep, np.full(45, np.nan)),
+    }
+    found = detect(hist, {"status": "FINISHED"}, "")
+    assert {f.kind for f in found} == {"nan_inf"}
+    for params, want in (
+        ({"x_dtype": "float16"}, "fp_overflow"),
+        ({"x_dtype": "float32"}, "bad_data"),
+    ):
+        d, _ = diagnose(found, params, "", SC.playbook, aliases=SC.metrics)
+        assert d is not None and d.cause == want, params
+
+
 def test_a_train_loss_that_creeps_down_while_the_eval_gets_worse_is_the_labels():
     """TRL's DPO on preference pairs half of which a vendor exported the other way round: the
     train loss creeps from ln 2 to 0.64 (8 %, memorising pairs), the eval loss ends worse than

@@ -452,6 +452,12 @@ def _plateau(
         ev = eval_loss.values[np.isfinite(eval_loss.values)] if eval_loss is not None else []
         if not gain < th.get("slow_gain", 0.0) or len(ev) < th.get("slow_evals", 4):
             return None  # learned
+        if lr is not None and lr >= th.get("slow_lr_ok", np.inf) and not thrown:
+            # Both losses moved a few per cent at a rate that moves weights (Adam's 1e-3): a
+            # loss with a large floor (scvi-tools' count likelihood, ~1,250 of 1,500) learns
+            # by a few per cent; a rate too small to learn is far below it (1e-5).  (An
+            # adaptive rate far too high holds a loss stuck: below.)
+            return None
         e_head, e_tail, e_gain = _gain(ev, th)
         if not (e_head > 0 and e_gain < th["slow_gain"]):
             return None
@@ -473,11 +479,13 @@ def _plateau(
     # many noise units and a material share of the start, early in the run.
     start = _median(x[: min(3, n)])
     early = x[: max(3, 2 * h)]
-    rise = float(np.max(early)) - start
+    # (above the first point itself nothing rose: a loss that only fell has its top there,
+    # and its start, the median of three, below it)
+    top = 1 + int(np.argmax(early[1:]))
+    rise = float(early[top]) - start
     bar = max(th.get("overshoot_noise", 8.0) * _noise(x), min_gain * abs(start))
     after: tuple[str, ...] = ()
     if rise > bar:
-        top = int(np.argmax(early))
         after = ("divergence",)
         evidence += f"; it first rose from {_fmt(start)} to {_fmt(early[top])} at step {s.steps[top]} (an overshoot)"
     elif -gain >= min_gain:

@@ -125,7 +125,7 @@ def param_value(params: Mapping[str, str], aliases: MetricAliases, role: str) ->
 
 # How the precision role's values read (Lightning's "16-mixed", HF's "fp16", Keras's policy
 # "mixed_float16", JAX's "bfloat16", PyTorch's "torch.float32", ...).
-_HALF = re.compile(r"(?i).*(16|half).*")
+_HALF = re.compile(r"(?i)(?!.*int\d).*(16|half).*")  # (uint16 is a storage type, no precision)
 _FULL = re.compile(r"(?i).*(32|64|full|double|single).*|no|none|false")
 
 
