@@ -647,7 +647,7 @@ def _overfitting(
         if tail - level < th.get("give_back", 0.02) * (x[0] - level):
             return None  # gave back next to nothing of what it gained: converged, not overfitting
         t_at, t_end = _train_at(tr, ev, m), _train_at(tr, ev, n - 1)
-        if t_at is None or t_end is None or t_end > t_at * (1 - th.get("train_drop", 0.15)):
+        if not _memorised(tr, t_at, t_end, th):
             return None
         best = float(x[m])
         return Finding(
@@ -664,11 +664,7 @@ def _overfitting(
     context = ("eval_never_better",) if never else ()
     never_txt = "; it was never better than the untrained model's" if never else ""
     if has_train:
-        if (
-            t_at is not None
-            and t_end is not None
-            and t_end > t_at * (1 - th.get("train_drop", 0.15))
-        ):
+        if t_at is not None and t_end is not None and not _memorised(tr, t_at, t_end, th):
             # the train loss barely moved (or rose) while the eval rose: nothing was memorised
             # (an eval drifting at a rate too low, a divergence, noise)
             return None
@@ -683,6 +679,23 @@ def _overfitting(
         evidence=f"{ev.name} {'peaked' if higher else 'bottomed'} at {shown(best)} (step {ev.steps[m]}), {shown(x[rise_at])} by step {ev.steps[rise_at]}, now {shown(x[-1])}: {(tail - level) / max(noise, 1e-12):.1f}× its eval-to-eval noise {_fmt(noise)}{train_txt}{never_txt}",
         context=context,
     )
+
+
+def _memorised(tr: Series, t_at: float | None, t_end: float | None, th: dict[str, Any]) -> bool:
+    """The train loss fell from ``t_at`` (at the eval's best) to ``t_end`` by ``train_drop`` of
+    its value, or, where it fell by that much over the whole run, by ``train_share`` of all it
+    fell: a loss with a large floor (a count likelihood of ~1,000 nats a cell) memorises by
+    a few per cent of its value, a third of its progress."""
+    if t_at is None or t_end is None:
+        return False
+    if t_end <= t_at * (1 - th.get("train_drop", 0.15)):
+        return True
+    first = float(tr.values[np.isfinite(tr.values)][0]) if np.isfinite(tr.values).any() else np.nan
+    share = th.get("train_share")
+    # (and over the run it fell by train_drop: a loss a rate too low barely moves has no
+    # progress to take a share of)
+    learned = first - t_end >= th.get("train_drop", 0.15) * abs(first)
+    return bool(share and learned and t_at - t_end >= share * (first - t_end))
 
 
 def _train_at(tr: Series, ev: Series, i: int) -> float | None:
