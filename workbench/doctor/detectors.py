@@ -415,12 +415,14 @@ def _plateau(
     eval_loss: Series | None = None,
     lr: float | None = None,
     adaptive_lr: float | None = None,
+    peak_lr: float | None = None,
 ) -> Finding | None:
     """The loss did not improve over the whole run (a relative gain below min_improvement),
     or it and the eval loss both gained less than ``slow_gain`` (a rate too low still moves
     a loss by a few per cent over a short run; a healthy one gains far more).  ``lr``: the
     rate the run was configured with, where it said; ``adaptive_lr``: that rate, where its
-    optimizer is an adaptive one (Adam and kin)."""
+    optimizer is an adaptive one (Adam and kin); ``peak_lr``: the highest rate it logged
+    (what its schedule reached: a warm-up longer than the run never gets near ``lr``)."""
     if not np.all(np.isfinite(s.values)):
         return None  # a run that went non-finite did not "plateau" (nan_inf's business)
     x = s.values
@@ -452,7 +454,8 @@ def _plateau(
         ev = eval_loss.values[np.isfinite(eval_loss.values)] if eval_loss is not None else []
         if not gain < th.get("slow_gain", 0.0) or len(ev) < th.get("slow_evals", 4):
             return None  # learned
-        if lr is not None and lr >= th.get("slow_lr_ok", np.inf) and not thrown:
+        rate = peak_lr if peak_lr is not None else lr
+        if rate is not None and rate >= th.get("slow_lr_ok", np.inf) and not thrown:
             # Both losses moved a few per cent at a rate that moves weights (Adam's 1e-3): a
             # loss with a large floor (scvi-tools' count likelihood, ~1,250 of 1,500) learns
             # by a few per cent; a rate too small to learn is far below it (1e-5).  (An
@@ -1234,14 +1237,16 @@ def plateau(run: RunView, th: dict[str, Any]) -> Finding | None:
     s = run["train_loss"]
     if s is None:
         return None
+    lr = run["lr"]
+    logged = lr.values[np.isfinite(lr.values)] if lr is not None else np.array([])
     f = _plateau(
         s,
         th,
         eval_loss=run["eval_loss"],
         lr=as_float(run.param("lr")),
         adaptive_lr=as_float(run.param("adaptive_lr")),
+        peak_lr=float(np.max(logged)) if len(logged) else None,
     )
-    lr = run["lr"]
     if f is None and lr is not None:
         f = _schedule_stopped(s, lr, th)
     if f is None and lr is not None:
