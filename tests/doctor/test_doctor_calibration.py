@@ -1047,6 +1047,18 @@ def test_a_loss_with_a_large_floor_that_gains_a_few_per_cent_at_adams_rate_learn
     assert kinds(warm, params={"lr": "0.001"}) == {"plateau"}
 
 
+def test_dopamines_average_returns_are_the_runs_returns():
+    """Dopamine's Runner logs Train/AverageReturns and Eval/AverageReturns beside the DQN's
+    HuberLoss, which grows with the returns it learns to predict: the returns are the
+    measure of progress, the critic's loss is not judged for it."""
+    from workbench.doctor.series import resolve_roles
+
+    names = ["HuberLoss", "Train/AverageReturns", "Eval/AverageReturns", "Train/NumEpisodes"]
+    got = resolve_roles({n: 20 for n in names}, SC.metrics)
+    assert got["reward"] == "Train/AverageReturns"
+    assert got["eval_reward"] == "Eval/AverageReturns"
+
+
 def test_a_detectors_total_loss_is_its_training_loss():
     """YOLOX logs train/total_loss beside its terms (train/cls_loss rises as the boxes get
     better: the IoU-aware target), Detectron2 total_loss beside loss_cls, loss_box_reg: the
