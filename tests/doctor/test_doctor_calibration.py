@@ -1059,6 +1059,22 @@ def test_dopamines_average_returns_are_the_runs_returns():
     assert got["eval_reward"] == "Eval/AverageReturns"
 
 
+def test_an_online_learners_progressive_error_is_its_loss():
+    """River's evaluate.progressive_val_score logs only MAE, RMSE (each sample scored before it
+    is learned from) and a rolling MAE: that error is the run's loss.  A name that only has an
+    error in it (val_MAE, train_MAE_step) is not matched by it."""
+    from workbench.doctor.series import resolve_roles
+
+    got = resolve_roles(
+        {n: 23 for n in ["MAE", "RMSE", "rolling_MAE", "samples_per_second"]}, SC.metrics
+    )
+    assert got["train_loss"] == "MAE"
+    got = resolve_roles(
+        {n: 20 for n in ["train_loss_step", "train_MAE_step", "val_MAE"]}, SC.metrics
+    )
+    assert got["train_loss"] == "train_loss_step"
+
+
 def test_a_detectors_total_loss_is_its_training_loss():
     """YOLOX logs train/total_loss beside its terms (train/cls_loss rises as the boxes get
     better: the IoU-aware target), Detectron2 total_loss beside loss_cls, loss_box_reg: the
