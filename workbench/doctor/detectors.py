@@ -667,7 +667,7 @@ def _overfitting(
     context = ("eval_never_better",) if never else ()
     never_txt = "; it was never better than the untrained model's" if never else ""
     if has_train:
-        if t_at is not None and t_end is not None and not _memorised(tr, t_at, t_end, th):
+        if None not in (t_at, t_end) and not _memorised(tr, t_at, t_end, th):
             # the train loss barely moved (or rose) while the eval rose: nothing was memorised
             # (an eval drifting at a rate too low, a divergence, noise)
             return None
@@ -691,14 +691,16 @@ def _memorised(tr: Series, t_at: float | None, t_end: float | None, th: dict[str
     a few per cent of its value, a third of its progress."""
     if t_at is None or t_end is None:
         return False
-    if t_end <= t_at * (1 - th.get("train_drop", 0.15)):
+    drop, share = th.get("train_drop", 0.15), th.get("train_share")
+    if t_end <= t_at * (1 - drop):
         return True
-    first = float(tr.values[np.isfinite(tr.values)][0]) if np.isfinite(tr.values).any() else np.nan
-    share = th.get("train_share")
+    fin = tr.values[np.isfinite(tr.values)]
+    if not share or not len(fin):
+        return False
+    first = float(fin[0])
     # (and over the run it fell by train_drop: a loss a rate too low barely moves has no
     # progress to take a share of)
-    learned = first - t_end >= th.get("train_drop", 0.15) * abs(first)
-    return bool(share and learned and t_at - t_end >= share * (first - t_end))
+    return first - t_end >= drop * abs(first) and t_at - t_end >= share * (first - t_end)
 
 
 def _train_at(tr: Series, ev: Series, i: int) -> float | None:
@@ -1195,23 +1197,24 @@ def loss_spike(run: RunView, th: dict[str, Any]) -> Finding | None:
     # series (a loss can fall by orders of magnitude within them, and one point makes no level:
     # a rate far too high can throw the very first to 1e5); fixed once they exist, so an
     # incremental pass judges with the very same number.
-    head = np.sort(np.abs(_finite_prefix(s.values)[: int(th.get("min_history", 16))]))
+    first = _finite_prefix(s.values)[: int(th.get("min_history", 16))]
+    head = np.sort(np.abs(first))
     level = float(head[-2] if len(head) > 1 else head[-1]) if len(head) else None
-    early = _thrown_early(s, th, run.start("loss_spike", s))
+    early = _thrown_early(s, first, th, run.start("loss_spike", s))
     return early or _windowed(
         run, "loss_spike", "train_loss", th, partial(_loss_spike, start_level=level)
     )
 
 
-def _thrown_early(s: Series, th: dict[str, Any], since: int = 0) -> Finding | None:
-    """A point of the first ``min_history`` (before any baseline exists) ``early_ratio`` times
-    the first point or more: the model got far worse than it was untrained.  A batch cannot
-    do that to a model that has barely moved (an untrained one is equally unsure of every
-    batch); a step far too large can (GPT-NeoX at 0.3: 7.1 at iteration 1, 19.4 at 6)."""
+def _thrown_early(s: Series, x: np.ndarray, th: dict[str, Any], since: int) -> Finding | None:
+    """A point of ``x``, the first ``min_history`` finite points (before any baseline exists),
+    ``early_ratio`` times the first point or more: the model got far worse than it was
+    untrained.  A batch cannot do that to a model that has barely moved (an untrained one is
+    equally unsure of every batch); a step far too large can (GPT-NeoX at 0.3: 7.1 at
+    iteration 1, 19.4 at 6)."""
     ratio = th.get("early_ratio")
-    x = _finite_prefix(s.values)[: int(th.get("min_history", 16))]
-    if not ratio or len(x) < 3 or not x[0] > 0:
-        return None
+    if not ratio or since >= len(x) or len(x) < 3 or not x[0] > 0:
+        return None  # (an incremental pass past those points has judged them already)
     above = np.flatnonzero(x[1:] > ratio * x[0]) + 1
     above = above[above >= since]
     if not len(above):

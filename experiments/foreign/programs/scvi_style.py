@@ -178,6 +178,17 @@ def batches(idx, shuffle):
         yield X_t[j], batch_t[j]
 
 
+def split_metrics(loss_name, split, sums, n):
+    """scvi-tools' per-split epoch metrics from (loss, reconstruction, kl_local) sums over n cells."""
+    return {
+        loss_name: sums[0] / n,
+        f"elbo_{split}": (sums[1] + sums[2]) / n,
+        f"reconstruction_loss_{split}": sums[1] / n,
+        f"kl_local_{split}": sums[2] / n,
+        f"kl_global_{split}": 0.0,
+    }
+
+
 with mlflow.start_run():
     mlflow.log_params(vars(args))
     start = time.time()
@@ -212,25 +223,8 @@ with mlflow.start_run():
                     loss = torch.mean(reconst + kl_weight * kl_local)
                     vs += [loss.item() * len(x), reconst.sum().item(), kl_local.sum().item()]
                     vn += len(x)
-            logs.update(
-                {
-                    "validation_loss": vs[0] / vn,
-                    "elbo_validation": (vs[1] + vs[2]) / vn,
-                    "reconstruction_loss_validation": vs[1] / vn,
-                    "kl_local_validation": vs[2] / vn,
-                    "kl_global_validation": 0.0,
-                }
-            )
-        logs.update(
-            {
-                "train_loss_epoch": sums[0] / n_obs,
-                "elbo_train": (sums[1] + sums[2]) / n_obs,
-                "reconstruction_loss_train": sums[1] / n_obs,
-                "kl_local_train": sums[2] / n_obs,
-                "kl_global_train": 0.0,
-                "epoch": epoch,
-            }
-        )
+            logs.update(split_metrics("validation_loss", "validation", vs, vn))
+        logs.update(split_metrics("train_loss_epoch", "train", sums, n_obs), epoch=epoch)
         mlflow.log_metrics(logs, step=global_step - 1)
         print(
             f"Epoch {epoch + 1}/{args.max_epochs}: "
