@@ -1610,6 +1610,33 @@ def test_a_loss_unmoved_by_a_rate_annealed_hundreds_fold_was_thrown_by_its_first
     assert not kinds({"Train Loss": (step, lm), "learning_rate/fields": (step, cosine)})
 
 
+def test_a_loss_that_learns_only_once_the_rate_falls_was_held_back_by_it():
+    """LitGPT at learning_rate 0.3 (a hundred times its default): the loss sits at its first
+    level while the cosine holds the rate above half its peak and falls only in the second
+    half, as the rate comes down.  A healthy twin learns most at its peak rate; a step decay
+    that drops a loss which had learned before is no such thing either."""
+    rng = np.random.default_rng(5)
+    step = np.arange(0, 600, 5)
+    warm = np.minimum(1.0, (step + 1) / 40)
+    cos = 0.3 * warm * (1e-3 + (1 + np.cos(np.pi * step / 600)) / 2)
+    stuck = np.where(step < 300, 3.3, 3.3 - 0.25 * (step - 300) / 300)
+    stuck = stuck * (1 + 0.01 * rng.standard_normal(len(step)))
+    found = detect(
+        {"loss": (step, stuck), "learning_rate": (step, cos)}, {"status": "FINISHED"}, ""
+    )
+    assert [(f.kind, f.context) for f in found] == [("plateau", ("thrown",))]
+    assert "learned only when the rate came down" in found[0].evidence
+    d, _ = diagnose(found, {}, "", SC.playbook, aliases=SC.metrics)
+    assert d.cause == "lr_too_high"
+    healthy = (1.0 + 2.3 * np.exp(-step / 120)) * (1 + 0.01 * rng.standard_normal(len(step)))
+    assert not kinds({"loss": (step, healthy), "learning_rate": (step, cos)})
+    # learned in its first steps, flat at the peak rate, dropped at the step decay: healthy
+    steps_lr = np.where(step < 400, 0.1, 0.01)
+    dropped = np.where(step < 400, 1.0, 0.8) * (1 + 0.01 * rng.standard_normal(len(step)))
+    dropped[:4] = [2.3, 1.6, 1.2, 1.05]
+    assert not kinds({"loss": (step, dropped), "learning_rate": (step, steps_lr)})
+
+
 def test_an_epoch_time_that_grows_at_every_epoch_is_a_cost_not_a_clock():
     """DGL with a collate hook that rewrites a growing audit file at every batch: the epoch
     takes 0.9 s, then 1.5, 1.7, ... 5.3 s, longer at every epoch, so it rises at every point

@@ -1254,6 +1254,8 @@ def plateau(run: RunView, th: dict[str, Any]) -> Finding | None:
         f = _schedule_stopped(s, lr, th)
     if f is None and lr is not None:
         f = _stuck_while_annealed(s, lr, th)
+    if f is None and lr is not None:
+        f = _learned_once_rate_fell(s, lr, th)
     if f is None and run["eval_loss"] is None and run["eval_score"] is not None:
         # No eval loss: the held-out score is the measure of what the run learned
         f = _score_plateau(run["eval_score"], s, th)
@@ -1402,6 +1404,56 @@ def _stuck_while_annealed(s: Series, lr: Series, th: dict[str, Any]) -> Finding 
         step=int(s.steps[h]),
         severity=float(min(1.0, 1 - max(gain, 0) / bar)),
         evidence=f"{s.name} fell from {_fmt(start)} to {_fmt(level)} by step {s.steps[h]}, then went to {_fmt(tail)} ({100 * gain:+.1f}%) while {lr.name} annealed {fold:.0f}-fold ({_fmt(at_level)} → {_fmt(at_tail)} at step {s.steps[n - t]}): stuck where its first steps threw it",
+        context=("thrown",),
+    )
+
+
+def _learned_once_rate_fell(s: Series, lr: Series, th: dict[str, Any]) -> Finding | None:
+    """The loss gained less than ``slow_gain`` from its first points to the end of the stretch
+    where the logged rate stood at ``peak_share`` of its peak or more (at least ``peak_span``
+    of the loss's points), then, once the schedule brought the rate down, gained
+    ``min_improvement`` or more, at ``fell_pace`` times the pace per step of the high stretch.
+    A healthy run learns most at its peak rate and settles as the rate decays; one that waits
+    for the decay to learn at all was held back by a rate too high for it (``thrown``)."""
+    x, xs = s.values, s.steps
+    fin = np.isfinite(lr.values)
+    lv, ls = lr.values[fin], lr.steps[fin]
+    if len(lv) < 3 or not np.all(np.isfinite(x)) or not float(np.max(lv)) > 0:
+        return None
+    peak = float(np.max(lv))
+    high = np.flatnonzero(lv >= th.get("peak_share", 0.5) * peak)
+    a, b = int(ls[high[0]]), int(ls[high[-1]])
+    at_peak, fell = (xs >= a) & (xs <= b), xs > b
+    p, post = x[at_peak], x[fell]
+    k = max(3, int(len(p) * th.get("tail", 0.2)))
+    if len(p) < 2 * k or len(post) < max(3, k) or len(p) < th.get("peak_span", 0.3) * len(x):
+        return None
+    start = _median(x[: min(3, len(x))])
+    p_head, p_tail = _median(p[:3]), _median(p[-k:])
+    end = _median(post[-max(3, int(len(post) * th.get("tail", 0.2))) :])
+    if not (start > 0 and p_head > 0 and p_tail > 0):
+        return None
+    before = (start - p_tail) / start  # all it learned before the rate fell
+    # …nor below the bar at any stretch before (one that learned and was thrown back, by a
+    # bad shard or a spike, is another finding's business)
+    pre = x[xs <= b]
+    low = min(_chunk_medians(pre, max(3, int(len(x) * th.get("head", 0.1)))))
+    on_peak = max(0.0, (p_head - p_tail) / p_head)
+    since = (p_tail - end) / p_tail
+    if before >= th.get("slow_gain", 0.1) or since < th.get("min_improvement", 0.05):
+        return None
+    if (start - low) / start >= th.get("slow_gain", 0.1):
+        return None
+    pace_peak = on_peak / max(1, b - a)
+    pace_since = since / max(1, int(xs[-1]) - b)
+    if pace_since < th.get("fell_pace", 3.0) * pace_peak:
+        return None
+    return Finding(
+        kind="plateau",
+        metric=s.name,
+        step=a,
+        severity=float(min(1.0, 1 - max(before, 0) / th.get("slow_gain", 0.1))),
+        evidence=f"{s.name} went from {_fmt(start)} to {_fmt(p_tail)} ({100 * before:.1f}% better) while {lr.name} stood at half its peak {_fmt(peak)} or more (steps {a}-{b}), then to {_fmt(end)} ({100 * since:.1f}% better) once it fell: it learned only when the rate came down",
         context=("thrown",),
     )
 
