@@ -207,7 +207,8 @@ def test_composer_names():
 def test_a_divergence_that_starts_with_a_spike_after_the_rate_fell_is_bad_data():
     """A loss that trained well at the peak rate, then jumped on a bad shard and stayed up
     while the rate was decaying: the data threw it off, not the rate (it was higher before).
-    The same rise at the rate's peak is a rate too high."""
+    So it did at a constant rate the run had trained at for most of its span; a rise soon
+    after the rate was reached is the rate's."""
     steps = np.arange(300)
     loss = np.exp(-steps / 40) + 0.7 + 0.01 * np.sin(steps)
     loss[176] = 9.0  # the bad shard's first batch
@@ -222,6 +223,16 @@ def test_a_divergence_that_starts_with_a_spike_after_the_rate_fell_is_bad_data()
     assert any("lr_decayed" in e for e in diag.evidence)
     constant = np.full(300, 0.001)
     hist["lr-DecoupledAdamW/group0"] = (steps, constant)
+    found = detect(hist, {"status": "FINISHED"}, "")
+    # at a constant rate the run had trained at for 59 % of it: late, the data again
+    assert [f.context for f in found if f.kind == "divergence"] == [("late",)]
+    diag, _ = diagnose(found, {}, "", SC.playbook, aliases=SC.metrics)
+    assert diag.cause == "bad_data"
+    # the same jump a sixth of the way in, at that rate: the rate is the suspect
+    early = np.exp(-steps / 10) + 0.7 + 0.01 * np.sin(steps)
+    early[50] = 9.0
+    early[51:] = 2.2 + 0.01 * np.sin(steps[51:])
+    hist["loss/train/total"] = (steps, early)
     found = detect(hist, {"status": "FINISHED"}, "")
     assert [f.context for f in found if f.kind == "divergence"] == [()]
     diag, _ = diagnose(found, {}, "", SC.playbook, aliases=SC.metrics)
@@ -240,7 +251,7 @@ def test_a_divergence_the_run_trains_its_way_back_from_at_its_rate_is_bad_data()
     hist = {"train/loss": (steps, loss), "lr": (steps, np.full(300, 3e-4))}
     found = detect(hist, {"status": "FINISHED"}, "")
     (div,) = [f for f in found if f.kind == "divergence"]
-    assert div.after == ("loss_spike",) and div.context == ("recovered",)
+    assert div.after == ("loss_spike",) and div.context == ("recovered", "late")
     assert "back to" in div.evidence and "stayed up" not in div.evidence
     diag, _ = diagnose(found, {}, "", SC.playbook, aliases=SC.metrics)
     assert diag.cause == "bad_data" and any("recovered" in e for e in diag.evidence)
@@ -253,11 +264,12 @@ def test_a_divergence_the_run_trains_its_way_back_from_at_its_rate_is_bad_data()
     hist["lr"] = (steps, np.where(steps < 170, 5e-5, 3e-4))
     found = detect(hist, {"status": "FINISHED"}, "")
     assert [f.context for f in found if f.kind == "divergence"] == [()]
-    # and without the way back (it ends above where it was before the onset)
+    # and without the way back (it ends above where it was before the onset): not recovered,
+    # but still half-way through a run that had trained at its rate all along
     loss[190:] = 1.4 + 1.2 * np.exp(-(steps[190:] - 190) / 15)
     hist = {"train/loss": (steps, loss), "lr": (steps, np.full(300, 3e-4))}
     found = detect(hist, {"status": "FINISHED"}, "")
-    assert [f.context for f in found if f.kind == "divergence"] == [()]
+    assert [f.context for f in found if f.kind == "divergence"] == [("late",)]
 
 
 def test_a_bad_stretch_the_loss_is_back_from_within_a_few_points_is_bad_data():

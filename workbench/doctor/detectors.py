@@ -1058,7 +1058,7 @@ def divergence(run: RunView, th: dict[str, Any]) -> Finding | None:
     lr = run["lr"]
     if _warmup_transient(f, loss, ev, lr, th, adaptive_lr=as_float(run.param("adaptive_lr"))):
         return None
-    f = _recovered(f, loss, lr, th)
+    f = _late(_recovered(f, loss, lr, th), loss, lr, th)
     return f if lr is None else _lr_decayed(f, lr, th.get("lr_decayed", 0.8))
 
 
@@ -1156,6 +1156,43 @@ def _recovered(f: Finding, loss: Series, lr: Series | None, th: dict[str, Any]) 
         update={
             "context": (*f.context, "recovered"),
             "evidence": f"{f.evidence.removesuffix(' and stayed up')}, back to {_fmt(y[k])} by step {steps[k]} and ending at {_fmt(_median(y[-n:]))}, at or below its level {_fmt(level)} before the onset",
+        }
+    )
+
+
+def _late(f: Finding, loss: Series, lr: Series | None, th: dict[str, Any]) -> Finding:
+    """Mark a divergence whose onset came ``late_share`` of the way through the run's span or
+    later, after at least ``recover_min_points`` points, and, where an lr is logged, after the
+    run had trained at its onset rate or above for ``late_held`` of the span, the rate within
+    ``recover_lr``'s factor of it from then to the end: a rate too high
+    throws a model off once it is reached (in the warm-up, or soon after); one that held for
+    that long did not change, what the model was fed did.  (Judged on the points seen so far.)"""
+    steps = loss.steps
+    span = float(steps[-1] - steps[0])
+    i = int(np.searchsorted(steps, f.step))
+    if not span > 0 or i < th.get("recover_min_points", 8):
+        return f
+    share = (f.step - float(steps[0])) / span
+    if share < th.get("late_share", 0.4):
+        return f
+    if lr is not None:
+        fin = np.isfinite(lr.values) & (lr.steps <= f.step)
+        lv, ls = lr.values[fin], lr.steps[fin]
+        if not len(lv):
+            return f
+        reached = ls[np.flatnonzero(lv >= 0.9 * lv[-1])[0]]  # when it first stood this high
+        if (f.step - reached) / span < th.get("late_held", 0.2):
+            return f
+        # …and not moved since by more than ``recover_lr``'s factor (a cut that rescued the
+        # run, or a raise after it, implicates the rate): no decay to nothing, no step cut
+        later = lr.values[(lr.steps > f.step) & np.isfinite(lr.values)]
+        ratio = th.get("recover_lr", 0.5)
+        if len(later) and not (ratio * lv[-1] <= np.min(later) and np.max(later) <= lv[-1] / ratio):
+            return f
+    return f.model_copy(
+        update={
+            "context": (*f.context, "late"),
+            "evidence": f"{f.evidence}; {100 * share:.0f}% of the way through the run",
         }
     )
 
