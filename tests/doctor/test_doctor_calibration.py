@@ -1649,6 +1649,25 @@ def test_a_loss_that_learns_only_once_the_rate_falls_was_held_back_by_it():
     assert not kinds({"loss": (step, dropped), "learning_rate": (step, steps_lr)})
 
 
+def test_a_rate_that_falls_from_its_first_points_to_a_quarter_is_a_slow_reader():
+    """River with a reader that reopens its dump and skips the rows already read: samples per
+    second fall from the first print on (3,400, 1,500, 2,050, ... 850) and run at 390-550 over
+    the second half.  A busy machine halves a rate, it does not quarter it."""
+    rng = np.random.default_rng(2)
+    step = np.arange(2000, 48000, 2000)
+    slow = 3400 / (1 + step / 4000) * (1 + 0.1 * rng.standard_normal(len(step)))
+    mae = 1.6 + 0.4 * np.exp(-step / 8000)
+    found = detect(
+        {"MAE": (step, mae), "samples_per_second": (step, slow)}, {"status": "FINISHED"}, ""
+    )
+    assert [(f.kind, f.metric) for f in found] == [("throughput_drop", "samples_per_second")]
+    assert "slower from the start on" in found[0].evidence
+    assert diagnose(found, {}, "", SC.playbook, aliases=SC.metrics)[0].cause == "slow_io"
+    # a rate that eases off to half by the end (a cache warming out, a busier machine): none
+    eased = 3400 / (1 + step / 40000) * (1 + 0.1 * rng.standard_normal(len(step)))
+    assert not kinds({"MAE": (step, mae), "samples_per_second": (step, eased)})
+
+
 def test_an_epoch_time_that_grows_at_every_epoch_is_a_cost_not_a_clock():
     """DGL with a collate hook that rewrites a growing audit file at every batch: the epoch
     takes 0.9 s, then 1.5, 1.7, ... 5.3 s, longer at every epoch, so it rises at every point

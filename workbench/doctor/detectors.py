@@ -1716,6 +1716,9 @@ def throughput_drop(run: RunView, th: dict[str, Any]) -> Finding | None:
             dt is not None and not _is_clock(dt) and _growing_time(dt, th, step_time=own_step),
         ]
         found = [g for g in grown if g]
+        if not found and tp is not None and not use:
+            f = _fell_deep(tp, th)
+            found = [f] if f else []
         if not found:
             return None
     first = min(found, key=lambda f: f.step or 0)
@@ -1761,6 +1764,32 @@ def _growing_time(
         step=int(steps[j]),
         severity=float(min(1.0, 1 - q[0] / q[3])),
         evidence=f"{t.name} grew through the run, quarter by quarter: {', '.join(_fmt(v) for v in q)} (medians; {q[3] / q[0]:.1f}× at the end, {100 * cost:.0f}% of the run's time lost): a cost that grows with every step",
+        context=("growing",),
+    )
+
+
+def _fell_deep(tp: Series, th: dict[str, Any]) -> Finding | None:
+    """A rate (samples, tokens per second) whose second half of at least ``grow_points``
+    points runs, every point of it, at ``drop`` × its first points' median or less, and at
+    ``fall_deep`` × it as a median: a reader that slows from its first points on leaves no
+    level for the drop rules to measure from.  Load from other processes on the machine
+    halves a rate (two jobs on two cores), it does not quarter it."""
+    fin = np.isfinite(tp.values) & (tp.values > 0)
+    x, steps = tp.values[fin], tp.steps[fin]
+    if len(x) < th.get("grow_points", 8):
+        return None
+    head, late = _median(x[:3]), x[len(x) // 2 :]
+    bar = th.get("drop", 0.6) * head
+    if not (np.max(late) <= bar and _median(late) <= th.get("fall_deep", 0.25) * head):
+        return None
+    above = np.flatnonzero(x > bar)
+    j = int(above[-1]) + 1 if len(above) else 0  # from here to the end: all slow
+    return Finding(
+        kind="throughput_drop",
+        metric=tp.name,
+        step=int(steps[j]),
+        severity=float(min(1.0, 1 - _median(late) / head)),
+        evidence=f"{tp.name} fell from {_fmt(head)} (its first points' median) to {_fmt(_median(late))} over the second half of the run ({head / _median(late):.1f}× slower), every point there below {_fmt(bar)}: slower from the start on, not a busy machine's halving",
         context=("growing",),
     )
 
