@@ -1668,6 +1668,27 @@ def test_a_rate_that_falls_from_its_first_points_to_a_quarter_is_a_slow_reader()
     assert not kinds({"MAE": (step, mae), "samples_per_second": (step, eased)})
 
 
+def test_a_sparse_loss_that_steps_up_and_holds_met_other_data():
+    """nanoT5 logging every 20 steps reaches a shard tokenised with another vocabulary at step
+    300: train/loss 3.37 -> 4.01 and 4.0-4.4 for five logs, back down once the shard is past.
+    25 points leave no rolling level (the fall inflates any spread of levels), but the step up
+    stands far above the changes before it.  A healthy twin's noisy fall does not."""
+    step = np.arange(20, 520, 20)
+    loss = np.array([5.28, 4.37, 4.17, 4.02, 3.94, 3.81, 3.70, 3.67, 3.57, 3.49, 3.45, 3.43,
+                     3.38, 3.37, 4.01, 4.40, 4.10, 4.01, 3.99, 4.16, 3.77, 3.52, 3.44, 3.43, 3.44])  # fmt: skip
+    found = detect({"train/loss": (step, loss)}, {"status": "FINISHED"}, "")
+    assert [f.kind for f in found] == ["loss_spike"]
+    assert "stepped up from 3.37 to 4.01 at step 300" in found[0].evidence
+    assert diagnose(found, {}, "", SC.playbook, aliases=SC.metrics)[0].cause == "bad_data"
+    rng = np.random.default_rng(4)
+    healthy = (3.2 + 2.0 * np.exp(-step / 80)) * (1 + 0.03 * rng.standard_normal(len(step)))
+    assert not kinds({"train/loss": (step, healthy)})
+    # one point up and straight back: a noisy batch, nothing held
+    blip = loss.copy()
+    blip[15:20] = [3.36, 3.35, 3.35, 3.34, 3.34]
+    assert not kinds({"train/loss": (step, blip)})
+
+
 def test_an_epoch_time_that_grows_at_every_epoch_is_a_cost_not_a_clock():
     """DGL with a collate hook that rewrites a growing audit file at every batch: the epoch
     takes 0.9 s, then 1.5, 1.7, ... 5.3 s, longer at every epoch, so it rises at every point

@@ -1237,10 +1237,51 @@ def loss_spike(run: RunView, th: dict[str, Any]) -> Finding | None:
     first = _finite_prefix(s.values)[: int(th.get("min_history", 16))]
     head = np.sort(np.abs(first))
     level = float(head[-2] if len(head) > 1 else head[-1]) if len(head) else None
-    early = _thrown_early(s, first, th, run.start("loss_spike", s))
-    return early or _windowed(
-        run, "loss_spike", "train_loss", th, partial(_loss_spike, start_level=level)
+    since = run.start("loss_spike", s)
+    early = _thrown_early(s, first, th, since)
+    return (
+        early
+        or _windowed(run, "loss_spike", "train_loss", th, partial(_loss_spike, start_level=level))
+        or _jump(s, th, since)
     )
+
+
+def _jump(s: Series, th: dict[str, Any], since: int = 0) -> Finding | None:
+    """A step up from one point to the next, after ``jump_history`` points or more, that
+    stands ``jump_z`` robust spreads above the point-to-point changes of the ``jump_history``
+    before it (a trend's steady fall is its own baseline), lifts the loss ``jump_rel`` above
+    the point before, and holds: the median of the ``jump_after`` points from it stays at
+    least half the step up.  A loss logged every few dozen steps has too few points for a
+    rolling level, and its fall inflates any spread of levels; a shard of other data moves it
+    up at once and keeps it there while it lasts.  Only on such a log (``jump_max_points`` at
+    most): single batches' losses jump by themselves.  Reported at the point that confirms it."""
+    x = _finite_prefix(s.values)
+    k, hist = int(th.get("jump_after", 4)), int(th.get("jump_history", 8))
+    if not hist + 1 + k <= len(x) <= th.get("jump_max_points", 0) or not (x > 0).all():
+        return None  # (a dense log of single batches jumps by itself: the rolling rules judge it)
+    d = np.diff(x)
+    for i in range(hist, len(d)):
+        if i + k < since:
+            continue  # (confirmed on points an incremental pass has judged)
+        if i + k > len(x):
+            break
+        prev = d[i - hist : i]
+        scale = max(MAD_TO_SIGMA * _mad(prev), th.get("rel_floor", 0.01) * x[i])
+        z = (d[i] - _median(prev)) / scale
+        if z < th.get("jump_z", 8.0) or x[i + 1] < (1 + th.get("jump_rel", 0.15)) * x[i]:
+            continue
+        held = _median(x[i + 1 : i + 1 + k])
+        if held < x[i] + 0.5 * d[i]:
+            continue
+        j = i + k
+        return Finding(
+            kind="loss_spike",
+            metric=s.name,
+            step=int(s.steps[j]),
+            severity=float(min(1.0, z / (4 * th.get("z", 6.0)))),
+            evidence=f"{s.name} stepped up from {_fmt(x[i])} to {_fmt(x[i + 1])} at step {s.steps[i + 1]} ({z:.0f} robust spreads of its previous {hist} changes) and held: median {_fmt(held)} over the {k} points from there",
+        )
+    return None
 
 
 def _thrown_early(s: Series, x: np.ndarray, th: dict[str, Any], since: int) -> Finding | None:
