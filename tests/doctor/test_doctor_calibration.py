@@ -1689,6 +1689,31 @@ def test_a_sparse_loss_that_steps_up_and_holds_met_other_data():
     assert not kinds({"train/loss": (step, blip)})
 
 
+def test_a_test_return_counted_in_iterations_is_judged_by_the_clock():
+    """Dopamine logs its test return once an iteration (step 0-19) and its Huber loss at
+    training steps (500 on): no return has a step past the first update, the clock orders
+    them.  At learning_rate 1e-6 the greedy policy stays at 9.1-9.5 (an untrained CartPole
+    policy); a healthy one that balanced 160 steps at its first test had learned already (its
+    exploring training episodes returned 23 at iteration 0)."""
+    it = np.arange(20)
+    t_eval = 1_000_000 + 5_000 * (it + 1)
+    step = np.arange(500, 20000, 100)
+    t_loss = 1_000_000 + (step - 400) * 5
+    huber = 0.59 - 0.08 * step / 20000
+    stuck = 9.3 + 0.12 * np.sin(it)
+    train_ret = np.concatenate([[21.9, 13.9], 9.4 + 0.1 * np.cos(it[2:])])
+    hist = {"HuberLoss": (step, huber, t_loss), "Eval/AverageReturns": (it, stuck, t_eval),
+            "Train/AverageReturns": (it, train_ret, t_eval)}  # fmt: skip
+    found = detect(hist, {"status": "FINISHED"}, "")
+    assert [(f.kind, f.metric) for f in found] == [("plateau", "Eval/AverageReturns")]
+    assert diagnose(found, {}, "", SC.playbook, aliases=SC.metrics)[0].cause == "lr_too_low"
+    solved = np.array([160, 200, 128, 150, 95, 132, 190, 193, 150, 191,
+                       195, 200, 158, 176, 200, 195, 126, 200, 200, 178.0])  # fmt: skip
+    hist["Eval/AverageReturns"] = (it, solved, t_eval)
+    hist["Train/AverageReturns"] = (it, np.minimum(200, 23 + 9 * it**2), t_eval)
+    assert not kinds(hist)
+
+
 def test_an_epoch_time_that_grows_at_every_epoch_is_a_cost_not_a_clock():
     """DGL with a collate hook that rewrites a growing audit file at every batch: the epoch
     takes 0.9 s, then 1.5, 1.7, ... 5.3 s, longer at every epoch, so it rises at every point

@@ -1314,7 +1314,10 @@ def _thrown_early(s: Series, x: np.ndarray, th: dict[str, Any], since: int) -> F
 def plateau(run: RunView, th: dict[str, Any]) -> Finding | None:
     q = run.quality
     if q is not None:
-        return _quality_plateau(q.series, q.higher, q.per_eval, run["train_loss"], th)
+        explore = run["reward"] if q.series is run["eval_reward"] else None
+        return _quality_plateau(
+            q.series, q.higher, q.per_eval, run["train_loss"], th, explore=explore
+        )
     s = run["train_loss"]
     if s is None:
         return None
@@ -1537,17 +1540,34 @@ def _learned_once_rate_fell(s: Series, lr: Series, th: dict[str, Any]) -> Findin
 
 
 def _quality_plateau(
-    r: Series, higher: bool, per_eval: bool, loss: Series | None, th: dict[str, Any]
+    r: Series,
+    higher: bool,
+    per_eval: bool,
+    loss: Series | None,
+    th: dict[str, Any],
+    *,
+    explore: Series | None = None,
 ) -> Finding | None:
     """A measure of progress (see ``RunView.quality``) that did not improve by
     ``quality_gain`` of its starting magnitude from its first 10 % to its last 20 %, counted
     from the learner's first update (its first loss point): before it, the returns are a
     random policy's, and a run that logged no update was never seen learning.  A training
     episode's return is noisy (``min_points``); a distance over a fixed sample set, or the
-    return over a set of test episodes, is one number an evaluation (``distance_min_points``)."""
-    if loss is None or not len(loss):
+    return over a set of test episodes, is one number an evaluation (``distance_min_points``).
+    ``explore``: the training episodes' return beside a test return: the policy's level before
+    it learned (its first points, exploring at random), which a test return that starts
+    ``quality_gain`` above it had left behind by its first evaluation."""
+    if loss is None or not len(loss) or not len(r):
         return None
-    x = r.values[(r.steps >= loss.steps[0]) & np.isfinite(r.values)]
+    if r.steps[-1] >= loss.steps[0]:
+        learning = r.steps >= loss.steps[0]
+    elif r.timestamps.any() and loss.timestamps.any():
+        # counted on another axis (Dopamine's iterations against the learner's training
+        # steps): the clock says which came after the first update
+        learning = r.timestamps >= loss.timestamps[0]
+    else:
+        learning = np.ones(len(r), dtype=bool)
+    x = r.values[learning & np.isfinite(r.values)]
     if len(x) < th.get("distance_min_points" if per_eval else "min_points", 12):
         return None
     n = len(x)
@@ -1558,6 +1578,9 @@ def _quality_plateau(
     bar = th.get("quality_gain", 0.25)
     if gain >= bar:
         return None
+    e = explore.values[np.isfinite(explore.values)] if explore is not None else np.array([])
+    if higher and len(e) and e[0] != 0 and (head - e[0]) / abs(e[0]) >= bar:
+        return None  # learned before its first test (Dopamine's iteration 0 of CartPole: 160)
     what = "the episode return" if higher else "a distance from the data, lower is better"
     evidence = f"{r.name} ({what}) went from {_fmt(head)} to {_fmt(tail)} over {n} points ({100 * gain:+.1f}% better, < {100 * bar:.0f}%)"
     # A rate too small barely moves the learner's loss; one too large throws it up many-fold
