@@ -216,7 +216,7 @@ class Signal(_Strict):
     earliest finding; ``metric_role`` — on a metric of that role; ``after: KIND`` — KIND was
     its run-up, e.g. a divergence before the NaN; ``context: FACT`` — its detector measured
     FACT, e.g. ``lr_decayed``; ``alone: true`` — it had no run-up), ``log`` (a regex found
-    in the log),
+    in the log; beside ``finding``, both must hold),
     ``param`` (a run parameter role compared with ``op``/``value``), ``absent`` (a finding
     kind is *not* present, not even as another's run-up), ``status`` (the run's status is
     one of the list).
@@ -247,7 +247,9 @@ class Signal(_Strict):
         return v
 
     def model_post_init(self, __context: Any) -> None:
-        chosen = [k for k in ("finding", "absent", "log", "param", "status") if getattr(self, k)]
+        # (a ``log`` beside a ``finding`` narrows it: both must hold)
+        kinds = ("finding", "absent", "param", "status", *(() if self.finding else ("log",)))
+        chosen = [k for k in kinds if getattr(self, k)]
         if len(chosen) != 1:
             raise ValueError(
                 f"a signal needs exactly one of finding/absent/log/param/status, got {chosen}"

@@ -864,6 +864,35 @@ def test_a_label_outside_the_classes_after_training_is_bad_data():
     assert d.cause == "code_error"
 
 
+def test_a_crash_in_the_sample_reader_after_training_is_bad_data():
+    """YOLOX merges a second annotation delivery at epoch 9 whose category ids count from 1:
+    the loader that read eight epochs raises in ``load_anno``.  Raised there at the first
+    batch, the loader itself is wrong (code); raised after training in a checkpoint writer,
+    the code is."""
+
+    def log(func: str, err: str) -> str:
+        return (
+            "Traceback (most recent call last):\n"
+            '  File "train.py", line 435, in <module>\n    main()\n'
+            f'  File "train.py", line 149, in {func}\n    x = f()\n{err}\n'
+        )
+
+    reader = log("load_anno", "ValueError: 3 is not in list")
+    late = detect(
+        {"train/total_loss": (np.arange(24), np.linspace(10, 5, 24))}, {"status": "FAILED"}, reader
+    )
+    assert [f.context for f in late if f.kind == "crash"] == [("after_training",)]
+    d, _ = diagnose(late, {}, reader, SC.playbook)
+    assert d.cause == "bad_data"
+    assert any("load_anno" in e for e in d.evidence)
+    writer = log("save_best", "TypeError: Object of type float32 is not JSON serializable")
+    assert diagnose(late, {}, writer, SC.playbook)[0].cause == "code_error"
+    early = detect(
+        {"train/total_loss": (np.arange(1), np.array([10.0]))}, {"status": "FAILED"}, reader
+    )
+    assert diagnose(early, {}, reader, SC.playbook)[0].cause == "code_error"
+
+
 def test_epochs_timed_by_start_and_end_stamps_show_a_slow_reader():
     """nnU-Net logs each epoch's start and end as Unix timestamps, no step time: an epoch's
     duration is end minus start.  A reader that decompresses every case from epoch 10 on

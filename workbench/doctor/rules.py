@@ -66,8 +66,9 @@ def _signal_holds(
         if sig.first:
             key = onset_order(findings)
             first = min((key(f) for f in findings if f.step is not None), default=None)
-            return any(key(f) == first for f in hits)
-        return True
+            if not any(key(f) == first for f in hits):
+                return False
+        return not sig.log or (bool(log_text) and re.search(sig.log, log_text) is not None)
     if sig.absent:
         return not any(f.kind == sig.absent or sig.absent in f.after for f in findings)
     if sig.log:
@@ -99,7 +100,9 @@ def _describe(
         )
         run_up = f" after {', '.join(f.after)}" if f.after else ""
         facts = f" ({', '.join(f.context)})" if f.context else ""
-        return f"finding {f.kind}{run_up}{facts} on {f.metric or 'the run'} at step {f.step}"
+        m = re.search(sig.log, log_text) if sig.log else None
+        said = f", log: {m.group(0).strip()[:80]!r}" if m else ""
+        return f"finding {f.kind}{run_up}{facts} on {f.metric or 'the run'} at step {f.step}{said}"
     if sig.absent:
         return f"no {sig.absent}"
     if sig.log:
