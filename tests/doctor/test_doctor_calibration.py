@@ -893,6 +893,26 @@ def test_a_crash_in_the_sample_reader_after_training_is_bad_data():
     assert diagnose(early, {}, reader, SC.playbook)[0].cause == "code_error"
 
 
+def test_a_loss_thrown_up_where_a_warm_up_peaks_then_stuck_was_overshot():
+    """YOLOX at basic_lr_per_img 0.04 (lr 0.64 for 16 images): the loss sits at 7.0, climbs to
+    11.7 as the three-epoch warm-up peaks (epoch 5 of 20) and stays stuck near 6.5 from then
+    on: a rate too high, not one too low, though the rise comes after the run's first tenth."""
+    ep = np.arange(1, 21)
+    lr = np.where(ep <= 3, 0.64 * (ep / 3) ** 2, 0.64 * (0.5 + 0.5 * np.cos(np.pi * (ep - 3) / 17)))
+    loss = np.array([6.97, 6.96, 7.75, 8.84, 11.67, 7.60, 7.08, 6.71, 6.39, 6.42,
+                     6.57, 6.28, 6.23, 6.23, 6.49, 6.20, 8.90, 7.37, 6.41, 6.45])  # fmt: skip
+    # (epochs 17-20: the no-aug epochs add the L1 loss)
+    found = detect(
+        {"train/total_loss": (ep, loss), "train/lr": (ep, lr)}, {"status": "FINISHED"}, ""
+    )
+    (plateau,) = [f for f in found if f.kind == "plateau"]
+    assert plateau.after == ("divergence",) and "an overshoot" in plateau.evidence
+    assert diagnose(found, {}, "", SC.playbook, aliases=SC.metrics)[0].cause == "lr_too_high"
+    # no warm-up logged: the rise at the fifth point is past the early window, no overshoot
+    found = detect({"train/total_loss": (ep, loss)}, {"status": "FINISHED"}, "")
+    assert [f.after for f in found if f.kind == "plateau"] == [()]
+
+
 def test_epochs_timed_by_start_and_end_stamps_show_a_slow_reader():
     """nnU-Net logs each epoch's start and end as Unix timestamps, no step time: an epoch's
     duration is end minus start.  A reader that decompresses every case from epoch 10 on

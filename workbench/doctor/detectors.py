@@ -416,13 +416,15 @@ def _plateau(
     lr: float | None = None,
     adaptive_lr: float | None = None,
     peak_lr: float | None = None,
+    peak_step: int | None = None,
 ) -> Finding | None:
     """The loss did not improve over the whole run (a relative gain below min_improvement),
     or it and the eval loss both gained less than ``slow_gain`` (a rate too low still moves
     a loss by a few per cent over a short run; a healthy one gains far more).  ``lr``: the
     rate the run was configured with, where it said; ``adaptive_lr``: that rate, where its
     optimizer is an adaptive one (Adam and kin); ``peak_lr``: the highest rate it logged
-    (what its schedule reached: a warm-up longer than the run never gets near ``lr``)."""
+    (what its schedule reached: a warm-up longer than the run never gets near ``lr``);
+    ``peak_step``: where the logged rate first stood near that peak (the end of a warm-up)."""
     if not np.all(np.isfinite(s.values)):
         return None  # a run that went non-finite did not "plateau" (nan_inf's business)
     x = s.values
@@ -481,7 +483,9 @@ def _plateau(
     # level).  Only the second makes the loss rise above where it started: an overshoot of
     # many noise units and a material share of the start, early in the run.
     start = _median(x[: min(3, n)])
-    early = x[: max(3, 2 * h)]
+    # (a warm-up moves the throw to where the rate peaks: early runs to a head past it)
+    warm = int(np.searchsorted(s.steps, peak_step)) + h + 1 if peak_step is not None else 0
+    early = x[: max(3, 2 * h, min(warm, n // 2))]
     # (above the first point itself nothing rose: a loss that only fell has its top there,
     # and its start, the median of three, below it)
     top = 1 + int(np.argmax(early[1:]))
@@ -1330,6 +1334,7 @@ def plateau(run: RunView, th: dict[str, Any]) -> Finding | None:
         lr=as_float(run.param("lr")),
         adaptive_lr=as_float(run.param("adaptive_lr")),
         peak_lr=float(np.max(logged)) if len(logged) else None,
+        peak_step=_peak_step(lr),
     )
     if f is None and lr is not None:
         f = _schedule_stopped(s, lr, th)
@@ -1397,6 +1402,16 @@ def _score_plateau(sc: Series, loss: Series, th: dict[str, Any]) -> Finding | No
         after=after,
         context=context,
     )
+
+
+def _peak_step(lr: Series | None, near: float = 0.9) -> int | None:
+    """The step where a logged rate first stood at ``near`` × its peak (a warm-up's end)."""
+    if lr is None:
+        return None
+    fin = np.isfinite(lr.values)
+    if not fin.any() or not np.max(lr.values[fin]) > 0:
+        return None
+    return int(lr.steps[fin][np.argmax(lr.values[fin] >= near * np.max(lr.values[fin]))])
 
 
 def _schedule_stopped(s: Series, lr: Series, th: dict[str, Any]) -> Finding | None:
