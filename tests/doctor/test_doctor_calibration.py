@@ -913,6 +913,33 @@ def test_a_loss_thrown_up_where_a_warm_up_peaks_then_stuck_was_overshot():
     assert [f.after for f in found if f.kind == "plateau"] == [()]
 
 
+def test_a_configured_rate_the_logged_one_never_nears_is_a_schedule_multiplier():
+    """OpenNMT's noam schedule: ``learning_rate`` 0.5 is a multiplier, the logged rate peaks at
+    0.006.  A late rise at that rate is the data's (a shard of binary bytes), not an Adam rate
+    of 0.5; judged by the configured number, the rate would win.  A configured rate the log
+    reaches stays as it is."""
+    from workbench.doctor.core import verdict
+    from workbench.doctor.series import Series, stepped_params
+
+    step = np.arange(10, 410, 10)
+    rate = 0.5 * 64**-0.5 * np.minimum(step**-0.5, step * 100**-1.5)
+    xent = np.array([5.04, 4.73, 3.94, 2.99, 2.82, 2.92, 2.62, 2.37, 2.31, 2.23, 2.21, 2.16,
+                     2.03, 2.33, 2.49, 2.50, 2.25, 2.36, 2.37, 1.85, 1.46, 0.94, 1.88, 1.90,
+                     2.44, 2.24, 2.16, 2.34, 2.33, 2.53, 2.34, 2.23, 2.34, 2.33, 2.29, 2.46,
+                     2.38, 2.17, 2.15, 2.08])  # fmt: skip
+    params = {"optim": "adam", "adam_beta2": "0.998", "learning_rate": "0.5"}
+    hist = {"progress/xent": (step, xent), "progress/lr": (step, rate)}
+    found = detect(hist, {"status": "FINISHED", "params": params}, "")
+    assert any(f.kind == "divergence" and "late" in f.context for f in found)
+    lr = Series("progress/lr", step, rate, np.zeros(len(step), dtype=np.int64))
+    assert float(stepped_params(params, lr, SC.metrics)["learning_rate"]) == float(rate.max())
+    v = verdict("r", found, params, "", SC, "FINISHED", lr=lr)
+    assert v.diagnosis.cause == "bad_data"
+    assert verdict("r", found, params, "", SC, "FINISHED").diagnosis.cause == "lr_too_high"
+    reached = {**params, "learning_rate": "0.006"}
+    assert stepped_params(reached, lr, SC.metrics) == reached
+
+
 def test_epochs_timed_by_start_and_end_stamps_show_a_slow_reader():
     """nnU-Net logs each epoch's start and end as Unix timestamps, no step time: an epoch's
     duration is end minus start.  A reader that decompresses every case from epoch 10 on

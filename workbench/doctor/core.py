@@ -13,7 +13,7 @@ from scaffold.loader import MetricAliases, Playbook, Scaffold, load_scaffold
 from workbench.doctor import detectors as D
 from workbench.doctor import rules
 from workbench.doctor.registry import REGISTRY, RunView, precursors
-from workbench.doctor.series import Series, normalize, resolve_roles
+from workbench.doctor.series import Series, normalize, resolve_roles, stepped_params
 from workbench.doctor.types import Diagnosis, Finding, Remedy, RunVerdict, onset_order
 
 
@@ -69,6 +69,7 @@ def detect_metrics(
         else resolve_roles({k: len(v) for k, v in series.items()}, aliases)
     )
     by_role = {r: series[n] for r, n in roles.items() if n in series}
+    params = stepped_params(params or {}, by_role.get("lr"), aliases)
     if aliases.partial_first:
         by_role, since = _drop_partial_first(by_role, since or {}, aliases)
     out: list[Finding] = []
@@ -375,11 +376,14 @@ def verdict(
     status: str | None = None,
     has_data: bool = True,
     unread: str = "",
+    lr: Series | None = None,
 ) -> RunVerdict:
     """``has_data=False``: the run has no metric point; without findings that is ``no_data``,
     and so is a run none of whose metrics the doctor reads as a loss (``unread``, from
-    ``unread_losses``): not judged is not healthy."""
+    ``unread_losses``): not judged is not healthy.  ``lr``: the run's logged learning rate,
+    where it logs one (``stepped_params``)."""
     findings = order(consolidate(list(findings)))
+    params = stepped_params(params, lr, scaffold.metrics)
     diag, remedies = diagnose(
         findings, params, log_text, scaffold.playbook, aliases=scaffold.metrics, status=status
     )
@@ -440,5 +444,7 @@ def judge(
     log = client.log_text(info.run_id) if needs_log(status, pre) else ""
     found = order(found + detect_status(series, info, log, sc.detectors, now_ms))
     has_data = any(len(s) for s in series.values())
-    unread = unread_losses(series, sc.metrics)
-    return verdict(info.run_id, found, info.params, log, sc, status, has_data, unread)
+    roles = resolve_roles({k: len(v) for k, v in series.items()}, sc.metrics)
+    unread = unread_losses(series, sc.metrics, roles)
+    lr = series.get(roles["lr"]) if "lr" in roles else None
+    return verdict(info.run_id, found, info.params, log, sc, status, has_data, unread, lr)

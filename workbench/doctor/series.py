@@ -163,6 +163,23 @@ def is_falsy(text: str | None) -> bool:
     return f is not None and f == 0.0
 
 
+def stepped_params(
+    params: Mapping[str, str], lr: Series | None, aliases: MetricAliases, *, scale: float = 0.1
+) -> Mapping[str, str]:
+    """``params`` with the configured learning rate replaced by the peak of the logged one
+    where that peak stayed below ``scale`` × it: the configured number is then a multiplier of
+    a schedule (OpenNMT's noam ``learning_rate`` 2 steps at 0.006), not the step the optimizer
+    took, and judging the run by it calls a sane rate far too high."""
+    name = param_name(params, aliases, "lr")
+    conf = as_float(params.get(name)) if name else None
+    if lr is None or conf is None or not conf > 0:
+        return params
+    fin = lr.values[np.isfinite(lr.values)]
+    if not len(fin) or not 0 < float(np.max(fin)) < scale * conf:
+        return params
+    return {**params, name: repr(float(np.max(fin)))}  # type: ignore[dict-item]
+
+
 # Thresholds that an infinite value turns off: ESPnet's `--grad_clip inf` clips nothing.
 _INFINITE_MEANS_OFF = frozenset({"grad_clip"})
 

@@ -296,6 +296,7 @@ class Watcher:
             status,
             has_data,
             unread,
+            st.series.get(st.roles["lr"]) if "lr" in st.roles else None,
         )
 
 
