@@ -940,6 +940,27 @@ def test_a_configured_rate_the_logged_one_never_nears_is_a_schedule_multiplier()
     assert stepped_params(reached, lr, SC.metrics) == reached
 
 
+def test_a_cost_learned_down_and_thrown_back_is_a_divergence():
+    """rl_games at a fixed learning rate 0.03 (3e-4 typed 3e-2): ``rewards/step`` (a cost,
+    negative) learns from -42 to -3.6, then the policy is thrown out and ends at -7 to -8.
+    The PPO actor loss (``losses/a_loss``) is no measure of progress: the return is.  A
+    healthy twin ends near its best; a cost that got worse while exploring early is none."""
+    rng = np.random.default_rng(6)
+    frame = np.arange(512, 82432, 512)
+    learned = -3.6 - 40 * np.exp(-frame / 5000)
+    thrown = np.where(frame < 33000, learned, -3.6 - 4.0 * (1 - np.exp(-(frame - 33000) / 4000)))
+    thrown = thrown * (1 + 0.04 * rng.standard_normal(len(frame)))
+    a_loss = 0.05 * rng.standard_normal(len(frame))
+    hist = {"rewards/step": (frame, thrown), "losses/a_loss": (frame, a_loss)}
+    found = detect(hist, {"status": "FINISHED"}, "")
+    assert [(f.kind, f.metric) for f in found] == [("divergence", "rewards/step")]
+    assert "thrown back" in found[0].evidence
+    assert diagnose(found, {}, "", SC.playbook, aliases=SC.metrics)[0].cause == "lr_too_high"
+    healthy = learned * (1 + 0.04 * rng.standard_normal(len(frame)))
+    healthy[:3] = [-0.4, -30.0, -66.0]  # early games that reached the goal, then exploration
+    assert not kinds({"rewards/step": (frame, healthy), "losses/a_loss": (frame, a_loss)})
+
+
 def test_epochs_timed_by_start_and_end_stamps_show_a_slow_reader():
     """nnU-Net logs each epoch's start and end as Unix timestamps, no step time: an epoch's
     duration is end minus start.  A reader that decompresses every case from epoch 10 on

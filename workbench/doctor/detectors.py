@@ -1688,12 +1688,27 @@ def _return_worse(r: Series, th: dict[str, Any], loss: Series | None) -> Finding
     n = len(x)
     if n < th.get("return_min_points", 12):
         return None
-    head, _ = _head_tail(x, th)
-    if not head > 0:
-        return None  # a cost (negative) can get worse while new behaviour is tried out
-    bar = (1 - th.get("return_worse", 0.4)) * head
+    head, tail = _head_tail(x, th)
     w = max(5, n // 10)
     med = _row_median(np.lib.stride_tricks.sliding_window_view(x, w))
+    if not head > 0:
+        # A cost (negative) can get worse while new behaviour is tried out, early; one that
+        # had learned to a small cost and ends at ``cost_back`` times it or more was thrown
+        # back (a policy update too large), where a healthy run ends near its best.
+        b = int(np.argmax(med))
+        best, worst = float(med[b]), float(np.min(med[: b + 1]))
+        ratio = th.get("cost_back", 1.5)
+        if not (best < 0 and worst <= ratio * best and tail <= ratio * best):
+            return None
+        k = b + int(np.argmax(med[b:] <= ratio * best))
+        return Finding(
+            kind="divergence",
+            metric=r.name,
+            step=int(steps[k]),
+            severity=float(min(1.0, tail / best / (2 * ratio))),
+            evidence=f"{r.name} (the episode return, a cost) had learned from {_fmt(worst)} to a median of {_fmt(best)} over the {w} points from step {steps[b]}, then fell back to {_fmt(float(med[k]))} by step {steps[k]} and ended at {_fmt(tail)}, {tail / best:.1f}x its best: thrown back",
+        )
+    bar = (1 - th.get("return_worse", 0.4)) * head
     low = np.flatnonzero(med <= bar)
     if not len(low):
         return None
