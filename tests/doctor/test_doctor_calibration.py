@@ -961,6 +961,30 @@ def test_a_cost_learned_down_and_thrown_back_is_a_divergence():
     assert not kinds({"rewards/step": (frame, healthy), "losses/a_loss": (frame, a_loss)})
 
 
+def test_a_rate_whose_time_per_unit_grows_all_run_is_a_growing_cost():
+    """icefall with a resumable sampler that rewrites its whole state after every batch:
+    train/frames_per_sec (a rate, now read as throughput) 7.8-14k over the first 51 batches,
+    then 2.5-4.8k, 1.8-3.0k at the end.  Its time per frame grows within each half of the run,
+    as a step time that a cost grows does."""
+    rng = np.random.default_rng(8)
+    step = np.arange(1, 360, 10)
+    fps = 12000 / (1 + step / 60) * (1 + 0.15 * rng.standard_normal(len(step)))
+    loss = 0.07 + 2.9 * np.exp(-step / 60)
+    found = detect(
+        {"train/current_ctc_loss": (step, loss), "train/frames_per_sec": (step, fps)},
+        {"status": "FINISHED"},
+        "",
+    )
+    assert [(f.kind, f.metric, f.context) for f in found] == [
+        ("throughput_drop", "train/frames_per_sec", ("growing",))
+    ]
+    assert "its time per unit" in found[0].evidence
+    steady = 12000 * (1 + 0.15 * rng.standard_normal(len(step)))
+    assert not kinds(
+        {"train/current_ctc_loss": (step, loss), "train/frames_per_sec": (step, steady)}
+    )
+
+
 def test_epochs_timed_by_start_and_end_stamps_show_a_slow_reader():
     """nnU-Net logs each epoch's start and end as Unix timestamps, no step time: an epoch's
     duration is end minus start.  A reader that decompresses every case from epoch 10 on

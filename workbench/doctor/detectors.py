@@ -1811,7 +1811,16 @@ def throughput_drop(run: RunView, th: dict[str, Any]) -> Finding | None:
         ]
         found = [g for g in grown if g]
         if not found and tp is not None and not use:
-            f = _fell_deep(tp, th)
+            # a rate's time per unit (its inverse) that grew all run: the same cost
+            with np.errstate(divide="ignore", invalid="ignore"):
+                per_unit = Series(tp.name, tp.steps, 1.0 / tp.values, tp.timestamps)
+            f = _growing_time(per_unit, th)
+            if f is not None:
+                said = f.evidence.replace(
+                    f"{tp.name} grew", f"1 / {tp.name} (its time per unit) grew", 1
+                )
+                f = f.model_copy(update={"evidence": said})
+            f = f or _fell_deep(tp, th)
             found = [f] if f else []
         if not found:
             return None
