@@ -88,6 +88,9 @@ class MetricAliases(_Strict):
     # Rates of the hardware's use (MFU, TFLOP/s): work grown by design (longer sequences)
     # does not lower them, so a gradual fall of one counts as a slowdown.
     utilization: tuple[str, ...] = ()
+    # Rates of units of work (tokens, speech frames, words): a curriculum's longer samples
+    # leave them level, so one whose time per unit grew all run is a cost that grew.
+    work_rates: tuple[str, ...] = ()
     # Names that never play a role whatever pattern matches them (the evaluation loader's
     # own learning rate and timings, a validation loss per batch of one evaluation).
     exclude: dict[str, tuple[str, ...]] = Field(default_factory=dict)
@@ -108,7 +111,7 @@ class MetricAliases(_Strict):
             raise ValueError(f"exclude names roles that do not exist: {unknown}")
         return self
 
-    @field_validator("partial_first", "utilization")
+    @field_validator("partial_first", "utilization", "work_rates")
     @classmethod
     def _names_compile(cls, v: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
         _compile_all(str(info.field_name), v)
@@ -128,6 +131,9 @@ class MetricAliases(_Strict):
 
     def is_utilization(self, name: str) -> bool:
         return any(_name_matches(p, name) for p in self.utilization)
+
+    def is_work_rate(self, name: str) -> bool:
+        return any(_name_matches(p, name) for p in self.work_rates)
 
 
 # ---------------------------------------------------------------- knobs.yaml

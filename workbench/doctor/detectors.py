@@ -1814,7 +1814,9 @@ def throughput_drop(run: RunView, th: dict[str, Any]) -> Finding | None:
             # a rate's time per unit (its inverse) that grew all run: the same cost
             with np.errstate(divide="ignore", invalid="ignore"):
                 per_unit = Series(tp.name, tp.steps, 1.0 / tp.values, tp.timestamps)
-            f = _growing_time(per_unit, th)
+            # (a rate of work units only: a curriculum's longer samples slow samples/s)
+            work = run.aliases is not None and run.aliases.is_work_rate(tp.name)
+            f = _growing_time(per_unit, th) if work else None
             if f is not None:
                 said = f.evidence.replace(
                     f"{tp.name} grew", f"1 / {tp.name} (its time per unit) grew", 1
