@@ -985,6 +985,26 @@ def test_a_rate_whose_time_per_unit_grows_all_run_is_a_growing_cost():
     )
 
 
+def test_a_stuck_batch_loss_that_ends_up_by_its_own_scatter_is_no_overshoot():
+    """sentence-transformers at 5e-7 (5e-3 typed 5e-7): the loss of single batches scatters
+    2.75-3.15 all run and its last fifth sits 7 % above its first point, by chance; its eval
+    loss is 2.858 at every evaluation: the weights did not move.  A rate too low, not an
+    overshoot; with an eval loss that moves, the same end is one."""
+    step = np.arange(20, 760, 20)
+    loss = np.array([2.754, 2.862, 2.948, 2.899, 2.908, 3.111, 3.03, 2.959, 3.034, 2.799,
+                     3.066, 3.0, 2.953, 2.908, 2.948, 3.022, 2.981, 2.855, 2.915, 2.941,
+                     2.937, 2.875, 3.141, 3.107, 2.891, 2.882, 2.943, 3.151, 3.056, 2.988,
+                     2.887, 3.072, 2.989, 2.806, 3.114, 2.908, 2.959])  # fmt: skip
+    ev = (np.arange(100, 800, 100), np.full(7, 2.858))
+    found = detect({"loss": (step, loss), "eval_loss": ev}, {"status": "FINISHED"}, "")
+    (plateau,) = [f for f in found if f.kind == "plateau"]
+    assert plateau.after == ()
+    assert diagnose(found, {}, "", SC.playbook, aliases=SC.metrics)[0].cause == "lr_too_low"
+    moving = (ev[0], np.array([2.86, 2.95, 2.90, 3.02, 2.97, 3.05, 3.01]))
+    found = detect({"loss": (step, loss), "eval_loss": moving}, {"status": "FINISHED"}, "")
+    assert [f.after for f in found if f.kind == "plateau"] == [("divergence",)]
+
+
 def test_epochs_timed_by_start_and_end_stamps_show_a_slow_reader():
     """nnU-Net logs each epoch's start and end as Unix timestamps, no step time: an epoch's
     duration is end minus start.  A reader that decompresses every case from epoch 10 on

@@ -401,6 +401,17 @@ def _gain(x: np.ndarray, th: dict[str, Any]) -> tuple[float, float, float]:
     return head, tail, (head - tail) / abs(head) if head else 0.0
 
 
+def _eval_still(eval_loss: Series | None, th: dict[str, Any]) -> bool:
+    """An eval loss of ``slow_evals`` evals or more that stayed within ``eval_still`` of its
+    first value at every one: the weights barely moved (a fixed set scores a fixed model)."""
+    if eval_loss is None:
+        return False
+    ev = eval_loss.values[np.isfinite(eval_loss.values)]
+    if len(ev) < th.get("slow_evals", 4) or not ev[0] > 0:
+        return False
+    return bool(np.max(np.abs(ev / ev[0] - 1)) <= th.get("eval_still", 0.0))
+
+
 def _chunk_medians(x: np.ndarray, h: int) -> list[float]:
     """The medians of the consecutive whole chunks of ``h`` points (a partial last one left
     out): the levels a loss held, stretch by stretch."""
@@ -495,9 +506,10 @@ def _plateau(
     if rise > bar:
         after = ("divergence",)
         evidence += f"; it first rose from {_fmt(start)} to {_fmt(early[top])} at step {s.steps[top]} (an overshoot)"
-    elif -gain >= min_gain:
+    elif -gain >= min_gain and not _eval_still(eval_loss, th):
         # Ended materially worse than it began: a rate too small barely moves the loss, it
-        # does not make it worse.
+        # does not make it worse.  (Unless the eval loss says the weights did not move: then
+        # the train loss's end is its batches' scatter.)
         after = ("divergence",)
         evidence += f"; it ended {100 * -gain:.1f}% worse than it began"
     lr_not_low = lr is not None and lr >= th.get("lr_not_low", np.inf)
