@@ -126,14 +126,22 @@ def test_a_converged_eval_that_gave_back_nothing_is_not_overfitting():
 def test_one_blown_up_first_point_does_not_set_the_loss_scale():
     """Adam at a rate far too high: the first iteration's loss is 1e5, the rest sit near 0.8
     with spikes that come straight back. The 1e5 is one point, not the run's starting level,
-    so the later 13x spike still matters."""
+    so the later 13x spike still matters.  Without it, the 1e5 itself is the finding: 24,000x
+    the next point, the first updates threw the weights (reported where it is confirmed)."""
     rng = np.random.default_rng(4)
     loss = 0.8 + 0.03 * rng.standard_normal(40)
     loss[:4] = [1.085e5, 4.53, 2.28, 2.82]
     loss[30] = 10.7
-    assert "loss_spike" in kinds({"loss": loss})
+    no_throw = {**SC.detectors, "loss_spike": {**SC.detectors["loss_spike"], "first_throw": None}}
+    found = detect({"loss": (np.arange(40), loss)}, {"status": "FINISHED"}, "", no_throw)
+    assert [f.step for f in found if f.kind == "loss_spike"] == [30]  # the later spike counts
     loss[30] = 0.8
-    assert "loss_spike" not in kinds({"loss": loss})
+    assert "loss_spike" not in {
+        f.kind
+        for f in detect({"loss": (np.arange(40), loss)}, {"status": "FINISHED"}, "", no_throw)
+    }
+    found = detect({"loss": (np.arange(40), loss)}, {"status": "FINISHED"}, "")
+    assert [(f.step, f.context) for f in found if f.kind == "loss_spike"] == [(15, ("untrained",))]
 
 
 def test_climb_to_a_chance_level_plateau_is_divergence_from_lr_too_high():
@@ -1003,6 +1011,24 @@ def test_a_stuck_batch_loss_that_ends_up_by_its_own_scatter_is_no_overshoot():
     moving = (ev[0], np.array([2.86, 2.95, 2.90, 3.02, 2.97, 3.05, 3.01]))
     found = detect({"loss": (step, loss), "eval_loss": moving}, {"status": "FINISHED"}, "")
     assert [f.after for f in found if f.kind == "plateau"] == [("divergence",)]
+
+
+def test_a_first_point_thousands_of_times_the_level_after_it_was_thrown():
+    """Ray Tune's trainable with Adam at 0.5: loss 1.1e5 at iteration 1, then 0.74-1.2 with
+    spikes that come straight back (60 at 11, 10.7 at 31).  No untrained model sits 1e5x
+    above where it then holds: the rate threw it, and the later spikes are the rate's too.  A
+    run that learns its tiny set by heart gains 400x over its first points, not 1000x at once."""
+    it = np.arange(1, 41)
+    rng = np.random.default_rng(9)
+    loss = 0.95 + 0.12 * rng.standard_normal(40)
+    loss[0], loss[10], loss[30] = 1.085e5, 60.3, 10.7
+    found = detect({"loss": (it, loss)}, {"status": "FINISHED"}, "")
+    spikes = [f for f in found if f.kind == "loss_spike"]
+    assert spikes and spikes[0].context == ("untrained",) and spikes[0].step == 16
+    assert "the first updates threw the weights" in spikes[0].evidence
+    assert diagnose(found, {}, "", SC.playbook, aliases=SC.metrics)[0].cause == "lr_too_high"
+    by_heart = 1.78 * np.exp(-it / 2.0) + 0.004
+    assert "loss_spike" not in kinds({"loss": (it, by_heart)})
 
 
 def test_epochs_timed_by_start_and_end_stamps_show_a_slow_reader():

@@ -1309,6 +1309,25 @@ def _thrown_early(s: Series, x: np.ndarray, th: dict[str, Any], since: int) -> F
     ratio = th.get("early_ratio")
     if not ratio or since >= len(x) or len(x) < 3 or not x[0] > 0:
         return None  # (an incremental pass past those points has judged them already)
+    c = int(th.get("min_history", 16)) - 1  # the point that confirms a thrown first one
+    rest = _median(x[1 : c + 1]) if len(x) > c else 0.0
+    throw = th.get("first_throw") or np.inf
+    if since <= c and rest > 0 and x[0] >= throw * max(rest, float(x[1])):
+        # The first point thousands of times the level the run then holds: no untrained
+        # model is that far off (a classifier starts near ln C, a regression near its
+        # targets' variance, and learning by heart takes hundreds of steps to gain 400x);
+        # the first updates threw the weights (Ray Tune's Adam at 0.5: 1.1e5, then 4.5 and
+        # 0.8).  One point that far above the next as well: a loss that learns by heart
+        # falls by factors a point, not by thousands at once.  Reported where the points
+        # after it confirm it.
+        return Finding(
+            kind="loss_spike",
+            metric=s.name,
+            step=int(s.steps[c]),
+            severity=1.0,
+            evidence=f"{s.name} = {_fmt(x[0])} at its first point (step {s.steps[0]}), {x[0] / rest:.0f}x the median {_fmt(rest)} of the next {c}: the first updates threw the weights",
+            context=("untrained",),
+        )
     above = np.flatnonzero(x[1:] > ratio * x[0]) + 1
     above = above[above >= since]
     if not len(above):
