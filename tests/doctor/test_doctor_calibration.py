@@ -1031,6 +1031,23 @@ def test_a_first_point_thousands_of_times_the_level_after_it_was_thrown():
     assert "loss_spike" not in kinds({"loss": (it, by_heart)})
 
 
+def test_an_average_return_under_any_prefix_is_the_measure_of_progress():
+    """Sample Factory logs policy_stats/avg_reward (with _min and _max beside it) and the PPO
+    loss train/loss, which jumps as the returns grow: the return is judged, not the loss."""
+    step = np.arange(4096, 86016, 5120)
+    ret = np.minimum(300, 30 + 20 * np.arange(len(step)))
+    loss = 0.4 * np.exp(-np.arange(len(step)) / 2) + 0.01
+    loss[12] = 0.19  # a PPO loss jump as the value targets move
+    hist = {"policy_stats/avg_reward": (step, ret), "policy_stats/avg_reward_max": (step, ret + 80.0),
+            "train/loss": (step, loss)}  # fmt: skip
+    assert not kinds(hist)
+    from workbench.doctor.series import resolve_roles
+
+    roles = resolve_roles({k: len(v[0]) for k, v in hist.items()}, SC.metrics)
+    assert roles["reward"] == "policy_stats/avg_reward"
+    assert resolve_roles({"eval/avg_reward": 5}, SC.metrics).get("reward") is None
+
+
 def test_epochs_timed_by_start_and_end_stamps_show_a_slow_reader():
     """nnU-Net logs each epoch's start and end as Unix timestamps, no step time: an epoch's
     duration is end minus start.  A reader that decompresses every case from epoch 10 on
