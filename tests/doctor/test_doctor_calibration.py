@@ -1048,6 +1048,23 @@ def test_an_average_return_under_any_prefix_is_the_measure_of_progress():
     assert resolve_roles({"eval/avg_reward": 5}, SC.metrics).get("reward") is None
 
 
+def test_an_averaged_training_return_is_judged_from_as_few_points_as_a_test_return():
+    """Sample Factory at learning_rate 1e-6 writes ten summaries: policy_stats/avg_reward (a
+    mean over the last episodes) 20.6-23.5 at every one, chance for its task.  An average is
+    as steady as a test return, so ten points judge it; a single episode's return is not."""
+    step = np.arange(10240, 92160, 8192)
+    stuck = np.array([21.51, 23.46, 21.24, 20.58, 21.44, 21.68, 21.45, 23.46, 20.83, 22.52])
+    loss = np.linspace(0.67, 0.57, 10)
+    found = detect(
+        {"policy_stats/avg_reward": (step, stuck), "train/loss": (step, loss)},
+        {"status": "FINISHED"},
+        "",
+    )
+    assert [(f.kind, f.metric) for f in found] == [("plateau", "policy_stats/avg_reward")]
+    assert diagnose(found, {}, "", SC.playbook, aliases=SC.metrics)[0].cause == "lr_too_low"
+    assert not kinds({"episode_return": (step, stuck), "train/loss": (step, loss)})
+
+
 def test_epochs_timed_by_start_and_end_stamps_show_a_slow_reader():
     """nnU-Net logs each epoch's start and end as Unix timestamps, no step time: an epoch's
     duration is end minus start.  A reader that decompresses every case from epoch 10 on

@@ -1343,6 +1343,9 @@ def _thrown_early(s: Series, x: np.ndarray, th: dict[str, Any], since: int) -> F
     )
 
 
+_AVERAGED = re.compile(r"(?i).*(avg|average|mean).*")
+
+
 @detector(
     "plateau", reads=("train_loss", "eval_loss", "eval_score", "lr", *QUALITY_READS), precursor=True
 )
@@ -1350,9 +1353,10 @@ def plateau(run: RunView, th: dict[str, Any]) -> Finding | None:
     q = run.quality
     if q is not None:
         explore = run["reward"] if q.series is run["eval_reward"] else None
-        return _quality_plateau(
-            q.series, q.higher, q.per_eval, run["train_loss"], th, explore=explore
-        )
+        # a training return averaged over many episodes (Sample Factory's avg_reward, SB3's
+        # ep_rew_mean) is as steady as a test return: judged from as few points
+        steady = q.per_eval or _AVERAGED.fullmatch(q.series.name) is not None
+        return _quality_plateau(q.series, q.higher, steady, run["train_loss"], th, explore=explore)
     s = run["train_loss"]
     if s is None:
         return None
