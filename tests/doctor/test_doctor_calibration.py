@@ -234,6 +234,11 @@ def test_a_divergence_that_starts_with_a_spike_after_the_rate_fell_is_bad_data()
     found = detect(hist, {"status": "FINISHED"}, "")
     # at a constant rate the run had trained at for 59 % of it: late, the data again
     assert [f.context for f in found if f.kind == "divergence"] == [("late",)]
+    # (not while the run is live: the points seen so far are not its length)
+    from workbench.doctor.core import detect_metrics, series_of
+
+    live = detect_metrics(series_of(hist), SC.detectors, SC.metrics, final=False)
+    assert [f.context for f in live if f.kind == "divergence"] == [()]
     diag, _ = diagnose(found, {}, "", SC.playbook, aliases=SC.metrics)
     assert diag.cause == "bad_data"
     # the same jump a sixth of the way in, at that rate: the rate is the suspect

@@ -1182,7 +1182,9 @@ def _late(f: Finding, loss: Series, lr: Series | None, th: dict[str, Any]) -> Fi
     run had trained at its onset rate or above for ``late_held`` of the span, the rate within
     ``recover_lr``'s factor of it from then to the end: a rate too high
     throws a model off once it is reached (in the warm-up, or soon after); one that held for
-    that long did not change, what the model was fed did.  (Judged on the points seen so far.)"""
+    that long did not change, what the model was fed did.  Judged once the run has ended."""
+    if not th.get("_final", True):
+        return f  # (a live run's span is not its length: any fresh onset sits near its end)
     steps = loss.steps
     span = float(steps[-1] - steps[0])
     i = int(np.searchsorted(steps, f.step))
