@@ -663,6 +663,8 @@ def _overfitting(
             return None
         if tail - level <= th.get("stall_z", 2.0) * noise:
             return None
+        if tail - level < th.get("stall_rise", 0.0) * abs(level):
+            return None  # a rise that costs next to nothing (a smooth boosted-tree eval: 3 %)
         if tail - level < th.get("give_back", 0.02) * (x[0] - level):
             return None  # gave back next to nothing of what it gained: converged, not overfitting
         t_at, t_end = _train_at(tr, ev, m), _train_at(tr, ev, n - 1)
