@@ -1127,6 +1127,20 @@ def test_a_smooth_eval_that_drifts_up_a_few_per_cent_after_its_best_is_no_overfi
     assert "overfitting" in kinds(hist)
 
 
+def test_a_bare_loss_under_a_prefix_is_the_total_beside_its_terms():
+    """d3rlpy's CQL logs metrics/loss (the total) beside metrics/td_loss and
+    metrics/conservative_loss, all once an epoch: the total is the run's loss; a term named
+    with an underscore (conservative_loss) is not a bare loss, nor is an eval's."""
+    from workbench.doctor.series import resolve_roles
+
+    names = {"metrics/conservative_loss": 20, "metrics/loss": 20, "metrics/td_loss": 20}
+    assert resolve_roles(names, SC.metrics)["train_loss"] == "metrics/loss"
+    assert (
+        resolve_roles({"eval/loss": 5, "metrics/td_loss": 5}, SC.metrics)["train_loss"]
+        == "metrics/td_loss"
+    )
+
+
 def test_epochs_timed_by_start_and_end_stamps_show_a_slow_reader():
     """nnU-Net logs each epoch's start and end as Unix timestamps, no step time: an epoch's
     duration is end minus start.  A reader that decompresses every case from epoch 10 on
