@@ -434,17 +434,17 @@ def judge(
     metric_findings: list[Finding] | None = None,
 ) -> RunVerdict:
     """Findings → verdict for a run whose series are already in hand (reads the log if needed)."""
+    roles = resolve_roles({k: len(v) for k, v in series.items()}, sc.metrics)
     found = (
         metric_findings
         if metric_findings is not None
-        else detect_metrics(series, sc.detectors, sc.metrics, params=info.params)
+        else detect_metrics(series, sc.detectors, sc.metrics, roles=roles, params=info.params)
     )
     status = info.status
     pre = found + detect_status(series, info, None, sc.detectors, now_ms)
     log = client.log_text(info.run_id) if needs_log(status, pre) else ""
     found = order(found + detect_status(series, info, log, sc.detectors, now_ms))
     has_data = any(len(s) for s in series.values())
-    roles = resolve_roles({k: len(v) for k, v in series.items()}, sc.metrics)
     unread = unread_losses(series, sc.metrics, roles)
     lr = series.get(roles["lr"]) if "lr" in roles else None
     return verdict(info.run_id, found, info.params, log, sc, status, has_data, unread, lr)

@@ -1855,12 +1855,8 @@ def throughput_drop(run: RunView, th: dict[str, Any]) -> Finding | None:
                 per_unit = Series(tp.name, tp.steps, 1.0 / tp.values, tp.timestamps)
             # (a rate of work units only: a curriculum's longer samples slow samples/s)
             work = run.aliases is not None and run.aliases.is_work_rate(tp.name)
-            f = _growing_time(per_unit, th) if work else None
-            if f is not None:
-                said = f.evidence.replace(
-                    f"{tp.name} grew", f"1 / {tp.name} (its time per unit) grew", 1
-                )
-                f = f.model_copy(update={"evidence": said})
+            shown = f"1 / {tp.name} (its time per unit)"
+            f = _growing_time(per_unit, th, shown=shown) if work else None
             f = f or _fell_deep(tp, th)
             found = [f] if f else []
         if not found:
@@ -1872,7 +1868,11 @@ def throughput_drop(run: RunView, th: dict[str, Any]) -> Finding | None:
 
 
 def _growing_time(
-    t: Series, th: dict[str, Any], *, step_time: Series | None = None
+    t: Series,
+    th: dict[str, Any],
+    *,
+    step_time: Series | None = None,
+    shown: str | None = None,
 ) -> Finding | None:
     """A time per unit (a step's, an epoch's, a data wait's) that grew through the whole run:
     within each half of its points (the second quarter's median ≥ ``grow_step`` × the
@@ -1907,7 +1907,7 @@ def _growing_time(
         metric=t.name,
         step=int(steps[j]),
         severity=float(min(1.0, 1 - q[0] / q[3])),
-        evidence=f"{t.name} grew through the run, quarter by quarter: {', '.join(_fmt(v) for v in q)} (medians; {q[3] / q[0]:.1f}× at the end, {100 * cost:.0f}% of the run's time lost): a cost that grows with every step",
+        evidence=f"{shown or t.name} grew through the run, quarter by quarter: {', '.join(_fmt(v) for v in q)} (medians; {q[3] / q[0]:.1f}× at the end, {100 * cost:.0f}% of the run's time lost): a cost that grows with every step",
         context=("growing",),
     )
 

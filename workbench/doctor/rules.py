@@ -42,6 +42,10 @@ def _param_holds(
     return {"gt": x > v, "ge": x >= v, "lt": x < v, "le": x <= v}[op]
 
 
+def _in_log(pattern: str, log_text: str) -> bool:
+    return bool(log_text) and re.search(pattern, log_text) is not None
+
+
 def _signal_holds(
     sig: Signal,
     findings: Sequence[Finding],
@@ -68,11 +72,11 @@ def _signal_holds(
             first = min((key(f) for f in findings if f.step is not None), default=None)
             if not any(key(f) == first for f in hits):
                 return False
-        return not sig.log or (bool(log_text) and re.search(sig.log, log_text) is not None)
+        return not sig.log or _in_log(sig.log, log_text)
     if sig.absent:
         return not any(f.kind == sig.absent or sig.absent in f.after for f in findings)
     if sig.log:
-        return bool(log_text) and re.search(sig.log, log_text) is not None
+        return _in_log(sig.log, log_text)
     if sig.status:
         return status is not None and status in sig.status
     if sig.param:
