@@ -167,6 +167,21 @@ def test_throughput_drop_and_step_time():
     assert run({"train/loss": healthy_loss(), "step_time": st}) == {"throughput_drop": 180}
 
 
+def test_a_drop_where_the_update_alone_slowed_as_well_is_the_machine():
+    # RL Games under another process's load: the env steps and the update both slow at step
+    # 250 (the update 2.2x where the step runs 4x slower): the machine, not the pipeline.
+    fps = 30000 + 300 * RNG.standard_normal(N)
+    fps[250:] = 7500
+    update = 0.02 + 0.001 * RNG.standard_normal(N)
+    update[250:] = 0.044
+    metrics = {"losses/a_loss": healthy_loss(), "performance/step_fps": fps}
+    assert run({**metrics, "performance/rl_update_time": update}) == {}
+    # A slow sampler (RLlib's sample time grows, its learn time stays level): a drop.
+    update[250:] = 0.02 + 0.001 * RNG.standard_normal(N - 250)
+    assert run({**metrics, "performance/rl_update_time": update}) == {"throughput_drop": 250}
+    assert run(metrics) == {"throughput_drop": 250}
+
+
 def test_crash_from_status_and_traceback():
     log = "step 10\nTraceback (most recent call last):\n  File 'x'\nValueError: bad shape\n"
     found = detect({"loss": (np.arange(50), healthy_loss(50))}, {"status": "FAILED"}, log)

@@ -1812,7 +1812,10 @@ def expert_collapse(run: RunView, th: dict[str, Any]) -> Finding | None:
     )
 
 
-@detector("throughput_drop", reads=("throughput", "step_time", "clock", "clock_start", "data_time"))
+@detector(
+    "throughput_drop",
+    reads=("throughput", "step_time", "clock", "clock_start", "data_time", "update_time"),
+)
 def throughput_drop(run: RunView, th: dict[str, Any]) -> Finding | None:
     """The earlier of a throughput drop and a step-time rise ("slow until the end" is judged
     on the run's end: the whole series).  Without a step time, a logged clock's time per
@@ -1862,9 +1865,44 @@ def throughput_drop(run: RunView, th: dict[str, Any]) -> Finding | None:
         if not found:
             return None
     first = min(found, key=lambda f: f.step or 0)
+    judged = {s.name: (s, s is st) for s in (tp, st) if s is not None}.get(first.metric or "")
+    if judged is not None and _machine_slowed(first, *judged, run["update_time"], th):
+        return None
     if from_clock and st is not None and first.metric == st.name:
         first = first.model_copy(update={"metric": clock.name})  # the metric the run logged
     return first
+
+
+def _machine_slowed(
+    f: Finding, s: Series, higher_is_worse: bool, update: Series | None, th: dict[str, Any]
+) -> bool:
+    """The model's update alone (no data, no environment: RL Games' rl_update_time, RLlib's
+    learn_time_ms) slowed at the finding's onset by a material share of the step's own
+    slowdown: the machine slowed (other processes' load), not the run's input pipeline, which
+    leaves the update's time level."""
+    if update is None or f.step is None:
+        return False
+    if _is_clock(update):
+        update = _per_step(update)  # a time summed since the start: its time per point
+
+    # (around the onset: load comes and goes, a slow stretch may end before the run does)
+    n = int(th.get("persist", 16))
+
+    def factor(x: Series, rising: bool) -> float:
+        v = np.isfinite(x.values) & (x.values > 0)
+        before = x.values[v & (x.steps < f.step)][-n:]
+        after = x.values[v & (x.steps >= f.step)][:n]
+        if min(len(before), len(after)) < th.get("machine_points", 4):
+            return np.nan
+        ratio = _median(after) / _median(before)
+        return ratio if rising else 1.0 / ratio
+
+    slowed, update_slowed = factor(s, higher_is_worse), factor(update, True)
+    return bool(
+        slowed > 1
+        and update_slowed >= th.get("machine_min", 1.3)
+        and update_slowed - 1 >= th.get("machine_share", 0.5) * (slowed - 1)
+    )
 
 
 def _growing_time(
