@@ -1386,6 +1386,12 @@ def test_data_held_in_half_precision_that_goes_non_finite_at_once_overflowed():
     assert param_value({"x_dtype": "float16"}, SC.metrics, "compute_precision") == "half"
     assert param_value({"torch_dtype": "float16"}, SC.metrics, "compute_precision") == "half"
     assert param_value({"memmap_dtype": "uint16"}, SC.metrics, "compute_precision") is None
+    # Lightning computes in fp32 beside a sales table held in float16: the table overflows
+    both = {"precision": "32", "sales_dtype": "float16"}
+    assert param_value(both, SC.metrics, "compute_precision") == "half"
+    assert (
+        param_value({**both, "sales_dtype": "float32"}, SC.metrics, "compute_precision") == "full"
+    )
     ep = np.arange(45)
     hist = {
         "train_loss_epoch": (ep, np.full(45, np.nan)),

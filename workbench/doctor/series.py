@@ -131,16 +131,29 @@ _FULL = re.compile(r"(?i).*(32|64|full|double|single).*|no|none|false")
 
 def compute_precision(params: Mapping[str, str], aliases: MetricAliases) -> str | None:
     """``half`` when the run computes in 16 bits (a half precision value, or an fp16/bf16
-    switch on), ``full`` when what it logged says it does not, None when it logged neither."""
+    switch on) or holds its data or weights in them (any ``stored_dtype`` param half: a value
+    above 65,504 overflows there whatever the compute's precision), ``full`` when what it
+    logged says it does not, None when it logged neither."""
     values = [param_value(params, aliases, r) for r in ("precision", "fp16", "bf16")]
     precision, switches = values[0], [v for v in values[1:] if v is not None]
-    if (precision is not None and _HALF.fullmatch(precision.strip())) or any(
-        not is_falsy(v) for v in switches
+    if (
+        (precision is not None and _HALF.fullmatch(precision.strip()))
+        or any(not is_falsy(v) for v in switches)
+        or any(_HALF.fullmatch(params[k].strip()) for k in _stored_dtypes(params, aliases))
     ):
         return "half"
     if (precision is not None and _FULL.fullmatch(precision.strip())) or switches:
         return "full"
     return None
+
+
+def _stored_dtypes(params: Mapping[str, str], aliases: MetricAliases) -> list[str]:
+    """Every logged parameter that names a storage dtype (``stored_dtype`` patterns)."""
+    out = []
+    for name in aliases.params.get("stored_dtype", ()):
+        rx = re.compile(name[3:] if name.startswith("re:") else re.escape(name), re.IGNORECASE)
+        out += [k for k in sorted(params) if rx.fullmatch(k) and k not in out]
+    return out
 
 
 def as_float(text: str | None) -> float | None:
