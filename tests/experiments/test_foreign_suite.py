@@ -139,6 +139,14 @@ def test_two_tiny_foreign_runs_built_and_scored(tmp_path):
     assert by_id["hf-oom"]["predicted_kinds"] == ["crash"]
     assert by_id["hf-oom"]["predicted_cause"] == "oom"
     assert res["false_alarms"] == 0 and res["cause_accuracy"] == 1.0
+    # a label refined from the raw histories after the build is the one scored (the tag the
+    # build wrote is only a record of the label it had then)
+    spec["runs"][1]["label"] = {"any_of": ["stalled", "crash"], "cause": "code_error"}
+    path.write_text(yaml.safe_dump(spec))
+    res = evaluate_suite(tmp_path / "store", split="all", suite="foreign", suite_file=path)
+    oom = {s["scenario"]: s for s in res["scores"]}["hf-oom"]
+    assert oom["any_of"] == ["stalled", "crash"] and oom["expected_cause"] == "code_error"
+    assert not oom["cause_ok"] and oom["kinds_ok"]
 
 
 def test_programs_share_one_set_up_helper(monkeypatch):
