@@ -1141,6 +1141,34 @@ def test_a_bare_loss_under_a_prefix_is_the_total_beside_its_terms():
     )
 
 
+def test_an_evolution_strategy_and_held_out_errors_have_their_roles():
+    """evosax's ESLog names no loss: the population's mean fitness of each generation
+    (log_gen_mean, minimised) is the run's training objective, not the best ever (log_top_1,
+    which cannot rise) nor a spread; an error on held-out data (test/mse, Chemprop's
+    validation_rmse) is the eval loss where none is named; state/lrate is the rate."""
+    from workbench.doctor.series import resolve_roles
+
+    es = {
+        "log_top_1": 80,
+        "log_top_mean": 80,
+        "log_top_std": 80,
+        "log_gen_1": 80,
+        "log_gen_mean": 80,
+        "log_gen_std": 80,
+        "state/lrate": 80,
+        "state/sigma": 80,
+        "test/mse": 21,
+    }
+    roles = resolve_roles(es, SC.metrics)
+    assert (roles["train_loss"], roles["eval_loss"], roles["lr"]) == (
+        "log_gen_mean",
+        "test/mse",
+        "state/lrate",
+    )
+    cp = {"train_loss": 80, "validation_rmse": 20, "gradient_norm": 80, "param_norm": 80}
+    assert resolve_roles(cp, SC.metrics)["eval_loss"] == "validation_rmse"
+
+
 def test_epochs_timed_by_start_and_end_stamps_show_a_slow_reader():
     """nnU-Net logs each epoch's start and end as Unix timestamps, no step time: an epoch's
     duration is end minus start.  A reader that decompresses every case from epoch 10 on
