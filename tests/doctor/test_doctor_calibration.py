@@ -858,6 +858,24 @@ def test_a_loss_thrown_far_above_its_first_point_early_is_a_spike_of_the_rate():
     assert v is not None and v.cause == "lr_too_high"
 
 
+def test_a_loss_held_above_its_first_point_early_is_a_spike_of_the_rate():
+    """x-transformers at lr 0.1 (a typo for 1e-3), clipped at 0.5: 5.74 at batch 0, then 4.74,
+    5.21, 7.04, 8.45, 9.27, 8.18, 6.76, then it learns to a poor 2.6.  No point reaches 2x the
+    untrained loss, but three in a row stay 1.4x above it: no batch's doing.  A healthy
+    start's one noisy point at 1.3x its first is no spike."""
+    rng = np.random.default_rng(3)
+    it = np.arange(250)
+    healthy = 0.35 + 5.4 * np.exp(-it / 40) + 0.04 * rng.standard_normal(250)
+    healthy[2] = 1.3 * healthy[0]
+    assert "loss_spike" not in kinds({"training loss": (it, healthy)})
+    thrown = 2.6 + 1.5 * np.exp(-it / 15) + 0.1 * rng.standard_normal(250)
+    thrown[:8] = [5.74, 4.74, 5.21, 7.04, 8.45, 9.27, 8.18, 6.76]
+    found = detect({"training loss": (it, thrown)}, {"status": "FINISHED"}, "")
+    assert [(f.kind, f.step, f.context) for f in found] == [("loss_spike", 6, ("untrained",))]
+    v, _ = diagnose(found, {}, "", SC.playbook, aliases=SC.metrics)
+    assert v is not None and v.cause == "lr_too_high"
+
+
 def test_a_label_outside_the_classes_after_training_is_bad_data():
     """nnU-Net's cross-entropy meets an annotator's stray label 3 in a 3-class dataset in its
     ninth epoch: a rare sample's label is wrong.  The same error at the first batch is a head
