@@ -300,7 +300,7 @@ def load_suite_cache(
     runs = []
     for i, (sid, info) in enumerate(sorted(newest.items())):
         sc = scenarios[sid]
-        expected = json.loads(info.tags.get(Tag.EXPECTED) or "{}") or sc.expected.model_dump()
+        expected = sc.expected.model_dump()  # the suite file's label is the label of record
         onset = int((sc.fault or {}).get("start_step", 0)) if sc.fault else None
         runs.append(
             SuiteRun(
