@@ -858,6 +858,19 @@ def test_a_loss_thrown_far_above_its_first_point_early_is_a_spike_of_the_rate():
     assert v is not None and v.cause == "lr_too_high"
 
 
+def test_a_negative_loss_that_blows_up_is_judged_not_a_crash_of_the_doctor():
+    """A Gaussian negative log-likelihood runs below zero as the model learns; one whose
+    variance collapses falls to -100 at once (ten times anything before: Megatron's rule).
+    The divergence is found and its severity stays a score in [0, 1] (its ratio to the best
+    is negative: the doctor once raised a validation error and judged nothing)."""
+    it = np.arange(200)
+    nll = 1.0 - 1.5 * (1 - np.exp(-it / 30))
+    nll[150:] = -100.0 + 0.1 * np.arange(50)
+    found = detect({"train_loss": (it, nll)}, {"status": "FINISHED"}, "")
+    div = [f for f in found if f.kind == "divergence"]
+    assert [f.step for f in div] == [150] and 0.0 <= div[0].severity <= 1.0
+
+
 def test_a_loss_held_above_its_first_point_early_is_a_spike_of_the_rate():
     """x-transformers at lr 0.1 (a typo for 1e-3), clipped at 0.5: 5.74 at batch 0, then 4.74,
     5.21, 7.04, 8.45, 9.27, 8.18, 6.76, then it learns to a poor 2.6.  No point reaches 2x the

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from scaffold.loader import CAUSES as _PLAYBOOK_CAUSES
 from scaffold.loader import FINDING_KINDS
@@ -41,6 +42,15 @@ class Finding(_Frozen):
     # The wall clock (ms) of the onset point, where the run logged one: steps of different
     # metrics may count different things (batches, epochs), the clock orders them all.
     at_ms: int | None = None
+
+    @field_validator("severity", mode="before")
+    @classmethod
+    def _clip(cls, v: float) -> float:
+        """A severity is a soft score of the run's own numbers, clipped to [0, 1]: a loss that
+        runs negative (a Gaussian NLL, an ELBO) can take a detector's ratio below 0 or past 1
+        without the finding being any less one (NaN: no score, 0.5)."""
+        v = float(v)
+        return 0.5 if math.isnan(v) else min(1.0, max(0.0, v))
 
 
 def onset_order(findings: Sequence[Finding]) -> Callable[[Finding], tuple]:
