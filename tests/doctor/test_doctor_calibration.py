@@ -1172,6 +1172,14 @@ def test_a_bare_loss_under_a_prefix_is_the_total_beside_its_terms():
     )
 
 
+def test_steps_per_second_is_a_throughput():
+    """PufferLib's 0verview/SPS and CleanRL's charts/SPS: agent steps per second."""
+    from workbench.doctor.series import resolve_roles
+
+    for name in ("0verview/SPS", "charts/SPS"):
+        assert resolve_roles({name: 50, "losses/value_loss": 50}, SC.metrics)["throughput"] == name
+
+
 def test_an_evolution_strategy_and_held_out_errors_have_their_roles():
     """evosax's ESLog names no loss: the population's mean fitness of each generation
     (log_gen_mean, minimised) is the run's training objective, not the best ever (log_top_1,
@@ -1926,6 +1934,20 @@ def test_a_rate_since_the_start_is_judged_by_its_implied_clock():
     assert [(f.kind, f.metric) for f in found] == [("throughput_drop", "words_per_sec_per_thread")]
     level = 90000 * (1 + 0.05 * rng.standard_normal(300))
     level_elapsed = np.cumsum(5400.0 / level)
+    # CleanRL's charts/SPS, an average since the start over a run whose first steps only
+    # collect (no update): 10,000 steps/s for them, 480 from the first update on.  The average
+    # falls for the whole run, carrying that phase along; the steps themselves ran level.
+    sps_steps = np.arange(2100.0, 40000.0, 100.0)  # logged from step 2,100, every 100
+    per_100 = 100.0 / (480.0 * (1 + 0.2 * rng.standard_normal(len(sps_steps))))  # a busy box
+    phase_elapsed = 1600 / 10000.0 + 500 / 480.0 + np.cumsum(per_100) - per_100[0]
+    hist = {
+        "charts/SPS": (
+            sps_steps,
+            np.floor(sps_steps / phase_elapsed),
+            (1.8e12 + 1000 * phase_elapsed).astype(np.int64),
+        )
+    }
+    assert not detect(hist, {"status": "FINISHED"}, "")
     for wps in (
         tokens / level_elapsed,  # healthy: level
         level,  # a rate of the moment: its noise makes step / rate step back

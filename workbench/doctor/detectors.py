@@ -1858,15 +1858,17 @@ def throughput_drop(run: RunView, th: dict[str, Any]) -> Finding | None:
     if from_clock:
         st = _per_step(clock, run["clock_start"])  # type: ignore[arg-type]
     own_step = st  # the step's own time in seconds, where the run gave one
+    averaged = False
     if st is None and tp is not None and (since_start := _rate_clock(tp, th)) is not None:
         # A rate since the start damps every change (it falls 2.9k -> 0.7k where the steps
-        # after a slowdown run at 0.3k): judged as the time per step of its implied clock
-        # (per unit counted: a token's, a sample's, no step time to weigh a data wait by)
-        st, clock, from_clock = _per_step(since_start), tp, True
+        # after a slowdown run at 0.3k) and carries its first points' pace to the end (a
+        # collection phase before any update: CleanRL's charts/SPS): judged only as the time
+        # per step of its implied clock (per unit counted: no step time to weigh a data wait by)
+        st, clock, from_clock, averaged = _per_step(since_start), tp, True, True
     # A gradual fall that goes deep counts only on a rate of the hardware's use (``_deep``)
     use = tp is not None and run.aliases is not None and run.aliases.is_utilization(tp.name)
     drops = [
-        tp is not None and _throughput_drop(tp, th, 0, utilization=use),
+        tp is not None and not averaged and _throughput_drop(tp, th, 0, utilization=use),
         st is not None and _throughput_drop(st, th, 0, higher_is_worse=True),
     ]
     found = [d for d in drops if d]
