@@ -252,7 +252,8 @@ def _divergence_of_loss(s: Series, th: dict[str, Any], since: int = 0) -> Findin
         np.maximum(run_max, first_max, out=run_max)
     prev_max = np.concatenate([[first_max], run_max[:-1]])
     m0 = max(since, 1) - lo
-    mega = np.flatnonzero((np.abs(t) > mega_ratio * prev_max)[m0:])
+    # (a rise: a loss that crosses zero as it learns, a likelihood's NLL, grows in size only)
+    mega = np.flatnonzero((t > mega_ratio * prev_max)[m0:])
     j = int(mega[0]) + m0 if len(mega) else None
     if i is None and j is None:
         return None
@@ -710,7 +711,7 @@ def _memorised(tr: Series, t_at: float | None, t_end: float | None, th: dict[str
     if t_at is None or t_end is None:
         return False
     drop, share = th.get("train_drop", 0.15), th.get("train_share")
-    if t_end <= t_at * (1 - drop):
+    if t_end <= t_at - drop * abs(t_at):  # (a likelihood's loss runs negative)
         return True
     fin = tr.values[np.isfinite(tr.values)]
     if not share or not len(fin):
@@ -1057,15 +1058,25 @@ QUALITY_READS = tuple(role for role, _, _ in QUALITY_ROLES)
 
 @detector(
     "divergence",
-    reads=("train_loss", "eval_loss", "lr", *QUALITY_READS),
+    reads=("train_loss", "eval_loss", "lr", "adversary_loss", *QUALITY_READS),
     stable=True,
     precursor=True,
 )
 def divergence(run: RunView, th: dict[str, Any]) -> Finding | None:
+    if run.quality is None:
+        return _divergence_of_run(run, th)
+    on_quality = _on_quality(run, "divergence", _quality_worse, th)
+    # Where the run's losses are a contest (see RunView.contest), they measure no progress
+    return on_quality if run.contest else _earliest(on_quality, _divergence_of_run(run, th))
+
+
+def _earliest(*found: Finding | None) -> Finding | None:
+    """The finding with the earliest onset (a measure of progress and a loss judged both)."""
+    return min((f for f in found if f is not None), key=lambda f: f.step or 0, default=None)
+
+
+def _divergence_of_run(run: RunView, th: dict[str, Any]) -> Finding | None:
     loss, ev = run["train_loss"], run["eval_loss"]
-    if run.quality is not None:
-        # Where the run measures its progress (see RunView.quality), its losses do not.
-        return _on_quality(run, "divergence", _quality_worse, th)
     if loss is None:
         return None
     # With an eval loss, a divergence found earlier may be confirmed only now: judged whole.
@@ -1241,13 +1252,23 @@ def _windowed(run: RunView, kind: str, role: str, th: dict[str, Any], fn: Any) -
     return fn(tail, th, at)
 
 
-@detector("loss_spike", reads=("train_loss", *QUALITY_READS), stable=True, precursor=True)
+@detector(
+    "loss_spike",
+    reads=("train_loss", "adversary_loss", *QUALITY_READS),
+    stable=True,
+    precursor=True,
+)
 def loss_spike(run: RunView, th: dict[str, Any]) -> Finding | None:
+    if run.quality is None:
+        return _loss_spike_of_run(run, th)
+    on_quality = _on_quality(run, "loss_spike", _distance_spike, th)
+    # A critic's loss jumps as its returns do, a GAN's as its players trade places: the run's
+    # measure of progress is judged instead (a diffusion model's loss is judged as well)
+    return on_quality if run.contest else _earliest(on_quality, _loss_spike_of_run(run, th))
+
+
+def _loss_spike_of_run(run: RunView, th: dict[str, Any]) -> Finding | None:
     s = run["train_loss"]
-    if run.quality is not None:
-        # A critic's loss jumps as its returns do, a GAN's as its players trade places: the
-        # run's measure of progress is judged instead.
-        return _on_quality(run, "loss_spike", _distance_spike, th)
     if s is None:
         return None
     # The starting level: the second highest of the first `min_history` points of the whole
@@ -1821,7 +1842,46 @@ def overfitting(run: RunView, th: dict[str, Any]) -> Finding | None:
     if ev is None and run["eval_score"] is not None:
         # No eval loss: the held-out score (higher is better) is judged as one, sign turned
         ev, higher = run["eval_score"], True
-    return _overfitting(ev, run["train_loss"], th, higher=higher) if ev is not None else None
+    if ev is None:
+        return None
+    return _overfitting(ev, run["train_loss"], th, higher=higher) or (
+        None if higher else _windows_rose(ev, run["train_loss"], th)
+    )
+
+
+def _windows_rose(ev: Series, tr: Series | None, th: dict[str, Any]) -> Finding | None:
+    """An eval too noisy for its last points to tell (a small validation set, a likelihood):
+    the medians of ``window`` consecutive evals, counted back from the last, turned up from
+    their best (neither the first window nor one of the last two) by ``window_rise`` of it and
+    ``window_z`` × the spread a difference of two such medians has, in each of the last two
+    windows, while the train loss fell by ``train_drop`` from the best window to the end
+    (memorisation, as the other rules)."""
+    w = int(th.get("window", 0))
+    x = _finite_prefix(ev.values)
+    n = len(x)
+    if not w or n < 4 * w or tr is None or not len(tr):
+        return None
+    starts = list(range(n - w, -1, -w))[::-1]
+    meds = np.array([_median(x[i : i + w]) for i in starts])
+    b = int(np.argmin(meds))
+    best, last = float(meds[b]), float(meds[-1])
+    if b == 0 or b > len(meds) - 3:
+        return None  # the first window is the best (never learned), or too few windows since
+    spread = 1.25 * _noise(x[n // 4 :]) * float(np.sqrt(2 / w))  # sd of a median's difference
+    bar = max(th.get("window_rise", 0.1) * abs(best), th.get("window_z", 3.0) * spread)
+    if min(meds[-2], last) - best < bar:
+        return None  # (the last two windows both: a rise that held, not one window's luck)
+    i_best = starts[b] + w - 1
+    t_at, t_end = _train_at(tr, ev, i_best), _train_at(tr, ev, n - 1)
+    if not _memorised(tr, t_at, t_end, th):
+        return None
+    return Finding(
+        kind="overfitting",
+        metric=ev.name,
+        step=int(ev.steps[starts[b]]),
+        severity=(last - best) / max(abs(best), 1e-12),
+        evidence=f"{ev.name}'s median of {w} evals bottomed at {_fmt(best)} (steps {ev.steps[starts[b]]}-{ev.steps[i_best]}) and its last two sit at {_fmt(float(meds[-2]))}, {_fmt(last)}: {(last - best) / max(spread, 1e-12):.1f}× the spread such medians have; {tr.name} {_fmt(t_at or np.nan)} → {_fmt(t_end or np.nan)}",
+    )
 
 
 @detector("expert_collapse", reads=("moe_load", "moe_dead", "moe_entropy", "moe_aux"))

@@ -72,6 +72,17 @@ class RunView:
         return None
 
     @property
+    def contest(self) -> bool:
+        """The run's losses are no measure of its progress: a reinforcement learner's (a
+        critic's loss grows with the returns it learns to predict) or a GAN's (a discriminator's
+        loss logged beside them: two players). A diffusion model's or a VAE's one loss beside
+        its samples' FID is still the model's fit to its data, judged as well."""
+        q = self.quality
+        if q is None:
+            return False
+        return q.series is not self.series.get("sample_distance") or "adversary_loss" in self.series
+
+    @property
     def clipped(self) -> bool:
         """Gradient clipping on: a logged, non-zero, finite clip setting."""
         clip = self.param("grad_clip")
