@@ -908,6 +908,29 @@ def test_a_diffusion_models_loss_is_judged_beside_its_fid_a_gans_is_not():
     assert not detect(gan, {"status": "FINISHED"}, "")
 
 
+def test_a_policy_that_collapsed_without_learning_had_a_rate_too_high():
+    """PufferLib's PPO at lr 0.1 (a typo for 1e-3): the episode return stays at the untrained
+    -0.95 for 195 epochs while losses/entropy falls 1.5 -> 0.02, the policy collapsed onto a
+    few actions: a plateau of the rate's steps (`lr_too_high`).  At a rate too low the policy
+    barely moves, its entropy with it: the same plateau is `lr_too_low`."""
+    rng = np.random.default_rng(7)
+    steps = np.arange(1, 196) * 2048
+    ret = -0.95 + 0.03 * rng.standard_normal(195)
+    for entropy, cause in (
+        (0.02 + 1.48 * np.exp(-np.arange(195) / 8), "lr_too_high"),
+        (1.55 + 0.01 * rng.standard_normal(195), "lr_too_low"),
+    ):
+        hist = {
+            "environment/episode_return": (steps, ret),
+            "losses/entropy": (steps, entropy),
+            "losses/policy_loss": (steps, 0.01 * rng.standard_normal(195)),
+        }
+        found = detect(hist, {"status": "FINISHED"}, "")
+        assert [f.kind for f in found] == ["plateau"]
+        v, _ = diagnose(found, {}, "", SC.playbook, aliases=SC.metrics)
+        assert v is not None and v.cause == cause
+
+
 def test_a_loss_held_above_its_first_point_early_is_a_spike_of_the_rate():
     """x-transformers at lr 0.1 (a typo for 1e-3), clipped at 0.5: 5.74 at batch 0, then 4.74,
     5.21, 7.04, 8.45, 9.27, 8.18, 6.76, then it learns to a poor 2.6.  No point reaches 2x the

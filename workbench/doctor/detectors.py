@@ -1399,7 +1399,9 @@ _AVERAGED = re.compile(r"(?i).*(avg|average|mean).*")
 
 
 @detector(
-    "plateau", reads=("train_loss", "eval_loss", "eval_score", "lr", *QUALITY_READS), precursor=True
+    "plateau",
+    reads=("train_loss", "eval_loss", "eval_score", "lr", "policy_entropy", *QUALITY_READS),
+    precursor=True,
 )
 def plateau(run: RunView, th: dict[str, Any]) -> Finding | None:
     q = run.quality
@@ -1408,7 +1410,8 @@ def plateau(run: RunView, th: dict[str, Any]) -> Finding | None:
         # a training return averaged over many episodes (Sample Factory's avg_reward, SB3's
         # ep_rew_mean) is as steady as a test return: judged from as few points
         steady = q.per_eval or _AVERAGED.fullmatch(q.series.name) is not None
-        return _quality_plateau(q.series, q.higher, steady, run["train_loss"], th, explore=explore)
+        f = _quality_plateau(q.series, q.higher, steady, run["train_loss"], th, explore=explore)
+        return _entropy_collapsed(f, run["policy_entropy"], th) if f and q.higher else f
     s = run["train_loss"]
     if s is None:
         return None
@@ -1433,6 +1436,28 @@ def plateau(run: RunView, th: dict[str, Any]) -> Finding | None:
         # No eval loss: the held-out score is the measure of what the run learned
         f = _score_plateau(run["eval_score"], s, th)
     return f
+
+
+def _entropy_collapsed(f: Finding, ent: Series | None, th: dict[str, Any]) -> Finding:
+    """A return that never improved while the policy's entropy fell to ``entropy_collapse`` of
+    its start or below: the policy collapsed onto a few actions without learning to act (the
+    steps of a rate too high; a policy at a rate too low barely moves, its entropy with it).
+    Where it learned, entropy falls too, but the return rose: no plateau to mark."""
+    if ent is None:
+        return f
+    x = ent.values[np.isfinite(ent.values)]
+    if len(x) < 10:
+        return f
+    k = max(1, len(x) // 10)
+    head, tail = _median(x[:k]), _median(x[-2 * k :])
+    if not head > 0 or tail > th.get("entropy_collapse", 0.1) * head:
+        return f
+    return f.model_copy(
+        update={
+            "context": (*f.context, "collapsed"),
+            "evidence": f"{f.evidence}; {ent.name} fell {_fmt(head)} → {_fmt(tail)}: the policy collapsed without learning",
+        }
+    )
 
 
 def _score_plateau(sc: Series, loss: Series, th: dict[str, Any]) -> Finding | None:
