@@ -200,7 +200,8 @@ def test_incremental_polls_equal_a_full_pass(store):
     the same data reports — for faults that straddle polls (a divergence whose `persist`
     points arrive in two polls, a spike, NaN and a gradient blow-up after a poll, an eval
     loss that confirms an earlier divergence only later, a throughput drop that becomes
-    "sustained" only later, vanishing gradients, a resume re-logging old steps)."""
+    "sustained" only later, vanishing gradients, a diffusion model's loss and FID judged
+    both, a resume re-logging old steps)."""
     from mlflow.entities import Metric
 
     from scaffold.loader import load_scaffold
@@ -235,13 +236,19 @@ def test_incremental_polls_equal_a_full_pass(store):
             m["tokens_per_sec"] = tp
         elif i == 7:
             gn[190:] = 1e-9
+        elif i == 8:  # a diffusion model: its loss thrown after a poll, its FID worse only later
+            loss[215:] *= 1000
+            fid = np.linspace(0.6, 0.2, n // 10)
+            fid[25:] = 3.0
+            m = {"loss": loss, "FID": fid}
         runs[store.log_run({}, status=None, t0_ms=t0)] = m
 
     def log(rid: str, lo: int, hi: int) -> None:
         batch = []
         for key, x in runs[rid].items():
-            sub = range(lo, hi) if key != "eval/loss" else range(lo // 10, hi // 10)
-            step = (lambda s: s) if key != "eval/loss" else (lambda s: 10 * s)
+            sparse = key in ("eval/loss", "FID")  # one eval every 10 steps
+            sub = range(lo // 10, hi // 10) if sparse else range(lo, hi)
+            step = (lambda s: 10 * s) if sparse else (lambda s: s)
             batch += [Metric(key, float(x[s]), t0 + 1000 * step(s), step(s)) for s in sub]
         for j in range(0, len(batch), 1000):
             store.client.log_batch(rid, metrics=batch[j : j + 1000])
@@ -273,4 +280,6 @@ def test_incremental_polls_equal_a_full_pass(store):
     assert "nan_inf" in kinds[ids[3]] and "exploding_gradients" in kinds[ids[4]]
     assert "divergence" in kinds[ids[5]] and "throughput_drop" in kinds[ids[6]]
     assert "vanishing_gradients" in kinds[ids[7]] and kinds[resumed]
-    assert not kinds[ids[8]]
+    div = [f for v in inc if v.run_id == ids[8] for f in v.findings if f.kind == "divergence"]
+    assert [(f.metric, f.step) for f in div] == [("loss", 215)]  # before the FID saw it
+    assert not kinds[ids[9]]
