@@ -5,6 +5,8 @@ A label names the finding kinds of which at least one must be found (``any_of``;
 healthy run), kinds that may be found as well without counting against the doctor
 (``allowed``), and the cause the run's own evidence shows (``healthy`` for a healthy run).
 The split is by *program*: thresholds are tuned on the ``selection`` programs only.
+A label is written from a run's raw history after its build, so this file, not the tag a build
+wrote on the run, is what ``suite eval`` scores.
 """
 
 from __future__ import annotations
