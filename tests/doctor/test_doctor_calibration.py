@@ -1241,31 +1241,56 @@ def test_steps_per_second_is_a_throughput():
 
 
 def test_an_evolution_strategy_and_held_out_errors_have_their_roles():
-    """evosax's ESLog names no loss: the population's mean fitness of each generation
-    (log_gen_mean, minimised) is the run's training objective, not the best ever (log_top_1,
-    which cannot rise) nor a spread; an error on held-out data (test/mse, Chemprop's
-    validation_rmse) is the eval loss where none is named; state/lrate is the rate."""
-    from workbench.doctor.series import resolve_roles
+    """evosax's ESLog and EvoTorch's status name no loss: the population's mean fitness
+    (log_gen_mean, mean_eval) and its best (log_gen_1, pop_best_eval).  The two tell the sense
+    together: a best below the mean is minimised (the mean is the run's loss), above it
+    maximised (a return); a mean alone has no known sense.  An error on held-out data
+    (test/mse, Chemprop's validation_rmse, EvoTorch's center_val_mse) is the eval loss where
+    none is named; state/lrate is the rate."""
+    from workbench.doctor.core import _population_sense
+    from workbench.doctor.series import Series, resolve_roles
 
     es = {
         "log_top_1": 80,
         "log_top_mean": 80,
-        "log_top_std": 80,
         "log_gen_1": 80,
         "log_gen_mean": 80,
         "log_gen_std": 80,
         "state/lrate": 80,
-        "state/sigma": 80,
         "test/mse": 21,
     }
     roles = resolve_roles(es, SC.metrics)
-    assert (roles["train_loss"], roles["eval_loss"], roles["lr"]) == (
-        "log_gen_mean",
-        "test/mse",
-        "state/lrate",
+    assert (roles["population_mean"], roles["population_best"]) == ("log_gen_mean", "log_gen_1")
+    assert (roles["eval_loss"], roles["lr"]) == ("test/mse", "state/lrate")
+    assert "train_loss" not in roles
+    et = resolve_roles({"mean_eval": 9, "pop_best_eval": 9, "center_val_mse": 3}, SC.metrics)
+    assert (et["population_mean"], et["population_best"], et["eval_loss"]) == (
+        "mean_eval",
+        "pop_best_eval",
+        "center_val_mse",
     )
     cp = {"train_loss": 80, "validation_rmse": 20, "gradient_norm": 80, "param_norm": 80}
     assert resolve_roles(cp, SC.metrics)["eval_loss"] == "validation_rmse"
+
+    it = np.arange(1, 401)
+    mean = 0.6 * np.exp(-it / 80) + 0.02
+
+    def s(name, v):
+        return Series(name, it, v, 1000 * it)
+
+    low, high = s("mean_eval", mean), s("pop_best_eval", 0.8 * mean)
+    assert _population_sense({"population_mean": low, "population_best": high})["train_loss"] is low
+    up = s("mean_eval", 1 - mean)
+    best_up = s("pop_best_eval", 1.1 * (1 - mean))
+    sense = _population_sense({"population_mean": up, "population_best": best_up})
+    assert sense["reward"] is up and "train_loss" not in sense
+    assert "train_loss" not in _population_sense({"population_mean": low})
+    # EvoTorch's PGPE at a centre rate of 2.0: the mean thrown from 0.62 to 35, never back
+    thrown = mean.copy()
+    thrown[1:] = 3.0 + 30.0 * np.exp(-np.arange(399) / 20)
+    hist = {"mean_eval": (it, thrown), "pop_best_eval": (it, 0.5 * thrown)}
+    assert "divergence" in kinds(hist)
+    assert not kinds({"mean_eval": (it, mean), "pop_best_eval": (it, 0.8 * mean)})
 
 
 def test_epochs_timed_by_start_and_end_stamps_show_a_slow_reader():

@@ -68,7 +68,7 @@ def detect_metrics(
         if roles is not None
         else resolve_roles({k: len(v) for k, v in series.items()}, aliases)
     )
-    by_role = {r: series[n] for r, n in roles.items() if n in series}
+    by_role = _population_sense({r: series[n] for r, n in roles.items() if n in series})
     params = stepped_params(params or {}, by_role.get("lr"), aliases)
     if aliases.partial_first:
         by_role, since = _drop_partial_first(by_role, since or {}, aliases)
@@ -90,6 +90,22 @@ def detect_metrics(
         found = d.fn(view, th)
         out += found if isinstance(found, list) else [found] if found else []
     return _clocked(out, series)
+
+
+def _population_sense(by_role: dict[str, Series]) -> dict[str, Series]:
+    """An evolution strategy logs its population's mean fitness and its best (evosax's
+    log_gen_mean and log_gen_1, EvoTorch's mean_eval and pop_best_eval) in whichever sense its
+    problem has: where the best sits below the mean the fitness is minimised, a loss; above
+    it, maximised, a return.  Where the run names neither a loss nor a return of its own, the
+    mean plays the role its sense gives it; with no best logged the sense is unknown."""
+    mean, best = by_role.get("population_mean"), by_role.get("population_best")
+    if mean is None or best is None or "train_loss" in by_role or "reward" in by_role:
+        return by_role
+    m, b = mean.values[np.isfinite(mean.values)], best.values[np.isfinite(best.values)]
+    if not len(m) or not len(b) or float(np.median(b)) == float(np.median(m)):
+        return by_role
+    role = "train_loss" if float(np.median(b)) < float(np.median(m)) else "reward"
+    return {**by_role, role: mean}
 
 
 def _drop_partial_first(
