@@ -931,6 +931,25 @@ def test_a_policy_that_collapsed_without_learning_had_a_rate_too_high():
         assert v is not None and v.cause == cause
 
 
+def test_lightnings_lr_monitor_names_the_optimizer():
+    """torchgeo under Lightning logs `lr: 1.0` in its hparams and the rate as `lr-AdamW`
+    (LearningRateMonitor names it after the optimizer's class): an adaptive rate of 1.0, far
+    above Adam's working range, though no optimizer param is logged.  A logged optimizer wins;
+    `lr-SGD` names no adaptive one."""
+    from workbench.doctor.series import Series, param_value, stepped_params
+
+    def lr(name):
+        return Series(name, np.arange(10), np.full(10, 1.0), np.arange(10))
+
+    def adaptive(params, name):
+        return param_value(stepped_params(params, lr(name), SC.metrics), SC.metrics, "adaptive_lr")
+
+    assert adaptive({"lr": "1.0"}, "lr-AdamW") == "1.0"
+    assert adaptive({"lr": "1.0"}, "lr-SGD") is None
+    assert adaptive({"lr": "1.0", "optimizer": "SGD"}, "lr-AdamW") is None
+    assert adaptive({"lr": "1.0"}, "learning_rate") is None
+
+
 def test_a_loss_held_above_its_first_point_early_is_a_spike_of_the_rate():
     """x-transformers at lr 0.1 (a typo for 1e-3), clipped at 0.5: 5.74 at batch 0, then 4.74,
     5.21, 7.04, 8.45, 9.27, 8.18, 6.76, then it learns to a poor 2.6.  No point reaches 2x the

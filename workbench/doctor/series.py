@@ -183,6 +183,7 @@ def stepped_params(
     where that peak stayed below ``scale`` × it: the configured number is then a multiplier of
     a schedule (OpenNMT's noam ``learning_rate`` 2 steps at 0.006), not the step the optimizer
     took, and judging the run by it calls a sane rate far too high."""
+    params = _optimizer_named_by_lr(params, lr, aliases)
     name = param_name(params, aliases, "lr")
     conf = as_float(params.get(name)) if name else None
     if lr is None or conf is None or not conf > 0:
@@ -191,6 +192,21 @@ def stepped_params(
     if not len(fin) or not 0 < float(np.max(fin)) < scale * conf:
         return params
     return {**params, name: repr(float(np.max(fin)))}  # type: ignore[dict-item]
+
+
+# Lightning's LearningRateMonitor names its metric after the optimizer's class (lr-AdamW, lr-SGD)
+_LR_OF_OPTIMIZER = re.compile(r"(?i)(?:.*[/_.-])?lr-(?P<opt>[a-z][a-z0-9]*)(?:[/_.-].*)?")
+
+
+def _optimizer_named_by_lr(
+    params: Mapping[str, str], lr: Series | None, aliases: MetricAliases
+) -> Mapping[str, str]:
+    """``params`` with the optimizer the lr metric's name gives (Lightning's ``lr-AdamW``),
+    where no optimizer is logged: what an adaptive rate is judged by."""
+    m = _LR_OF_OPTIMIZER.fullmatch(lr.name) if lr is not None else None
+    if m is None or param_name(params, aliases, "optimizer") is not None:
+        return params
+    return {**params, "optimizer": m.group("opt")}
 
 
 # Thresholds that an infinite value turns off: ESPnet's `--grad_clip inf` clips nothing.
