@@ -1304,6 +1304,12 @@ def test_an_evolution_strategy_and_held_out_errors_have_their_roles():
     sense = _population_sense({"population_mean": up, "population_best": best_up})
     assert sense["reward"] is up and "train_loss" not in sense
     assert "train_loss" not in _population_sense({"population_mean": low})
+    # a run that logs only the pair is judged (a verdict, not `no_data`); the mean alone is not
+    from workbench.doctor.core import unread_losses
+
+    pair = {"mean_eval": low, "pop_best_eval": high}
+    assert unread_losses(pair, SC.metrics) == ""
+    assert unread_losses({"mean_eval": low}, SC.metrics) != ""
     # EvoTorch's PGPE at a centre rate of 2.0: the mean thrown from 0.62 to 35, never back
     thrown = mean.copy()
     thrown[1:] = 3.0 + 30.0 * np.exp(-np.arange(399) / 20)

@@ -359,6 +359,8 @@ def diagnose(
 
 
 LOSS_ROLES = ("train_loss", "eval_loss")
+# an evolution strategy's mean and best fitness: read as a loss or a return (``_population_sense``)
+POPULATION_ROLES = ("population_mean", "population_best")
 
 
 def unread_losses(
@@ -374,7 +376,7 @@ def unread_losses(
         return ""
     if roles is None:
         roles = resolve_roles({n: len(series[n]) for n in names}, aliases)
-    if any(r in roles for r in LOSS_ROLES):
+    if any(r in roles for r in LOSS_ROLES) or all(r in roles for r in POPULATION_ROLES):
         return ""
     shown = ", ".join(repr(n) for n in sorted(names)[:8]) + (" …" if len(names) > 8 else "")
     return (
