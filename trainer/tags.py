@@ -27,7 +27,7 @@ class Tag:
     CAUSE = "workbench.cause"
     # fault-suite runs (experiments.faults) and measured fix reruns (workbench.rl.outcomes)
     SCENARIO = "workbench.scenario"
-    EXPECTED = "workbench.expected"  # evaluation only: never shown to the doctor
+    EXPECTED = "workbench.expected"  # the label a run was built with, a record (suites score their file's); never shown to the doctor
     SPLIT = "workbench.split"
     FIX_OUTCOME = "workbench.fix_outcome"  # unique per rerun: finds the run in the scratch store
     FIX_SCENARIO = "workbench.fix_scenario"  # not SCENARIO: a rerun is no suite run

@@ -102,10 +102,9 @@ def _population_sense(by_role: dict[str, Series]) -> dict[str, Series]:
     if mean is None or best is None or "train_loss" in by_role or "reward" in by_role:
         return by_role
     m, b = mean.values[np.isfinite(mean.values)], best.values[np.isfinite(best.values)]
-    if not len(m) or not len(b) or float(np.median(b)) == float(np.median(m)):
+    if not len(m) or not len(b) or (mid := float(np.median(m))) == (top := float(np.median(b))):
         return by_role
-    role = "train_loss" if float(np.median(b)) < float(np.median(m)) else "reward"
-    return {**by_role, role: mean}
+    return {**by_role, ("train_loss" if top < mid else "reward"): mean}
 
 
 def _drop_partial_first(

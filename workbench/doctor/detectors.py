@@ -1063,16 +1063,20 @@ QUALITY_READS = tuple(role for role, _, _ in QUALITY_ROLES)
     precursor=True,
 )
 def divergence(run: RunView, th: dict[str, Any]) -> Finding | None:
+    return _beside_quality(run, "divergence", _quality_worse, _divergence_of_run, th)
+
+
+def _beside_quality(run: RunView, kind: str, on_quality: Any, own: Any, th: dict[str, Any]):
+    """``own(run, th)`` on the run's losses, and where it logs a measure of progress (see
+    RunView.quality) ``on_quality`` on that: only that where its losses are a contest (a
+    critic's, a GAN's: see RunView.contest), else the earlier onset of the two."""
     if run.quality is None:
-        return _divergence_of_run(run, th)
-    on_quality = _on_quality(run, "divergence", _quality_worse, th)
-    # Where the run's losses are a contest (see RunView.contest), they measure no progress
-    return on_quality if run.contest else _earliest(on_quality, _divergence_of_run(run, th))
-
-
-def _earliest(*found: Finding | None) -> Finding | None:
-    """The finding with the earliest onset (a measure of progress and a loss judged both)."""
-    return min((f for f in found if f is not None), key=lambda f: f.step or 0, default=None)
+        return own(run, th)
+    found = _on_quality(run, kind, on_quality, th)
+    if run.contest:
+        return found
+    both = [f for f in (found, own(run, th)) if f is not None]
+    return min(both, key=lambda f: f.step or 0, default=None)
 
 
 def _divergence_of_run(run: RunView, th: dict[str, Any]) -> Finding | None:
@@ -1259,12 +1263,8 @@ def _windowed(run: RunView, kind: str, role: str, th: dict[str, Any], fn: Any) -
     precursor=True,
 )
 def loss_spike(run: RunView, th: dict[str, Any]) -> Finding | None:
-    if run.quality is None:
-        return _loss_spike_of_run(run, th)
-    on_quality = _on_quality(run, "loss_spike", _distance_spike, th)
-    # A critic's loss jumps as its returns do, a GAN's as its players trade places: the run's
-    # measure of progress is judged instead (a diffusion model's loss is judged as well)
-    return on_quality if run.contest else _earliest(on_quality, _loss_spike_of_run(run, th))
+    # (a critic's loss jumps as its returns do, a GAN's as its players trade places)
+    return _beside_quality(run, "loss_spike", _distance_spike, _loss_spike_of_run, th)
 
 
 def _loss_spike_of_run(run: RunView, th: dict[str, Any]) -> Finding | None:

@@ -179,10 +179,12 @@ def is_falsy(text: str | None) -> bool:
 def stepped_params(
     params: Mapping[str, str], lr: Series | None, aliases: MetricAliases, *, scale: float = 0.1
 ) -> Mapping[str, str]:
-    """``params`` with the configured learning rate replaced by the peak of the logged one
-    where that peak stayed below ``scale`` × it: the configured number is then a multiplier of
-    a schedule (OpenNMT's noam ``learning_rate`` 2 steps at 0.006), not the step the optimizer
-    took, and judging the run by it calls a sane rate far too high."""
+    """``params`` as the logged rate shows them (detection and verdict both read them so): the
+    optimizer its name gives where none is logged (``_optimizer_named_by_lr``), and the
+    configured learning rate replaced by the peak of the logged one where that peak stayed
+    below ``scale`` × it: the configured number is then a multiplier of a schedule (OpenNMT's
+    noam ``learning_rate`` 2 steps at 0.006), not the step the optimizer took, and judging the
+    run by it calls a sane rate far too high."""
     params = _optimizer_named_by_lr(params, lr, aliases)
     name = param_name(params, aliases, "lr")
     conf = as_float(params.get(name)) if name else None
