@@ -225,7 +225,9 @@ def test_a_divergence_that_starts_with_a_spike_after_the_rate_fell_is_bad_data()
     hist = {"loss/train/total": (steps, loss), "lr-DecoupledAdamW/group0": (steps, decaying)}
     found = detect(hist, {"status": "FINISHED"}, "")
     (div,) = [f for f in found if f.kind == "divergence"]
-    assert div.context == ("lr_decayed",) and "below its peak" in div.evidence
+    # (and late: the rate had held since the warm-up, and its decay after the jump rescued
+    # nothing, the loss never came back)
+    assert div.context == ("late", "lr_decayed") and "below its peak" in div.evidence
     diag, _ = diagnose(found, {}, "", SC.playbook, aliases=SC.metrics)
     assert diag.cause == "bad_data"
     assert any("lr_decayed" in e for e in diag.evidence)
@@ -2247,3 +2249,81 @@ def test_a_dqn_is_judged_by_its_test_return_not_its_td_loss_nor_its_exploring_ep
     ]
     d, _ = diagnose(found, {}, "", SC.playbook, aliases=SC.metrics)
     assert d.cause == "lr_too_high"
+
+
+def test_names_with_spaces_running_bests_and_pycmas_fit_columns():
+    """A wav2vec2-style fine-tune logs 'Learning Rate' and 'Gradient Norm' (spaces), pycma's
+    CMADataLogger the generation's 'best' and 'median' beside the running 'bestever', and the
+    team's 'evals_per_sec'.  A running best (eval/best_log_loss, bestever) only ever falls: it is
+    never the loss, whatever the loss does."""
+    from workbench.doctor.series import resolve_roles
+
+    w2v = {"Losses/ctc_loss": 60, "Learning Rate": 60, "Gradient Norm": 60, "utts_per_sec": 60}
+    roles = resolve_roles(w2v, SC.metrics)
+    assert (roles["lr"], roles["grad_norm"]) == ("Learning Rate", "Gradient Norm")
+    cma = {"best": 150, "median": 150, "worst": 150, "bestever": 150, "evals_per_sec": 150}
+    roles = resolve_roles({**cma, "val_logloss": 15}, SC.metrics)
+    assert (roles["population_best"], roles["population_mean"]) == ("best", "median")
+    assert (roles["throughput"], roles["eval_loss"]) == ("evals_per_sec", "val_logloss")
+    tab = {"finetune/loss": 120, "eval/best_log_loss": 24, "eval/log_loss": 24}
+    assert resolve_roles(tab, SC.metrics)["eval_loss"] == "eval/log_loss"
+    assert "eval_loss" not in resolve_roles({"loss": 50, "best_val_loss": 10}, SC.metrics)
+
+
+def test_a_stuck_loss_whose_gradients_died_away_was_thrown_by_the_rate():
+    """A CTC loss stuck a few per cent below where it began (the blank-only output) at a rate
+    of 0.3 (no optimizer named), its validation loss alike, while the gradient norm fell 20x:
+    the updates drove the model where no gradient is left, a rate too high.  The same stuck
+    losses with the gradient norm holding its size learn slowly at a rate that moves weights
+    (no finding); at 1e-7 with the norm holding, a rate too small."""
+    rng = np.random.default_rng(3)
+    steps = np.arange(5, 305, 5)
+    loss = 2.83 - 0.15 * (1 - np.exp(-steps / 60)) + 0.03 * rng.standard_normal(len(steps))
+    ev = (np.arange(50, 301, 50), np.array([2.761, 2.756, 2.70, 2.684, 2.666, 2.658]))
+    dying = 2.0 * np.exp(-steps / 70) + 0.1 + 0.02 * rng.random(len(steps))
+    held = 1.6 + 0.4 * rng.random(len(steps))
+    base = {"Losses/ctc_loss": (steps, loss), "Validation/ctc_loss": ev}
+    params = {"lr": "0.3"}
+    found = detect(
+        {**base, "Gradient Norm": (steps, dying)}, {"status": "FINISHED", "params": params}, ""
+    )
+    assert [f.kind for f in found] == ["plateau"] and "thrown" in found[0].context
+    d, _ = diagnose(found, params, "", SC.playbook, aliases=SC.metrics)
+    assert d is not None and d.cause == "lr_too_high"
+    assert kinds({**base, "Gradient Norm": (steps, held)}, params=params) == set()
+    low = {"lr": "1e-07"}
+    found = detect(
+        {**base, "Gradient Norm": (steps, held)}, {"status": "FINISHED", "params": low}, ""
+    )
+    assert [f.kind for f in found] == ["plateau"] and "thrown" not in found[0].context
+    d, _ = diagnose(found, low, "", SC.playbook, aliases=SC.metrics)
+    assert d is not None and d.cause == "lr_too_low"
+
+
+def test_a_late_rise_that_runs_on_into_nan_under_a_decaying_rate_is_the_data():
+    """A CTC loss that trained well for half the run at its rate, jumped when a shard with
+    shifted transcripts joined (the cosine decay began there) and went NaN a hundred updates
+    later, never back near its level: late, and the decay rescued nothing, so the data (the
+    climb-then-NaN of a rate too high starts where the rate is reached).  Its eval loss rose
+    after its best because the train loss jumped, not because the model memorised: no
+    overfitting."""
+    steps = np.arange(5, 305, 5)
+    lr = np.where(steps < 40, 3e-3 * steps / 40, 3e-3)
+    lr = np.where(steps > 150, 3e-3 * (0.5 + 0.5 * np.cos(np.pi * (steps - 150) / 150)), lr)
+    loss = 5.5 * np.exp(-steps / 30) + 0.1 + 0.01 * np.sin(steps)
+    late = loss.copy()
+    late[steps == 150] = 6.4
+    late[steps > 150] = 1.2 + 0.4 * np.sin(steps[steps > 150])
+    late[steps > 250] = np.nan
+    ev = (np.arange(50, 301, 50), np.array([2.9, 0.17, 0.11, 0.46, 0.39, np.nan]))
+    hist = {
+        "Losses/ctc_loss": (steps, late),
+        "Learning Rate": (steps, lr),
+        "Validation/ctc_loss": ev,
+    }
+    found = detect(hist, {"status": "FINISHED"}, "")
+    assert [f.kind for f in found if f.kind != "nan_inf"] == []
+    (nan,) = [f for f in found if f.metric == "Losses/ctc_loss"]
+    assert "divergence" in nan.after and "late" in nan.context
+    d, _ = diagnose(found, {}, "", SC.playbook, aliases=SC.metrics)
+    assert d is not None and d.cause == "bad_data"

@@ -256,8 +256,9 @@ def _absorb(
     findings: list[Finding], into: Finding, parts: list[Finding], why: str
 ) -> list[Finding]:
     """``findings`` with ``parts`` merged into ``into``: one finding whose step is the earliest,
-    whose evidence adds ``why`` and whose ``after`` lists the absorbed kinds in order, each after
-    its own run-up (no repeats)."""
+    whose evidence adds ``why``, whose ``after`` lists the absorbed kinds in order, each after
+    its own run-up (no repeats), and whose ``context`` keeps what was measured of them (a rise
+    that came late in the run is still late once it ran on into NaN)."""
     key = onset_order(findings)
     parts = sorted(parts, key=key)
     kinds = (*into.after, *(k for f in parts for k in (*f.after, f.kind)))
@@ -268,6 +269,9 @@ def _absorb(
             "at_ms": lead.at_ms,
             "evidence": f"{into.evidence}; {why}",
             "after": tuple(dict.fromkeys(kinds)),
+            "context": tuple(
+                dict.fromkeys((*into.context, *(c for f in parts for c in f.context)))
+            ),
         }
     )
     drop = {id(f) for f in parts} | {id(into)}

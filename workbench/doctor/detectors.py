@@ -429,6 +429,7 @@ def _plateau(
     adaptive_lr: float | None = None,
     peak_lr: float | None = None,
     peak_step: int | None = None,
+    grad_norm: Series | None = None,
 ) -> Finding | None:
     """The loss did not improve over the whole run (a relative gain below min_improvement),
     or it and the eval loss both gained less than ``slow_gain`` (a rate too low still moves
@@ -436,7 +437,8 @@ def _plateau(
     rate the run was configured with, where it said; ``adaptive_lr``: that rate, where its
     optimizer is an adaptive one (Adam and kin); ``peak_lr``: the highest rate it logged
     (what its schedule reached: a warm-up longer than the run never gets near ``lr``);
-    ``peak_step``: where the logged rate first stood near that peak (the end of a warm-up)."""
+    ``peak_step``: where the logged rate first stood near that peak (the end of a warm-up);
+    ``grad_norm``: the run's gradient norm, where it logs one (``_grad_collapsed``)."""
     if not np.all(np.isfinite(s.values)):
         return None  # a run that went non-finite did not "plateau" (nan_inf's business)
     x = s.values
@@ -456,6 +458,7 @@ def _plateau(
     rest = x[1 : h + 1]
     first_drop = float(x[0]) - _median(rest) if len(rest) >= 3 else 0.0
     thrown = adaptive_lr is not None and adaptive_lr >= th.get("adaptive_lr_high", np.inf)
+    collapsed = _grad_collapsed(grad_norm, th)
     if not thrown and first_drop >= max(
         th.get("early_drop", 0.2) * abs(float(x[0])),
         th.get("early_drop_spread", 1.5) * MAD_TO_SIGMA * _mad(rest),
@@ -469,7 +472,7 @@ def _plateau(
         if not gain < th.get("slow_gain", 0.0) or len(ev) < th.get("slow_evals", 4):
             return None  # learned
         rate = peak_lr if peak_lr is not None else lr
-        if rate is not None and rate >= th.get("slow_lr_ok", np.inf) and not thrown:
+        if rate is not None and rate >= th.get("slow_lr_ok", np.inf) and not (thrown or collapsed):
             # Both losses moved a few per cent at a rate that moves weights (Adam's 1e-3): a
             # loss with a large floor (scvi-tools' count likelihood, ~1,250 of 1,500) learns
             # by a few per cent; a rate too small to learn is far below it (1e-5).  (An
@@ -513,8 +516,19 @@ def _plateau(
         # the train loss's end is its batches' scatter.)
         after = ("divergence",)
         evidence += f"; it ended {100 * -gain:.1f}% worse than it began"
+    if not after and collapsed is not None:
+        # Stuck while the gradients died away: the updates drove the model where no gradient
+        # is left (saturated units, a collapsed output), the work of a rate too high.  A rate
+        # too small barely moves the weights, so their gradient keeps its size.
+        context = (*context, "thrown")
+        evidence += f"; {collapsed}"
     lr_not_low = lr is not None and lr >= th.get("lr_not_low", np.inf)
-    if not after and lr_not_low and not thrown and gain >= th.get("lr_not_low_gain", 0.0):
+    if (
+        not after
+        and lr_not_low
+        and not (thrown or collapsed)
+        and gain >= th.get("lr_not_low_gain", 0.0)
+    ):
         # A loss that still gains at a rate this large learns slowly (a task whose loss has
         # little room, a click-through log-loss under SGD at 0.3-1): its rate does not hold it
         # back.  Not at an adaptive rate far too high: that rate holds it stuck.
@@ -528,6 +542,22 @@ def _plateau(
         after=after,
         context=context,
     )
+
+
+def _grad_collapsed(g: Series | None, th: dict[str, Any]) -> str | None:
+    """The gradient norm's last ``tail`` share sat at ``grad_collapse`` × its first ``head``
+    share or below (medians of the finite points, ``min_points`` of them at least): the
+    evidence, else None.  Beside a loss that did not move, the gradients died away without
+    anything learned."""
+    if g is None:
+        return None
+    x = g.values[np.isfinite(g.values)]
+    if len(x) < th.get("min_points", 40):
+        return None
+    head, tail = _head_tail(x, th)
+    if not head > 0 or tail > th.get("grad_collapse", 0.0) * head:
+        return None
+    return f"{g.name} fell {_fmt(head)} → {_fmt(tail)} ({head / max(tail, 1e-30):.0f}x) while it did not learn: the gradients died away"
 
 
 def _exploding_gradients(
@@ -725,12 +755,16 @@ def _memorised(tr: Series, t_at: float | None, t_end: float | None, th: dict[str
 def _train_at(tr: Series, ev: Series, i: int) -> float | None:
     """The train loss where eval ``i`` was taken: at its step, or at the same share of the
     run where the two count steps on other axes (AllenNLP logs its batch loss by batch and
-    its evals by epoch: their last steps differ by more than 2×)."""
+    its evals by epoch: their last steps differ by more than 2×).  The level of the points up
+    to that step where there are a few (the weights the eval scored are those they trained:
+    a jump in the train loss right after it is no level it held then), else around it."""
     step = float(ev.steps[i])
     if not 0.5 <= tr.steps[-1] / max(ev.steps[-1], 1) <= 2:
         share = (ev.steps[i] - ev.steps[0]) / max(ev.steps[-1] - ev.steps[0], 1)
         step = tr.steps[0] + share * (tr.steps[-1] - tr.steps[0])
-    return _value_at(tr, int(step))
+    upto = tr.values[: int(np.searchsorted(tr.steps, int(step), side="right"))][-6:]
+    upto = upto[np.isfinite(upto)]
+    return float(np.median(upto)) if len(upto) >= 3 else _value_at(tr, int(step))
 
 
 def _level_around(x: np.ndarray, i: int, width: int) -> float:
@@ -1219,10 +1253,15 @@ def _late(f: Finding, loss: Series, lr: Series | None, th: dict[str, Any]) -> Fi
         if (f.step - reached) / span < th.get("late_held", 0.2):
             return f
         # …and not moved since by more than ``recover_lr``'s factor (a cut that rescued the
-        # run, or a raise after it, implicates the rate): no decay to nothing, no step cut
+        # run, or a raise after it, implicates the rate): no decay to nothing, no step cut.
+        # A fall after the onset that rescued nothing (the loss never came back: a schedule's
+        # decay it went on diverging under) clears the rate all the more.
         later = lr.values[(lr.steps > f.step) & np.isfinite(lr.values)]
         ratio = th.get("recover_lr", 0.5)
-        if len(later) and not (ratio * lv[-1] <= np.min(later) and np.max(later) <= lv[-1] / ratio):
+        fell_in_vain = _never_back(loss, f.step)
+        if len(later) and not (
+            (fell_in_vain or ratio * lv[-1] <= np.min(later)) and np.max(later) <= lv[-1] / ratio
+        ):
             return f
     return f.model_copy(
         update={
@@ -1230,6 +1269,22 @@ def _late(f: Finding, loss: Series, lr: Series | None, th: dict[str, Any]) -> Fi
             "evidence": f"{f.evidence}; {100 * share:.0f}% of the way through the run",
         }
     )
+
+
+def _never_back(loss: Series, step: int, k: int = 5) -> bool:
+    """The loss never came back from a rise at ``step``: the median of its last ``k`` finite
+    points (none after the rise: it went non-finite) sits above its level before the rise by a
+    quarter of the rise's own level (the median of its first ``k`` points) or a tenth of the
+    level, whichever is more."""
+    x, i = loss.values, int(np.searchsorted(loss.steps, step))
+    before, after = x[:i][np.isfinite(x[:i])][-k:], x[i:][np.isfinite(x[i:])]
+    if not len(before):
+        return False
+    if len(after) <= k:
+        return True
+    level = _median(before)
+    bar = max(0.1 * abs(level), 0.25 * (_median(after[:k]) - level))
+    return _median(after[-k:]) > level + bar
 
 
 def _lr_decayed(f: Finding, lr: Series, ratio: float) -> Finding:
@@ -1400,7 +1455,15 @@ _AVERAGED = re.compile(r"(?i).*(avg|average|mean).*")
 
 @detector(
     "plateau",
-    reads=("train_loss", "eval_loss", "eval_score", "lr", "policy_entropy", *QUALITY_READS),
+    reads=(
+        "train_loss",
+        "eval_loss",
+        "eval_score",
+        "lr",
+        "grad_norm",
+        "policy_entropy",
+        *QUALITY_READS,
+    ),
     precursor=True,
 )
 def plateau(run: RunView, th: dict[str, Any]) -> Finding | None:
@@ -1425,6 +1488,7 @@ def plateau(run: RunView, th: dict[str, Any]) -> Finding | None:
         adaptive_lr=as_float(run.param("adaptive_lr")),
         peak_lr=float(np.max(logged)) if len(logged) else None,
         peak_step=_peak_step(lr),
+        grad_norm=run["grad_norm"],
     )
     if f is None and lr is not None:
         f = _schedule_stopped(s, lr, th)
