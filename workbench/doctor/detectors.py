@@ -1272,10 +1272,10 @@ def _late(f: Finding, loss: Series, lr: Series | None, th: dict[str, Any]) -> Fi
 
 
 def _never_back(loss: Series, step: int, k: int = 5) -> bool:
-    """The loss never came back from a rise at ``step``: the median of its last ``k`` finite
-    points (none after the rise: it went non-finite) sits above its level before the rise by a
-    quarter of the rise's own level (the median of its first ``k`` points) or a tenth of the
-    level, whichever is more."""
+    """The loss never came back from a rise at ``step``: it has ``k`` finite points or fewer
+    after it (it went non-finite), or the median of its last ``k`` sits above its level before
+    the rise by a quarter of the rise's own level (the median of its first ``k`` points after
+    it) or a tenth of the level, whichever is more."""
     x, i = loss.values, int(np.searchsorted(loss.steps, step))
     before, after = x[:i][np.isfinite(x[:i])][-k:], x[i:][np.isfinite(x[i:])]
     if not len(before):
