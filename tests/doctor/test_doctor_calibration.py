@@ -582,7 +582,8 @@ def test_params_under_any_prefix_and_the_precision_a_run_computed_in():
         return d
 
     assert cause({"config.half_precision": "True"}).cause == "fp_overflow"
-    assert cause({}).cause == "fp_overflow"  # nothing says otherwise: NaN first is an overflow
+    # nothing says 16 bits: float32's range is far from any activation's, no overflow
+    assert cause({}).cause != "fp_overflow"
     d = cause({"config.half_precision": "False", "config.learning_rate": "5.0"})
     assert d.cause == "lr_too_high"
     assert any(e.startswith("finding nan_inf") for e in d.evidence)
@@ -1407,7 +1408,8 @@ def test_nan_from_the_first_batches_without_half_precision_is_the_data():
     per-image standardisation divides by a zero deviation, so the loss is finite once (step 0)
     and NaN from then on, the eval loss NaN from its first epoch.  Nothing was "fine, then
     overflowed", nothing rose first: the inputs are not finite.  The same NaN in a float16
-    model is its range; NaN after a finite stretch stays an overflow."""
+    model is its range.  NaN in one go after a finite stretch is the data as well where
+    nothing runs in half precision, an overflow where something does."""
     steps = np.arange(0, 450, 5)
     loss = np.full(len(steps), np.nan)
     loss[0] = 2.41
@@ -1421,8 +1423,10 @@ def test_nan_from_the_first_batches_without_half_precision_is_the_data():
     later = np.linspace(2.4, 0.9, len(steps))
     later[40:] = np.nan
     found = detect({"loss": (steps, later)}, {"status": "FINISHED"}, "")
-    assert [f.context for f in found] == [()]
+    assert [f.context for f in found] == [("after_training",)]
     d, _ = diagnose(found, {}, "", SC.playbook, aliases=SC.metrics)
+    assert d.cause == "bad_data"
+    d, _ = diagnose(found, {"dtype": "float16"}, "", SC.playbook, aliases=SC.metrics)
     assert d.cause == "fp_overflow"
 
 
@@ -2329,3 +2333,28 @@ def test_a_late_rise_that_runs_on_into_nan_under_a_decaying_rate_is_the_data():
     assert "divergence" in nan.after and "late" in nan.context
     d, _ = diagnose(found, {}, "", SC.playbook, aliases=SC.metrics)
     assert d is not None and d.cause == "bad_data"
+
+
+def test_nan_in_one_go_after_training_is_the_data_unless_something_runs_in_half_precision():
+    """A GP, a VAE, a force field: trained for a while, then NaN at once with no climb and no
+    gradient blow-up before it (a joining export's NaN readings, a scanner's NaN pixels).  Where
+    nothing the run logged says 16 bits (no precision, no fp16/amp switch, no half dtype),
+    float32's range is far from any activation's and the inputs are the likelier source; where
+    something does, an overflow.  A switch that puts one part in half (x-transformers'
+    half_logits) or Apex's amp_level O2 says so; amp_level O0 is full precision."""
+    from workbench.doctor.series import param_value
+
+    assert param_value({"half_logits": "1"}, SC.metrics, "compute_precision") == "half"
+    assert param_value({"amp_level": "O2"}, SC.metrics, "compute_precision") == "half"
+    steps = np.arange(1, 251)
+    loss = 0.9 * np.exp(-steps / 30) - 0.9 + 0.01 * np.sin(steps)
+    loss[124:] = np.nan
+    found = detect({"loss": (steps, loss)}, {"status": "FINISHED"}, "")
+    assert [(f.kind, f.context) for f in found] == [("nan_inf", ("after_training",))]
+    for params, want in (
+        ({"lr": "0.1"}, "bad_data"),
+        ({"lr": "0.1", "precision": "fp16"}, "fp_overflow"),
+        ({"lr": "0.1", "half_logits": "1"}, "fp_overflow"),
+    ):
+        d, _ = diagnose(found, params, "", SC.playbook, aliases=SC.metrics)
+        assert d is not None and d.cause == want, params

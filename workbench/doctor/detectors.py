@@ -161,6 +161,9 @@ def _nan_inf(s: Series, th: dict[str, Any], since: int = 0) -> Finding | None:
     # Non-finite from the first points on: no finite stretch showed the loss "fine, then
     # overflowing" or climbing first; the inputs themselves may not be finite.
     start = ("from_start",) if len(ok) <= th.get("from_start_points", 1) else ()
+    # …or after the run had trained a while: it was fine, then non-finite
+    if len(ok) >= th.get("trained_points", np.inf):
+        start = ("after_training",)
     return Finding(
         kind="nan_inf",
         metric=s.name,
