@@ -2258,7 +2258,7 @@ def test_a_dqn_is_judged_by_its_test_return_not_its_td_loss_nor_its_exploring_ep
 def test_names_with_spaces_running_bests_and_pycmas_fit_columns():
     """A wav2vec2-style fine-tune logs 'Learning Rate' and 'Gradient Norm' (spaces), pycma's
     CMADataLogger the generation's 'best' and 'median' beside the running 'bestever', and the
-    team's 'evals_per_sec'; RWKV-LM 'kt/s'.  A running best (eval/best_log_loss, bestever) only ever falls: it is
+    team's 'evals_per_sec'; RWKV-LM 'kt/s', minGPT 'iter_dt'.  A running best (eval/best_log_loss, bestever) only ever falls: it is
     never the loss, whatever the loss does."""
     from workbench.doctor.series import resolve_roles
 
@@ -2274,6 +2274,8 @@ def test_names_with_spaces_running_bests_and_pycmas_fit_columns():
     assert "eval_loss" not in resolve_roles({"loss": 50, "best_val_loss": 10}, SC.metrics)
     # RWKV-LM's thousands of tokens a second
     assert resolve_roles({"loss": 400, "kt/s": 400, "lr": 400}, SC.metrics)["throughput"] == "kt/s"
+    # minGPT's Trainer: the iteration's wall time
+    assert resolve_roles({"loss": 500, "iter_dt": 500}, SC.metrics)["step_time"] == "iter_dt"
 
 
 def test_a_stuck_loss_whose_gradients_died_away_was_thrown_by_the_rate():
