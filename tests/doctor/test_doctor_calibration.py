@@ -2348,6 +2348,7 @@ def test_nan_in_one_go_after_training_is_the_data_unless_something_runs_in_half_
 
     assert param_value({"half_logits": "1"}, SC.metrics, "compute_precision") == "half"
     assert param_value({"amp_level": "O2"}, SC.metrics, "compute_precision") == "half"
+    assert param_value({"amp_level": "O0"}, SC.metrics, "compute_precision") == "full"
     steps = np.arange(1, 251)
     loss = 0.9 * np.exp(-steps / 30) - 0.9 + 0.01 * np.sin(steps)
     loss[124:] = np.nan

@@ -170,7 +170,8 @@ def is_falsy(text: str | None) -> bool:
     if text is None:
         return True
     t = str(text).strip().lower()
-    if t in ("", "none", "null", "false", "off", "no"):
+    # (o0: Apex's and Paddle's mixed-precision level zero, fp32 throughout)
+    if t in ("", "none", "null", "false", "off", "no", "o0"):
         return True
     f = as_float(t)
     return f is not None and f == 0.0
