@@ -1261,9 +1261,9 @@ def _late(f: Finding, loss: Series, lr: Series | None, th: dict[str, Any]) -> Fi
         # decay it went on diverging under) clears the rate all the more.
         later = lr.values[(lr.steps > f.step) & np.isfinite(lr.values)]
         ratio = th.get("recover_lr", 0.5)
-        fell_in_vain = _never_back(loss, f.step)
         if len(later) and not (
-            (fell_in_vain or ratio * lv[-1] <= np.min(later)) and np.max(later) <= lv[-1] / ratio
+            np.max(later) <= lv[-1] / ratio
+            and (ratio * lv[-1] <= np.min(later) or _never_back(loss, f.step))
         ):
             return f
     return f.model_copy(
@@ -1953,8 +1953,8 @@ def _windows_rose(ev: Series, tr: Series | None, th: dict[str, Any]) -> Finding 
     n = len(x)
     if not w or n < 4 * w or tr is None or not len(tr):
         return None
-    starts = list(range(n - w, -1, -w))[::-1]
-    meds = np.array([_median(x[i : i + w]) for i in starts])
+    starts = list(range(n % w, n - w + 1, w))  # whole windows, counted back from the last
+    meds = np.array(_chunk_medians(x[n % w :], w))
     b = int(np.argmin(meds))
     best, last = float(meds[b]), float(meds[-1])
     if b == 0 or b > len(meds) - 3:
