@@ -279,10 +279,22 @@ def test_a_divergence_the_run_trains_its_way_back_from_at_its_rate_is_bad_data()
     hist["lr"] = (steps, np.where(steps < 170, 5e-5, 3e-4))
     found = detect(hist, {"status": "FINISHED"}, "")
     assert [f.context for f in found if f.kind == "divergence"] == [()]
-    # and without the way back (it ends above where it was before the onset): not recovered,
-    # but still half-way through a run that had trained at its rate all along
-    loss[190:] = 1.4 + 1.2 * np.exp(-(steps[190:] - 190) / 15)
+    # and without the way back (it stays near where it jumped to): not recovered, but still
+    # half-way through a run that had trained at its rate all along
+    loss[190:] = 2.4 + 0.2 * np.exp(-(steps[190:] - 190) / 15)
     hist = {"train/loss": (steps, loss), "lr": (steps, np.full(300, 3e-4))}
+    found = detect(hist, {"status": "FINISHED"}, "")
+    assert [f.context for f in found if f.kind == "divergence"] == [("late",)]
+    # learning its way down most of the jump (to 1.4 from 2.6, its level 0.95) without getting
+    # back: the data set it back in one step, a spike it works off, not a rise that stayed up
+    loss[190:] = 1.4 + 1.2 * np.exp(-(steps[190:] - 190) / 15)
+    found = detect(hist, {"status": "FINISHED"}, "")
+    (spike,) = [f for f in found if f.kind == "loss_spike"]
+    assert "divergence" not in {f.kind for f in found}
+    assert spike.context == ("late", "setback") and "fell back to" in spike.evidence
+    assert diagnose(found, {}, "", SC.playbook, aliases=SC.metrics)[0].cause == "bad_data"
+    # a rise that climbed for a while before its top is no one-step setback: a divergence
+    loss[150:190] = np.linspace(2.0, 4.0, 40)
     found = detect(hist, {"status": "FINISHED"}, "")
     assert [f.context for f in found if f.kind == "divergence"] == [("late",)]
 
@@ -1719,6 +1731,26 @@ def test_an_adaptive_rate_far_too_high_lands_the_first_step_on_a_plateau():
     found = detect(hist, {"status": "FINISHED", "params": {**params, "learning_rate": "1.0"}}, "")
     assert [f.kind for f in found] == ["plateau"]
     d, _ = diagnose(found, {**params, "learning_rate": "1.0"}, "", SC.playbook, aliases=SC.metrics)
+    assert d.cause == "lr_too_high"
+
+
+def test_a_rate_far_too_high_of_an_unknown_optimizer_lands_the_first_step_on_a_plateau():
+    """PyTorch Tabular at learning_rate 5.0 (typed for 5e-3), its optimizer not logged: the
+    loss is 1.22 at the first log and 0.64-0.75 (the constant prediction's) from then on.  At
+    a sane rate that first point is a lesson learned at once; at 5 it is where the thrown
+    weights landed.  (At 1.0 nothing says so: healthy runs train at 1.)"""
+    rng = np.random.default_rng(5)
+    steps = np.arange(10, 1510, 10)
+    loss = 0.69 + 0.025 * rng.standard_normal(len(steps))
+    loss[0] = 1.22
+    hist = {"train_loss": (steps, loss)}
+    assert kinds(hist, params={"learning_rate": "0.005"}) == set()
+    assert kinds(hist, params={"learning_rate": "1.0"}) == set()
+    found = detect(hist, {"status": "FINISHED", "params": {"learning_rate": "5.0"}}, "")
+    (plateau,) = found
+    assert plateau.kind == "plateau" and plateau.context == ("thrown",)
+    assert "configured rate of 5" in plateau.evidence
+    d, _ = diagnose(found, {"learning_rate": "5.0"}, "", SC.playbook, aliases=SC.metrics)
     assert d.cause == "lr_too_high"
 
 

@@ -460,7 +460,10 @@ def _plateau(
     # the first point far above the rest is where they landed, not a lesson.
     rest = x[1 : h + 1]
     first_drop = float(x[0]) - _median(rest) if len(rest) >= 3 else 0.0
-    thrown = adaptive_lr is not None and adaptive_lr >= th.get("adaptive_lr_high", np.inf)
+    # (nor at a configured rate of ``lr_throw`` or more, whatever the optimizer: a run at
+    # such a rate that did learn goes on gaining, as SGD at 20 with a clip trains an LSTM)
+    huge = lr is not None and lr >= th.get("lr_throw", np.inf)
+    thrown = huge or (adaptive_lr is not None and adaptive_lr >= th.get("adaptive_lr_high", np.inf))
     collapsed = _grad_collapsed(grad_norm, th)
     if not thrown and first_drop >= max(
         th.get("early_drop", 0.2) * abs(float(x[0])),
@@ -525,6 +528,11 @@ def _plateau(
         # too small barely moves the weights, so their gradient keeps its size.
         context = (*context, "thrown")
         evidence += f"; {collapsed}"
+    elif not after and huge:
+        # Stuck from its first points at a rate that size: the first updates threw the model
+        # to where it stays (a constant prediction), not a rate too small to move it.
+        context = (*context, "thrown")
+        evidence += f"; at a configured rate of {_fmt(lr)}"  # type: ignore[arg-type]
     lr_not_low = lr is not None and lr >= th.get("lr_not_low", np.inf)
     if (
         not after
@@ -1128,7 +1136,7 @@ def _divergence_of_run(run: RunView, th: dict[str, Any]) -> Finding | None:
     lr = run["lr"]
     if _warmup_transient(f, loss, ev, lr, th, adaptive_lr=as_float(run.param("adaptive_lr"))):
         return None
-    f = _late(_recovered(f, loss, lr, th), loss, lr, th)
+    f = _set_back(_late(_recovered(f, loss, lr, th), loss, lr, th), loss, th)
     return f if lr is None else _lr_decayed(f, lr, th.get("lr_decayed", 0.8))
 
 
@@ -1270,6 +1278,34 @@ def _late(f: Finding, loss: Series, lr: Series | None, th: dict[str, Any]) -> Fi
         update={
             "context": (*f.context, "late"),
             "evidence": f"{f.evidence}; {100 * share:.0f}% of the way through the run",
+        }
+    )
+
+
+def _set_back(f: Finding, loss: Series, th: dict[str, Any]) -> Finding:
+    """Mark a ``late`` rise that came in one jump and that the run then learned its way down
+    from, at its own rate: its highest point after the onset is among the first three, and its
+    last tenth ends within ``setback_share`` of the jump (from its level before the onset to
+    the level it jumped to, the median of its first five points after) above that level.
+    Data that changed late (a shard with shifted labels joining the batches) sets a model back
+    in one step and it re-learns from there; a rate that throws it climbs, or stays up.
+    ``consolidate`` reports such a rise as the spike it was."""
+    if "late" not in f.context or "recovered" in f.context:
+        return f
+    y, i = loss.values, int(np.searchsorted(loss.steps, f.step))
+    before, after = y[:i][np.isfinite(y[:i])], y[i:]
+    n = max(3, len(y) // 10)
+    if len(before) < 5 or len(after) <= 2 * n or not np.isfinite(after).all():
+        return f
+    level, jumped, end = _median(before[-5:]), _median(after[:5]), _median(y[-n:])
+    if int(np.argmax(after)) >= 3 or not jumped > level:
+        return f
+    if end > level + th.get("setback_share", 0.75) * (jumped - level):
+        return f
+    return f.model_copy(
+        update={
+            "context": (*f.context, "setback"),
+            "evidence": f"{f.evidence.replace(' and stayed up', '')}; it then fell back to {_fmt(end)} at the end ({100 * (end - level) / (jumped - level):.0f}% of its jump from {_fmt(level)} to {_fmt(jumped)}): a setback it learned its way down from",
         }
     )
 
