@@ -56,6 +56,162 @@ def test_a_memorised_loss_wiggling_near_zero_is_not_a_spike():
     assert "loss_spike" in kinds({"train_loss_epoch": loss})
 
 
+def test_a_hinge_loss_that_touches_zero_scatters_by_factors_and_bad_batches_still_spike():
+    """A triplet margin loss averaged over a batch's triplets is exactly 0 on a batch that
+    meets every margin and 1e-5-1e-3 on most others once trained: a batch at 2e-3 is 20x the
+    median, yet such a loss scatters by factors (on a log scale it sits at its smallest
+    positive value when 0; without one, every such batch was a spike).  Three batches that
+    give back most of the starting level are spikes."""
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        n = 360
+        loss = np.exp(np.log(1e-4) + rng.standard_normal(n)).clip(max=0.002)
+        loss[:20] = np.linspace(0.04, 0.002, 20)
+        loss[rng.choice(np.arange(100, n), 25, replace=False)] = 0.0  # every margin met
+        assert "loss_spike" not in kinds({"loss_histories/total_loss": loss}), seed
+        loss[300:303] = 0.03
+        assert "loss_spike" in kinds({"loss_histories/total_loss": loss}), seed
+
+
+def test_an_early_throw_the_run_learns_its_way_out_of_at_its_logged_rate_is_no_spike():
+    """solo-learn's online linear classifier (SGD at 0.3, cosine-annealed) over SimSiam
+    features that shift fast in the first epochs: its loss goes 2.05 -> 4.2 by epoch 5, then
+    learns its way down to 0.95, its validation loss from 1.33 to 0.37, at a rate still 0.6x
+    the one it rose at when it got back.  Not a throw.  With no rate logged, or a rate cut
+    tenfold before it came back, the schedule may have saved it: a spike of the rate."""
+    ep = np.arange(21, 681, 22)
+    loss = np.concatenate(
+        [[2.05, 2.47, 3.13, 3.51, 4.2, 3.87, 3.46, 3.42, 3.22, 2.6], np.linspace(2.42, 0.95, 20)]
+    )
+    val = np.concatenate([[1.33, 1.64, 0.92, 2.49, 2.96, 1.58], np.linspace(1.1, 0.37, 24)])
+    lr = 0.3 * (1 + np.cos(np.pi * ep / 700)) / 2
+    hist = {"train_class_loss_epoch": (ep, loss), "val_loss": (ep, val)}
+    assert not kinds({**hist, "lr-SGD/pg2": (ep, lr)})
+    assert kinds(hist) == {"loss_spike"}
+    cut = np.where(ep < 200, 0.3, 0.03)
+    assert kinds({**hist, "lr-SGD/pg2": (ep, cut)}) & {"loss_spike", "divergence"}
+
+
+def test_a_fresh_meters_first_batch_at_an_epochs_start_is_no_spike():
+    """torchvision's reference script logs its MetricLogger's smoothed loss every 5 steps and
+    at each epoch's end; at an epoch's start the meter holds one batch, so that point is a
+    single batch's loss: 0.18 at step 270 beside a smoothed 0.045 (a healthy run, ExponentialLR
+    0.8).  4x its level, but 4 % of the 2.36 the run started from; a bad batch gives back far
+    more of what the run learned."""
+    loss = [
+        2.3,
+        2.3,
+        2.36,
+        2.36,
+        2.35,
+        2.33,
+        2.31,
+        2.31,
+        2.31,
+        2.31,
+        2.29,
+        2.26,
+        2.23,
+        1.99,
+        1.97,
+        1.66,
+        1.29,
+        1.14,
+        0.911,
+        0.767,
+        0.499,
+        0.403,
+        0.432,
+        0.403,
+        0.372,
+        0.372,
+        0.328,
+        0.328,
+        0.301,
+        0.285,
+        0.265,
+        0.155,
+        0.173,
+        0.16,
+        0.16,
+        0.162,
+        0.16,
+        0.162,
+        0.18,
+        0.161,
+        0.165,
+        0.163,
+        0.144,
+        0.131,
+        0.122,
+        0.0805,
+        0.0897,
+        0.0862,
+        0.0917,
+        0.0917,
+        0.084,
+        0.0833,
+        0.084,
+        0.0833,
+        0.0757,
+        0.0757,
+        0.061,
+        0.061,
+        0.0565,
+        0.045,
+        0.18,
+        0.0764,
+        0.0581,
+        0.0599,
+        0.0599,
+        0.0581,
+        0.0623,
+        0.0387,
+        0.032,
+        0.0274,
+        0.0337,
+        0.0337,
+        0.0337,
+        0.0332,
+        0.0513,
+        0.0513,
+        0.0657,
+        0.0398,
+        0.0318,
+        0.0357,
+        0.0274,
+        0.0274,
+        0.0274,
+        0.0261,
+        0.0261,
+        0.0244,
+        0.0301,
+        0.0382,
+        0.0353,
+        0.0267,
+        0.0601,
+        0.0168,
+        0.0168,
+        0.0235,
+        0.0235,
+        0.0245,
+        0.0326,
+        0.0245,
+        0.025,
+        0.0255,
+    ]
+    steps = np.sort(np.concatenate([np.arange(0, 450, 5), np.arange(44, 450, 45)]))
+    loss = np.array(loss)
+    assert len(steps) == len(loss) and steps[60] == 270
+    assert "loss_spike" not in kinds({"loss": (steps, loss)})
+    # (what the floor of 1 % of the start let through)
+    floor = {**SC.detectors, "loss_spike": {**SC.detectors["loss_spike"], "min_rise": 0.01}}
+    found = detect({"loss": (steps, loss)}, {"status": "FINISHED"}, "", floor)
+    assert [(f.kind, f.step) for f in found] == [("loss_spike", 270)]
+    loss[60] = 0.6  # a batch that gives back a fifth of the start
+    assert "loss_spike" in kinds({"loss": (steps, loss)})
+
+
 def test_an_easy_stretch_of_data_is_no_divergence_when_the_eval_held_its_level():
     """A language model's smoothed train loss dips on an easy shard (2.3 -> 1.46) and comes
     back to where it was; its validation bits per byte (another scale than the train loss's
@@ -458,6 +614,7 @@ def test_throughput_and_moe_balance_aliases():
         "train_inner/wps": "throughput",
         "time": "step_time",  # MMEngine: seconds per iteration
         "epoch_time_s": "step_time",  # an epoch's time where nothing finer is logged
+        "time_per_epoch": "step_time",  # AutoGluon's NN epoch lines
         "train/reward": "reward",  # Tianshou: the training episodes' mean return
         "test/reward": "eval_reward",  # … and the test episodes'
         "Environment/Cumulative Reward": "reward",  # Unity ML-Agents
@@ -498,6 +655,15 @@ def test_loss_names_with_any_separator_are_read_and_lookalikes_are_not():
     assert got["train_loss"] == "training batch_loss" and got["eval_loss"] == "validation loss"
     got = roles("loss scale", "val accuracy loss-free", "test perplexity loss")
     assert "train_loss" not in got and "eval_loss" not in got
+    # pytorch-metric-learning: the record keeper's summed loss, not a statistic the loss
+    # function keeps under its class name (a distance, which grows as the embedding learns)
+    got = roles(
+        "TripletMarginLoss/neg_pair_dist",
+        "TripletMarginLoss/num_triplets",
+        "loss_histories/metric_loss",
+        "loss_histories/total_loss",
+    )
+    assert got["train_loss"] == "loss_histories/total_loss"
     # the exact names still come first where a run logs them
     assert roles("train/loss", "train/loss extra")["train_loss"] == "train/loss"
 
@@ -1808,6 +1974,24 @@ def test_a_schedule_that_ends_the_rate_early_stopped_the_training():
     # ReduceLROnPlateau cut a converged run's rate to 1 % at its middle: no stop, a finish
     cuts = np.where(it < 250, 1e-3, np.where(it < 300, 1e-4, 1e-5))
     assert not kinds({"train/loss": (it, converged), "lr": (it, cuts)})
+
+
+def test_a_step_decay_stepped_per_batch_stopped_the_training_whatever_the_loss_did_before():
+    """pytorch-metric-learning with a StepLR(step_size=5, gamma=0.5) meant per epoch but
+    stepped per iteration: the rate is below 1 % of its peak from iteration 37 of 360.  The
+    per-batch triplet loss had fallen in its first points and scatters by half its level, so
+    whether it was still falling when the rate died is lost in the scatter; a rate dead for
+    nine tenths of the run stopped it all the same (a rate too low, no throw)."""
+    rng = np.random.default_rng(11)
+    it = np.arange(1, 361)
+    loss = 0.014 * np.exp(0.35 * rng.standard_normal(360))
+    loss[:10] = np.linspace(0.047, 0.016, 10)
+    lr = 1e-3 * 0.5 ** (it // 5)
+    found = detect({"loss": (it, loss), "lr": (it, lr)}, {"status": "FINISHED", "params": {}}, "")
+    assert [(f.kind, f.context) for f in found] == [("plateau", ("lr_dead",))]
+    assert diagnose(found, {}, "", SC.playbook, aliases=SC.metrics)[0].cause == "lr_too_low"
+    # the same loss at a constant rate: a run that learned at once, then scatters
+    assert not kinds({"loss": (it, loss), "lr": (it, np.full(360, 1e-3))})
 
 
 def test_a_utilization_that_falls_gradually_and_deep_is_a_slowdown():

@@ -332,11 +332,19 @@ def _loss_spike(
             big &= x - med > th.get("min_rise", 0.0) * start_level
         hit = (z > th.get("z", 6.0)) & big
         raw = (z_spread > th.get("z", 6.0)) & big if recur else np.zeros_like(hit)
-    log_z = np.full(len(x), np.inf)  # (a loss that is not positive has no log scale)
-    if (hit[since:].any() or raw[since:].any()) and (x > 0).all() and th.get("log_z", 0):
+    log_z = np.full(len(x), np.inf)  # (a loss that goes negative has no log scale)
+    positive = x[x > 0]
+    if (
+        (hit[since:].any() or raw[since:].any())
+        and (x >= 0).all()
+        and len(positive)
+        and th.get("log_z", 0)
+    ):
         # A small minibatch loss is noisy by factors, not by amounts (one wrong sample moves
-        # 0.05 to 0.2): the point must stand out on a log scale as well.
-        lx = np.log(x)
+        # 0.05 to 0.2): the point must stand out on a log scale as well.  A hinge loss (a
+        # triplet margin's) is exactly 0 on a batch that meets every margin: on that scale
+        # it sits at its smallest positive value, it scatters by factors all the same.
+        lx = np.log(np.maximum(x, float(positive.min())))
         lmed, lmad = rolling_baseline(lx, window, stride, min_history, lo)
         with np.errstate(invalid="ignore", divide="ignore"):
             log_z = (lx - lmed) / np.maximum(MAD_TO_SIGMA * lmad, 1e-6)
@@ -1352,7 +1360,7 @@ def _windowed(run: RunView, kind: str, role: str, th: dict[str, Any], fn: Any) -
 
 @detector(
     "loss_spike",
-    reads=("train_loss", "adversary_loss", *QUALITY_READS),
+    reads=("train_loss", "eval_loss", "lr", "adversary_loss", *QUALITY_READS),
     stable=True,
     precursor=True,
 )
@@ -1373,7 +1381,19 @@ def _loss_spike_of_run(run: RunView, th: dict[str, Any]) -> Finding | None:
     head = np.sort(np.abs(first))
     level = float(head[-2] if len(head) > 1 else head[-1]) if len(head) else None
     since = run.start("loss_spike", s)
-    early = _thrown_early(s, first, th, since)
+    early, lr = _thrown_early(s, first, th, since), run["lr"]
+    if (
+        early is not None
+        and lr is not None
+        and _warmup_transient(
+            early, s, run["eval_loss"], lr, th, adaptive_lr=as_float(run.param("adaptive_lr"))
+        )
+    ):
+        # Thrown in its first points, then learned its way well below where it began at a
+        # logged rate that held (an online classifier over features that shift fast in their
+        # first epochs): the first moves of the run, not a rate that threw the model.  (Where
+        # no rate is logged, a schedule's decay may have brought it back: a spike still.)
+        early = None
     return (
         early
         or _windowed(run, "loss_spike", "train_loss", th, partial(_loss_spike, start_level=level))
@@ -1651,13 +1671,22 @@ def _schedule_stopped(s: Series, lr: Series, th: dict[str, Any]) -> Finding | No
     if len(after) < th.get("distance_min_points", 5) or not after[0] > 0:
         return None
     # …while the loss was still falling fast: a rate cut because the loss had levelled off
-    # (ReduceLROnPlateau) follows a converged run, it does not stop one.
+    # (ReduceLROnPlateau) follows a converged run, it does not stop one.  (Where the rate was
+    # dead for ``lr_dead_early`` of the run or more, no plateau's cuts got it there that soon:
+    # a schedule stepped per batch instead of per epoch, whatever the loss did before.)
     was = s.values[(s.steps < ls[k]) & np.isfinite(s.values)]
     w = max(2, len(was) // 4)
-    if len(was) < w or not (was[-w] - after[0]) >= th.get("lr_dead_falling", 0.1) * was[-w]:
+    early = (s.steps[-1] - ls[k]) / span >= th.get("lr_dead_early", np.inf)
+    if not early and (
+        len(was) < w or not (was[-w] - after[0]) >= th.get("lr_dead_falling", 0.1) * was[-w]
+    ):
         return None
-    _, tail = _head_tail(after, th)
-    gain = (float(after[0]) - tail) / float(after[0])
+    # (from the level of its first points since, not one batch's loss: a loss of single
+    # batches scatters by half its level)
+    start, tail = _head_tail(after, th) if early else (float(after[0]), _head_tail(after, th)[1])
+    if not start > 0:
+        return None
+    gain = (start - tail) / start
     min_gain = th.get("min_improvement", 0.05)
     if gain >= min_gain:
         return None
@@ -1666,7 +1695,7 @@ def _schedule_stopped(s: Series, lr: Series, th: dict[str, Any]) -> Finding | No
         metric=s.name,
         step=int(ls[k]),
         severity=float(min(1.0, 1 - max(gain, 0) / min_gain)),
-        evidence=f"{lr.name} fell to {_fmt(float(lv[k]))} (≤ {100 * th.get('lr_dead', 0.01):g}% of its peak {_fmt(float(np.max(lv)))}) at step {ls[k]} and stayed there for the last {100 * (s.steps[-1] - ls[k]) / span:.0f}% of the run; {s.name} went from {_fmt(float(after[0]))} to {_fmt(tail)} since ({100 * gain:.1f}% better): the schedule stopped the training",
+        evidence=f"{lr.name} fell to {_fmt(float(lv[k]))} (≤ {100 * th.get('lr_dead', 0.01):g}% of its peak {_fmt(float(np.max(lv)))}) at step {ls[k]} and stayed there for the last {100 * (s.steps[-1] - ls[k]) / span:.0f}% of the run; {s.name} went from {_fmt(start)} to {_fmt(tail)} since ({100 * gain:.1f}% better): the schedule stopped the training",
         context=("lr_dead",),
     )
 
