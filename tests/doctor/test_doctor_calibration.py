@@ -212,6 +212,41 @@ def test_a_fresh_meters_first_batch_at_an_epochs_start_is_no_spike():
     assert "loss_spike" in kinds({"loss": (steps, loss)})
 
 
+def test_a_jump_of_the_train_loss_that_the_eval_did_not_follow_is_a_spike_of_the_batches():
+    """LLaMA-Factory mixing in a second alpaca file whose columns are swapped (the answer read
+    as the prompt): the train loss goes 0.71 -> 2.88 in two logs and works its way down to 0.9
+    while the eval loss on the main tasks holds (0.68 -> 0.76 -> 0.66).  The model did not get
+    worse; the batches did: a spike (bad data), where before nothing was reported."""
+    steps = np.arange(5, 275, 5)
+    loss = np.concatenate(
+        [np.linspace(3.8, 0.71, 23), [1.16, 2.88], 0.88 + 1.6 * np.exp(-np.arange(29) / 6)]
+    )
+    ev = (
+        np.arange(30, 271, 30),
+        np.array([2.33, 1.43, 1.0, 0.677, 0.76, 0.725, 0.68, 0.662, 0.66]),
+    )
+    found = detect({"loss": (steps, loss), "eval_loss": ev}, {"status": "FINISHED"}, "")
+    assert [(f.kind, f.step, f.context) for f in found] == [("loss_spike", 125, ("eval_held",))]
+    assert diagnose(found, {}, "", SC.playbook, aliases=SC.metrics)[0].cause == "bad_data"
+    # where the eval followed it, the model got worse: a divergence
+    ev_up = (ev[0], np.array([2.33, 1.43, 1.0, 0.677, 1.9, 1.5, 1.2, 1.1, 1.05]))
+    assert kinds({"loss": (steps, loss), "eval_loss": ev_up}) == {"divergence"}
+
+
+def test_a_measure_of_progress_too_short_to_judge_leaves_the_loss_to_be_judged():
+    """A DDPM trainer at 1e-7 (typed for 1e-3): the denoising loss sits at the untrained 1.0
+    for 800 steps; its FID was computed at four save points only (12.2 -> 12.1), too few for
+    the FID's own plateau rule (five).  A diffusion model's one loss is no contest: judged
+    instead, a plateau.  Where the loss learned, nothing."""
+    rng = np.random.default_rng(2)
+    steps = np.arange(1, 801)
+    fid = (np.array([200, 400, 600, 800]), np.array([12.19, 12.3, 12.44, 12.07]))
+    flat = 1.0 + 0.03 * rng.standard_normal(800)
+    assert kinds({"loss": (steps, flat), "fid": fid}) == {"plateau"}
+    learned = 0.3 + 0.7 * np.exp(-steps / 60) + 0.03 * rng.standard_normal(800)
+    assert not kinds({"loss": (steps, learned), "fid": fid})
+
+
 def test_an_easy_stretch_of_data_is_no_divergence_when_the_eval_held_its_level():
     """A language model's smoothed train loss dips on an easy shard (2.3 -> 1.46) and comes
     back to where it was; its validation bits per byte (another scale than the train loss's

@@ -315,12 +315,16 @@ def _absorb_divergence(findings: list[Finding], window: int = 50) -> list[Findin
             continue
         first = min(f.step for f in spikes)  # type: ignore[type-var]
         out = _absorb(out, d, spikes, f"with a spike of {d.metric} at step {first}")
-    return [_as_spike(f) if f.kind == "divergence" and "setback" in f.context else f for f in out]
+    return [
+        _as_spike(f) if f.kind == "divergence" and {"setback", "eval_held"} & set(f.context) else f
+        for f in out
+    ]
 
 
 def _as_spike(d: Finding) -> Finding:
-    """A late rise the run learned its way back down from (``setback``) did not stay up: it
-    was a spike of the loss, one that took the run a while to work off.  (Not a throw of an
+    """A late rise the run learned its way back down from (``setback``) did not stay up, and
+    one the eval loss did not follow (``eval_held``) was the batches': either was a spike of
+    the loss, one that took the run a while to work off.  (Not a throw of an
     untrained model, whatever a spike it absorbed said: the run had trained for a long while;
     on a sparse log a late point can still be one of the first few.)"""
     return d.model_copy(

@@ -1139,6 +1139,8 @@ def _divergence_of_run(run: RunView, th: dict[str, Any]) -> Finding | None:
     # With an eval loss, a divergence found earlier may be confirmed only now: judged whole.
     since = run.start("divergence", loss) if ev is None else 0
     f = _divergence(loss, th, since, eval_loss=ev)
+    if f is None and ev is not None:
+        return _batches_worse(loss, th)
     if f is None or f.step is None:
         return f
     lr = run["lr"]
@@ -1146,6 +1148,31 @@ def _divergence_of_run(run: RunView, th: dict[str, Any]) -> Finding | None:
         return None
     f = _set_back(_late(_recovered(f, loss, lr, th), loss, lr, th), loss, th)
     return f if lr is None else _lr_decayed(f, lr, th.get("lr_decayed", 0.8))
+
+
+def _batches_worse(loss: Series, th: dict[str, Any]) -> Finding | None:
+    """A rise of the training loss that the eval loss did not follow (``_divergence`` vetoed
+    it) and that jumped above the level the loss held just before it (the median of its five
+    points before the onset) by the divergence's own bar: the batches the run trained on got
+    worse while the model did not, a stretch of bad data joining them (a dataset read with
+    its columns swapped).  Marked ``eval_held``; ``consolidate`` reports it as a spike.  A
+    loss that dipped on easy data and came back to its level rose only from its dip."""
+    f = _divergence_of_loss(loss, th)
+    if f is None or f.step is None:
+        return None
+    y, i = loss.values, int(np.searchsorted(loss.steps, f.step))
+    before = y[:i][np.isfinite(y[:i])][-5:]
+    if len(before) < 5:
+        return None
+    level, top = _median(before), float(y[i])
+    if not top > max(level * th.get("ratio", 1.5), level + th.get("min_delta", 0.5)):
+        return None
+    return f.model_copy(
+        update={
+            "context": ("eval_held",),
+            "evidence": f"{f.evidence.replace(' and stayed up', '')}, {top / level:.1f}x its level {_fmt(level)} just before, while the eval loss held its level: the training batches got worse, not the model",
+        }
+    )
 
 
 def _warmup_transient(
@@ -1533,7 +1560,10 @@ def plateau(run: RunView, th: dict[str, Any]) -> Finding | None:
         # ep_rew_mean) is as steady as a test return: judged from as few points
         steady = q.per_eval or _AVERAGED.fullmatch(q.series.name) is not None
         f = _quality_plateau(q.series, q.higher, steady, run["train_loss"], th, explore=explore)
-        return _entropy_collapsed(f, run["policy_entropy"], th) if f and q.higher else f
+        if f is not None or run.contest or _judged(q.series, steady, th):
+            return _entropy_collapsed(f, run["policy_entropy"], th) if f and q.higher else f
+        # (a measure too short to judge, four FID snapshots of a diffusion model, says
+        # nothing: its one loss, no contest, is judged instead)
     s = run["train_loss"]
     if s is None:
         return None
@@ -1796,6 +1826,13 @@ def _learned_once_rate_fell(s: Series, lr: Series, th: dict[str, Any]) -> Findin
         evidence=f"{s.name} went from {_fmt(start)} to {_fmt(p_tail)} ({100 * before:.1f}% better) while {lr.name} stood at half its peak {_fmt(peak)} or more (steps {a}-{b}), then to {_fmt(end)} ({100 * since:.1f}% better) once it fell: it learned only when the rate came down",
         context=("thrown",),
     )
+
+
+def _judged(r: Series, per_eval: bool, th: dict[str, Any]) -> bool:
+    """A measure of progress with as many finite points as ``_quality_plateau`` asks for
+    (counted over the whole run)."""
+    n = int(np.isfinite(r.values).sum())
+    return n >= th.get("distance_min_points" if per_eval else "min_points", 12)
 
 
 def _quality_plateau(
