@@ -174,29 +174,26 @@ def _nan_inf(s: Series, th: dict[str, Any], since: int = 0) -> Finding | None:
     )
 
 
-def _divergence(
-    s: Series, th: dict[str, Any], since: int = 0, *, eval_loss: Series | None = None
-) -> Finding | None:
-    """The loss leaves its best value: ``persist`` points above ratio × running min (and
-    min_delta above it), or one point above ``megatron_ratio`` × the running max.
-
-    When the run has an eval loss, it must agree: the model got worse, not just the training
-    batches (corrupted batches raise the training loss while held-out loss stays put)."""
-    f = _divergence_of_loss(s, th, since)
-    if f is None or eval_loss is None or len(eval_loss) < 2 or f.step is None:
-        return f
+def _eval_agrees(f: Finding, s: Series, eval_loss: Series | None, th: dict[str, Any]) -> bool:
+    """Whether a rise ``f`` of the training loss ``s`` (``_divergence_of_loss``: ``persist``
+    points above ratio × running min and min_delta above it, or one point above
+    ``megatron_ratio`` × the running max) is the model's: where the run has an eval loss, it
+    must agree, the model got worse, not just the training batches (corrupted batches raise
+    the training loss while held-out loss stays put)."""
+    if eval_loss is None or len(eval_loss) < 2 or f.step is None:
+        return True
     ev = eval_loss.values
     before = ev[eval_loss.steps <= f.step]
     after = ev[eval_loss.steps > f.step]
     if len(before) == 0 or len(after) == 0:
-        return f  # nothing to compare yet
+        return True  # nothing to compare yet
     best = float(np.nanmin(before)) if np.isfinite(before).any() else np.nan
     worst = float(np.nanmax(np.where(np.isfinite(after), after, np.inf)))
     if not np.isfinite(best) or worst > best * th.get("eval_ratio", 1.3) + 1e-12:
-        return f
+        return True
     last = before[-2:]
     if len(before) > 1 and np.max(last) <= th.get("eval_ratio", 1.3) * np.min(last):
-        return None  # the eval had a level before the rise, and did not leave it
+        return False  # the eval had a level before the rise, and did not leave it
     # The eval's first point may come after the rise began, or the eval had no level yet (a
     # rate far too high: 6e4, then 2.5e3 against a training loss of 14): it agrees as well
     # when it sits where the training loss went, above the bar the training loss crossed.
@@ -204,7 +201,16 @@ def _divergence(
     low = float(train.min()) if len(train) else np.inf
     bar = max(low * th.get("ratio", 1.5), low + th.get("min_delta", 0.5))
     fin = after[np.isfinite(after)]
-    return f if len(fin) and _median(fin) > bar else None
+    return bool(len(fin) and _median(fin) > bar)
+
+
+_STAYED_UP = " and stayed up"  # how _divergence_of_loss's evidence ends
+
+
+def _not_stayed(f: Finding) -> str:
+    """A rise's evidence without its claim that the loss stayed up (it came back, or the
+    batches did it)."""
+    return f.evidence.replace(_STAYED_UP, "")
 
 
 def _divergence_of_loss(s: Series, th: dict[str, Any], since: int = 0) -> Finding | None:
@@ -268,7 +274,7 @@ def _divergence_of_loss(s: Series, th: dict[str, Any], since: int = 0) -> Findin
         metric=s.name,
         step=int(s.steps[lo + k]),
         severity=float(min(1.0, 0.5 + 0.1 * peak / max(abs(best), 1e-12))),
-        evidence=f"{s.name} rose from its best {_fmt(best)} to {_fmt(t[k])} at step {s.steps[lo + k]} (peak {_fmt(peak)}) and stayed up",
+        evidence=f"{s.name} rose from its best {_fmt(best)} to {_fmt(t[k])} at step {s.steps[lo + k]} (peak {_fmt(peak)}){_STAYED_UP}",
     )
 
 
@@ -1138,11 +1144,11 @@ def _divergence_of_run(run: RunView, th: dict[str, Any]) -> Finding | None:
         return None
     # With an eval loss, a divergence found earlier may be confirmed only now: judged whole.
     since = run.start("divergence", loss) if ev is None else 0
-    f = _divergence(loss, th, since, eval_loss=ev)
-    if f is None and ev is not None:
-        return _batches_worse(loss, th)
+    f = _divergence_of_loss(loss, th, since)
     if f is None or f.step is None:
         return f
+    if not _eval_agrees(f, loss, ev, th):
+        return _batches_worse(f, loss, th)
     lr = run["lr"]
     if _warmup_transient(f, loss, ev, lr, th, adaptive_lr=as_float(run.param("adaptive_lr"))):
         return None
@@ -1150,16 +1156,13 @@ def _divergence_of_run(run: RunView, th: dict[str, Any]) -> Finding | None:
     return f if lr is None else _lr_decayed(f, lr, th.get("lr_decayed", 0.8))
 
 
-def _batches_worse(loss: Series, th: dict[str, Any]) -> Finding | None:
-    """A rise of the training loss that the eval loss did not follow (``_divergence`` vetoed
-    it) and that jumped above the level the loss held just before it (the median of its five
+def _batches_worse(f: Finding, loss: Series, th: dict[str, Any]) -> Finding | None:
+    """A rise ``f`` of the training loss that the eval loss did not follow (``_eval_agrees``)
+    and that jumped above the level the loss held just before it (the median of its five
     points before the onset) by the divergence's own bar: the batches the run trained on got
     worse while the model did not, a stretch of bad data joining them (a dataset read with
     its columns swapped).  Marked ``eval_held``; ``consolidate`` reports it as a spike.  A
     loss that dipped on easy data and came back to its level rose only from its dip."""
-    f = _divergence_of_loss(loss, th)
-    if f is None or f.step is None:
-        return None
     y, i = loss.values, int(np.searchsorted(loss.steps, f.step))
     before = y[:i][np.isfinite(y[:i])][-5:]
     if len(before) < 5:
@@ -1170,7 +1173,7 @@ def _batches_worse(loss: Series, th: dict[str, Any]) -> Finding | None:
     return f.model_copy(
         update={
             "context": ("eval_held",),
-            "evidence": f"{f.evidence.replace(' and stayed up', '')}, {top / level:.1f}x its level {_fmt(level)} just before, while the eval loss held its level: the training batches got worse, not the model",
+            "evidence": f"{_not_stayed(f)}, {top / level:.1f}x its level {_fmt(level)} just before, while the eval loss held its level: the training batches got worse, not the model",
         }
     )
 
@@ -1268,7 +1271,7 @@ def _recovered(f: Finding, loss: Series, lr: Series | None, th: dict[str, Any]) 
     return f.model_copy(
         update={
             "context": (*f.context, "recovered"),
-            "evidence": f"{f.evidence.removesuffix(' and stayed up')}, back to {_fmt(y[k])} by step {steps[k]} and ending at {_fmt(_median(y[-n:]))}, at or below its level {_fmt(level)} before the onset",
+            "evidence": f"{_not_stayed(f)}, back to {_fmt(y[k])} by step {steps[k]} and ending at {_fmt(_median(y[-n:]))}, at or below its level {_fmt(level)} before the onset",
         }
     )
 
@@ -1340,7 +1343,7 @@ def _set_back(f: Finding, loss: Series, th: dict[str, Any]) -> Finding:
     return f.model_copy(
         update={
             "context": (*f.context, "setback"),
-            "evidence": f"{f.evidence.replace(' and stayed up', '')}; it then fell back to {_fmt(end)} at the end ({100 * (end - level) / (jumped - level):.0f}% of its jump from {_fmt(level)} to {_fmt(jumped)}): a setback it learned its way down from",
+            "evidence": f"{_not_stayed(f)}; it then fell back to {_fmt(end)} at the end ({100 * (end - level) / (jumped - level):.0f}% of its jump from {_fmt(level)} to {_fmt(jumped)}): a setback it learned its way down from",
         }
     )
 
@@ -1713,7 +1716,8 @@ def _schedule_stopped(s: Series, lr: Series, th: dict[str, Any]) -> Finding | No
         return None
     # (from the level of its first points since, not one batch's loss: a loss of single
     # batches scatters by half its level)
-    start, tail = _head_tail(after, th) if early else (float(after[0]), _head_tail(after, th)[1])
+    head, tail = _head_tail(after, th)
+    start = head if early else float(after[0])
     if not start > 0:
         return None
     gain = (start - tail) / start
@@ -1828,11 +1832,16 @@ def _learned_once_rate_fell(s: Series, lr: Series, th: dict[str, Any]) -> Findin
     )
 
 
+def _quality_min_points(per_eval: bool, th: dict[str, Any]) -> int:
+    """The points a measure of progress needs to be judged: one per evaluation
+    (``distance_min_points``) or a noisy training return's (``min_points``)."""
+    return int(th.get("distance_min_points" if per_eval else "min_points", 12))
+
+
 def _judged(r: Series, per_eval: bool, th: dict[str, Any]) -> bool:
     """A measure of progress with as many finite points as ``_quality_plateau`` asks for
     (counted over the whole run)."""
-    n = int(np.isfinite(r.values).sum())
-    return n >= th.get("distance_min_points" if per_eval else "min_points", 12)
+    return int(np.isfinite(r.values).sum()) >= _quality_min_points(per_eval, th)
 
 
 def _quality_plateau(
@@ -1864,7 +1873,7 @@ def _quality_plateau(
     else:
         learning = np.ones(len(r), dtype=bool)
     x = r.values[learning & np.isfinite(r.values)]
-    if len(x) < th.get("distance_min_points" if per_eval else "min_points", 12):
+    if len(x) < _quality_min_points(per_eval, th):
         return None
     n = len(x)
     head, tail = _head_tail(x, th)

@@ -117,7 +117,7 @@ STRICTER = {
     "stalled": {"factor": 1, "min_seconds": 1},
 }
 _KEY_LINE = re.compile(
-    r"^(?P<pre>\s+(?P<key>[A-Za-z_]+):\s*)(?P<val>-?[0-9][0-9.eE+-]*)(?P<post>.*)$"
+    r"^(?P<pre>\s+(?P<key>[A-Za-z_]+):\s*(?:&\w+\s+)?)(?P<val>-?[0-9][0-9.eE+-]*)(?P<post>.*)$"
 )
 
 
