@@ -191,7 +191,10 @@ def flush():
 with mlflow.start_run() as active:
     run_id, client = active.info.run_id, MlflowClient()
     mlflow.log_params(vars(args))
-    print(f"training {sum(p.numel() for p in model.parameters())} parameters; results {results}", flush=True)
+    print(
+        f"training {sum(p.numel() for p in model.parameters())} parameters; results {results}",
+        flush=True,
+    )
     data = train
     ptr, order = 0, rng.permutation(len(data))
     for step in range(1, args.train_num_steps + 1):
@@ -232,11 +235,15 @@ with mlflow.start_run() as active:
             r = int(math.sqrt(args.num_samples))
             grid = imgs.view(r, r, 8, 8).permute(0, 2, 1, 3).reshape(r * 8, r * 8)
             np.save(os.path.join(results, f"sample-{milestone}.npy"), grid.numpy())
-            torch.save({"step": step, "model": model.state_dict(), "ema": ema.state_dict()},
-                       os.path.join(results, f"model-{milestone}.pt"))
+            torch.save(
+                {"step": step, "model": model.state_dict(), "ema": ema.state_dict()},
+                os.path.join(results, f"model-{milestone}.pt"),
+            )
             score = fid(sample(ema, args.fid_samples).numpy())
             dt = time.time() - t0
             print(f"milestone {milestone}: fid_score: {score:.4f}", flush=True)
             flush()
-            mlflow.log_metrics({"fid": score, "milestone": milestone, "sample_time_s": dt}, step=step)
+            mlflow.log_metrics(
+                {"fid": score, "milestone": milestone, "sample_time_s": dt}, step=step
+            )
     print("training complete", flush=True)

@@ -277,7 +277,9 @@ def hms(s):
 
 with mlflow.start_run():
     mlflow.log_params(vars(args))
-    print(f"[INFO|loader] train examples {len(train_set)}, eval examples {len(val_set)}", flush=True)
+    print(
+        f"[INFO|loader] train examples {len(train_set)}, eval examples {len(val_set)}", flush=True
+    )
     print(f"[INFO|trainer] Total optimization steps = {total_steps}", flush=True)
     it = batches()
     t_start = time.time()

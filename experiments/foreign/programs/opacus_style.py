@@ -45,11 +45,11 @@ import time
 
 import _setup
 import mlflow
-from mlflow.entities import Metric
-from mlflow.tracking import MlflowClient
 import numpy as np
 import torch
 import torch.nn as nn
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
 from sklearn.datasets import load_digits
 from torch.func import functional_call, grad, vmap
 from torch.nn import functional as F
@@ -110,14 +110,17 @@ per_sample_grad = vmap(grad(loss_one), in_dims=(None, 0, 0))
 ORDERS = list(range(2, 65))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def rdp_sampled_gaussian(q, sigma, alpha):
     """log A_alpha for integer alpha (Mironov et al. 2019, Opacus' _compute_log_a_int)."""
     terms = []
     for i in range(alpha + 1):
         log_coef = math.lgamma(alpha + 1) - math.lgamma(i + 1) - math.lgamma(alpha - i + 1)
         terms.append(
-            log_coef + i * math.log(q) + (alpha - i) * math.log(1 - q) + (i * i - i) / (2 * sigma**2)
+            log_coef
+            + i * math.log(q)
+            + (alpha - i) * math.log(1 - q)
+            + (i * i - i) / (2 * sigma**2)
         )
     m = max(terms)
     log_a = m + math.log(sum(math.exp(t - m) for t in terms))
@@ -161,7 +164,10 @@ with mlflow.start_run() as active:
     N = len(Xd)
     sample_rate = args.batch_size / N
     steps_per_epoch = int(1 / sample_rate)
-    print(f"Using sigma={args.noise_multiplier} and C={args.max_grad_norm}, sample_rate={sample_rate:.4f}", flush=True)
+    print(
+        f"Using sigma={args.noise_multiplier} and C={args.max_grad_norm}, sample_rate={sample_rate:.4f}",
+        flush=True,
+    )
     step = 0
     for epoch in range(1, args.epochs + 1):
         if args.extra_shard_epoch and epoch == args.extra_shard_epoch:
@@ -186,7 +192,7 @@ with mlflow.start_run() as active:
             else:
                 gs = {k: torch.zeros((0, *v.shape)) for k, v in params.items()}
                 loss, acc = float("nan"), float("nan")
-            for (k, p) in model.named_parameters():
+            for k, p in model.named_parameters():
                 p.grad_sample = gs[k]
             if args.gns_probe:
                 gns_store.append({k: g.clone() for k, g in gs.items()})
@@ -227,8 +233,12 @@ with mlflow.start_run() as active:
             {"test_loss": tl, "test_acc": ta, "train_loss": float(np.mean(losses))}, step=epoch
         )
         if args.checkpoint_every and epoch % args.checkpoint_every == 0:
-            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "accountant": accountant.history, "epoch": epoch}
+            state = {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "accountant": accountant.history,
+                "epoch": epoch,
+            }
             ckpt = {k: state[k] for k in args.checkpoint_keys.split(",")}
             torch.save(ckpt, os.path.join(ckpt_dir, f"checkpoint_{epoch}.pt"))
             print(f"saved checkpoint_{epoch}.pt", flush=True)
