@@ -2612,3 +2612,22 @@ def test_nan_in_one_go_after_training_is_the_data_unless_something_runs_in_half_
     ):
         d, _ = diagnose(found, params, "", SC.playbook, aliases=SC.metrics)
         assert d is not None and d.cause == want, params
+
+
+def test_a_loss_that_starts_small_diverges_by_a_share_of_its_start():
+    """pytorch-metric-learning's triplet loss starts at 0.053; at lr 1.0 (a typo for 1e-3) it
+    fell to 0.012 by iteration 37, then climbed back to 0.04-0.076 and stayed there: a rise
+    of 0.06, nothing against an absolute bar of 0.5, but more than half its starting level.
+    The healthy twin falls to 1e-5, and a noisy small loss whose batches scatter 2-3x about
+    its falling level is no divergence either."""
+    rng = np.random.default_rng(0)
+    step = np.arange(1, 361)
+    fall = 0.053 * np.exp(-step / 25) + 0.012
+    rise = np.where(step > 45, 0.045 + 0.015 * np.sin(step / 17), 0.0)
+    loss = np.maximum(fall, rise) * (1 + 0.1 * rng.standard_normal(len(step)))
+    found = detect({"loss": (step, loss)}, {"status": "FINISHED", "params": {"lr": "1.0"}}, "")
+    assert "divergence" in [f.kind for f in found]
+    healthy = 0.053 * np.exp(-step / 40) + 1e-5
+    assert not kinds({"loss": (step, healthy * (1 + 0.1 * rng.standard_normal(len(step))))})
+    noisy = (0.05 * np.exp(-step / 60) + 0.01) * rng.lognormal(0.0, 0.5, len(step))
+    assert not kinds({"loss": (step, noisy)})

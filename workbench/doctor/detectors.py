@@ -199,12 +199,25 @@ def _eval_agrees(f: Finding, s: Series, eval_loss: Series | None, th: dict[str, 
     # when it sits where the training loss went, above the bar the training loss crossed.
     train = s.values[(s.steps <= f.step) & np.isfinite(s.values)]
     low = float(train.min()) if len(train) else np.inf
-    bar = max(low * th.get("ratio", 1.5), low + th.get("min_delta", 0.5))
+    bar = max(low * th.get("ratio", 1.5), low + _rise_delta(s.values, th))
     fin = after[np.isfinite(after)]
     return bool(len(fin) and _median(fin) > bar)
 
 
 _STAYED_UP = " and stayed up"  # how _divergence_of_loss's evidence ends
+
+
+def _rise_delta(x: np.ndarray, th: dict[str, Any]) -> float:
+    """How far above its best a loss must rise to diverge: ``min_delta``, or ``min_delta_start``
+    × its starting level (the median of its first three finite points) where that is smaller:
+    a loss that starts at 0.05 cannot rise by 0.5."""
+    delta = th.get("min_delta", 0.5)
+    share = th.get("min_delta_start")
+    fin = x[np.isfinite(x)][:3]
+    if share is None or len(fin) == 0:
+        return delta
+    start = _median(fin)
+    return min(delta, share * start) if start > 0 else delta
 
 
 def _not_stayed(f: Finding) -> str:
@@ -228,7 +241,7 @@ def _divergence_of_loss(s: Series, th: dict[str, Any], since: int = 0) -> Findin
     # before `since` lets a trailing run that started earlier be seen as such.
     lo = min(max(0, since - 1), len(x) - 1)
     t = x[lo:]
-    ratio, delta = th.get("ratio", 1.5), th.get("min_delta", 0.5)
+    ratio, delta = th.get("ratio", 1.5), _rise_delta(x, th)
     mega_ratio = th.get("megatron_ratio", 10.0)
     first_min = x[0] if lo == 0 else float(np.min(x[:lo]))
     first_max = np.inf if lo == 0 else max(float(np.max(x[:lo])), -first_min)
@@ -1168,7 +1181,7 @@ def _batches_worse(f: Finding, loss: Series, th: dict[str, Any]) -> Finding | No
     if len(before) < 5:
         return None
     level, top = _median(before), float(y[i])
-    if not top > max(level * th.get("ratio", 1.5), level + th.get("min_delta", 0.5)):
+    if not top > max(level * th.get("ratio", 1.5), level + _rise_delta(y, th)):
         return None
     return f.model_copy(
         update={
