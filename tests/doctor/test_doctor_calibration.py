@@ -2631,3 +2631,31 @@ def test_a_loss_that_starts_small_diverges_by_a_share_of_its_start():
     assert not kinds({"loss": (step, healthy * (1 + 0.1 * rng.standard_normal(len(step))))})
     noisy = (0.05 * np.exp(-step / 60) + 0.01) * rng.lognormal(0.0, 0.5, len(step))
     assert not kinds({"loss": (step, noisy)})
+
+
+def test_an_eval_error_frozen_to_its_last_digit_means_the_weights_stopped():
+    """DeepChem with decay_rate 0.96 per step (meant per 1,000): the rate is 1e-17 by step
+    1,000, and eval/mean-mae_score_0 stands at 0.5743094682693481 at every evaluation from
+    step 350 to 1650 while train/loss scatters on.  A converged healthy run still moves its
+    eval in the last digits; a logger that rounds to four digits freezes it, and gradients
+    that vanished are vanishing_gradients' to name."""
+    rng = np.random.default_rng(1)
+    step = np.arange(10, 1690, 10)
+    train = 0.35 + 0.64 * rng.random(len(step))
+    train[:3] = [1.21, 0.98, 0.86]  # (fell in its first steps, then scattered 0.35-0.99)
+    ev_steps = np.arange(50, 1700, 50)
+    frozen = 0.5743094682693481 + 0.03 * np.exp(-(ev_steps - 50) / 40.0)
+    frozen[ev_steps >= 350] = 0.5743094682693481
+    metrics = {"train/loss": (step, train), "eval/mean-mae_score_0": (ev_steps, frozen)}
+    found = detect(metrics, {"status": "FINISHED"}, "")
+    assert [(f.kind, f.context) for f in found] == [("plateau", ("frozen",))]
+    assert "for its last 27 evals (from step 350" in found[0].evidence
+    assert diagnose(found, {}, "", SC.playbook, aliases=SC.metrics)[0].cause == "lr_too_low"
+    moving = frozen * (1 + 1e-5 * rng.standard_normal(len(ev_steps)))
+    assert not kinds({"train/loss": (step, train), "eval/mean-mae_score_0": (ev_steps, moving)})
+    rounded = np.round(moving, 3)
+    assert not kinds({"train/loss": (step, train), "eval/mean-mae_score_0": (ev_steps, rounded)})
+    grads = np.where(step >= 350, 0.0, 0.5)
+    assert "frozen" not in str(
+        detect({**metrics, "grad_norm": (step, grads)}, {"status": "FINISHED"}, "")
+    )

@@ -1604,7 +1604,51 @@ def plateau(run: RunView, th: dict[str, Any]) -> Finding | None:
     if f is None and run["eval_loss"] is None and run["eval_score"] is not None:
         # No eval loss: the held-out score is the measure of what the run learned
         f = _score_plateau(run["eval_score"], s, th)
+    if f is None and run["eval_loss"] is not None:
+        f = _eval_frozen(run["eval_loss"], s, th, grad_norm=run["grad_norm"])
     return f
+
+
+def _eval_frozen(
+    ev: Series, loss: Series, th: dict[str, Any], *, grad_norm: Series | None = None
+) -> Finding | None:
+    """An eval loss that stopped moving: its last ``frozen_evals`` evals or more the very same
+    number (within ``frozen_tol`` of it), from ``frozen_share`` of the way through the run on,
+    while the run kept training.  A model still updated moves a continuous held-out error in
+    its last digits at every eval, however converged; one whose rate decayed to nothing (a
+    decay typed per step, meant per thousand) leaves it exactly where it stopped.  Not where
+    the logged gradients vanished over that stretch (below a thousandth of their first
+    points'): ``vanishing_gradients`` names that cause."""
+    fin = np.isfinite(ev.values)
+    x, steps = ev.values[fin], ev.steps[fin]
+    n = int(th.get("frozen_evals", 5))
+    if len(x) < n + 1 or all(float(f"{v:.5g}") == v for v in x):
+        return None  # (a logger that rounds its evals, 0.5743, freezes a converged run's too)
+    last = x[-1]
+    same = np.abs(x - last) <= th.get("frozen_tol", 1e-6) * max(abs(float(last)), 1e-12)
+    k = len(x) - (int(np.flatnonzero(~same)[-1]) + 1 if (~same).any() else 0)
+    if k < n or k == len(x):
+        return None  # (never moved at all: eval_still's, with the loss's own judgement)
+    t = loss.steps[np.isfinite(loss.values)]
+    if len(t) < 2 or t[-1] <= t[0]:
+        return None
+    start = int(steps[len(x) - k])
+    share = (float(t[-1]) - start) / (float(t[-1]) - float(t[0]))
+    if share < th.get("frozen_share", 0.4):
+        return None
+    if grad_norm is not None:
+        g = grad_norm.values[np.isfinite(grad_norm.values)]
+        late = g[grad_norm.steps[np.isfinite(grad_norm.values)] >= start]
+        if len(g) >= 3 and len(late) and _median(late) <= 1e-3 * _median(g[:3]):
+            return None
+    return Finding(
+        kind="plateau",
+        metric=ev.name,
+        step=start,
+        severity=float(min(1.0, share)),
+        evidence=f"{ev.name} stood at exactly {_fmt(float(last))} for its last {k} evals (from step {start}, {100 * share:.0f}% of the run) while {loss.name} went on logging: the weights stopped moving",
+        context=("frozen",),
+    )
 
 
 def _entropy_collapsed(f: Finding, ent: Series | None, th: dict[str, Any]) -> Finding:
