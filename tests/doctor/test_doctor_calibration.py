@@ -2659,3 +2659,41 @@ def test_an_eval_error_frozen_to_its_last_digit_means_the_weights_stopped():
     assert "frozen" not in str(
         detect({**metrics, "grad_norm": (step, grads)}, {"status": "FINISHED"}, "")
     )
+
+
+def test_a_loss_against_an_ema_teacher_is_no_measure_of_progress():
+    """DINO's loss is the student's cross-entropy against its own momentum teacher: it climbs
+    from 2.8 to 5.6 while the teacher's temperature warms up and falls to 3 as it settles,
+    never back below its start.  With a momentum teacher in the params that is the target
+    moving, not a divergence; without one the same curve is judged.  A NaN is still a NaN."""
+    it = np.arange(1, 631)
+    loss = np.where(it <= 27, 2.8 + 2.8 * np.clip((it - 6) / 21, 0, 1), 5.6 - 2.6 * (it - 27) / 603)
+    loss = loss * (1 + 0.03 * np.random.default_rng(2).standard_normal(len(it)))
+    params = {"momentum_teacher": "0.996", "teacher_temp": "0.04", "lr": "0.0005"}
+    assert "divergence" in kinds({"loss": (it, loss)})
+    assert not kinds({"loss": (it, loss)}, params=params)
+    broken = loss.copy()
+    broken[300:] = np.nan
+    assert kinds({"loss": (it, broken)}, params=params) == {"nan_inf"}
+
+
+def test_a_world_model_is_judged_by_its_reconstruction_not_its_actor():
+    """A DreamerV3-style agent logs train/loss/{actor,critic,dyn,obs,rep,rew,con}: its actor's
+    loss (minus the imagined return) climbs as returns are learned; the reconstruction term
+    is the world model's fit to what it sees.  A multinomial sampling a NaN probability stops
+    the run on a non-finite value."""
+    step = np.arange(600, 3200, 200)
+    actor = np.array(
+        [0.06, -0.01, -0.008, 0.09, 0.15, 0.17, 0.16, 0.17, 0.15, 0.16, 0.17, 0.16, 0.17]
+    )
+    obs = 2.3 * np.exp(-(step - 600) / 1500) + 0.9
+    found = detect(
+        {"train/loss/actor": (step, actor), "train/loss/obs": (step, obs)},
+        {"status": "FINISHED"},
+        "",
+    )
+    assert found == []
+    assert kinds({"train/loss/actor": (step, actor)})  # (alone, the actor is judged)
+    log = "Traceback (most recent call last):\nRuntimeError: probability tensor contains either `inf`, `nan` or element < 0\n"
+    found = detect({"train/loss/obs": (step, obs)}, {"status": "FAILED"}, log)
+    assert {f.kind for f in found} == {"crash", "nan_inf"}

@@ -1153,7 +1153,7 @@ def _beside_quality(run: RunView, kind: str, on_quality: Any, own: Any, th: dict
 
 def _divergence_of_run(run: RunView, th: dict[str, Any]) -> Finding | None:
     loss, ev = run["train_loss"], run["eval_loss"]
-    if loss is None:
+    if loss is None or run.moving_target:
         return None
     # With an eval loss, a divergence found earlier may be confirmed only now: judged whole.
     since = run.start("divergence", loss) if ev is None else 0
@@ -1414,7 +1414,7 @@ def loss_spike(run: RunView, th: dict[str, Any]) -> Finding | None:
 
 def _loss_spike_of_run(run: RunView, th: dict[str, Any]) -> Finding | None:
     s = run["train_loss"]
-    if s is None:
+    if s is None or run.moving_target:
         return None
     # The starting level: the second highest of the first `min_history` points of the whole
     # series (a loss can fall by orders of magnitude within them, and one point makes no level:
@@ -1581,7 +1581,7 @@ def plateau(run: RunView, th: dict[str, Any]) -> Finding | None:
         # (a measure too short to judge, four FID snapshots of a diffusion model, says
         # nothing: its one loss, no contest, is judged instead)
     s = run["train_loss"]
-    if s is None:
+    if s is None or run.moving_target:
         return None
     lr = run["lr"]
     logged = lr.values[np.isfinite(lr.values)] if lr is not None else np.array([])

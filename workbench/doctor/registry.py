@@ -83,6 +83,15 @@ class RunView:
         return q.series is not self.series.get("sample_distance") or "adversary_loss" in self.series
 
     @property
+    def moving_target(self) -> bool:
+        """The training loss measures the student against an EMA teacher (DINO, BYOL: a
+        momentum teacher logged in the params): a target that moves with the model, whose loss
+        rises while the teacher sharpens and falls as it settles, no fit to data.  Its
+        divergence, spikes and plateau say nothing of progress (a k-NN probe does, where
+        logged); a non-finite value still does."""
+        return self.param("ema_teacher") is not None
+
+    @property
     def clipped(self) -> bool:
         """Gradient clipping on: a logged, non-zero, finite clip setting."""
         clip = self.param("grad_clip")
