@@ -231,6 +231,11 @@ def test_a_jump_of_the_train_loss_that_the_eval_did_not_follow_is_a_spike_of_the
     # where the eval followed it, the model got worse: a divergence
     ev_up = (ev[0], np.array([2.33, 1.43, 1.0, 0.677, 1.9, 1.5, 1.2, 1.1, 1.05]))
     assert kinds({"loss": (steps, loss), "eval_loss": ev_up}) == {"divergence"}
+    # a jump no higher than the loss reached a few logs before is its batches' own scatter
+    # (SchNetPack's energy MSE: 1,276 at step 110, 549 at 170 against a level of 298)
+    scatter = loss.copy()
+    scatter[16] = 3.0
+    assert not kinds({"loss": (steps, scatter), "eval_loss": ev})
 
 
 def test_a_measure_of_progress_too_short_to_judge_leaves_the_loss_to_be_judged():
@@ -2697,3 +2702,42 @@ def test_a_world_model_is_judged_by_its_reconstruction_not_its_actor():
     log = "Traceback (most recent call last):\nRuntimeError: probability tensor contains either `inf`, `nan` or element < 0\n"
     found = detect({"train/loss/obs": (step, obs)}, {"status": "FAILED"}, log)
     assert {f.kind for f in found} == {"crash", "nan_inf"}
+
+
+def test_a_loss_that_crosses_zero_has_no_scale_in_its_start():
+    """BYOL's symmetrised negative cosine similarity starts at 0.097 and learns to -0.64; a
+    rise of 0.054 later on (-0.64 -> -0.587, back to -0.61) is its batches' noise, not half
+    its starting level: the share-of-start bar holds only for a loss that stays positive."""
+    rng = np.random.default_rng(5)
+    step = np.arange(1, 441)
+    loss = -0.6 + 0.7 * np.exp(-step / 8) + 0.012 * rng.standard_normal(len(step))
+    loss[290:300] += 0.05
+    assert not kinds({"train_loss_ssl": (step, loss)})
+
+
+def test_a_policy_optimised_on_rewards_is_judged_by_its_reward():
+    """TRL's GRPOTrainer: the loss is the KL penalty's share, 1e-4 at the start and 0.07 as
+    the policy leaves its reference; the mean reward of the completions rises 0.17 -> 1.0.
+    The reward is the measure of progress; a reward that never moves is a plateau."""
+    step = np.arange(5, 305, 5)
+    loss = 1e-4 + 0.07 * (1 - np.exp(-step / 80))
+    reward = 0.17 + 0.85 * (1 - np.exp(-step / 70))
+    assert "divergence" in kinds({"loss": (step, loss)})
+    assert not kinds({"loss": (step, loss), "reward": (step, reward)})
+    flat = 0.17 + 0.01 * np.sin(step)
+    assert kinds({"loss": (step, loss), "reward": (step, flat)}) == {"plateau"}
+
+
+def test_a_stop_on_a_nan_probability_after_training_points_at_the_data():
+    """A NaN target joins the prompts at step 150 of 300: the rewards turn NaN, the update
+    writes NaN into the policy, and torch.multinomial stops the run.  Nothing logged was
+    non-finite and nothing climbed: the stop after the run had trained is the data's (before
+    it had trained, a rate that throws the first steps is as likely)."""
+    step = np.arange(5, 155, 5)
+    loss = 0.5 * np.exp(-step / 40) + 0.1
+    log = "Traceback (most recent call last):\nRuntimeError: probability tensor contains either `inf`, `nan` or element < 0\n"
+    found = detect({"loss": (step, loss)}, {"status": "FAILED"}, log)
+    nan = [f for f in found if f.kind == "nan_inf"]
+    assert len(nan) == 1 and nan[0].context == ("after_training",)
+    d, _ = diagnose(found, {}, log, SC.playbook, aliases=SC.metrics, status="FAILED")
+    assert d.cause == "bad_data"

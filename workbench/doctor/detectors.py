@@ -209,15 +209,16 @@ _STAYED_UP = " and stayed up"  # how _divergence_of_loss's evidence ends
 
 def _rise_delta(x: np.ndarray, th: dict[str, Any]) -> float:
     """How far above its best a loss must rise to diverge: ``min_delta``, or ``min_delta_start``
-    × its starting level (the median of its first three finite points) where that is smaller:
-    a loss that starts at 0.05 cannot rise by 0.5."""
+    × its starting level (the median of its first three finite points) where that is smaller
+    and the loss never went below zero: a loss that starts at 0.05 cannot rise by 0.5, but
+    one that crosses zero as it learns (a negative cosine similarity) has no scale in its
+    start."""
     delta = th.get("min_delta", 0.5)
     share = th.get("min_delta_start")
-    fin = x[np.isfinite(x)][:3]
-    if share is None or len(fin) == 0:
+    fin = x[np.isfinite(x)]
+    if share is None or len(fin) == 0 or not float(np.min(fin)) > 0:
         return delta
-    start = _median(fin)
-    return min(delta, share * start) if start > 0 else delta
+    return min(delta, share * _median(fin[:3]))
 
 
 def _not_stayed(f: Finding) -> str:
@@ -1174,7 +1175,7 @@ def _batches_worse(f: Finding, loss: Series, th: dict[str, Any]) -> Finding | No
     and that jumped above the level the loss held just before it (the median of its five
     points before the onset) by the divergence's own bar: the batches the run trained on got
     worse while the model did not, a stretch of bad data joining them (a dataset read with
-    its columns swapped).  Marked ``eval_held``; ``consolidate`` reports it as a spike.  A
+    its columns swapped), and to a new high over its ``held_range`` points before.  Marked ``eval_held``; ``consolidate`` reports it as a spike.  A
     loss that dipped on easy data and came back to its level rose only from its dip."""
     y, i = loss.values, int(np.searchsorted(loss.steps, f.step))
     before = y[:i][np.isfinite(y[:i])][-5:]
@@ -1182,6 +1183,12 @@ def _batches_worse(f: Finding, loss: Series, th: dict[str, Any]) -> Finding | No
         return None
     level, top = _median(before), float(y[i])
     if not top > max(level * th.get("ratio", 1.5), level + _rise_delta(y, th)):
+        return None
+    # and above every point of the stretch before it: a heavy-tailed batch loss (an energy
+    # MSE whose batches scatter 3x) reaches such a jump every few dozen steps
+    recent = y[max(0, i - int(th.get("held_range", 16))) : i]
+    recent = recent[np.isfinite(recent)]
+    if len(recent) and top <= float(np.max(recent)):
         return None
     return f.model_copy(
         update={
@@ -2437,7 +2444,8 @@ def stopped_on_nonfinite(
 ) -> Finding | None:
     """A run its framework stopped because the loss went non-finite (Detectron2's
     "FloatingPointError: Loss became infinite or NaN", autograd's "returned nan values"): the
-    NaN happened though no NaN was logged."""
+    NaN happened though no NaN was logged.  After the run had trained (the crash's
+    ``after_training``), so is the NaN: it was fine, then non-finite in one go."""
     err = last_error_line(log_text)
     if not err or not any(re.search(rx, err) for rx in th.get("nonfinite", ())):
         return None
@@ -2447,6 +2455,7 @@ def stopped_on_nonfinite(
         step=crash_finding.step,
         severity=1.0,
         evidence=f"the run stopped on a non-finite value after step {crash_finding.step}: {err}",
+        context=tuple(c for c in crash_finding.context if c == "after_training"),
     )
 
 
