@@ -241,6 +241,14 @@ def test_incremental_polls_equal_a_full_pass(store):
             fid = np.linspace(0.6, 0.2, n // 10)
             fid[25:] = 3.0
             m = {"loss": loss, "FID": fid}
+        elif i == 10:  # a loss that starts at 0.05 rises by half its start, across a poll
+            loss = 0.04 * np.exp(-steps / 30) + 0.012 + 5e-4 * rng.standard_normal(n)
+            loss[198:] += 0.04
+            m = {"train/loss": loss, "grad_norm": gn}
+        elif i == 11:  # a loss that crossed zero: a wobble of 0.05 after a poll is no rise
+            loss = -0.6 + 0.7 * np.exp(-steps / 8) + 0.005 * rng.standard_normal(n)
+            loss[205:215] += 0.05
+            m = {"train/loss": loss, "grad_norm": gn}
         runs[store.log_run({}, status=None, t0_ms=t0)] = m
 
     def log(rid: str, lo: int, hi: int) -> None:
@@ -283,3 +291,4 @@ def test_incremental_polls_equal_a_full_pass(store):
     div = [f for v in inc if v.run_id == ids[8] for f in v.findings if f.kind == "divergence"]
     assert [(f.metric, f.step) for f in div] == [("loss", 215)]  # before the FID saw it
     assert not kinds[ids[9]]
+    assert "divergence" in kinds[ids[10]] and "divergence" not in kinds[ids[11]]

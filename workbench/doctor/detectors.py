@@ -199,7 +199,7 @@ def _eval_agrees(f: Finding, s: Series, eval_loss: Series | None, th: dict[str, 
     # when it sits where the training loss went, above the bar the training loss crossed.
     train = s.values[(s.steps <= f.step) & np.isfinite(s.values)]
     low = float(train.min()) if len(train) else np.inf
-    bar = max(low * th.get("ratio", 1.5), low + _rise_delta(s.values, th))
+    bar = _rise_bar(low, s.values, th)
     fin = after[np.isfinite(after)]
     return bool(len(fin) and _median(fin) > bar)
 
@@ -207,18 +207,23 @@ def _eval_agrees(f: Finding, s: Series, eval_loss: Series | None, th: dict[str, 
 _STAYED_UP = " and stayed up"  # how _divergence_of_loss's evidence ends
 
 
-def _rise_delta(x: np.ndarray, th: dict[str, Any]) -> float:
-    """How far above its best a loss must rise to diverge: ``min_delta``, or ``min_delta_start``
-    × its starting level (the median of its first three finite points) where that is smaller
-    and the loss never went below zero: a loss that starts at 0.05 cannot rise by 0.5, but
-    one that crosses zero as it learns (a negative cosine similarity) has no scale in its
+def _rise_bar(level: float, x: np.ndarray, th: dict[str, Any]) -> float:
+    """The divergence's bar above a loss's ``level`` (its best so far, or its level before a
+    jump): ``ratio`` × it and ``min_delta`` above it, or, where the level is above zero,
+    ``min_delta_start`` × the loss's starting level (the median of the first three finite
+    points of ``x``) above it where that is smaller: a loss that starts at 0.05 cannot rise by
+    0.5; one that crossed zero as it learned (a negative cosine similarity) has no scale in its
     start."""
+    return max(level * th.get("ratio", 1.5), level + _rise_delta(level, x, th))
+
+
+def _rise_delta(level: float | np.ndarray, x: np.ndarray, th: dict[str, Any]) -> Any:
+    """``_rise_bar``'s margin above ``level`` (a number or an array of levels)."""
     delta = th.get("min_delta", 0.5)
     share = th.get("min_delta_start")
-    fin = x[np.isfinite(x)]
-    if share is None or len(fin) == 0 or not float(np.min(fin)) > 0:
-        return delta
-    return min(delta, share * _median(fin[:3]))
+    head = x[:3][np.isfinite(x[:3])]
+    small = min(delta, share * _median(head)) if share is not None and len(head) else delta
+    return np.where(np.asarray(level) > 0, small, delta) if small < delta else delta
 
 
 def _not_stayed(f: Finding) -> str:
@@ -242,7 +247,7 @@ def _divergence_of_loss(s: Series, th: dict[str, Any], since: int = 0) -> Findin
     # before `since` lets a trailing run that started earlier be seen as such.
     lo = min(max(0, since - 1), len(x) - 1)
     t = x[lo:]
-    ratio, delta = th.get("ratio", 1.5), _rise_delta(x, th)
+    ratio = th.get("ratio", 1.5)
     mega_ratio = th.get("megatron_ratio", 10.0)
     first_min = x[0] if lo == 0 else float(np.min(x[:lo]))
     first_max = np.inf if lo == 0 else max(float(np.max(x[:lo])), -first_min)
@@ -256,15 +261,15 @@ def _divergence_of_loss(s: Series, th: dict[str, Any], since: int = 0) -> Findin
         low = min(first_min, float(t.min()))
         high = max(first_max, abs(float(x[lo])))
         top = float(new.max())
-        if top <= max(low * ratio, low + delta) and max(top, -float(new.min())) <= (
-            mega_ratio * high
-        ):
+        # (the margin above a positive level is the smaller one: a floor under every bar)
+        floor = max(low * ratio, low + float(_rise_delta(1.0, x, th)))
+        if top <= floor and max(top, -float(new.min())) <= (mega_ratio * high):
             return None
     run_min = np.minimum.accumulate(t)
     if lo:
         np.minimum(run_min, first_min, out=run_min)
     prev_min = np.concatenate([[first_min], run_min[:-1]])
-    thresh = np.maximum(prev_min * ratio, prev_min + delta)
+    thresh = np.maximum(prev_min * ratio, prev_min + _rise_delta(prev_min, x, th))
     above = t > thresh
     # A rise cut short by the end of the run is not "stayed up" (a bad batch at the very end);
     # cut short by a non-finite value it is (what follows is nan_inf's).
@@ -1175,14 +1180,15 @@ def _batches_worse(f: Finding, loss: Series, th: dict[str, Any]) -> Finding | No
     and that jumped above the level the loss held just before it (the median of its five
     points before the onset) by the divergence's own bar: the batches the run trained on got
     worse while the model did not, a stretch of bad data joining them (a dataset read with
-    its columns swapped), and to a new high over its ``held_range`` points before.  Marked ``eval_held``; ``consolidate`` reports it as a spike.  A
-    loss that dipped on easy data and came back to its level rose only from its dip."""
+    its columns swapped), and to a new high over its ``held_range`` points before.  Marked
+    ``eval_held``; ``consolidate`` reports it as a spike.  A loss that dipped on easy data and
+    came back to its level rose only from its dip."""
     y, i = loss.values, int(np.searchsorted(loss.steps, f.step))
     before = y[:i][np.isfinite(y[:i])][-5:]
     if len(before) < 5:
         return None
     level, top = _median(before), float(y[i])
-    if not top > max(level * th.get("ratio", 1.5), level + _rise_delta(y, th)):
+    if not top > _rise_bar(level, y, th):
         return None
     # and above every point of the stretch before it: a heavy-tailed batch loss (an energy
     # MSE whose batches scatter 3x) reaches such a jump every few dozen steps
