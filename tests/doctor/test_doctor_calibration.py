@@ -2741,3 +2741,34 @@ def test_a_stop_on_a_nan_probability_after_training_points_at_the_data():
     assert len(nan) == 1 and nan[0].context == ("after_training",)
     d, _ = diagnose(found, {}, log, SC.playbook, aliases=SC.metrics, status="FAILED")
     assert d.cause == "bad_data"
+
+
+def test_a_share_of_successful_episodes_says_what_a_dense_return_does_not():
+    """LeRobot behaviour cloning: eval/avg_sum_reward moves 24.4 -> 26.7 (a dense reward the
+    untrained policy already collects most of) while eval/pc_success goes 30 -> 100 %: the
+    share of episodes that reached the goal is what was learned.  At 0 % from the first eval
+    to the last, nothing was."""
+    step = np.arange(20, 1520, 20)
+    loss = 0.25 + 0.27 * np.exp(-step / 150)
+    ev = np.arange(150, 1650, 150)
+    ret = (ev, 26.7 - 2.3 * np.exp(-(ev - 150) / 100))
+    ok = (ev, np.array([30.0, 100, 100, 90, 95, 100, 90, 90, 90, 100]))
+    assert "plateau" in kinds({"loss": (step, loss), "eval/avg_sum_reward": ret})
+    metrics = {"loss": (step, loss), "eval/avg_sum_reward": ret, "eval/pc_success": ok}
+    assert not kinds(metrics)
+    never = (ev, np.zeros(len(ev)))
+    assert kinds({**metrics, "eval/pc_success": never}) == {"plateau"}
+
+
+def test_a_loss_check_that_exits_without_a_traceback_stopped_on_nan():
+    """MAE's main_pretrain.py prints 'Loss is nan, stopping training' and calls sys.exit(1):
+    no traceback, but the log's last line says the run went non-finite."""
+    step = np.arange(0, 10000, 48)
+    loss = 0.45 + 0.2 * np.exp(-step / 1500)
+    log = "epoch 9 done\nLoss is nan, stopping training\n"
+    found = detect({"train_loss": (step, loss)}, {"status": "FAILED"}, log)
+    assert {f.kind for f in found} == {"crash", "nan_inf"}
+    assert not any(
+        f.kind == "nan_inf"
+        for f in detect({"train_loss": (step, loss)}, {"status": "FAILED"}, "epoch 9 done\n")
+    )

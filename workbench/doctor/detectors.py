@@ -1577,12 +1577,20 @@ _AVERAGED = re.compile(r"(?i).*(avg|average|mean).*")
         "lr",
         "grad_norm",
         "policy_entropy",
+        "eval_success",
         *QUALITY_READS,
     ),
     precursor=True,
 )
 def plateau(run: RunView, th: dict[str, Any]) -> Finding | None:
     q = run.quality
+    if q is not None and q.series is run["eval_reward"] and run["eval_success"] is not None:
+        # A test return beside the share of test episodes that succeeded: the share says what
+        # was learned (a dense return moves 24 -> 27 while success goes 30 -> 100 %), judged
+        # as a bounded held-out score; a share at 0 from its first eval to the end gained
+        # nothing.  Judged from the learner's first update on, as the return would be.
+        s = run["train_loss"]
+        return _score_plateau(run["eval_success"], s, th) if s is not None else None
     if q is not None:
         explore = run["reward"] if q.series is run["eval_reward"] else None
         # a training return averaged over many episodes (Sample Factory's avg_reward, SB3's
@@ -2451,8 +2459,13 @@ def stopped_on_nonfinite(
     """A run its framework stopped because the loss went non-finite (Detectron2's
     "FloatingPointError: Loss became infinite or NaN", autograd's "returned nan values"): the
     NaN happened though no NaN was logged.  After the run had trained (the crash's
-    ``after_training``), so is the NaN: it was fine, then non-finite in one go."""
+    ``after_training``), so is the NaN: it was fine, then non-finite in one go.  Without a
+    traceback, the log's last line says it (MAE's main_pretrain.py prints "Loss is nan,
+    stopping training" and exits 1)."""
     err = last_error_line(log_text)
+    if err is None:
+        lines = [ln.strip() for ln in log_text.splitlines() if ln.strip()]
+        err = lines[-1][:200] if lines else None
     if not err or not any(re.search(rx, err) for rx in th.get("nonfinite", ())):
         return None
     return Finding(
