@@ -316,9 +316,14 @@ def _absorb_divergence(findings: list[Finding], window: int = 50) -> list[Findin
         first = min(f.step for f in spikes)  # type: ignore[type-var]
         out = _absorb(out, d, spikes, f"with a spike of {d.metric} at step {first}")
     return [
-        _as_spike(f) if f.kind == "divergence" and {"setback", "eval_held"} & set(f.context) else f
+        _as_spike(f) if f.kind == "divergence" and _SPIKE_CONTEXTS & set(f.context) else f
         for f in out
     ]
+
+
+# A divergence the run learned its way back down from (``setback``) or that the eval loss did
+# not follow (``eval_held``): reported as the spike it was.
+_SPIKE_CONTEXTS = frozenset({"setback", "eval_held"})
 
 
 def _as_spike(d: Finding) -> Finding:

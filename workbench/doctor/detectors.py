@@ -209,21 +209,23 @@ _STAYED_UP = " and stayed up"  # how _divergence_of_loss's evidence ends
 
 def _rise_bar(level: float, x: np.ndarray, th: dict[str, Any]) -> float:
     """The divergence's bar above a loss's ``level`` (its best so far, or its level before a
-    jump): ``ratio`` × it and ``min_delta`` above it, or, where the level is above zero,
-    ``min_delta_start`` × the loss's starting level (the median of the first three finite
-    points of ``x``) above it where that is smaller: a loss that starts at 0.05 cannot rise by
-    0.5; one that crossed zero as it learned (a negative cosine similarity) has no scale in its
-    start."""
-    return max(level * th.get("ratio", 1.5), level + _rise_delta(level, x, th))
+    jump): ``ratio`` × it, and a margin above it (``_rise_margins``)."""
+    above_zero, otherwise = _rise_margins(x, th)
+    return max(level * th.get("ratio", 1.5), level + (above_zero if level > 0 else otherwise))
 
 
-def _rise_delta(level: float | np.ndarray, x: np.ndarray, th: dict[str, Any]) -> Any:
-    """``_rise_bar``'s margin above ``level`` (a number or an array of levels)."""
+def _rise_margins(x: np.ndarray, th: dict[str, Any]) -> tuple[float, float]:
+    """How far above a level a loss must rise, above a positive level and at or below zero:
+    ``min_delta``, or ``min_delta_start`` × the loss's starting level (the median of the first
+    three finite points of ``x``) where that is smaller and the level is above zero.  A loss
+    that starts at 0.05 cannot rise by 0.5; one that crossed zero as it learned (a negative
+    cosine similarity) has no scale in its start."""
     delta = th.get("min_delta", 0.5)
     share = th.get("min_delta_start")
     head = x[:3][np.isfinite(x[:3])]
-    small = min(delta, share * _median(head)) if share is not None and len(head) else delta
-    return np.where(np.asarray(level) > 0, small, delta) if small < delta else delta
+    if share is None or not len(head):
+        return delta, delta
+    return min(delta, share * _median(head)), delta
 
 
 def _not_stayed(f: Finding) -> str:
@@ -248,6 +250,7 @@ def _divergence_of_loss(s: Series, th: dict[str, Any], since: int = 0) -> Findin
     lo = min(max(0, since - 1), len(x) - 1)
     t = x[lo:]
     ratio = th.get("ratio", 1.5)
+    margin_pos, margin = _rise_margins(x, th)
     mega_ratio = th.get("megatron_ratio", 10.0)
     first_min = x[0] if lo == 0 else float(np.min(x[:lo]))
     first_max = np.inf if lo == 0 else max(float(np.max(x[:lo])), -first_min)
@@ -262,14 +265,14 @@ def _divergence_of_loss(s: Series, th: dict[str, Any], since: int = 0) -> Findin
         high = max(first_max, abs(float(x[lo])))
         top = float(new.max())
         # (the margin above a positive level is the smaller one: a floor under every bar)
-        floor = max(low * ratio, low + float(_rise_delta(1.0, x, th)))
+        floor = max(low * ratio, low + margin_pos)
         if top <= floor and max(top, -float(new.min())) <= (mega_ratio * high):
             return None
     run_min = np.minimum.accumulate(t)
     if lo:
         np.minimum(run_min, first_min, out=run_min)
     prev_min = np.concatenate([[first_min], run_min[:-1]])
-    thresh = np.maximum(prev_min * ratio, prev_min + _rise_delta(prev_min, x, th))
+    thresh = np.maximum(prev_min * ratio, prev_min + np.where(prev_min > 0, margin_pos, margin))
     above = t > thresh
     # A rise cut short by the end of the run is not "stayed up" (a bad batch at the very end);
     # cut short by a non-finite value it is (what follows is nan_inf's).
@@ -2464,8 +2467,7 @@ def stopped_on_nonfinite(
     stopping training" and exits 1)."""
     err = last_error_line(log_text)
     if err is None:
-        lines = [ln.strip() for ln in log_text.splitlines() if ln.strip()]
-        err = lines[-1][:200] if lines else None
+        err = log_text.rstrip().rpartition("\n")[2].strip()[:200] or None
     if not err or not any(re.search(rx, err) for rx in th.get("nonfinite", ())):
         return None
     return Finding(
