@@ -13,6 +13,10 @@ sampled:
 - ``<parameter name="P">`` … ``</parameter>``: one of P's ``enum`` values, where the schema has one
   or the caller names the values (e.g. the remedy ids a tool result just listed).
 
+A tool whose required parameter the caller names *no* values for cannot be called validly, so
+it is not on offer: once every listed remedy was tried, ``propose_config_patch`` by id is gone
+(an empty list is information, not the absence of a constraint).
+
 Everywhere else the model's distribution is untouched, and the engine's log-probs stay those of
 the raw model (what RL's importance ratios need).
 """
@@ -46,6 +50,14 @@ def _schemas(tools: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _required(tools: Sequence[dict[str, Any]]) -> dict[str, set[str]]:
+    out = {}
+    for t in tools:
+        fn = t.get("function", t)
+        out[fn["name"]] = set((fn.get("parameters") or {}).get("required") or ())
+    return out
+
+
 # id(tokenizer) -> (tokenizer, pieces): the entry holds the tokenizer, so its id is not reused
 # by another tokenizer (another vocabulary) while the pieces are cached
 _PIECES: dict[int, tuple[Any, tuple[str, ...]]] = {}
@@ -72,7 +84,11 @@ class ToolSchemaConstraint:
     ) -> None:
         self.tokenizer = tokenizer
         self.schemas = _schemas(tools)
-        self.values = {k: [str(v) for v in vs] for k, vs in (values or {}).items() if vs}
+        values = values or {}
+        required = _required(tools)
+        closed = {t for (t, p), vs in values.items() if not vs and p in required.get(t, ())}
+        self.offered = [name for name in self.schemas if name not in closed] or list(self.schemas)
+        self.values = {k: [str(v) for v in vs] for k, vs in values.items() if vs}
         self.pieces = _pieces(tokenizer)
 
     def slot(self, text: str) -> tuple[list[str], str, str] | None:
@@ -81,10 +97,10 @@ class ToolSchemaConstraint:
         if block >= 0:  # a block that has not begun an invoke yet: only one may follow
             head = text[block + len(TOOL_CALL_BEGIN) :]
             if '<invoke name="' not in head and TOOL_CALL_END not in head:
-                return [f'\n<invoke name="{name}' for name in self.schemas], '">', head
+                return [f'\n<invoke name="{name}' for name in self.offered], '">', head
         m = _INVOKE.search(text)
         if m:
-            return list(self.schemas), '">', m.group(1)
+            return list(self.offered), '">', m.group(1)
         m = _PARAM_VALUE.search(text)
         if m:
             enum = self.values.get((m.group(1), m.group(2))) or (

@@ -102,3 +102,27 @@ def test_token_texts_are_never_another_tokenizers():
     for n in range(2, 40):  # a freed tokenizer's id is soon another's
         vocab = _Vocab([f"t{i}" for i in range(n)])
         assert len(_pieces(vocab)) == n
+
+
+def test_a_tool_with_no_allowed_value_for_a_required_parameter_is_off_the_menu():
+    """Measured 2026-12-05: once every listed remedy was tried, the policy still wrote a
+    ``propose_config_patch`` (an unlisted id, then none) and rules took over. An empty list of
+    remedy ids is not "no constraint": the tool cannot be called validly, so it is not offered."""
+    tok = default_tokenizer()
+    tools = [dict(t) for t in TOOLS]
+    tools[2] = {"type": "function", "function": {"name": "propose_config_patch", "parameters": {
+        "properties": {"remedy_id": {"type": "string"}}, "required": ["remedy_id"]}}}  # fmt: skip
+    tools.append({"type": "function", "function": {"name": "give_up", "parameters": {
+        "properties": {"reason": {"type": "string"}}, "required": ["reason"]}}})  # fmt: skip
+    none_left = ToolSchemaConstraint(tok, tools, {("propose_config_patch", "remedy_id"): []})
+    names = none_left.slot('<minimax:tool_call>\n<invoke name="')[0]
+    assert names == ["read_findings", "submit_diagnosis", "give_up"]
+    for seed in range(5):
+        text = _generate(none_left, tok, "<minimax:tool_call>", 60, seed)
+        assert "propose_config_patch" not in text, text
+    # one listed remedy: the tool is on offer, its id is the listed one
+    one = ToolSchemaConstraint(tok, tools, {("propose_config_patch", "remedy_id"): ["raise_lr"]})
+    assert "propose_config_patch" in one.slot('<minimax:tool_call>\n<invoke name="')[0]
+    # an optional parameter with no values closes nothing (it can be left out)
+    optional = ToolSchemaConstraint(tok, tools, {("submit_diagnosis", "summary"): []})
+    assert "submit_diagnosis" in optional.slot('<minimax:tool_call>\n<invoke name="')[0]

@@ -151,7 +151,7 @@ def _quoted(text: str) -> dict:
 def read_findings(ctx: EpisodeContext, _: ReadFindings) -> dict:
     """Compact on purpose (every brain reads it, a small local policy included): findings
     without their repeated fields, the doctor's verdict without its prose explanation, numbers
-    rounded to 3 significant digits, empty fields left out."""
+    rounded to 3 significant digits, empty fields left out (but for ``remedies``)."""
     remedies = [r for r in ctx.doctor.get("remedies", []) if r["id"] not in ctx.tried]
     doctor = ctx.doctor.get("diagnosis") or {}
     out = {
@@ -170,7 +170,10 @@ def read_findings(ctx: EpisodeContext, _: ReadFindings) -> dict:
         "attempts": ctx.attempts,
         "config": ctx.config_rel,
     }
-    return round_numbers({k: v for k, v in out.items() if v not in (None, [], {})})
+    # "remedies" stays even when empty: nothing left to try is what a give-up rests on
+    return round_numbers(
+        {k: v for k, v in out.items() if k == "remedies" or v not in (None, [], {})}
+    )
 
 
 def compact_finding(f: dict) -> dict:
