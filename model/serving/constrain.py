@@ -19,6 +19,12 @@ it is not on offer: once every listed remedy was tried, ``propose_config_patch``
 
 Everywhere else the model's distribution is untouched, and the engine's log-probs stay those of
 the raw model (what RL's importance ratios need).
+
+Masking token by token has one flaw where values share first tokens: the mass of a value not on
+offer flows into an offered one with the same prefix. So where an answer opens with its call
+(the local brain, thinking off), the tool is chosen whole first (``choose_option``: each
+offered name's full log-prob, one cached forward) and only the rest is generated under the
+slots above.
 """
 
 from __future__ import annotations
@@ -81,8 +87,10 @@ class ToolSchemaConstraint:
         tokenizer,
         tools: Sequence[dict[str, Any]],
         values: dict[tuple[str, str], Sequence[str]] | None = None,
+        prefix: str = "",
     ) -> None:
         self.tokenizer = tokenizer
+        self.prefix = prefix  # answer text already chosen (``choose_option``), not generated
         self.schemas = _schemas(tools)
         values = values or {}
         required = _required(tools)
@@ -126,7 +134,7 @@ class ToolSchemaConstraint:
         return ok
 
     def __call__(self, out_ids: list[int], logits: torch.Tensor) -> torch.Tensor:
-        text = self.tokenizer.decode(out_ids, skip_special_tokens=False)
+        text = self.prefix + self.tokenizer.decode(out_ids, skip_special_tokens=False)
         found = self.slot(text)
         if found is None:
             return logits
@@ -138,3 +146,55 @@ class ToolSchemaConstraint:
         index = torch.tensor(ok, device=logits.device)
         masked[index] = logits[index]
         return masked
+
+
+@torch.no_grad()
+def choose_option(
+    model,
+    prompt_ids: list[int],
+    options: Sequence[Sequence[int]],
+    temperature: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> tuple[int, list[int], list[float]]:
+    """One of ``options`` (token ids that continue ``prompt_ids``) by the model's probability of
+    the whole option, as structured-output engines choose among fixed strings. Masking token by
+    token instead lets the mass of a value that is not on offer flow into one that shares its
+    first tokens: with ``propose_config_patch`` closed, a policy that meant it wrote
+    ``propose_co`` and was forced on to ``propose_code_patch`` (measured 2026-12-07: whole
+    options scored -0.6 for the closed tool, -3.5 for ``give_up``, -29.1 for the code patch).
+
+    Greedy at ``temperature`` 0, else sampled from the options' softmax at that temperature.
+    Returns the index, the chosen option's ids and their raw log-probs (what RL records). The
+    options' shared first tokens are run once, then the rest as one batch on copies of the cache.
+    """
+    from model.modeling import KVCache
+
+    options = [list(o) for o in options]
+    if not options or any(not o for o in options):
+        raise ValueError("every option needs at least one token")
+    shared = 0
+    while all(len(o) > shared + 1 and o[shared] == options[0][shared] for o in options):
+        shared += 1  # (each option keeps one token of its own)
+    device = next(model.parameters()).device
+    cache = KVCache(model.config.num_hidden_layers)
+    ctx = torch.tensor([list(prompt_ids) + options[0][:shared]], device=device)
+    out = model(ctx, past_key_values=cache, use_cache=True, logits_to_keep=shared + 1)
+    lp = torch.log_softmax(out.logits[0].float(), dim=-1)  # row j predicts the shared token j
+    head = [float(lp[j, t]) for j, t in enumerate(options[0][:shared])]
+    rest = [o[shared:] for o in options]
+    width = max(len(r) for r in rest)
+    cache.reorder(torch.zeros(len(rest), dtype=torch.long, device=device))
+    # right padding: causal attention never lets an option's own tokens see its padding
+    batch = torch.tensor([r + [r[-1]] * (width - len(r)) for r in rest], device=device)
+    lp2 = torch.log_softmax(model(batch, past_key_values=cache, use_cache=True).logits.float(), -1)
+    per = [
+        [float(lp[shared, r[0]])] + [float(lp2[k, j - 1, r[j]]) for j in range(1, len(r))]
+        for k, r in enumerate(rest)
+    ]
+    scores = torch.tensor([sum(p) for p in per])
+    if temperature > 0:
+        probs = torch.softmax(scores / temperature, dim=0)
+        k = int(torch.multinomial(probs, 1, generator=generator))
+    else:
+        k = int(scores.argmax())
+    return k, options[k], head + per[k]

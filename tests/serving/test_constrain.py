@@ -126,3 +126,42 @@ def test_a_tool_with_no_allowed_value_for_a_required_parameter_is_off_the_menu()
     # an optional parameter with no values closes nothing (it can be left out)
     optional = ToolSchemaConstraint(tok, tools, {("submit_diagnosis", "summary"): []})
     assert "submit_diagnosis" in optional.slot('<minimax:tool_call>\n<invoke name="')[0]
+
+
+def test_a_tool_is_chosen_by_the_whole_names_probability(ckpts):
+    """Token by token, a closed tool's mass flows into an open one that shares its first
+    tokens (``propose_co`` → ``propose_code_patch``). ``choose_option`` scores each option
+    whole: the pick is the argmax of full log-probs computed by a plain forward pass, and the
+    log-probs it returns for the chosen tokens are the model's own (what RL records)."""
+    from model import MiniMaxM2ForCausalLM
+    from model.serving.constrain import choose_option
+
+    model = MiniMaxM2ForCausalLM.from_pretrained(ckpts["a"]).eval()
+    tok = default_tokenizer()
+    prompt = tok.encode("Run 7 is failing. Pick one tool.", add_special_tokens=False).ids
+    names = ["read_findings", "propose_config_patch", "propose_code_patch", "give_up"]
+    options = [
+        tok.encode(f'<minimax:tool_call>\n<invoke name="{n}">', add_special_tokens=False).ids
+        for n in names
+    ]
+
+    def whole(o: list[int]) -> torch.Tensor:
+        seq = torch.tensor([prompt + o])
+        with torch.no_grad():
+            return model.token_logprobs(seq[:, :-1], seq[:, 1:])[0, len(prompt) - 1 :]
+
+    ref = [whole(o) for o in options]
+    sums = torch.stack([r.sum() for r in ref])
+    for subset in ([0, 1, 2, 3], [0, 2, 3], [2, 3]):  # e.g. propose_config_patch closed
+        k, ids, lps = choose_option(model, prompt, [options[i] for i in subset])
+        assert subset[k] == subset[int(sums[subset].argmax())]
+        assert ids == options[subset[k]]
+        assert torch.allclose(torch.tensor(lps), ref[subset[k]], atol=1e-4)
+    # sampled at temperature 1: the options' own softmax (seeded, so repeatable)
+    probs = torch.softmax(sums, 0)
+    g = torch.Generator().manual_seed(0)
+    picks = [choose_option(model, prompt, options, 1.0, g)[0] for _ in range(200)]
+    freq = torch.bincount(torch.tensor(picks), minlength=4).float() / 200
+    assert torch.allclose(freq, probs, atol=0.1), (freq, probs)
+    again = torch.Generator().manual_seed(0)
+    assert picks[:20] == [choose_option(model, prompt, options, 1.0, again)[0] for _ in range(20)]

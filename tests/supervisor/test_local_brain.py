@@ -64,3 +64,25 @@ def test_plain_answer_and_make_brain(ckpts):
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(BadInputError, match="not a checkpoint directory"):
         LocalChatModel(tmp_path / "nope")
+
+
+def test_thinking_off_the_tool_is_chosen_whole_and_recorded_as_the_models_tokens(ckpts):
+    """Without a thought the answer opens with the call: its tool is chosen whole among those
+    on offer (``choose_option``), the rest generated; the token record covers both, and its
+    log-probs are the model's own over the whole completion."""
+    brain = LocalChatModel(ckpts["a"], temperature=0.0, max_new_tokens=24)
+    ai = brain.bind_tools(TOOLS).invoke([HumanMessage(TOOL_MESSAGES[0]["content"])])
+    meta = ai.response_metadata
+    names = [t["function"]["name"] if "function" in t else t["name"] for t in TOOLS]
+    from model.tokenizer import default_tokenizer
+
+    text = default_tokenizer().decode(meta["completion_token_ids"], skip_special_tokens=False)
+    assert any(text.startswith(f'<minimax:tool_call>\n<invoke name="{n}">') for n in names), text
+    assert len(meta["completion_token_ids"]) == len(meta["logprobs"]) == ai.usage_metadata[
+        "output_tokens"
+    ]
+    model = MiniMaxM2ForCausalLM.from_pretrained(ckpts["a"]).eval()
+    seq = torch.tensor([meta["prompt_token_ids"] + meta["completion_token_ids"]])
+    with torch.no_grad():
+        ref = model.token_logprobs(seq[:, :-1], seq[:, 1:])[0, len(meta["prompt_token_ids"]) - 1 :]
+    assert torch.allclose(ref, torch.tensor(meta["logprobs"]), atol=1e-4)

@@ -113,6 +113,22 @@ class LocalChatModel(BaseChatModel):
             formatted = []
         return super().bind(tools=formatted, **kwargs)
 
+    def _choose_tool(
+        self, engine, tokenizer, prompt_ids: list[int], names: list[str], temperature: float
+    ) -> tuple[str, list[int], list[float]]:
+        """The answer's opening up to its tool's name, the tool chosen whole (``choose_option``)."""
+        import torch
+
+        from model.serving.constrain import choose_option
+
+        heads = [f'{TOOL_CALL_BEGIN}\n<invoke name="{name}">' for name in names]
+        options = [tokenizer.encode(h, add_special_tokens=False).ids for h in heads]
+        generator = None
+        if self.seed is not None:
+            generator = torch.Generator().manual_seed(int(self.seed))
+        k, ids, lps = choose_option(engine.model, prompt_ids, options, temperature, generator)
+        return heads[k], ids, lps
+
     def _generate(
         self,
         messages: list[BaseMessage],
@@ -129,17 +145,28 @@ class LocalChatModel(BaseChatModel):
         prompt = prompt_text(wire, tools, self.thinking)
         prompt_ids = tokenizer.encode(prompt, add_special_tokens=False).ids
         eos = tokenizer.token_to_id(END_OF_TURN)
+        temperature = float(kwargs.get("temperature", self.temperature))
+        max_new = int(kwargs.get("max_tokens", self.max_new_tokens))
+        constraint, forced, forced_ids, forced_lps = None, "", [], []
+        if self.constrain and tools:
+            constraint = ToolSchemaConstraint(tokenizer, tools, _listed_remedies(wire))
+            if not self.thinking and max_new > 0:
+                # Our policies answer with the call at once: its tool is chosen whole (see
+                # choose_option), the rest generated under the constraint.
+                forced, forced_ids, forced_lps = self._choose_tool(
+                    engine, tokenizer, prompt_ids, constraint.offered, temperature
+                )
+                constraint.prefix = forced
+                max_new = max(1, max_new - len(forced_ids))
         params = SamplingParams(
-            max_new_tokens=int(kwargs.get("max_tokens", self.max_new_tokens)),
-            temperature=float(kwargs.get("temperature", self.temperature)),
+            max_new_tokens=max_new,
+            temperature=temperature,
             top_p=self.top_p,
             seed=self.seed,
             stop_token_ids=tuple(
                 t for t in {eos, engine.model.config.eos_token_id} if t is not None
             ),
-            logits_processor=ToolSchemaConstraint(tokenizer, tools, _listed_remedies(wire))
-            if self.constrain and tools
-            else None,
+            logits_processor=constraint,
         )
         done = threading.Event()
         failure: list[str] = []
@@ -150,13 +177,15 @@ class LocalChatModel(BaseChatModel):
             if event[0] in ("done", "error"):
                 done.set()
 
-        seq = engine.submit(prompt_ids, params, emit)
+        seq = engine.submit(prompt_ids + forced_ids, params, emit)
         if not done.wait(self.timeout_s):
             seq.cancel()
             raise TimeoutError(f"local model did not answer within {self.timeout_s:.0f}s")
         if failure:
             raise RuntimeError(f"local generation failed: {failure[0]}")
-        text = tokenizer.decode(seq.out_ids, skip_special_tokens=False).replace(END_OF_TURN, "")
+        out_ids = forced_ids + list(seq.out_ids)
+        text = forced + tokenizer.decode(seq.out_ids, skip_special_tokens=False)
+        text = text.replace(END_OF_TURN, "")
         for s in stop or []:
             if s in text:
                 text = text[: text.find(s)]
@@ -177,15 +206,15 @@ class LocalChatModel(BaseChatModel):
                 "model_name": Path(self.model_dir).name,
                 "finish_reason": "tool_calls" if parsed.tool_calls else seq.finish_reason,
                 "prompt_token_ids": prompt_ids,
-                "completion_token_ids": list(seq.out_ids),
-                "logprobs": list(seq.logprobs),
+                "completion_token_ids": out_ids,
+                "logprobs": forced_lps + list(seq.logprobs),
                 "weights_version": seq.weights_version,
                 "reasoning": parsed.reasoning,
             },
             usage_metadata={
                 "input_tokens": len(prompt_ids),
-                "output_tokens": len(seq.out_ids),
-                "total_tokens": len(prompt_ids) + len(seq.out_ids),
+                "output_tokens": len(out_ids),
+                "total_tokens": len(prompt_ids) + len(out_ids),
             },
         )
         return ChatResult(generations=[ChatGeneration(message=message)])
