@@ -78,9 +78,11 @@ def test_thinking_off_the_tool_is_chosen_whole_and_recorded_as_the_models_tokens
 
     text = default_tokenizer().decode(meta["completion_token_ids"], skip_special_tokens=False)
     assert any(text.startswith(f'<minimax:tool_call>\n<invoke name="{n}">') for n in names), text
-    assert len(meta["completion_token_ids"]) == len(meta["logprobs"]) == ai.usage_metadata[
-        "output_tokens"
-    ]
+    assert (
+        len(meta["completion_token_ids"])
+        == len(meta["logprobs"])
+        == ai.usage_metadata["output_tokens"]
+    )
     model = MiniMaxM2ForCausalLM.from_pretrained(ckpts["a"]).eval()
     seq = torch.tensor([meta["prompt_token_ids"] + meta["completion_token_ids"]])
     with torch.no_grad():
