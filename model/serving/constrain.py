@@ -9,7 +9,9 @@ sampled:
 - ``<minimax:tool_call>`` … ``">``: a block opens with an invoke of a tool on offer (without
   this slot a model could close an empty block: an answer with no call in it);
 - ``<invoke name="`` … ``">``: a tool on offer;
-- ``<parameter name="`` … ``">``: a parameter of the tool being invoked;
+- ``<parameter name="`` … ``">``: a parameter of the tool being invoked, not written yet;
+- between parameters: another parameter, or ``</invoke>`` once every required one is written
+  (a call cannot close without them: ``submit_diagnosis`` without its ``cause``);
 - ``<parameter name="P">`` … ``</parameter>``: one of P's ``enum`` values, where the schema has one
   or the caller names the values (e.g. the remedy ids a tool result just listed).
 
@@ -40,8 +42,10 @@ from model.chat import TOOL_CALL_BEGIN, TOOL_CALL_END
 # a slot's text runs to the end of the generation; it may hold a partial terminator
 _INVOKE = re.compile(r'<invoke name="((?:(?!">).)*)$', re.S)
 _PARAM_NAME = re.compile(
-    r'<invoke name="([^"]+)">(?:(?!</invoke>).)*<parameter name="([^"]*)$', re.S
+    r'<invoke name="([^"]+)">(?:(?!</invoke>).)*<parameter name="((?:(?!">).)*)$', re.S
 )
+_IN_INVOKE = re.compile(r'<invoke name="([^"]+)">((?:(?!</invoke>).)*)$', re.S)
+_WRITTEN = re.compile(r'<parameter name="([^"]+)">')
 _PARAM_VALUE = re.compile(
     r'<invoke name="([^"]+)">(?:(?!</invoke>).)*<parameter name="([^"]+)">((?:(?!</parameter>).)*)$',
     re.S,
@@ -93,7 +97,7 @@ class ToolSchemaConstraint:
         self.prefix = prefix  # answer text already chosen (``choose_option``), not generated
         self.schemas = _schemas(tools)
         values = values or {}
-        required = _required(tools)
+        self.required = required = _required(tools)
         closed = {t for (t, p), vs in values.items() if not vs and p in required.get(t, ())}
         self.offered = [name for name in self.schemas if name not in closed] or list(self.schemas)
         self.values = {k: [str(v) for v in vs] for k, vs in values.items() if vs}
@@ -119,7 +123,22 @@ class ToolSchemaConstraint:
             return None
         m = _PARAM_NAME.search(text)
         if m and m.group(1) in self.schemas:
-            return list(self.schemas[m.group(1)]), '">', m.group(2)
+            done = _WRITTEN.findall(text[text.rfind('<invoke name="') :])
+            names = [p for p in self.schemas[m.group(1)] if p not in done]
+            return names or list(self.schemas[m.group(1)]), '">', m.group(2)
+        m = _IN_INVOKE.search(text)
+        if m and m.group(1) in self.schemas:  # between parameters: another one, or the close
+            body = m.group(2)
+            cut = body.rfind("</parameter>")
+            tail = body[cut + len("</parameter>") :] if cut >= 0 else body
+            if '<parameter name="' in tail:
+                return None
+            done = set(_WRITTEN.findall(body))
+            left = [p for p in self.schemas[m.group(1)] if p not in done]
+            nxt = ['\n<parameter name="'] if left else []
+            if not self.required.get(m.group(1), set()) - done:  # nothing required missing
+                nxt.append("\n</invoke>")
+            return nxt, "", tail
         return None
 
     def allowed(self, written: str, values: list[str], end: str) -> list[int]:

@@ -165,3 +165,45 @@ def test_a_tool_is_chosen_by_the_whole_names_probability(ckpts):
     assert torch.allclose(freq, probs, atol=0.1), (freq, probs)
     again = torch.Generator().manual_seed(0)
     assert picks[:20] == [choose_option(model, prompt, options, 1.0, again)[0] for _ in range(20)]
+
+
+def test_a_call_closes_only_once_its_required_parameters_are_written():
+    """Measured 2026-12-07: after RL one policy answered ``submit_diagnosis`` without its
+    ``cause`` twice, and rules took over. Between parameters the next one or the close is a
+    slot: ``</invoke>`` only once every required parameter is written, and no parameter twice."""
+    tok = default_tokenizer()
+    tools = [{"type": "function", "function": {"name": "submit_diagnosis", "parameters": {
+        "properties": {"cause": {"enum": ["lr_too_high", "lr_too_low"]},
+                       "summary": {"type": "string"}}, "required": ["cause"]}}},
+             {"type": "function", "function": {"name": "read_findings",
+                                               "parameters": {"properties": {}}}}]  # fmt: skip
+    c = ToolSchemaConstraint(tok, tools)
+    call = '<minimax:tool_call>\n<invoke name="submit_diagnosis">'
+    assert c.slot(call) == (['\n<parameter name="'], "", "")
+    assert c.slot(call + '\n<parameter name="')[0] == ["cause", "summary"]
+    one = call + '\n<parameter name="summary">the lr</parameter>'
+    assert c.slot(one) == (['\n<parameter name="'], "", "")  # cause still missing
+    assert c.slot(one + '\n<parameter name="')[0] == ["cause"]  # not summary again
+    both = one + '\n<parameter name="cause">lr_too_low</parameter>'
+    assert c.slot(both) == (["\n</invoke>"], "", "")  # nothing left but the close
+    cause = call + '\n<parameter name="cause">lr_too_high</parameter>'
+    assert c.slot(cause) == (['\n<parameter name="', "\n</invoke>"], "", "")
+    assert c.slot(call + '\n<parameter name="summary">free text') is None  # a value is free
+    assert c.slot('<minimax:tool_call>\n<invoke name="read_findings">') == (
+        ["\n</invoke>"], "", "")  # fmt: skip
+    only = ToolSchemaConstraint(tok, [{"type": "function", "function": {
+        "name": "submit_diagnosis", "parameters": {"properties": {
+            "cause": {"enum": ["lr_too_high", "lr_too_low"]}}, "required": ["cause"]}}}])  # fmt: skip
+    g = torch.Generator().manual_seed(1)
+    close = tok.encode("\n</invoke>", add_special_tokens=False).ids
+    for _ in range(3):  # random logits that want to close at once still write the cause
+        ids = tok.encode(call, add_special_tokens=False).ids
+        out: list[int] = []
+        for _ in range(80):
+            logits = torch.randn(tok.get_vocab_size(), generator=g)
+            logits[close[0]] += 50.0
+            out.append(int(only(ids + out, logits).argmax()))
+            if "</invoke>" in tok.decode(out, skip_special_tokens=False):
+                break
+        text = tok.decode(out, skip_special_tokens=False)
+        assert '<parameter name="cause">lr_too_' in text and text.endswith("</invoke>"), text
