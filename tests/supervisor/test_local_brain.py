@@ -7,11 +7,25 @@ import torch
 from langchain_core.messages import HumanMessage, ToolMessage
 
 from model import MiniMaxM2ForCausalLM
+from model.tokenizer import default_tokenizer
 from tests.model_fixtures import TOOL_MESSAGES, TOOLS
 from workbench.errors import BadInputError
 from workbench.supervisor.brains.local import LocalChatModel
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+
+def _assert_record_is_the_models(ai, ckpt) -> None:
+    """The answer's token record is the model's own: one log-prob per completion token, equal to
+    a fresh forward pass over prompt + completion."""
+    meta = ai.response_metadata
+    completion = meta["completion_token_ids"]
+    assert len(completion) == len(meta["logprobs"]) == ai.usage_metadata["output_tokens"]
+    model = MiniMaxM2ForCausalLM.from_pretrained(ckpt).eval()
+    seq = torch.tensor([meta["prompt_token_ids"] + completion])
+    with torch.no_grad():
+        ref = model.token_logprobs(seq[:, :-1], seq[:, 1:])[0, len(meta["prompt_token_ids"]) - 1 :]
+    assert torch.allclose(ref, torch.tensor(meta["logprobs"]), atol=1e-4)
 
 
 def test_bind_tools_and_parse_a_generated_call(ckpts):
@@ -24,17 +38,7 @@ def test_bind_tools_and_parse_a_generated_call(ckpts):
     assert ai.invalid_tool_calls == []
     meta = ai.response_metadata
     assert meta["finish_reason"] == "tool_calls" and meta["reasoning"] == "short"
-    assert (
-        len(meta["completion_token_ids"])
-        == len(meta["logprobs"])
-        == ai.usage_metadata["output_tokens"]
-    )
-    # The token record is the model's own: logprobs agree with a fresh forward pass.
-    model = MiniMaxM2ForCausalLM.from_pretrained(ckpts["tool"]).eval()
-    seq = torch.tensor([meta["prompt_token_ids"] + meta["completion_token_ids"]])
-    with torch.no_grad():
-        ref = model.token_logprobs(seq[:, :-1], seq[:, 1:])[0, len(meta["prompt_token_ids"]) - 1 :]
-    assert torch.allclose(ref, torch.tensor(meta["logprobs"]), atol=1e-4)
+    _assert_record_is_the_models(ai, ckpts["tool"])
 
     # The call and a tool result go back in: the conversation renders and generation continues.
     follow = [
@@ -73,18 +77,8 @@ def test_thinking_off_the_tool_is_chosen_whole_and_recorded_as_the_models_tokens
     brain = LocalChatModel(ckpts["a"], temperature=0.0, max_new_tokens=24)
     ai = brain.bind_tools(TOOLS).invoke([HumanMessage(TOOL_MESSAGES[0]["content"])])
     meta = ai.response_metadata
-    names = [t["function"]["name"] if "function" in t else t["name"] for t in TOOLS]
-    from model.tokenizer import default_tokenizer
+    names = [t["function"]["name"] for t in TOOLS]
 
     text = default_tokenizer().decode(meta["completion_token_ids"], skip_special_tokens=False)
     assert any(text.startswith(f'<minimax:tool_call>\n<invoke name="{n}">') for n in names), text
-    assert (
-        len(meta["completion_token_ids"])
-        == len(meta["logprobs"])
-        == ai.usage_metadata["output_tokens"]
-    )
-    model = MiniMaxM2ForCausalLM.from_pretrained(ckpts["a"]).eval()
-    seq = torch.tensor([meta["prompt_token_ids"] + meta["completion_token_ids"]])
-    with torch.no_grad():
-        ref = model.token_logprobs(seq[:, :-1], seq[:, 1:])[0, len(meta["prompt_token_ids"]) - 1 :]
-    assert torch.allclose(ref, torch.tensor(meta["logprobs"]), atol=1e-4)
+    _assert_record_is_the_models(ai, ckpts["a"])
