@@ -38,6 +38,7 @@ from typing import Any
 import torch
 
 from model.chat import TOOL_CALL_BEGIN, TOOL_CALL_END
+from model.modeling import KVCache
 
 # a slot's text runs to the end of the generation; it may hold a partial terminator
 _INVOKE = re.compile(r'<invoke name="((?:(?!">).)*)$', re.S)
@@ -52,20 +53,11 @@ _PARAM_VALUE = re.compile(
 )
 
 
-def _schemas(tools: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    out = {}
-    for t in tools:
-        fn = t.get("function", t)
-        out[fn["name"]] = (fn.get("parameters") or {}).get("properties") or {}
-    return out
-
-
-def _required(tools: Sequence[dict[str, Any]]) -> dict[str, set[str]]:
-    out = {}
-    for t in tools:
-        fn = t.get("function", t)
-        out[fn["name"]] = set((fn.get("parameters") or {}).get("required") or ())
-    return out
+def _parameters(tools: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each tool's JSON-schema ``parameters`` by its name."""
+    return {
+        t.get("function", t)["name"]: t.get("function", t).get("parameters") or {} for t in tools
+    }
 
 
 # id(tokenizer) -> (tokenizer, pieces): the entry holds the tokenizer, so its id is not reused
@@ -95,9 +87,12 @@ class ToolSchemaConstraint:
     ) -> None:
         self.tokenizer = tokenizer
         self.prefix = prefix  # answer text already chosen (``choose_option``), not generated
-        self.schemas = _schemas(tools)
+        params = _parameters(tools)
+        self.schemas = {name: p.get("properties") or {} for name, p in params.items()}
+        self.required = required = {
+            name: set(p.get("required") or ()) for name, p in params.items()
+        }
         values = values or {}
-        self.required = required = _required(tools)
         closed = {t for (t, p), vs in values.items() if not vs and p in required.get(t, ())}
         self.offered = [name for name in self.schemas if name not in closed] or list(self.schemas)
         self.values = {k: [str(v) for v in vs] for k, vs in values.items() if vs}
@@ -186,8 +181,6 @@ def choose_option(
     Returns the index, the chosen option's ids and their raw log-probs (what RL records). The
     options' shared first tokens are run once, then the rest as one batch on copies of the cache.
     """
-    from model.modeling import KVCache
-
     options = [list(o) for o in options]
     if not options or any(not o for o in options):
         raise ValueError("every option needs at least one token")
