@@ -217,6 +217,7 @@ def test_loop_runs_and_no_heldout_work_reaches_training(scenario_set, tmp_path):
     for row in res["rows"]:
         assert row["episodes"] == 1 and 0.0 <= row["verified_fix_rate"] <= 1.0
         assert row["brain_calls"] >= 1  # the policy was asked, not only the rules brain
+    assert res["teacher"]["train"]["errors"] == 0, res["teacher"]["train"]["error_messages"]
     assert res["teacher"]["heldout"]["verified_fix_rate"] == 1.0
     assert len(res["rl_iterations"]) == 1 and res["rl_iterations"][0]["episodes"] == 2
     assert (tmp_path / "loop" / "policy-g0-i0" / "config.json").exists()

@@ -81,3 +81,36 @@ def _exits_soon(pid: int, timeout: float = 15.0) -> bool:
     while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     return not _alive(pid)
+
+
+def test_episodes_starting_together_on_a_fresh_home_all_get_the_checkpoint_store(tmp_path):
+    """The loop starts its rollouts at once on one home: each creates the checkpoint schema on
+    the same new state.db, where SQLite refuses the switch to WAL without waiting ("database is
+    locked", about one start in a few hundred). Every start must get a working store."""
+    import sqlite3
+    import threading
+
+    from workbench.supervisor.episode import _checkpoints
+
+    errors: list[str] = []
+
+    def start(path):
+        try:
+            conn = sqlite3.connect(path, check_same_thread=False, timeout=30)
+            try:
+                saver = _checkpoints(conn)
+                assert saver.get_tuple({"configurable": {"thread_id": "t"}}) is None
+            finally:
+                conn.close()
+        except Exception as exc:  # noqa: BLE001 — collected and asserted below
+            errors.append(repr(exc))
+
+    for k in range(600):
+        path = tmp_path / f"home{k}" / "state.db"
+        path.parent.mkdir()
+        threads = [threading.Thread(target=start, args=(path,)) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not errors, errors[:3]

@@ -186,7 +186,8 @@ def run_loop(
     teacher_held, _ = evaluate(None, heldout, home=out / "home-heldout-teacher", uri=uri,
                                cfg=cfg, tag=f"{loop_id}-teacher", progress=say, measured=measured)  # fmt: skip
     teacher_eps = episodes_of(train_results)
-    trained_on = [r["trajectory"] for r in train_results]  # every trajectory training reads
+    # every trajectory training reads (an episode that broke left none)
+    trained_on = [r["trajectory"] for r in train_results if Path(r["trajectory"]).exists()]
 
     rows_out: list[dict] = []
     if start is not None:  # an SFT'd policy given: RL starts from it (e.g. RL seeds on one SFT)
@@ -226,9 +227,9 @@ def run_loop(
                          tag=f"{loop_id}-rl-g{gen}-i{it}", measured=measured)  # fmt: skip
             results = list(run_episodes(jobs, workers=cfg.workers, kind=cfg.pool,
                                         address=cfg.ray_address, progress=say))  # fmt: skip
-            trained_on += [r["trajectory"] for r in results]
             reward_of = {r["thread_id"]: r["reward"] for r in results}
             eps = [(e, reward_of[e.thread_id]) for e in episodes_of(results)]
+            trained_on += [r["trajectory"] for r in results if Path(r["trajectory"]).exists()]
             samples = policy_samples(eps)
             groups = {}
             for s in samples:

@@ -86,6 +86,7 @@ def run_episodes(
         progress(
             f"{res['scenario']}: {res['status']} in {res['attempts']} attempt(s)"
             f" ({res['remedy'] or '-'}), fallbacks {res['fallbacks']}, {res['wall_s']:.0f}s"
+            + (f": {res['error']}" if res["error"] else "")
         )
         yield res
 
@@ -115,6 +116,7 @@ def summarize_results(results: list[dict]) -> dict[str, Any]:
         if n
         else 0.0,
         "errors": sum(bool(r.get("error")) for r in results),
+        "error_messages": [f"{r['thread_id']}: {r['error']}" for r in results if r.get("error")],
         "wall_s": round(sum(r["wall_s"] for r in results), 1),
     }
 

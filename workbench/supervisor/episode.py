@@ -42,7 +42,6 @@ def fix_run(
     reuse_runs: str | Path | None = None,
 ) -> dict:
     """Fix ``run_id`` (or resume thread ``resume``); returns the episode's summary dict."""
-    from langgraph.checkpoint.sqlite import SqliteSaver
     from langgraph.types import Command
 
     from workbench.runs.gitops import check_ref_part, check_repo
@@ -64,9 +63,9 @@ def fix_run(
         doctor=doctor,
         reuse_runs=Path(reuse_runs) if reuse_runs else None,
     )
-    conn = sqlite3.connect(home / "state.db", check_same_thread=False)
+    conn = sqlite3.connect(home / "state.db", check_same_thread=False, timeout=30)
     try:
-        graph = build_graph(deps, SqliteSaver(conn))
+        graph = build_graph(deps, _checkpoints(conn))
         if resume:
             tid = check_ref_part(resume)
             config = {"configurable": {"thread_id": tid}}
@@ -105,6 +104,26 @@ def fix_run(
         return summarize(graph.get_state(config))
     finally:
         conn.close()
+
+
+def _checkpoints(conn: sqlite3.Connection, tries: int = 40):
+    """The graph's checkpoint store on ``conn``, its schema created.
+
+    Episodes that start together on a fresh home (the loop's parallel rollouts) all create the
+    schema at once; switching a new file to WAL there fails at once with "database is locked"
+    instead of waiting, so the schema step is retried."""
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
+    saver = SqliteSaver(conn)
+    for k in range(tries):
+        try:
+            saver.setup()
+            return saver
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or k == tries - 1:
+                raise
+            time.sleep(0.05 * (k + 1))
+    return saver
 
 
 def _check_spec(repo: Path, launch: str | None, config: str | None, uri: str, run_id: str):
