@@ -6,11 +6,14 @@ and faults the policy never trained on:
 
 - ``train``: our own LM trainer (``experiments/templates/lm-repo``, YAML config, our metric
   names): an LR schedule that grows the LR, fp16 with an overflowing loss scale, an LR 100x
-  too low, an LR 10,000x too low (its one remedy does not verify: the teacher gives up), a
-  shrunken train split that overfits; two seeds each.
+  too low, an LR 1,000x too low (the playbook's first remedy, x10, does not verify; its
+  second, x100, does: the teacher needs two attempts where one would do), an LR 10,000x too
+  low (no remedy verifies: the teacher gives up), a shrunken train split that overfits; two
+  seeds each.
 - ``heldout``: the foreign-style templates (HF-style JSON, torchtitan-style TOML,
   Lightning-style YAML; plain ``mlflow``, other vocabularies), each as shipped and a variant
-  (another seed and a stronger value of the same defect).
+  (another seed and a stronger value of the same defect), and each with a third variant whose
+  LR is far too low (added 2026-12-08 with the x100 remedy, before any policy ran on them).
 
     build_scenarios(DIR) -> DIR/manifest.json, DIR/mlflow.db, DIR/<scenario>/ (repo)
 
@@ -61,8 +64,11 @@ SCENARIOS: tuple[FixScenario, ...] = (
     ),  # fmt: skip
     # an LR 100x too low: the loss hardly moves
     *(_lm(f"lm-lr-too-low-{s}", {"optimizer": {"lr": 0.00003}}, s) for s in (0, 1)),
-    # an LR 10,000x too low: the playbook's one remedy (x10) does not verify, and nothing else
-    # is listed, so the teacher gives up (the policy must learn to stop, not guess)
+    # an LR 1,000x too low: x10 does not verify, x100 does; the teacher tries them in the
+    # playbook's order (two attempts), so a policy can beat it by reading the rate
+    *(_lm(f"lm-lr-very-low-{s}", {"optimizer": {"lr": 3.0e-6}}, s) for s in (0, 1)),
+    # an LR 10,000x too low: neither remedy (x10, x100) verifies, and nothing else is listed,
+    # so the teacher gives up (the policy must learn to stop, not guess)
     *(_lm(f"lm-lr-far-too-low-{s}", {"optimizer": {"lr": 3.0e-7}}, s) for s in (0, 1)),
     # a shrunken train split, no weight decay, long training: the eval loss turns up
     *(
@@ -94,6 +100,22 @@ SCENARIOS: tuple[FixScenario, ...] = (
         "heldout",
         "lightning-yaml-repo",
         (("seed_everything", 1), ("data.max_train_samples", 32)),
+    ),  # fmt: skip
+    # far-too-low rates on every foreign template: where x10 is not enough, one attempt is lost
+    FixScenario(
+        "hf-lr-too-low-c", "heldout", "hf-json-repo", (("seed", 2), ("learning_rate", 1.5e-5))
+    ),  # fmt: skip
+    FixScenario(
+        "titan-lr-too-low-c",
+        "heldout",
+        "titan-toml-repo",
+        (("training.seed", 2), ("optimizer.lr", 3e-6)),
+    ),  # fmt: skip
+    FixScenario(
+        "lightning-lr-too-low-c",
+        "heldout",
+        "lightning-yaml-repo",
+        (("seed_everything", 2), ("model.lr", 3e-6), ("data.max_train_samples", 400)),
     ),  # fmt: skip
 )
 
