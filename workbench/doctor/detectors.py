@@ -1966,7 +1966,12 @@ def _quality_plateau(
         return None
     e = explore.values[np.isfinite(explore.values)] if explore is not None else np.array([])
     if higher and len(e) and e[0] != 0 and (head - e[0]) / abs(e[0]) >= bar:
-        return None  # learned before its first test (Dopamine's iteration 0 of CartPole: 160)
+        # learned before its first test (Dopamine's iteration 0 of CartPole: 160) — where the
+        # training return rose too; one that never rose learned nothing, and a test above it
+        # from the first eval on is the starting policy's (a warm start tested greedily)
+        e_head, e_tail = _head_tail(e, th)
+        if e_head != 0 and (e_tail - e_head) / abs(e_head) >= bar:
+            return None
     what = "the episode return" if higher else "a distance from the data, lower is better"
     evidence = f"{r.name} ({what}) went from {_fmt(head)} to {_fmt(tail)} over {n} points ({100 * gain:+.1f}% better, < {100 * bar:.0f}%)"
     # A rate too small barely moves the learner's loss; one too large throws it up many-fold
