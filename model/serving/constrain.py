@@ -25,7 +25,8 @@ the raw model (what RL's importance ratios need).
 Masking token by token has one flaw where values share first tokens: the mass of a value not on
 offer flows into an offered one with the same prefix. So where an answer opens with its call
 (the local brain, thinking off), the tool is chosen whole first (``choose_option``: each
-offered name's full log-prob, one cached forward) and only the rest is generated under the
+offered name's full log-prob, one cached forward), then the value of its first required
+parameter that has named values (a remedy id), and only the rest is generated under the
 slots above.
 """
 
@@ -98,6 +99,19 @@ class ToolSchemaConstraint:
         self.values = {k: [str(v) for v in vs] for k, vs in values.items() if vs}
         self.pieces = _pieces(tokenizer)
 
+    def value_slot(self, tool: str) -> tuple[str, list[str], bool] | None:
+        """(parameter, its allowed values, whether the caller named them) for ``tool``'s first
+        required parameter (in schema order) whose values are listed, else None."""
+        for p in self.schemas.get(tool, {}):
+            if p not in self.required.get(tool, ()):
+                continue
+            if (tool, p) in self.values:
+                return p, list(self.values[(tool, p)]), True
+            enum = (self.schemas[tool].get(p) or {}).get("enum")
+            if enum:
+                return p, [str(v) for v in enum], False
+        return None
+
     def slot(self, text: str) -> tuple[list[str], str, str] | None:
         """(allowed values, terminator, the value written so far) if ``text`` ends in a slot."""
         block = text.rfind(TOOL_CALL_BEGIN)
@@ -169,6 +183,7 @@ def choose_option(
     options: Sequence[Sequence[int]],
     temperature: float = 0.0,
     generator: torch.Generator | None = None,
+    explore: float = 0.0,
 ) -> tuple[int, list[int], list[float]]:
     """One of ``options`` (token ids that continue ``prompt_ids``) by the model's probability of
     the whole option, as structured-output engines choose among fixed strings. Masking token by
@@ -177,8 +192,10 @@ def choose_option(
     ``propose_co`` and was forced on to ``propose_code_patch`` (measured 2026-12-07: whole
     options scored -0.6 for the closed tool, -3.5 for ``give_up``, -29.1 for the code patch).
 
-    Greedy at ``temperature`` 0, else sampled from the options' softmax at that temperature.
-    Returns the index, the chosen option's ids and their raw log-probs (what RL records). The
+    Greedy at ``temperature`` 0, else sampled from the options' softmax at that temperature,
+    or, with probability ``explore`` (sampling only), uniformly among them: RL's exploration of
+    choices the policy has all but ruled out (an SFT policy that always names a playbook's
+    first remedy gives the second 1e-4). Returns the index, the chosen option's ids and their raw log-probs (what RL records). The
     options' shared first tokens are run once, then the rest as one batch on copies of the cache.
     """
     options = [list(o) for o in options]
@@ -204,7 +221,9 @@ def choose_option(
         for k, r in enumerate(rest)
     ]
     scores = torch.tensor([sum(p) for p in per])
-    if temperature > 0:
+    if temperature > 0 and explore > 0 and float(torch.rand(1, generator=generator)) < explore:
+        k = int(torch.randint(len(options), (1,), generator=generator))
+    elif temperature > 0:
         probs = torch.softmax(scores / temperature, dim=0)
         k = int(torch.multinomial(probs, 1, generator=generator))
     else:

@@ -207,3 +207,44 @@ def test_a_call_closes_only_once_its_required_parameters_are_written():
                 break
         text = tok.decode(out, skip_special_tokens=False)
         assert '<parameter name="cause">lr_too_' in text and text.endswith("</invoke>"), text
+
+
+def test_the_value_slot_of_a_tool_and_uniform_exploration(ckpts):
+    """``value_slot``: a tool's first required parameter with values, the caller's (listed:
+    explorable) before a schema enum. ``choose_option(explore=1)`` samples the options
+    uniformly whatever the model prefers, and returns the model's own log-probs."""
+    from model import MiniMaxM2ForCausalLM
+    from model.serving.constrain import choose_option
+
+    tok = default_tokenizer()
+    tools = [
+        {"type": "function", "function": {"name": "propose_config_patch", "parameters": {
+            "properties": {"rationale": {"type": "string"}, "remedy_id": {"type": "string"}},
+            "required": ["remedy_id"]}}},
+        {"type": "function", "function": {"name": "submit_diagnosis", "parameters": {
+            "properties": {"cause": {"type": "string", "enum": ["a", "b"]}},
+            "required": ["cause"]}}},
+        {"type": "function", "function": {"name": "read_findings", "parameters": {}}},
+    ]  # fmt: skip
+    c = ToolSchemaConstraint(tok, tools, {("propose_config_patch", "remedy_id"): ["x", "y"]})
+    assert c.value_slot("propose_config_patch") == ("remedy_id", ["x", "y"], True)
+    assert c.value_slot("submit_diagnosis") == ("cause", ["a", "b"], False)
+    assert c.value_slot("read_findings") is None
+
+    model = MiniMaxM2ForCausalLM.from_pretrained(ckpts["a"]).eval()
+    prompt = tok.encode("Pick one.", add_special_tokens=False).ids
+    options = [tok.encode(w, add_special_tokens=False).ids for w in ("alpha", "beta", "gamma")]
+    g = torch.Generator().manual_seed(0)
+    picks = [choose_option(model, prompt, options, 1.0, g, explore=1.0) for _ in range(300)]
+    freq = torch.bincount(torch.tensor([k for k, _, _ in picks]), minlength=3).float() / 300
+    assert torch.allclose(freq, torch.full((3,), 1 / 3), atol=0.08), freq
+    k, ids, lps = picks[0]
+    seq = torch.tensor([prompt + ids])
+    with torch.no_grad():
+        ref = model.token_logprobs(seq[:, :-1], seq[:, 1:])[0, len(prompt) - 1 :]
+    assert torch.allclose(torch.tensor(lps), ref, atol=1e-4)
+    # greedy ignores explore
+    assert (
+        choose_option(model, prompt, options, 0.0, g, explore=1.0)[0]
+        == choose_option(model, prompt, options)[0]
+    )

@@ -82,3 +82,40 @@ def test_thinking_off_the_tool_is_chosen_whole_and_recorded_as_the_models_tokens
     text = default_tokenizer().decode(meta["completion_token_ids"], skip_special_tokens=False)
     assert any(text.startswith(f'<minimax:tool_call>\n<invoke name="{n}">') for n in names), text
     _assert_record_is_the_models(ai, ckpts["a"])
+
+
+def test_a_listed_value_is_chosen_whole_and_explored_on_request(ckpts):
+    """After the tool, the value of its first required parameter that a tool result listed
+    (a remedy id) is chosen whole as well; the record is still the model's own. With
+    ``explore`` (sampling) that choice is sometimes uniform: every listed id comes up, where
+    the policy alone would keep to its favourite."""
+    import json
+
+    from langchain_core.messages import AIMessage
+
+    propose = {"type": "function", "function": {"name": "propose_config_patch", "parameters": {
+        "type": "object", "properties": {"remedy_id": {"type": "string"},
+                                         "rationale": {"type": "string"}},
+        "required": ["remedy_id"]}}}  # fmt: skip
+    ids = ["raise_lr", "raise_lr_100x", "clip_grads"]
+    listed = {"remedies": [{"id": i, "patch": [{"knob": "lr"}]} for i in ids]}
+    msgs = [
+        HumanMessage("Run 7 is failing. Propose one fix."),
+        AIMessage("", tool_calls=[{"name": "read_findings", "args": {}, "id": "c1"}]),
+        ToolMessage(json.dumps(listed), tool_call_id="c1"),
+    ]
+
+    def opening(**kw):
+        ai = LocalChatModel(ckpts["a"], max_new_tokens=16, **kw).bind_tools([propose]).invoke(msgs)
+        meta = ai.response_metadata
+        text = default_tokenizer().decode(meta["completion_token_ids"], skip_special_tokens=False)
+        head = '<minimax:tool_call>\n<invoke name="propose_config_patch">\n<parameter name="remedy_id">'
+        assert text.startswith(head), text
+        return ai, text[len(head) :].split("</parameter>")[0]
+
+    ai, greedy = opening(temperature=0.0)
+    assert greedy in ids
+    _assert_record_is_the_models(ai, ckpts["a"])
+    assert opening(temperature=0.0, explore=1.0)[1] == greedy  # (greedy: nothing explored)
+    seen = {opening(temperature=1.0, explore=1.0, seed=s)[1] for s in range(12)}
+    assert seen == set(ids), seen

@@ -132,6 +132,13 @@ def loop(
     rl_iterations: Annotated[int, typer.Option("--rl-iterations", min=0)] = 2,
     group_size: Annotated[int, typer.Option("--group-size", min=2)] = 4,
     temperature: Annotated[float, typer.Option("--temperature")] = 1.0,
+    explore: Annotated[
+        float,
+        typer.Option(
+            "--explore",
+            help="RL rollouts: share of listed-remedy choices made uniformly at random.",
+        ),
+    ] = 0.5,
     workers: Annotated[int, typer.Option("--workers", min=1, max=16)] = 2,
     ray: Annotated[bool, typer.Option("--ray", help="Run episodes as Ray tasks.")] = False,
     ray_address: Annotated[
@@ -150,7 +157,7 @@ def loop(
 
     cfg = LoopConfig(
         generations=generations, sft_steps=sft_steps, sft_augment=sft_augment, rl_iterations=rl_iterations,
-        group_size=group_size, temperature=temperature, workers=workers, ray=ray,
+        group_size=group_size, temperature=temperature, explore=explore, workers=workers, ray=ray,
         ray_address=ray_address, seed=seed,
     )  # fmt: skip
     res = run_loop(

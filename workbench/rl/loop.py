@@ -46,6 +46,9 @@ class LoopConfig:
     group_size: int = 4
     scenarios_per_iter: int = 3
     temperature: float = 1.0
+    # RL rollouts: the share of listed-value choices (remedy ids) made uniformly at random, so a
+    # remedy the SFT policy all but rules out is tried at all (evaluations stay greedy)
+    explore: float = 0.5
     rl_lr: float = 2e-4
     max_attempts: int = 2
     workers: int = 2
@@ -66,6 +69,8 @@ class LoopConfig:
             raise BadInputError("group size must be >= 2 (the group mean is the baseline)")
         if not 0 <= self.temperature <= 2:
             raise BadInputError(f"temperature must be in [0, 2], not {self.temperature}")
+        if not 0 <= self.explore <= 1:
+            raise BadInputError(f"explore must be in [0, 1], not {self.explore}")
 
     @property
     def pool(self) -> str:
@@ -73,11 +78,11 @@ class LoopConfig:
 
 
 def _jobs(rows, *, home: Path, uri: str, brain: str, tag: str, cfg: LoopConfig,
-          model: Path | None = None, temperature: float = 0.0, repeat: int = 1,
-          measured: Path | None = None) -> list[dict]:  # fmt: skip
+          model: Path | None = None, temperature: float = 0.0, explore: float = 0.0,
+          repeat: int = 1, measured: Path | None = None) -> list[dict]:  # fmt: skip
     opts = {}
     if model is not None:
-        opts = {"model": str(model), "temperature": temperature,
+        opts = {"model": str(model), "temperature": temperature, "explore": explore,
                 "max_new_tokens": cfg.max_new_tokens}  # fmt: skip
     return [
         {
@@ -223,7 +228,7 @@ def run_loop(
             t0 = time.monotonic()
             chosen = random.sample(train, min(cfg.scenarios_per_iter, len(train)))
             jobs = _jobs(chosen, home=home, uri=uri, brain="local", cfg=cfg, model=ckpt,
-                         temperature=cfg.temperature, repeat=cfg.group_size,
+                         temperature=cfg.temperature, explore=cfg.explore, repeat=cfg.group_size,
                          tag=f"{loop_id}-rl-g{gen}-i{it}", measured=measured)  # fmt: skip
             results = list(run_episodes(jobs, workers=cfg.workers, kind=cfg.pool,
                                         address=cfg.ray_address, progress=say))  # fmt: skip

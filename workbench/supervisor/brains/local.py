@@ -80,6 +80,9 @@ class LocalChatModel(BaseChatModel):
     top_p: float = 1.0
     max_new_tokens: int = 512
     seed: int | None = None
+    # RL rollouts: the share of sampled choices among values a tool result listed (remedy ids)
+    # made uniformly at random instead of by the policy (``choose_option``'s ``explore``)
+    explore: float = 0.0
     timeout_s: float = 600.0
     # Structured output: tool names, parameter names and enum values only as the schema allows
     # (model.serving.constrain); the rest of the answer is the model's own.
@@ -99,7 +102,11 @@ class LocalChatModel(BaseChatModel):
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
-        return {"model_dir": self.model_dir, "temperature": self.temperature}
+        return {
+            "model_dir": self.model_dir,
+            "temperature": self.temperature,
+            "explore": self.explore,
+        }
 
     def bind_tools(
         self,
@@ -113,21 +120,36 @@ class LocalChatModel(BaseChatModel):
             formatted = []
         return super().bind(tools=formatted, **kwargs)
 
-    def _choose_tool(
-        self, engine, tokenizer, prompt_ids: list[int], names: list[str], temperature: float
-    ) -> tuple[str, list[int], list[float]]:
-        """The answer's opening up to its tool's name, the tool chosen whole (``choose_option``)."""
+    def _choose(
+        self, engine, tokenizer, prompt_ids, texts: list[str], temperature: float, explore: float,
+        salt: int,
+    ) -> tuple[int, list[int], list[float]]:  # fmt: skip
         import torch
 
         from model.serving.constrain import choose_option
 
-        heads = [f'{TOOL_CALL_BEGIN}\n<invoke name="{name}">' for name in names]
-        options = [tokenizer.encode(h, add_special_tokens=False).ids for h in heads]
+        options = [tokenizer.encode(t, add_special_tokens=False).ids for t in texts]
         generator = None
         if self.seed is not None:
-            generator = torch.Generator().manual_seed(int(self.seed))
-        k, ids, lps = choose_option(engine.model, prompt_ids, options, temperature, generator)
-        return heads[k], ids, lps
+            generator = torch.Generator().manual_seed(int(self.seed) * 2 + salt)
+        return choose_option(engine.model, prompt_ids, options, temperature, generator, explore)
+
+    def _choose_opening(
+        self, engine, tokenizer, prompt_ids: list[int], constraint, temperature: float
+    ) -> tuple[str, list[int], list[float]]:
+        """The answer's opening, chosen whole (``choose_option``): the tool, then the value of
+        its first required parameter with listed values (a remedy id, a cause), as
+        structured-output engines choose among fixed strings."""
+        heads = [f'{TOOL_CALL_BEGIN}\n<invoke name="{name}">' for name in constraint.offered]
+        k, ids, lps = self._choose(engine, tokenizer, prompt_ids, heads, temperature, 0.0, 0)
+        slot = constraint.value_slot(constraint.offered[k])
+        if slot is None:
+            return heads[k], ids, lps
+        param, values, named = slot
+        texts = [f'{heads[k]}\n<parameter name="{param}">{v}</parameter>' for v in values]
+        explore = self.explore if named else 0.0  # (a schema's enum, a cause, is not explored)
+        j, ids, lps = self._choose(engine, tokenizer, prompt_ids, texts, temperature, explore, 1)
+        return texts[j], ids, lps
 
     def _generate(
         self,
@@ -151,10 +173,10 @@ class LocalChatModel(BaseChatModel):
         if self.constrain and tools:
             constraint = ToolSchemaConstraint(tokenizer, tools, _listed_remedies(wire))
             if not self.thinking and max_new > 0:
-                # Our policies answer with the call at once: its tool is chosen whole (see
-                # choose_option), the rest generated under the constraint.
-                forced, forced_ids, forced_lps = self._choose_tool(
-                    engine, tokenizer, prompt_ids, constraint.offered, temperature
+                # Our policies answer with the call at once: its tool and first listed value
+                # are chosen whole (see choose_option), the rest generated under the constraint.
+                forced, forced_ids, forced_lps = self._choose_opening(
+                    engine, tokenizer, prompt_ids, constraint, temperature
                 )
                 constraint.prefix = forced
                 max_new = max(1, max_new - len(forced_ids))
