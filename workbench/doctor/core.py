@@ -69,6 +69,7 @@ def detect_metrics(
         else resolve_roles({k: len(v) for k, v in series.items()}, aliases)
     )
     by_role = _population_sense({r: series[n] for r, n in roles.items() if n in series})
+    by_role, since = _running_total(by_role, since or {})
     params = stepped_params(params or {}, by_role.get("lr"), aliases)
     if aliases.partial_first:
         by_role, since = _drop_partial_first(by_role, since or {}, aliases)
@@ -105,6 +106,31 @@ def _population_sense(by_role: dict[str, Series]) -> dict[str, Series]:
     if not len(m) or not len(b) or (mid := float(np.median(m))) == (top := float(np.median(b))):
         return by_role
     return {**by_role, ("train_loss" if top < mid else "reward"): mean}
+
+
+def _running_total(
+    by_role: dict[str, Series], since: Mapping[str, int]
+) -> tuple[dict[str, Series], dict[str, int]]:
+    """A train loss logged as a running total (gensim's ``get_latest_training_loss``: the sum
+    since training began) rises at every point by about its own first value; its increments
+    are the loss of each interval, and they are what is judged.  Recognised from the first
+    five points (each above the last, the first step up at least half the first value: a
+    loss that diverges from its first point climbs by a share of itself); where a later
+    point breaks the climb the series is the loss itself after all, judged whole."""
+    since = dict(since)
+    s = by_role.get("train_loss")
+    if s is None or len(s) < 5:
+        return by_role, since
+    x = s.values
+    head = x[:5]
+    up = np.diff(head)
+    if not (np.isfinite(head).all() and head[0] > 0 and (up > 0).all() and up[0] >= 0.5 * head[0]):
+        return by_role, since
+    if not (np.isfinite(x).all() and (np.diff(x) > 0).all()):
+        since.pop(s.name, None)  # (judged as increments before this point broke the climb)
+        return by_role, since
+    inc = Series(s.name, s.steps, np.diff(x, prepend=0.0), s.timestamps)
+    return {**by_role, "train_loss": inc}, since
 
 
 def _drop_partial_first(

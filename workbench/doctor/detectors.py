@@ -762,6 +762,8 @@ def _overfitting(
     never = not higher and has_train and _never_better(x, m, level, tr.values[0], t_at, th)
     context = ("eval_never_better",) if never else ()
     never_txt = "; it was never better than the untrained model's" if never else ""
+    if has_train and t_end is None and not np.isfinite(tr.values[-1]):
+        return None  # the train loss went non-finite: a NaN model's eval collapses (nan_inf's)
     if has_train:
         if None not in (t_at, t_end) and not _memorised(tr, t_at, t_end, th):
             # the train loss barely moved (or rose) while the eval rose: nothing was memorised
@@ -1224,7 +1226,9 @@ def _warmup_transient(
     (momentum building up, a probe on a backbone still settling), not a divergence.  (A
     judgement of the whole run: only a finished one, ``_final``.)  Not at an Adam-family rate
     of ``adaptive_lr_high`` or more: such a rate throws the weights (Adam steps each by about
-    the rate), and where the run got back, its schedule's decay let it."""
+    the rate), and where the run got back, its schedule's decay let it.  Nor a rise to
+    ``transient_max`` × its lowest point before or more: first moves unsettle a model, a
+    step far too large throws it (Trax at a peak rate of 2.7: 3.3 → 105, back by decay)."""
     y, steps = loss.values, loss.steps
     i = int(np.searchsorted(steps, f.step))
     before = y[:i][np.isfinite(y[:i])]
@@ -1236,6 +1240,8 @@ def _warmup_transient(
         return False
     n = max(3, len(y) // 10)
     low = float(np.min(before))
+    if low > 0 and np.max(y[i:]) >= th.get("transient_max", np.inf) * low:
+        return False
     if (
         len(y) - i <= n
         or not low > 0
