@@ -337,3 +337,33 @@ def test_outlier_gradients_under_adamw_spike_the_grad_norm_not_the_loss():
     )
     assert found.get("exploding_gradients") == 20
     assert "loss_spike" not in found
+
+
+def test_a_loss_logged_as_a_running_total_is_judged_by_its_increments():
+    """gensim's get_latest_training_loss is the sum since training began: it climbs at every
+    epoch by about the epoch's loss. Read raw that is a divergence; its increments are the
+    loss, healthy when they fall and a plateau when they do not. A loss that rises by a share
+    of itself from its first point is no running total, and a diverging one stays one."""
+    per_epoch = 240.0 * np.exp(-np.arange(15) / 4) + 115.0
+    assert run({"training_loss": np.cumsum(per_epoch)}) == {}
+    flat = np.cumsum(np.full(15, 265.0) + RNG.normal(0, 1.0, 15))
+    assert "plateau" in run({"training_loss": flat})
+    diverging = np.concatenate([healthy_loss(40), 1.3 * np.exp(np.arange(20) / 4)])
+    assert "divergence" in run({"loss": diverging})
+    # a rise of its own from the first point (5 % a point) is judged raw: a divergence
+    assert "divergence" in run({"loss": 2.0 * 1.05 ** np.arange(30)})
+
+
+def test_an_early_throw_to_many_times_the_start_is_no_warmup_transient():
+    """The first moves may unsettle a model and the run learn its way back at its rate; a rise
+    to 10x its start and more is a step far too large, even where the run came back (Trax at a
+    peak rate of 2.7: 3.3 → 105, then 0.79)."""
+    steps = np.arange(20, 420, 20)
+    thrown = np.array([3.3, 10.5, 89.4, 86.2, 105.4, 33.0, 14.0, 5.2, 2.3, 1.25, 1.02, 0.89,
+                       0.82, 0.81, 0.79, 0.76, 0.78, 0.88, 0.84, 0.79])  # fmt: skip
+    lr = np.array([1.2, 2.4, 2.74, 2.37, 2.12, 1.94, 1.79, 1.68, 1.58, 1.5, 1.43, 1.37, 1.32,
+                   1.27, 1.23, 1.19, 1.15, 1.12, 1.09, 1.06])  # fmt: skip
+    found = run({"training/loss": (steps, thrown), "training/learning_rate": (steps, lr)})
+    assert {"divergence", "loss_spike"} & set(found), found
+    bumped = np.where(thrown > 3.3, np.minimum(thrown, 5.0), thrown)  # a 1.5x first-moves bump
+    assert run({"training/loss": (steps, bumped), "training/learning_rate": (steps, lr)}) == {}
