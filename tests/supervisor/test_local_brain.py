@@ -105,8 +105,9 @@ def test_a_listed_value_is_chosen_whole_and_explored_on_request(ckpts):
         ToolMessage(json.dumps(listed), tool_call_id="c1"),
     ]
 
-    def opening(**kw):
-        ai = LocalChatModel(ckpts["a"], max_new_tokens=16, **kw).bind_tools([propose]).invoke(msgs)
+    def opening(brain=None, **kw):
+        brain = brain or LocalChatModel(ckpts["a"], max_new_tokens=16, **kw)
+        ai = brain.bind_tools([propose]).invoke(msgs)
         meta = ai.response_metadata
         text = default_tokenizer().decode(meta["completion_token_ids"], skip_special_tokens=False)
         head = '<minimax:tool_call>\n<invoke name="propose_config_patch">\n<parameter name="remedy_id">'
@@ -117,5 +118,12 @@ def test_a_listed_value_is_chosen_whole_and_explored_on_request(ckpts):
     assert greedy in ids
     _assert_record_is_the_models(ai, ckpts["a"])
     assert opening(temperature=0.0, explore=1.0)[1] == greedy  # (greedy: nothing explored)
-    seen = {opening(temperature=1.0, explore=1.0, seed=s)[1] for s in range(12)}
-    assert seen == set(ids), seen
+
+    # one seeded brain (one episode): each answer draws anew, yet the episode repeats
+    def draws():
+        brain = LocalChatModel(ckpts["a"], max_new_tokens=16, temperature=1.0, explore=1.0, seed=3)
+        return [opening(brain)[1] for _ in range(12)]
+
+    first = draws()
+    assert set(first) == set(ids), first
+    assert draws() == first

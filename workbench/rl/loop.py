@@ -24,6 +24,7 @@ import hashlib
 import json
 import random
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -90,7 +91,10 @@ def _jobs(rows, *, home: Path, uri: str, brain: str, tag: str, cfg: LoopConfig,
             "tracking_uri": uri,
             "home": str(home),
             "brain": brain,
-            "brain_opts": {**opts, "seed": cfg.seed * 1000 + k} if opts else {},
+            # each episode its own seed (its tag names the loop, stage and iteration)
+            "brain_opts": {**opts, "seed": zlib.crc32(f"{cfg.seed}-{tag}-{r['name']}-{k}".encode())}
+            if opts
+            else {},
             "thread_id": f"{tag}-{r['name']}-{k}",
             "max_attempts": cfg.max_attempts,
             "reuse_runs": str(measured or home.parent / "measured-runs"),

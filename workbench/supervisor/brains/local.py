@@ -24,7 +24,7 @@ from langchain_core.messages import AIMessage, BaseMessage, convert_to_openai_me
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.runnables import Runnable
 from langchain_core.utils.function_calling import convert_to_openai_tool
-from pydantic import ConfigDict
+from pydantic import ConfigDict, PrivateAttr
 
 from model.chat import END_OF_TURN, TOOL_CALL_BEGIN, as_content, parse_output, render_messages
 
@@ -83,6 +83,7 @@ class LocalChatModel(BaseChatModel):
     # RL rollouts: the share of sampled choices among values a tool result listed (remedy ids)
     # made uniformly at random instead of by the policy (``choose_option``'s ``explore``)
     explore: float = 0.0
+    _calls: int = PrivateAttr(0)  # answers given: each call's random draws are its own
     timeout_s: float = 600.0
     # Structured output: tool names, parameter names and enum values only as the schema allows
     # (model.serving.constrain); the rest of the answer is the model's own.
@@ -120,35 +121,44 @@ class LocalChatModel(BaseChatModel):
             formatted = []
         return super().bind(tools=formatted, **kwargs)
 
+    def _call_seed(self) -> int | None:
+        """This answer's seed: the brain's seed and how many answers it gave before, so a seeded
+        episode is repeatable and its decisions still draw independently (one seed for every
+        call would repeat one draw: with it, RL's exploration never fired)."""
+        self._calls += 1
+        return None if self.seed is None else (int(self.seed) * 1_000_003 + self._calls) % 2**31
+
     def _choose(
         self, engine, tokenizer, prompt_ids, texts: list[str], temperature: float, explore: float,
-        salt: int,
+        seed: int | None,
     ) -> tuple[int, list[int], list[float]]:  # fmt: skip
         import torch
 
         from model.serving.constrain import choose_option
 
         options = [tokenizer.encode(t, add_special_tokens=False).ids for t in texts]
-        generator = None
-        if self.seed is not None:
-            generator = torch.Generator().manual_seed(int(self.seed) * 2 + salt)
+        generator = None if seed is None else torch.Generator().manual_seed(seed)
         return choose_option(engine.model, prompt_ids, options, temperature, generator, explore)
 
     def _choose_opening(
-        self, engine, tokenizer, prompt_ids: list[int], constraint, temperature: float
-    ) -> tuple[str, list[int], list[float]]:
+        self, engine, tokenizer, prompt_ids: list[int], constraint, temperature: float,
+        seed: int | None = None,
+    ) -> tuple[str, list[int], list[float]]:  # fmt: skip
         """The answer's opening, chosen whole (``choose_option``): the tool, then the value of
         its first required parameter with listed values (a remedy id, a cause), as
         structured-output engines choose among fixed strings."""
         heads = [f'{TOOL_CALL_BEGIN}\n<invoke name="{name}">' for name in constraint.offered]
-        k, ids, lps = self._choose(engine, tokenizer, prompt_ids, heads, temperature, 0.0, 0)
+        seeds = (None, None) if seed is None else (seed, seed + 1)
+        k, ids, lps = self._choose(engine, tokenizer, prompt_ids, heads, temperature, 0.0, seeds[0])
         slot = constraint.value_slot(constraint.offered[k])
         if slot is None:
             return heads[k], ids, lps
         param, values, named = slot
         texts = [f'{heads[k]}\n<parameter name="{param}">{v}</parameter>' for v in values]
         explore = self.explore if named else 0.0  # (a schema's enum, a cause, is not explored)
-        j, ids, lps = self._choose(engine, tokenizer, prompt_ids, texts, temperature, explore, 1)
+        j, ids, lps = self._choose(
+            engine, tokenizer, prompt_ids, texts, temperature, explore, seeds[1]
+        )
         return texts[j], ids, lps
 
     def _generate(
@@ -169,6 +179,7 @@ class LocalChatModel(BaseChatModel):
         eos = tokenizer.token_to_id(END_OF_TURN)
         temperature = float(kwargs.get("temperature", self.temperature))
         max_new = int(kwargs.get("max_tokens", self.max_new_tokens))
+        seed = self._call_seed()
         constraint, forced, forced_ids, forced_lps = None, "", [], []
         if self.constrain and tools:
             constraint = ToolSchemaConstraint(tokenizer, tools, _listed_remedies(wire))
@@ -176,7 +187,7 @@ class LocalChatModel(BaseChatModel):
                 # Our policies answer with the call at once: its tool and first listed value
                 # are chosen whole (see choose_option), the rest generated under the constraint.
                 forced, forced_ids, forced_lps = self._choose_opening(
-                    engine, tokenizer, prompt_ids, constraint, temperature
+                    engine, tokenizer, prompt_ids, constraint, temperature, seed
                 )
                 constraint.prefix = forced
                 max_new = max(1, max_new - len(forced_ids))
@@ -184,7 +195,7 @@ class LocalChatModel(BaseChatModel):
             max_new_tokens=max_new,
             temperature=temperature,
             top_p=self.top_p,
-            seed=self.seed,
+            seed=None if seed is None else seed + 2,
             stop_token_ids=tuple(
                 t for t in {eos, engine.model.config.eos_token_id} if t is not None
             ),
