@@ -57,6 +57,10 @@ def test_plain_answer_and_make_brain(ckpts):
 
     brain = make_brain("local", model=str(ckpts["a"]))
     assert isinstance(brain, LocalChatModel)
+    # the loop's rollout settings reach the brain (an option dropped here is silently off)
+    opts = {"temperature": 1.0, "seed": 5, "explore": 0.5, "max_new_tokens": 7}
+    rollout = make_brain("local", model=str(ckpts["a"]), **opts)
+    assert {k: getattr(rollout, k) for k in opts} == opts
     ai = brain.invoke("hello", max_tokens=5)
     # thinking off by default: the answer is the text itself, no thought put back in front
     assert not ai.content.startswith("<think>") and ai.tool_calls == []

@@ -34,6 +34,6 @@ def make_brain(name: str = "rules", **opts: Any):
             raise BadInputError(f"the local brain is not available: {exc}") from None
         # the sampling settings travel with it (RL rollouts sample at T; without them every
         # episode of a group decoded greedily and was token-identical)
-        keys = ("temperature", "top_p", "seed", "max_new_tokens")
+        keys = ("temperature", "top_p", "seed", "max_new_tokens", "explore")
         return LocalChatModel(model_dir, **{k: opts[k] for k in keys if opts.get(k) is not None})
     raise BadInputError(f"unknown brain {name!r} (known: {', '.join(BRAINS)})")
