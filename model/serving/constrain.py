@@ -195,8 +195,9 @@ def choose_option(
     Greedy at ``temperature`` 0, else sampled from the options' softmax at that temperature,
     or, with probability ``explore`` (sampling only), uniformly among them: RL's exploration of
     choices the policy has all but ruled out (an SFT policy that always names a playbook's
-    first remedy gives the second 1e-4). Returns the index, the chosen option's ids and their raw log-probs (what RL records). The
-    options' shared first tokens are run once, then the rest as one batch on copies of the cache.
+    first remedy gives the second 1e-4). Returns the index, the chosen option's ids and their
+    raw log-probs (what RL records). The options' shared first tokens are run once, then the
+    rest as one batch on copies of the cache.
     """
     options = [list(o) for o in options]
     if not options or any(not o for o in options):
