@@ -115,8 +115,9 @@ def _running_total(
     since training began) rises at every point by about its own first value; its increments
     are the loss of each interval, and they are what is judged.  Recognised from the first
     five points (each above the last, the first step up at least half the first value: a
-    loss that diverges from its first point climbs by a share of itself); where a later
-    point breaks the climb the series is the loss itself after all, judged whole."""
+    loss that diverges from its first point climbs by a share of itself) and climbing to the
+    end by at least ``0.05`` × that first value (its last quarter's median step); where the
+    series breaks that, it is the loss itself after all, judged whole."""
     since = dict(since)
     s = by_role.get("train_loss")
     if s is None or len(s) < 5:
@@ -126,10 +127,14 @@ def _running_total(
     up = np.diff(head)
     if not (np.isfinite(head).all() and head[0] > 0 and (up > 0).all() and up[0] >= 0.5 * head[0]):
         return by_role, since
-    if not (np.isfinite(x).all() and (np.diff(x) > 0).all()):
+    steps_up = np.diff(x, prepend=0.0)
+    late = steps_up[-max(1, len(x) // 4) :]
+    if not (np.isfinite(x).all() and (steps_up[1:] > 0).all() and np.median(late) >= 0.05 * x[0]):
+        # (nor a climb whose steps die away: a KL penalty's share of a loss rising from 0 to
+        # where it settles; a running total climbs by a loss's worth to the end)
         since.pop(s.name, None)  # (judged as increments before this point broke the climb)
         return by_role, since
-    inc = Series(s.name, s.steps, np.diff(x, prepend=0.0), s.timestamps)
+    inc = Series(s.name, s.steps, steps_up, s.timestamps)
     return {**by_role, "train_loss": inc}, since
 
 
