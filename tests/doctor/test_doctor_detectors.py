@@ -367,3 +367,30 @@ def test_an_early_throw_to_many_times_the_start_is_no_warmup_transient():
     assert {"divergence", "loss_spike"} & set(found), found
     bumped = np.where(thrown > 3.3, np.minimum(thrown, 5.0), thrown)  # a 1.5x first-moves bump
     assert run({"training/loss": (steps, bumped), "training/learning_rate": (steps, lr)}) == {}
+
+
+def test_a_test_return_above_a_flat_training_return_did_not_learn_before_its_first_test():
+    """A test return far above the exploring training return at its first eval was learned
+    before that eval (Dopamine's CartPole) only where the training return rose as well; one
+    that never rose learned nothing, and the test return is the starting policy's (OpenRLHF
+    at an actor rate of 5e-8: 0.1441 at every eval, the sampled reward flat at 0.03)."""
+    steps = np.arange(1, 121)
+    loss = 0.05 + 0.01 * RNG.standard_normal(120) ** 2
+    evals = np.arange(10, 121, 10)
+    frozen = (evals, np.full(len(evals), 0.1441))
+    flat = 0.03 + 0.005 * RNG.standard_normal(120)
+    rising = 0.03 + 0.8 * (1 - np.exp(-steps / 30)) + 0.005 * RNG.standard_normal(120)
+    base = {"train/policy_loss": (steps, loss), "eval/reward": frozen}
+    assert "plateau" in run({**base, "train/reward": (steps, flat)})
+    assert "plateau" not in run({**base, "train/reward": (steps, rising)})
+
+
+def test_an_eval_score_that_collapsed_with_a_nan_train_loss_is_no_overfitting():
+    """A model gone non-finite predicts one class: its eval accuracy falls to chance and stays
+    there. That is nan_inf's (a NaN row reached the model), not memorisation."""
+    steps = np.arange(5, 580, 5)
+    loss = np.where(steps < 190, 0.7 * np.exp(-steps / 200) + 0.3, np.nan)
+    epochs = np.arange(1, 13)
+    acc = np.where(epochs <= 5, 0.6 + 0.04 * epochs, 0.5033)
+    found = run({"binary cross entropy": (steps, loss), "accuracy active": (epochs, acc)})
+    assert "nan_inf" in found and "overfitting" not in found, found
