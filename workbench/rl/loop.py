@@ -33,7 +33,7 @@ from typing import Any
 from model.files import atomic_write_text
 from workbench.errors import BadInputError
 from workbench.rl.episodes import Episode
-from workbench.rl.rollouts import episodes_of, run_episodes, summarize_results
+from workbench.rl.rollouts import episodes_of, recorded, run_episodes, summarize_results
 from workbench.rl.scenarios import load_manifest
 
 
@@ -195,8 +195,7 @@ def run_loop(
     teacher_held, _ = evaluate(None, heldout, home=out / "home-heldout-teacher", uri=uri,
                                cfg=cfg, tag=f"{loop_id}-teacher", progress=say, measured=measured)  # fmt: skip
     teacher_eps = episodes_of(train_results)
-    # every trajectory training reads (an episode that broke left none)
-    trained_on = [r["trajectory"] for r in train_results if Path(r["trajectory"]).exists()]
+    trained_on = [r["trajectory"] for r in recorded(train_results)]  # every one training reads
 
     rows_out: list[dict] = []
     if start is not None:  # an SFT'd policy given: RL starts from it (e.g. RL seeds on one SFT)
@@ -238,7 +237,7 @@ def run_loop(
                                         address=cfg.ray_address, progress=say))  # fmt: skip
             reward_of = {r["thread_id"]: r["reward"] for r in results}
             eps = [(e, reward_of[e.thread_id]) for e in episodes_of(results)]
-            trained_on += [r["trajectory"] for r in results if Path(r["trajectory"]).exists()]
+            trained_on += [r["trajectory"] for r in recorded(results)]
             samples = policy_samples(eps)
             groups = {}
             for s in samples:

@@ -121,11 +121,15 @@ def summarize_results(results: list[dict]) -> dict[str, Any]:
     }
 
 
+def recorded(results: list[dict]) -> list[dict]:
+    """The results whose episode left a trajectory (one that broke before it began left none)."""
+    return [r for r in results if Path(r["trajectory"]).exists()]
+
+
 def episodes_of(results: list[dict]) -> list[Episode]:
     eps = []
-    for r in results:
-        if Path(r["trajectory"]).exists():
-            ep = parse_episode(Path(r["trajectory"]))
-            ep.scenario = r["scenario"]
-            eps.append(ep)
+    for r in recorded(results):
+        ep = parse_episode(Path(r["trajectory"]))
+        ep.scenario = r["scenario"]
+        eps.append(ep)
     return eps

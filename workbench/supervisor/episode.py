@@ -115,14 +115,15 @@ def _checkpoints(conn: sqlite3.Connection, tries: int = 40):
     from langgraph.checkpoint.sqlite import SqliteSaver
 
     saver = SqliteSaver(conn)
-    for k in range(tries):
+    for k in range(tries - 1):
         try:
             saver.setup()
             return saver
         except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or k == tries - 1:
+            if "locked" not in str(exc):
                 raise
             time.sleep(0.05 * (k + 1))
+    saver.setup()  # the last try: its error is the caller's
     return saver
 
 
